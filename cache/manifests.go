@@ -1,0 +1,261 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"go.uber.org/zap"
+
+	"regcache/upstream"
+)
+
+// Status says how an answer was obtained; the proxy sends it as X-Cache.
+type Status uint8
+
+// The answer statuses, as DESIGN.md §2 defines them.
+const (
+	Miss        Status = iota // upstream was asked for this answer
+	Hit                       // answered from memory, upstream not asked
+	Revalidated               // a stale tag was confirmed unchanged by one HEAD
+	Stale                     // upstream failed or was slow; an expired answer was served
+)
+
+var statusNames = [...]string{Miss: "MISS", Hit: "HIT", Revalidated: "REVALIDATED", Stale: "STALE"}
+
+func (s Status) String() string { return statusNames[s] }
+
+// Origin is one upstream as the cache sees it.
+type Origin struct {
+	Registry *upstream.Registry
+	// TagTTL is how long a tag -> digest answer from this upstream stays fresh.
+	TagTTL time.Duration
+}
+
+// Config tunes a Cache.
+type Config struct {
+	MaxSize        int64
+	MaxStale       time.Duration
+	NegativeTTL    time.Duration
+	RevalidateWait time.Duration
+	Logger         *zap.Logger
+}
+
+// Answer is a resolved manifest lookup.
+type Answer struct {
+	upstream.Descriptor
+	// Body is set when the caller asked for it.
+	Body      []byte
+	Status    Status
+	FetchedAt time.Time
+}
+
+// Cache resolves manifest references through memory and upstream.
+type Cache struct {
+	cfg     Config
+	log     *zap.Logger
+	store   *store
+	flights Group[upstream.Manifest]
+	now     func() time.Time
+}
+
+// New builds a Cache.
+func New(cfg Config) (*Cache, error) {
+	s, err := newStore(cfg.MaxSize)
+	if err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	return &Cache{cfg: cfg, log: log, store: s, now: time.Now}, nil
+}
+
+// Close stops the cache's background work.
+func (c *Cache) Close() { c.store.close() }
+
+// Manifest resolves ref (a tag or a digest) in repo on o. With wantBody false only the
+// descriptor is needed (a client HEAD), and upstream is never asked with GET for it unless
+// upstream's HEAD answers lack a digest.
+func (c *Cache) Manifest(ctx context.Context, o *Origin, repo, ref string, wantBody bool) (Answer, error) {
+	if d, err := digest.Parse(ref); err == nil {
+		return c.byDigest(ctx, o, repo, d, wantBody)
+	}
+	return c.byTag(ctx, o, repo, ref, wantBody)
+}
+
+func (c *Cache) byDigest(ctx context.Context, o *Origin, repo string, d digest.Digest, wantBody bool) (Answer, error) {
+	up := o.Registry.Name()
+	if e := c.store.manifest(manifestKey(up, repo, string(d))); e != nil && (e.Body != nil || !wantBody) {
+		return answer(e.Descriptor, e.Body, wantBody, Hit, time.Time{}), nil
+	}
+	if err := c.store.negative(negativeKey(up, repo, string(d))); err != nil {
+		return Answer{}, err
+	}
+	m, err := c.fetchDigest(ctx, o, repo, d, wantBody)
+	if err != nil {
+		return Answer{}, err
+	}
+	return answer(m.Descriptor, m.Body, wantBody, Miss, time.Time{}), nil
+}
+
+// fetchDigest asks upstream for a manifest by digest, coalesced, and caches it for good:
+// content-addressed entries never go stale.
+func (c *Cache) fetchDigest(ctx context.Context, o *Origin, repo string, d digest.Digest, wantBody bool) (upstream.Manifest, error) {
+	up := o.Registry.Name()
+	verb := "head"
+	if wantBody {
+		verb = "get"
+	}
+	m, err, _ := c.flights.Do(ctx, verb+"\x00"+manifestKey(up, repo, string(d)), func() (upstream.Manifest, error) {
+		var m upstream.Manifest
+		var err error
+		if wantBody {
+			m, err = o.Registry.GetManifest(context.Background(), repo, string(d))
+		} else {
+			m, err = o.Registry.HeadManifest(context.Background(), repo, string(d))
+		}
+		if err != nil {
+			c.remember(up, repo, string(d), err)
+			return m, err
+		}
+		c.putManifest(up, repo, m)
+		return m, nil
+	})
+	return m, err
+}
+
+func (c *Cache) byTag(ctx context.Context, o *Origin, repo, tag string, wantBody bool) (Answer, error) {
+	up := o.Registry.Name()
+	key := tagKey(up, repo, tag)
+	now := c.now()
+	te := c.store.tag(key)
+	if te != nil && now.Sub(te.FetchedAt) > o.TagTTL+c.cfg.MaxStale {
+		te = nil // past serving even as stale
+	}
+	if te != nil && now.Sub(te.FetchedAt) < o.TagTTL {
+		return c.withBody(ctx, o, repo, te.Descriptor, nil, wantBody, Hit, te.FetchedAt)
+	}
+	if te == nil {
+		if err := c.store.negative(negativeKey(up, repo, tag)); err != nil {
+			return Answer{}, err
+		}
+		m, err := c.resolveTag(ctx, o, repo, tag, wantBody)
+		if err != nil {
+			return Answer{}, err
+		}
+		return c.withBody(ctx, o, repo, m.Descriptor, m.Body, wantBody, Miss, now)
+	}
+
+	// Stale: one HEAD tells whether the tag still points where it did. A client waits for
+	// it at most revalidate_wait; the HEAD itself goes on and refreshes the cache.
+	wctx, cancel := context.WithTimeout(ctx, c.cfg.RevalidateWait)
+	defer cancel()
+	m, err := c.resolveTag(wctx, o, repo, tag, false)
+	switch {
+	case err == nil && m.Digest == te.Digest:
+		return c.withBody(ctx, o, repo, te.Descriptor, m.Body, wantBody, Revalidated, c.now())
+	case err == nil:
+		return c.withBody(ctx, o, repo, m.Descriptor, m.Body, wantBody, Miss, c.now())
+	case ctx.Err() != nil:
+		return Answer{}, ctx.Err() // the client went away
+	case errors.Is(err, context.DeadlineExceeded) || serveStaleOn(err):
+		c.log.Warn("serving stale",
+			zap.String("upstream", up), zap.String("repository", repo), zap.String("reference", tag),
+			zap.Duration("age", now.Sub(te.FetchedAt)), zap.Error(err))
+		return c.withBody(ctx, o, repo, te.Descriptor, nil, wantBody, Stale, te.FetchedAt)
+	default:
+		return Answer{}, err
+	}
+}
+
+// resolveTag asks upstream where tag points now, coalesced per tag: the first caller
+// decides between HEAD and GET, and a caller that needs a body the HEAD did not bring
+// fetches it by digest afterwards.
+func (c *Cache) resolveTag(ctx context.Context, o *Origin, repo, tag string, wantBody bool) (upstream.Manifest, error) {
+	up := o.Registry.Name()
+	key := tagKey(up, repo, tag)
+	m, err, _ := c.flights.Do(ctx, key, func() (upstream.Manifest, error) {
+		var m upstream.Manifest
+		var err error
+		if wantBody {
+			m, err = o.Registry.GetManifest(context.Background(), repo, tag)
+		} else {
+			m, err = o.Registry.HeadManifest(context.Background(), repo, tag)
+		}
+		if err != nil {
+			if remembered := c.remember(up, repo, tag, err); remembered {
+				c.store.del(key) // the tag is gone upstream: stop serving it
+			}
+			return m, err
+		}
+		c.putManifest(up, repo, m)
+		if ttl := o.TagTTL + c.cfg.MaxStale; ttl > 0 {
+			c.store.set(key, &TagEntry{Descriptor: m.Descriptor, FetchedAt: c.now()}, 0, ttl)
+		}
+		return m, nil
+	})
+	return m, err
+}
+
+// withBody completes an answer: the body comes from what was just fetched, from the
+// manifest store, or from one upstream GET by digest.
+func (c *Cache) withBody(ctx context.Context, o *Origin, repo string, d upstream.Descriptor, body []byte, wantBody bool, st Status, at time.Time) (Answer, error) {
+	if !wantBody || body != nil {
+		return answer(d, body, wantBody, st, at), nil
+	}
+	if e := c.store.manifest(manifestKey(o.Registry.Name(), repo, string(d.Digest))); e != nil && e.Body != nil {
+		return answer(d, e.Body, true, st, at), nil
+	}
+	m, err := c.fetchDigest(ctx, o, repo, d.Digest, true)
+	if err != nil {
+		return Answer{}, err
+	}
+	if st != Stale {
+		st = Miss
+	}
+	return answer(m.Descriptor, m.Body, true, st, at), nil
+}
+
+// putManifest caches a verified manifest, never replacing a full entry with a bodiless one.
+func (c *Cache) putManifest(up, repo string, m upstream.Manifest) {
+	key := manifestKey(up, repo, string(m.Digest))
+	if m.Body == nil {
+		if e := c.store.manifest(key); e != nil {
+			return
+		}
+	}
+	c.store.set(key, &ManifestEntry{Descriptor: m.Descriptor, Body: m.Body}, int64(len(m.Body)), 0)
+}
+
+// remember keeps upstream's authoritative "no" (not found, denied) for negative_ttl, so a
+// client retrying a typo does not spend the rate limit. It reports whether err was one.
+func (c *Cache) remember(up, repo, ref string, err error) bool {
+	switch upstream.KindOf(err) {
+	case upstream.KindNotFound, upstream.KindDenied:
+		if c.cfg.NegativeTTL > 0 {
+			c.store.set(negativeKey(up, repo, ref), &negativeEntry{err: err}, 0, c.cfg.NegativeTTL)
+		}
+		return true
+	}
+	return false
+}
+
+// serveStaleOn reports the failures that a stale answer may cover: upstream down, slow,
+// rate-limiting or answering garbage. Not found and denied are answers, not failures.
+func serveStaleOn(err error) bool {
+	switch upstream.KindOf(err) {
+	case upstream.KindUnavailable, upstream.KindRateLimited, upstream.KindInvalid:
+		return true
+	}
+	return false
+}
+
+func answer(d upstream.Descriptor, body []byte, wantBody bool, st Status, at time.Time) Answer {
+	if !wantBody {
+		body = nil
+	}
+	return Answer{Descriptor: d, Body: body, Status: st, FetchedAt: at}
+}

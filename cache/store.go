@@ -1,0 +1,101 @@
+// Package cache answers manifest lookups from memory when it can and from upstream when it
+// must: tag -> digest entries with a TTL, content-addressed manifest entries kept until
+// evicted, remembered 404s, coalesced upstream requests, cheap revalidation with HEAD, and
+// stale answers while upstream fails.
+package cache
+
+import (
+	"time"
+
+	"github.com/dgraph-io/ristretto/v2"
+
+	"regcache/upstream"
+)
+
+// TagEntry is what a tag pointed to when it was last asked upstream.
+type TagEntry struct {
+	upstream.Descriptor
+	FetchedAt time.Time
+}
+
+// ManifestEntry is a manifest by digest. Body is nil when only a HEAD has been seen.
+type ManifestEntry struct {
+	upstream.Descriptor
+	Body []byte
+}
+
+// negativeEntry is an upstream "no" worth remembering (404, denied).
+type negativeEntry struct{ err error }
+
+// entryOverhead approximates the bytes an entry costs beyond its key and body: the struct,
+// the ristretto item and map slot. It keeps tag-only caches bounded by max_size too.
+const entryOverhead = 160
+
+// store is one ristretto cache for all three kinds of entry, so that one max_size budget
+// and one admission policy govern them all. Keys start with the kind's letter.
+type store struct {
+	rc *ristretto.Cache[string, any]
+}
+
+func newStore(maxCost int64) (*store, error) {
+	// ristretto wants ~10 counters per item it may hold; assume 2 KiB per item on average.
+	counters := max(maxCost/2048*10, 100_000)
+	rc, err := ristretto.NewCache(&ristretto.Config[string, any]{
+		NumCounters:        counters,
+		MaxCost:            maxCost,
+		BufferItems:        64,
+		IgnoreInternalCost: true,
+		Metrics:            true,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &store{rc: rc}, nil
+}
+
+func tagKey(up, repo, tag string) string     { return "t\x00" + up + "\x00" + repo + "\x00" + tag }
+func manifestKey(up, repo, d string) string  { return "m\x00" + up + "\x00" + repo + "\x00" + d }
+func negativeKey(up, repo, ref string) string { return "n\x00" + up + "\x00" + repo + "\x00" + ref }
+
+func (s *store) tag(key string) *TagEntry {
+	v, ok := s.rc.Get(key)
+	if !ok {
+		return nil
+	}
+	e, _ := v.(*TagEntry)
+	return e
+}
+
+func (s *store) manifest(key string) *ManifestEntry {
+	v, ok := s.rc.Get(key)
+	if !ok {
+		return nil
+	}
+	e, _ := v.(*ManifestEntry)
+	return e
+}
+
+func (s *store) negative(key string) error {
+	v, ok := s.rc.Get(key)
+	if !ok {
+		return nil
+	}
+	if e, ok := v.(*negativeEntry); ok {
+		return e.err
+	}
+	return nil
+}
+
+// set stores and then waits for ristretto's buffered write to land, so the next request
+// after a miss is a hit rather than a second upstream request. Only misses pay the wait.
+func (s *store) set(key string, v any, cost int64, ttl time.Duration) {
+	if ttl < 0 {
+		return
+	}
+	s.rc.SetWithTTL(key, v, cost+int64(len(key))+entryOverhead, ttl)
+	s.rc.Wait()
+}
+
+func (s *store) del(key string) { s.rc.Del(key) }
+
+func (s *store) close() { s.rc.Close() }

@@ -1,0 +1,324 @@
+// Package configs holds regcache's configuration: the Config type, the embedded default
+// (regcache.yaml) and the loader that validates a file once at start-up, with errors that
+// name the key and say how to fix it.
+package configs
+
+import (
+	_ "embed"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+)
+
+//go:embed regcache.yaml
+var defaultYAML []byte
+
+// Default returns the embedded default configuration text.
+func Default() []byte { return append([]byte(nil), defaultYAML...) }
+
+// Config is the whole of regcache's configuration.
+type Config struct {
+	Listen          string     `yaml:"listen"`
+	DefaultUpstream string     `yaml:"default_upstream"`
+	Cache           Cache      `yaml:"cache"`
+	Upstreams       []Upstream `yaml:"upstreams"`
+}
+
+// Cache configures the in-process cache and its freshness rules.
+type Cache struct {
+	MaxSize        Size     `yaml:"max_size"`
+	TagTTL         Duration `yaml:"tag_ttl"`
+	MaxStale       Duration `yaml:"max_stale"`
+	NegativeTTL    Duration `yaml:"negative_ttl"`
+	RevalidateWait Duration `yaml:"revalidate_wait"`
+}
+
+// Upstream is one registry regcache may contact. Name and Aliases are the only ways a
+// client can reach it; nothing else is ever dialled.
+type Upstream struct {
+	Name    string   `yaml:"name"`
+	URL     string   `yaml:"url"`
+	Aliases []string `yaml:"aliases"`
+	// TagTTL overrides cache.tag_ttl for this upstream when set.
+	TagTTL *Duration `yaml:"tag_ttl"`
+	// StrictAccept answers like a registry (404) when the client's Accept leaves out the
+	// manifest's type, instead of serving it anyway.
+	StrictAccept   bool         `yaml:"strict_accept"`
+	Credentials    *Credentials `yaml:"credentials"`
+	Timeout        Duration     `yaml:"timeout"`
+	ConnectTimeout Duration     `yaml:"connect_timeout"`
+	TLS            TLS          `yaml:"tls"`
+}
+
+// Credentials authenticate regcache to an upstream, either at its token endpoint or as
+// plain Basic auth.
+type Credentials struct {
+	Username string `yaml:"username"`
+	Password Secret `yaml:"password"`
+}
+
+// TLS adjusts how an https upstream's certificate is checked.
+type TLS struct {
+	CAFile             string `yaml:"ca_file"`
+	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
+}
+
+// Secret holds a password behind a pointer. fmt never follows a pointer below the top
+// level, and a bad verb (%d, or %s on a struct holding a *Credentials) bypasses String,
+// GoString and Format altogether, so only a representation without the plaintext reachable
+// by reflection at depth 0/1 is safe.
+type Secret struct{ v *string }
+
+// NewSecret wraps v.
+func NewSecret(v string) Secret { return Secret{&v} }
+
+// Reveal returns the value, for the one place that sends it upstream.
+func (s Secret) Reveal() string {
+	if s.v == nil {
+		return ""
+	}
+	return *s.v
+}
+
+// String hides the value.
+func (s Secret) String() string {
+	if s.Reveal() == "" {
+		return ""
+	}
+	return "REDACTED"
+}
+
+// GoString hides the value from %#v too.
+func (s Secret) GoString() string { return `"` + s.String() + `"` }
+
+// Format hides the value from every verb.
+func (s Secret) Format(f fmt.State, verb rune) {
+	if verb == 'v' && f.Flag('#') {
+		fmt.Fprint(f, s.GoString())
+		return
+	}
+	fmt.Fprint(f, s.String())
+}
+
+// Duration is a time.Duration written as Go writes durations ("60s", "24h").
+type Duration time.Duration
+
+// D returns the value as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Size is a byte count written as 512KiB, 256MiB, 1GiB or plain bytes.
+type Size int64
+
+// Defaults applied to keys a config file leaves out.
+const (
+	defaultTimeout        = 30 * time.Second
+	defaultConnectTimeout = 5 * time.Second
+)
+
+// Load reads and validates the config at path; an empty path means the embedded default.
+func Load(path string) (*Config, error) {
+	if path == "" {
+		return Parse(defaultYAML)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil, fmt.Errorf("config file %s does not exist", path)
+		}
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	cfg, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Parse decodes, expands ${VAR} references in, fills defaults of and validates a config.
+func Parse(data []byte) (*Config, error) {
+	cfg := &Config{
+		Listen:          ":5000",
+		DefaultUpstream: "docker.io",
+		Cache: Cache{
+			MaxSize:        256 << 20,
+			TagTTL:         Duration(60 * time.Second),
+			MaxStale:       Duration(24 * time.Hour),
+			NegativeTTL:    Duration(10 * time.Second),
+			RevalidateWait: Duration(2 * time.Second),
+		},
+	}
+	if err := decode(data, cfg); err != nil {
+		return nil, err
+	}
+	for i := range cfg.Upstreams {
+		u := &cfg.Upstreams[i]
+		if u.Timeout == 0 {
+			u.Timeout = Duration(defaultTimeout)
+		}
+		if u.ConnectTimeout == 0 {
+			u.ConnectTimeout = Duration(defaultConnectTimeout)
+		}
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// TagTTLFor is the tag freshness that applies to upstream u.
+func (c *Config) TagTTLFor(u *Upstream) time.Duration {
+	if u.TagTTL != nil {
+		return u.TagTTL.D()
+	}
+	return c.Cache.TagTTL.D()
+}
+
+func (c *Config) validate() error {
+	if c.Listen == "" {
+		return fmt.Errorf("listen: must not be empty (e.g. \":5000\")")
+	}
+	if c.Cache.MaxSize <= 0 {
+		return fmt.Errorf("cache.max_size: must be above zero (e.g. 256MiB)")
+	}
+	for key, d := range map[string]Duration{
+		"cache.tag_ttl": c.Cache.TagTTL, "cache.max_stale": c.Cache.MaxStale,
+		"cache.negative_ttl": c.Cache.NegativeTTL, "cache.revalidate_wait": c.Cache.RevalidateWait,
+	} {
+		if d < 0 {
+			return fmt.Errorf("%s: must not be negative", key)
+		}
+	}
+	if len(c.Upstreams) == 0 {
+		return fmt.Errorf("upstreams: at least one upstream is needed")
+	}
+	seen := map[string]string{}
+	claim := func(name, key string) error {
+		n := strings.ToLower(name)
+		if prev, dup := seen[n]; dup {
+			return fmt.Errorf("%s: %q is already used by %s", key, name, prev)
+		}
+		seen[n] = key
+		return nil
+	}
+	for i := range c.Upstreams {
+		u := &c.Upstreams[i]
+		key := fmt.Sprintf("upstreams[%d]", i)
+		if err := validName(u.Name); err != nil {
+			return fmt.Errorf("%s.name: %v", key, err)
+		}
+		if err := claim(u.Name, key+".name"); err != nil {
+			return err
+		}
+		for j, a := range u.Aliases {
+			akey := fmt.Sprintf("%s.aliases[%d]", key, j)
+			if err := validName(a); err != nil {
+				return fmt.Errorf("%s: %v", akey, err)
+			}
+			if err := claim(a, akey); err != nil {
+				return err
+			}
+		}
+		if err := validURL(u.URL); err != nil {
+			return fmt.Errorf("%s.url: %v", key, err)
+		}
+		if u.TagTTL != nil && *u.TagTTL < 0 {
+			return fmt.Errorf("%s.tag_ttl: must not be negative", key)
+		}
+		if u.Timeout <= 0 {
+			return fmt.Errorf("%s.timeout: must be above zero", key)
+		}
+		if u.ConnectTimeout <= 0 {
+			return fmt.Errorf("%s.connect_timeout: must be above zero", key)
+		}
+		if cr := u.Credentials; cr != nil && (cr.Username == "") != (cr.Password.Reveal() == "") {
+			return fmt.Errorf("%s.credentials: set both username and password, or neither", key)
+		}
+		if u.TLS.CAFile != "" {
+			if _, err := os.Stat(u.TLS.CAFile); err != nil {
+				return fmt.Errorf("%s.tls.ca_file: %v", key, err)
+			}
+		}
+	}
+	if c.Lookup(c.DefaultUpstream) == nil {
+		return fmt.Errorf("default_upstream: %q is no upstream name or alias", c.DefaultUpstream)
+	}
+	return nil
+}
+
+// Lookup finds the upstream whose name or alias is name (case-insensitive, as host names
+// are), or nil.
+func (c *Config) Lookup(name string) *Upstream {
+	for i := range c.Upstreams {
+		u := &c.Upstreams[i]
+		if strings.EqualFold(u.Name, name) {
+			return u
+		}
+		for _, a := range u.Aliases {
+			if strings.EqualFold(a, name) {
+				return u
+			}
+		}
+	}
+	return nil
+}
+
+// validName accepts what a client can write as the first path segment or ns= value:
+// a host, host:port, or a short alias such as "hub".
+func validName(s string) error {
+	if s == "" {
+		return fmt.Errorf("must not be empty")
+	}
+	for _, r := range s {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '-' || r == ':' || r == '_'
+		if !ok {
+			return fmt.Errorf("%q: use a host name, host:port or a plain word (letters, digits, . - _ :)", s)
+		}
+	}
+	return nil
+}
+
+func validURL(s string) error {
+	shown := redactRaw(s)
+	u, err := url.Parse(s)
+	if err != nil || s == "" {
+		return fmt.Errorf("%q is not a URL (e.g. https://registry-1.docker.io)", shown)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return fmt.Errorf("%q: scheme must be http or https", shown)
+	}
+	if u.Host == "" {
+		return fmt.Errorf("%q: no host", shown)
+	}
+	if u.User != nil {
+		return fmt.Errorf("%q: put credentials under credentials:, not in the URL", redactURL(u))
+	}
+	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+		return fmt.Errorf("%q: give the registry's base URL only, without path or query", s)
+	}
+	return nil
+}
+
+func redactURL(u *url.URL) string {
+	c := *u
+	c.User = nil
+	return c.String()
+}
+
+// redactRaw hides user-info in s textually, so it works on text url.Parse refuses and on
+// opaque forms such as "user:pass@host".
+func redactRaw(s string) string {
+	prefix, rest := "", s
+	if i := strings.Index(s, "://"); i >= 0 {
+		prefix, rest = s[:i+3], s[i+3:]
+	}
+	authority := rest
+	if j := strings.IndexAny(rest, "/?#"); j >= 0 {
+		authority = rest[:j]
+	}
+	if k := strings.LastIndex(authority, "@"); k >= 0 {
+		return prefix + "REDACTED@" + rest[k+1:]
+	}
+	return s
+}

@@ -1,0 +1,201 @@
+package configs
+
+import (
+	"fmt"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	yaml "go.yaml.in/yaml/v3"
+)
+
+// decode fills out from YAML text. It walks the document itself rather than leaning on
+// yaml.Unmarshal so that every error can name the key path (upstreams[1].tag_ttl), unknown
+// keys are refused, and ${VAR} is expanded in scalar values only: expanding the raw text
+// would let a secret containing ": " or "#" rewrite the document.
+func decode(data []byte, out *Config) error {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return fmt.Errorf("config is not valid YAML: %v", err)
+	}
+	if doc.Kind == 0 || len(doc.Content) == 0 {
+		return nil // empty file: all defaults
+	}
+	return decodeNode(doc.Content[0], reflect.ValueOf(out).Elem(), "")
+}
+
+var (
+	durationType = reflect.TypeOf(Duration(0))
+	sizeType     = reflect.TypeOf(Size(0))
+	secretType   = reflect.TypeOf(Secret{})
+)
+
+func decodeNode(n *yaml.Node, v reflect.Value, path string) error {
+	if n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	where := func(format string, a ...any) error {
+		p := path
+		if p == "" {
+			p = "config"
+		}
+		return fmt.Errorf("%s: %s (line %d)", p, fmt.Sprintf(format, a...), n.Line)
+	}
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+		return nil // "key:" with no value keeps the default
+	}
+	switch v.Kind() {
+	case reflect.Pointer:
+		elem := reflect.New(v.Type().Elem())
+		if err := decodeNode(n, elem.Elem(), path); err != nil {
+			return err
+		}
+		v.Set(elem)
+		return nil
+	case reflect.Struct:
+		if v.Type() == secretType {
+			break // a scalar, handled below
+		}
+		if n.Kind != yaml.MappingNode {
+			return where("expected a mapping of keys")
+		}
+		fields := map[string]reflect.Value{}
+		var names []string
+		for i := 0; i < v.NumField(); i++ {
+			tag := v.Type().Field(i).Tag.Get("yaml")
+			fields[tag] = v.Field(i)
+			names = append(names, tag)
+		}
+		seen := map[string]bool{}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			key := n.Content[i].Value
+			if seen[key] {
+				p := key
+				if path != "" {
+					p = path + "." + key
+				}
+				return fmt.Errorf("%s: key appears twice (line %d); keep one", p, n.Content[i].Line)
+			}
+			seen[key] = true
+			f, ok := fields[key]
+			sub := key
+			if path != "" {
+				sub = path + "." + key
+			}
+			if !ok {
+				return fmt.Errorf("%s: unknown key (line %d); known keys here: %s", sub, n.Content[i].Line, strings.Join(names, ", "))
+			}
+			if err := decodeNode(n.Content[i+1], f, sub); err != nil {
+				return err
+			}
+		}
+		return nil
+	case reflect.Slice:
+		if n.Kind != yaml.SequenceNode {
+			return where("expected a list")
+		}
+		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
+		for i, item := range n.Content {
+			if err := decodeNode(item, s.Index(i), fmt.Sprintf("%s[%d]", path, i)); err != nil {
+				return err
+			}
+		}
+		v.Set(s)
+		return nil
+	}
+	if n.Kind != yaml.ScalarNode {
+		return where("expected a single value")
+	}
+	text, err := expandEnv(n.Value)
+	if err != nil {
+		return where("%v", err)
+	}
+	switch {
+	case v.Type() == durationType:
+		d, err := time.ParseDuration(text)
+		if err != nil {
+			return where("%q is not a duration (write e.g. 10s, 5m, 24h)", text)
+		}
+		v.SetInt(int64(d))
+	case v.Type() == sizeType:
+		sz, err := ParseSize(text)
+		if err != nil {
+			return where("%v", err)
+		}
+		v.SetInt(int64(sz))
+	case v.Type() == secretType:
+		v.Set(reflect.ValueOf(NewSecret(text)))
+	case v.Kind() == reflect.Bool:
+		b, err := strconv.ParseBool(text)
+		if err != nil {
+			return where("%q is not true or false", text)
+		}
+		v.SetBool(b)
+	case v.Kind() == reflect.String:
+		v.SetString(text)
+	default:
+		return where("unsupported value type %s", v.Type())
+	}
+	return nil
+}
+
+// ParseSize reads 512KiB, 256MiB, 1GiB, 2TiB (or KB/MB/GB, also powers of 1024, which is
+// what people mean in a cache size) or a plain byte count.
+func ParseSize(s string) (Size, error) {
+	t := strings.TrimSpace(s)
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40}, {"KB", 1 << 10}, {"MB", 1 << 20}, {"GB", 1 << 30}, {"B", 1}} {
+		if strings.HasSuffix(t, u.suffix) {
+			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)/mult {
+		return 0, fmt.Errorf("%q is not a size (write e.g. 512KiB, 256MiB, 1GiB or a byte count)", s)
+	}
+	return Size(n * mult), nil
+}
+
+// expandEnv replaces ${VAR} and ${VAR:-default}. An unset ${VAR} is an error, because a
+// silently empty password would fail much later and far from its cause.
+func expandEnv(s string) (string, error) {
+	if !strings.Contains(s, "${") {
+		return s, nil
+	}
+	var b strings.Builder
+	for {
+		i := strings.Index(s, "${")
+		if i < 0 {
+			b.WriteString(s)
+			return b.String(), nil
+		}
+		b.WriteString(s[:i])
+		end := strings.IndexByte(s[i:], '}')
+		if end < 0 {
+			return "", fmt.Errorf("unclosed ${ (a literal ${ can only come from an environment variable)")
+		}
+		expr := s[i+2 : i+end]
+		name, def, hasDef := strings.Cut(expr, ":-")
+		if name == "" {
+			return "", fmt.Errorf("empty variable name in ${%s}", expr)
+		}
+		val, ok := os.LookupEnv(name)
+		switch {
+		case ok && val != "":
+			b.WriteString(val)
+		case hasDef:
+			b.WriteString(def)
+		case ok:
+			// Set but empty: the user chose empty.
+		default:
+			return "", fmt.Errorf("environment variable %s is not set (set it, or write ${%s:-default})", name, name)
+		}
+		s = s[i+end+1:]
+	}
+}

@@ -1,0 +1,214 @@
+// Package proxy is regcache's front end: it routes fasthttp requests under /v2/ to an
+// upstream, asks the cache, negotiates the media type with the client and writes registry
+// answers and registry errors.
+package proxy
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"go.uber.org/zap"
+
+	"regcache/cache"
+)
+
+// Upstream is one configured registry as the front end sees it.
+type Upstream struct {
+	// Name and Aliases are what clients may write (ns=, first path segment).
+	Name    string
+	Aliases []string
+	Origin  *cache.Origin
+	// StrictAccept answers 404 like a registry when the client's Accept leaves out the
+	// manifest's type; off, the manifest is served with its real type anyway.
+	StrictAccept bool
+	// DockerHub adds "library/" to one-segment repository names.
+	DockerHub bool
+}
+
+// Options configure a Proxy.
+type Options struct {
+	Upstreams []*Upstream
+	// Default is the name of the upstream for /v2/<repo>/... with neither ns nor prefix.
+	Default string
+	Cache   *cache.Cache
+	Logger  *zap.Logger
+	// AccessLog writes one line per request.
+	AccessLog bool
+}
+
+// Proxy answers registry requests. Its Handler is safe for concurrent use.
+type Proxy struct {
+	names     map[string]*Upstream // lower-cased names and aliases
+	def       *Upstream
+	cache     *cache.Cache
+	log       *zap.Logger
+	accessLog bool
+}
+
+// New builds a Proxy.
+func New(opts Options) (*Proxy, error) {
+	p := &Proxy{names: map[string]*Upstream{}, cache: opts.Cache, log: opts.Logger, accessLog: opts.AccessLog}
+	if p.log == nil {
+		p.log = zap.NewNop()
+	}
+	for _, u := range opts.Upstreams {
+		for _, n := range append([]string{u.Name}, u.Aliases...) {
+			key := strings.ToLower(n)
+			if _, dup := p.names[key]; dup {
+				return nil, fmt.Errorf("proxy: upstream name %q used twice", n)
+			}
+			p.names[key] = u
+		}
+	}
+	p.def = p.names[strings.ToLower(opts.Default)]
+	if p.def == nil {
+		return nil, fmt.Errorf("proxy: default upstream %q is not configured", opts.Default)
+	}
+	return p, nil
+}
+
+// lookup finds an upstream by name or alias; host names compare case-insensitively.
+func (p *Proxy) lookup(name []byte) *Upstream {
+	if u, ok := p.names[string(name)]; ok {
+		return u
+	}
+	var buf [128]byte
+	if len(name) > len(buf) {
+		return nil
+	}
+	lower := buf[:len(name)]
+	for i, b := range name {
+		if b >= 'A' && b <= 'Z' {
+			b += 'a' - 'A'
+		}
+		lower[i] = b
+	}
+	return p.names[string(lower)]
+}
+
+// Server returns a fasthttp server for the handler with limits suited to a registry front.
+func (p *Proxy) Server() *fasthttp.Server {
+	return &fasthttp.Server{
+		Handler:               p.Handler,
+		Name:                  "regcache",
+		ReadTimeout:           30 * time.Second,
+		WriteTimeout:          60 * time.Second,
+		IdleTimeout:           120 * time.Second,
+		MaxRequestBodySize:    1 << 20,
+		ReadBufferSize:        16 << 10,
+		NoDefaultServerHeader: true,
+		NoDefaultDate:         false,
+		// Paths are parsed from the raw request line; see parseRoute.
+		DisablePreParseMultipartForm: true,
+		Logger:                       zapPrintf{p.log},
+	}
+}
+
+// zapPrintf lets fasthttp's own error messages reach the structured log.
+type zapPrintf struct{ log *zap.Logger }
+
+func (z zapPrintf) Printf(format string, args ...any) { z.log.Warn(fmt.Sprintf(format, args...)) }
+
+var (
+	strAPIVersion      = []byte("Docker-Distribution-API-Version")
+	strRegistry20      = []byte("registry/2.0")
+	strDigestHeader    = []byte("Docker-Content-Digest")
+	strXCache          = []byte("X-Cache")
+	strNS              = []byte("ns")
+	cacheStatusStrings = [...][]byte{
+		cache.Miss: []byte("MISS"), cache.Hit: []byte("HIT"),
+		cache.Revalidated: []byte("REVALIDATED"), cache.Stale: []byte("STALE"),
+	}
+)
+
+func setAPIVersion(ctx *fasthttp.RequestCtx) {
+	ctx.Response.Header.SetBytesKV(strAPIVersion, strRegistry20)
+}
+
+// Handler is the fasthttp request handler.
+func (p *Proxy) Handler(ctx *fasthttp.RequestCtx) {
+	start := time.Now()
+	var rt Route
+	var st = cache.Status(255)
+	path := ctx.URI().PathOriginal()
+	switch {
+	case string(path) == "/healthz":
+		ctx.SetContentType("text/plain; charset=utf-8")
+		ctx.SetBodyString("ok\n")
+	case string(path) == "/v2" || strings.HasPrefix(string(path), "/v2/"):
+		rt, st = p.serveV2(ctx, path)
+	default:
+		writeError(ctx, newError(fasthttp.StatusNotFound, codeUnsupported, "not found: regcache serves the registry API under /v2/"))
+	}
+	if p.accessLog {
+		p.logRequest(ctx, &rt, st, time.Since(start))
+	}
+}
+
+func (p *Proxy) serveV2(ctx *fasthttp.RequestCtx, path []byte) (Route, cache.Status) {
+	if !ctx.IsGet() && !ctx.IsHead() {
+		writeError(ctx, newError(fasthttp.StatusMethodNotAllowed, codeUnsupported, "regcache is read-only: only GET and HEAD are supported"))
+		return Route{}, 255
+	}
+	rt, aerr := p.parseRoute(path, ctx.QueryArgs().PeekBytes(strNS))
+	if aerr != nil {
+		writeError(ctx, aerr)
+		return rt, 255
+	}
+	switch rt.Kind {
+	case KindBase:
+		setAPIVersion(ctx)
+		ctx.SetContentType("application/json")
+		ctx.SetBodyString("{}")
+		return rt, 255
+	case KindManifest:
+		return rt, p.serveManifest(ctx, &rt)
+	default:
+		writeError(ctx, newError(fasthttp.StatusNotFound, codeUnsupported, "tags and blobs are not served yet"))
+		return rt, 255
+	}
+}
+
+func (p *Proxy) serveManifest(ctx *fasthttp.RequestCtx, rt *Route) cache.Status {
+	head := ctx.IsHead()
+	a, err := p.cache.Manifest(ctx, rt.Upstream.Origin, rt.Repo, rt.Ref, !head)
+	if err != nil {
+		writeError(ctx, fromUpstream(err, codeManifestUnknown))
+		return 255
+	}
+	if rt.Upstream.StrictAccept && !accepts(ctx.Request.Header.PeekAll("Accept"), a.MediaType) {
+		writeError(ctx, newError(fasthttp.StatusNotFound, codeManifestUnknown, notAcceptedMessage(a.MediaType)))
+		return a.Status
+	}
+	h := &ctx.Response.Header
+	h.SetContentType(a.MediaType)
+	h.SetBytesKV(strDigestHeader, []byte(a.Digest))
+	setAPIVersion(ctx)
+	h.SetBytesKV(strXCache, cacheStatusStrings[a.Status])
+	if head {
+		// fasthttp sends no body for HEAD; the length is the manifest's, as a registry's is.
+		ctx.Response.SkipBody = true
+		h.SetContentLength(int(a.Size))
+	} else {
+		ctx.Response.SetBodyRaw(a.Body)
+	}
+	return a.Status
+}
+
+func (p *Proxy) logRequest(ctx *fasthttp.RequestCtx, rt *Route, st cache.Status, d time.Duration) {
+	fields := []zap.Field{
+		zap.ByteString("method", ctx.Method()),
+		zap.ByteString("path", ctx.URI().PathOriginal()),
+		zap.Int("status", ctx.Response.StatusCode()),
+		zap.Duration("duration", d),
+	}
+	if rt.Upstream != nil {
+		fields = append(fields, zap.String("upstream", rt.Upstream.Name), zap.String("repository", rt.Repo), zap.String("reference", rt.Ref))
+	}
+	if int(st) < len(cacheStatusStrings) {
+		fields = append(fields, zap.ByteString("cache", cacheStatusStrings[st]))
+	}
+	p.log.Info("request", fields...)
+}

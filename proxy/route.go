@@ -1,0 +1,220 @@
+package proxy
+
+import (
+	"bytes"
+	"net/url"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/valyala/fasthttp"
+)
+
+// Kind is the endpoint a /v2/ request is for.
+type Kind uint8
+
+// The /v2/ endpoints regcache answers.
+const (
+	KindBase Kind = iota + 1
+	KindManifest
+	KindTags
+	KindBlob
+)
+
+// Route is a request parsed once into what the layers below need.
+type Route struct {
+	Kind     Kind
+	Upstream *Upstream
+	// Repo is the repository name upstream knows (library/ added for Docker Hub).
+	Repo string
+	// Ref is the tag or digest of a manifest, or the digest of a blob.
+	Ref string
+}
+
+// maxNameLength is the distribution spec's bound on a repository name (with its host).
+const maxNameLength = 255
+
+// parseRoute reads a /v2/ path (as sent, not decoded) and its ns= query into a Route.
+func (p *Proxy) parseRoute(rawPath []byte, ns []byte) (Route, *apiError) {
+	path, aerr := decodePath(rawPath)
+	if aerr != nil {
+		return Route{}, aerr
+	}
+	rest := bytes.TrimPrefix(path, []byte("/v2"))
+	if len(rest) == 0 || (len(rest) == 1 && rest[0] == '/') {
+		return Route{Kind: KindBase}, nil
+	}
+	rest = rest[1:]
+	var r Route
+	var name, ref []byte
+	if i := bytes.LastIndex(rest, []byte("/manifests/")); i > 0 {
+		r.Kind, name, ref = KindManifest, rest[:i], rest[i+len("/manifests/"):]
+	} else if i := bytes.LastIndex(rest, []byte("/blobs/")); i > 0 {
+		r.Kind, name, ref = KindBlob, rest[:i], rest[i+len("/blobs/"):]
+	} else if bytes.HasSuffix(rest, []byte("/tags/list")) && len(rest) > len("/tags/list") {
+		r.Kind, name = KindTags, rest[:len(rest)-len("/tags/list")]
+	} else {
+		return Route{}, newError(fasthttp.StatusNotFound, codeUnsupported, "unknown endpoint: regcache answers /v2/<name>/manifests/<reference>, /v2/<name>/tags/list and /v2/<name>/blobs/<digest>")
+	}
+	up, repo, aerr := p.pickUpstream(name, ns)
+	if aerr != nil {
+		return Route{}, aerr
+	}
+	if len(repo) > maxNameLength {
+		return Route{}, newError(fasthttp.StatusBadRequest, codeNameInvalid, "repository name longer than 255 characters")
+	}
+	if !validRepo(repo) {
+		return Route{}, newError(fasthttp.StatusBadRequest, codeNameInvalid, "invalid repository name "+quote(repo))
+	}
+	r.Upstream = up
+	if up.DockerHub && bytes.IndexByte(repo, '/') < 0 {
+		r.Repo = "library/" + string(repo)
+	} else {
+		r.Repo = string(repo)
+	}
+	switch r.Kind {
+	case KindManifest:
+		if bytes.IndexByte(ref, ':') >= 0 {
+			if _, err := digest.Parse(string(ref)); err != nil {
+				return Route{}, newError(fasthttp.StatusBadRequest, codeDigestInvalid, "invalid digest "+quote(ref))
+			}
+		} else if !validTag(ref) {
+			return Route{}, newError(fasthttp.StatusBadRequest, codeTagInvalid, "invalid tag "+quote(ref))
+		}
+		r.Ref = string(ref)
+	case KindBlob:
+		if _, err := digest.Parse(string(ref)); err != nil {
+			return Route{}, newError(fasthttp.StatusBadRequest, codeDigestInvalid, "invalid digest "+quote(ref))
+		}
+		r.Ref = string(ref)
+	}
+	return r, nil
+}
+
+// pickUpstream applies DESIGN.md §3: ns= (containerd), then a first segment naming a
+// registry or alias (path-prefix mirrors), then default_upstream. A first segment that
+// looks like a host but is not configured is refused: regcache is no open proxy.
+func (p *Proxy) pickUpstream(name, ns []byte) (*Upstream, []byte, *apiError) {
+	if len(ns) > 0 {
+		up := p.lookup(ns)
+		if up == nil {
+			return nil, nil, newError(fasthttp.StatusNotFound, codeNameUnknown, "registry "+quote(ns)+" is not configured in regcache")
+		}
+		return up, name, nil
+	}
+	first, rest, hasRest := bytes.Cut(name, []byte("/"))
+	if looksLikeHost(first) {
+		up := p.lookup(first)
+		if up == nil {
+			return nil, nil, newError(fasthttp.StatusNotFound, codeNameUnknown, "registry "+quote(first)+" is not configured in regcache")
+		}
+		if !hasRest {
+			return nil, nil, newError(fasthttp.StatusBadRequest, codeNameInvalid, "no repository after registry "+quote(first))
+		}
+		return up, rest, nil
+	}
+	if hasRest {
+		if up := p.lookup(first); up != nil {
+			return up, rest, nil
+		}
+	}
+	return p.def, name, nil
+}
+
+// looksLikeHost follows Docker's reference grammar: a first component with a dot or a
+// colon, or "localhost", is a registry host.
+func looksLikeHost(s []byte) bool {
+	return bytes.IndexByte(s, '.') >= 0 || bytes.IndexByte(s, ':') >= 0 || string(s) == "localhost"
+}
+
+// decodePath refuses encoded slashes and dots (they would let a client smuggle path
+// structure past the router) and decodes any other escapes.
+func decodePath(raw []byte) ([]byte, *apiError) {
+	if bytes.IndexByte(raw, '%') < 0 {
+		return raw, nil
+	}
+	lower := bytes.ToLower(raw)
+	if bytes.Contains(lower, []byte("%2f")) || bytes.Contains(lower, []byte("%2e")) || bytes.Contains(lower, []byte("%5c")) {
+		return nil, newError(fasthttp.StatusBadRequest, codeNameInvalid, "encoded '/', '.' or '\\' in the path is not allowed")
+	}
+	s, err := url.PathUnescape(string(raw))
+	if err != nil {
+		return nil, newError(fasthttp.StatusBadRequest, codeNameInvalid, "malformed escape in the path")
+	}
+	return []byte(s), nil
+}
+
+// validRepo checks the distribution spec's name grammar:
+// [a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(\/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*
+func validRepo(s []byte) bool {
+	if len(s) == 0 {
+		return false
+	}
+	for _, comp := range bytes.Split(s, []byte("/")) {
+		if !validComponent(comp) {
+			return false
+		}
+	}
+	return true
+}
+
+func validComponent(c []byte) bool {
+	if len(c) == 0 || !alnum(c[0]) || !alnum(c[len(c)-1]) {
+		return false
+	}
+	for i := 1; i < len(c); i++ {
+		b := c[i]
+		if alnum(b) {
+			continue
+		}
+		switch b {
+		case '.':
+			if !alnum(c[i-1]) || !alnum(c[i+1]) {
+				return false
+			}
+		case '_':
+			// "_" or "__", between alphanumerics.
+			if c[i-1] == '_' {
+				if i < 2 || !alnum(c[i-2]) || !alnum(c[i+1]) {
+					return false
+				}
+			} else if !alnum(c[i-1]) || (c[i+1] != '_' && !alnum(c[i+1])) {
+				return false
+			}
+		case '-':
+			// Runs of dashes are fine; the run must sit between alphanumerics, which the
+			// first/last checks and the other separators' checks ensure.
+			if c[i-1] != '-' && !alnum(c[i-1]) {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func alnum(b byte) bool { return b >= 'a' && b <= 'z' || b >= '0' && b <= '9' }
+
+// validTag checks [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}.
+func validTag(s []byte) bool {
+	if len(s) == 0 || len(s) > 128 {
+		return false
+	}
+	for i, b := range s {
+		ok := b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z' || b >= '0' && b <= '9' || b == '_'
+		if !ok && i > 0 {
+			ok = b == '.' || b == '-'
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// quote shows untrusted input in a message, bounded and escaped.
+func quote(b []byte) string {
+	if len(b) > 100 {
+		b = append(b[:100:100], "..."...)
+	}
+	return `"` + string(bytes.ToValidUTF8(b, []byte("?"))) + `"`
+}

@@ -1,0 +1,250 @@
+package upstream
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Challenge is a parsed WWW-Authenticate header. Realms are never assumed: lscr.io, for
+// one, answers with ghcr.io's realm.
+type Challenge struct {
+	Scheme  string // "bearer" or "basic", lower-cased
+	Realm   string
+	Service string
+	Scope   string
+}
+
+// ParseChallenge reads the first Bearer or Basic challenge from WWW-Authenticate values.
+// Bearer wins over Basic when an upstream offers both.
+func ParseChallenge(values []string) (Challenge, bool) {
+	var basic *Challenge
+	for _, v := range values {
+		scheme, rest, _ := strings.Cut(strings.TrimSpace(v), " ")
+		c := Challenge{Scheme: strings.ToLower(scheme)}
+		for k, val := range parseParams(rest) {
+			switch k {
+			case "realm":
+				c.Realm = val
+			case "service":
+				c.Service = val
+			case "scope":
+				c.Scope = val
+			}
+		}
+		switch c.Scheme {
+		case "bearer":
+			if c.Realm != "" {
+				return c, true
+			}
+		case "basic":
+			if basic == nil {
+				basic = &c
+			}
+		}
+	}
+	if basic != nil {
+		return *basic, true
+	}
+	return Challenge{}, false
+}
+
+// parseParams reads auth-params: key=value or key="quoted \"value\"", comma separated.
+func parseParams(s string) map[string]string {
+	out := map[string]string{}
+	for len(s) > 0 {
+		s = strings.TrimLeft(s, " \t,")
+		eq := strings.IndexByte(s, '=')
+		if eq <= 0 {
+			break
+		}
+		key := strings.ToLower(strings.TrimSpace(s[:eq]))
+		s = strings.TrimLeft(s[eq+1:], " \t")
+		var val strings.Builder
+		if strings.HasPrefix(s, `"`) {
+			i := 1
+			for ; i < len(s) && s[i] != '"'; i++ {
+				if s[i] == '\\' && i+1 < len(s) {
+					i++
+				}
+				val.WriteByte(s[i])
+			}
+			s = s[min(i+1, len(s)):]
+		} else {
+			end := strings.IndexAny(s, ", \t")
+			if end < 0 {
+				end = len(s)
+			}
+			val.WriteString(s[:end])
+			s = s[end:]
+		}
+		out[key] = val.String()
+	}
+	return out
+}
+
+// token is a bearer token with the time it stops being usable.
+type token struct {
+	value   string
+	expires time.Time
+}
+
+// authState remembers what an upstream asked for and the tokens it gave, so that after the
+// first 401 every request goes out already authorized instead of paying a second round trip.
+type authState struct {
+	mu        sync.Mutex
+	challenge *Challenge
+	tokens    map[string]token // by scope
+}
+
+func (a *authState) current() *Challenge {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.challenge
+}
+
+func (a *authState) setChallenge(c Challenge) {
+	a.mu.Lock()
+	a.challenge = &c
+	a.mu.Unlock()
+}
+
+func (a *authState) cachedToken(scope string, now time.Time) (string, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	t, ok := a.tokens[scope]
+	if !ok || now.After(t.expires) {
+		return "", false
+	}
+	return t.value, true
+}
+
+func (a *authState) storeToken(scope string, t token) {
+	a.mu.Lock()
+	if a.tokens == nil {
+		a.tokens = map[string]token{}
+	}
+	// Drop expired tokens so that a long run over many repositories stays small.
+	if len(a.tokens) > 1024 {
+		now := time.Now()
+		for k, v := range a.tokens {
+			if now.After(v.expires) {
+				delete(a.tokens, k)
+			}
+		}
+	}
+	a.tokens[scope] = t
+	a.mu.Unlock()
+}
+
+func (a *authState) dropToken(scope string) {
+	a.mu.Lock()
+	delete(a.tokens, scope)
+	a.mu.Unlock()
+}
+
+// authorize sets Authorization on req for the scope, fetching a token first when the
+// upstream is known to want one. It is a no-op before the first challenge is seen.
+func (r *Registry) authorize(ctx context.Context, req *http.Request, scope string) error {
+	c := r.auth.current()
+	if c == nil {
+		return nil
+	}
+	switch c.Scheme {
+	case "basic":
+		if r.username != "" {
+			req.SetBasicAuth(r.username, r.password)
+		}
+	case "bearer":
+		tok, ok := r.auth.cachedToken(scope, time.Now())
+		if !ok {
+			var err error
+			if tok, err = r.fetchToken(ctx, *c, scope); err != nil {
+				return err
+			}
+		}
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	return nil
+}
+
+// tokenResponse is the token endpoint's JSON. Docker Hub sends both fields; some
+// registries send only access_token (the OAuth2 name).
+type tokenResponse struct {
+	Token       string `json:"token"`
+	AccessToken string `json:"access_token"`
+	ExpiresIn   int    `json:"expires_in"`
+}
+
+// fetchToken exchanges (optional) credentials for a bearer token at the challenge's realm.
+func (r *Registry) fetchToken(ctx context.Context, c Challenge, scope string) (string, error) {
+	realm, err := url.Parse(c.Realm)
+	if err != nil || (realm.Scheme != "https" && realm.Scheme != "http") || realm.Host == "" {
+		return "", r.invalid("token realm %q is not an http(s) URL", c.Realm)
+	}
+	// Credentials travel only over TLS when the registry itself is reached over TLS.
+	if realm.Scheme == "http" && r.base.Scheme == "https" {
+		return "", r.invalid("token realm %s is plain http while the registry is https; refusing", realm.Host)
+	}
+	q := realm.Query()
+	if c.Service != "" {
+		q.Set("service", c.Service)
+	}
+	q.Set("scope", scope)
+	realm.RawQuery = q.Encode()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, realm.String(), nil)
+	if err != nil {
+		return "", r.invalid("building token request: %v", err)
+	}
+	if r.username != "" {
+		req.SetBasicAuth(r.username, r.password)
+	}
+	resp, err := r.send(req)
+	if err != nil {
+		return "", err
+	}
+	defer drainClose(resp)
+	if err := r.checkResponse(resp); err != nil {
+		if e, ok := err.(*Error); ok {
+			e.Message = "token endpoint: " + e.Message
+			if e.Kind == KindNotFound || e.Kind == KindInvalid {
+				// A broken token endpoint is an upstream failure, not a missing image.
+				e.Kind = KindUnavailable
+			}
+		}
+		return "", err
+	}
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return "", r.unavailable(err, "reading token")
+	}
+	var tr tokenResponse
+	if err := json.Unmarshal(data, &tr); err != nil {
+		return "", &Error{Kind: KindUnavailable, Upstream: r.name, Message: "token endpoint answered something that is not token JSON"}
+	}
+	value := tr.Token
+	if value == "" {
+		value = tr.AccessToken
+	}
+	if value == "" {
+		return "", &Error{Kind: KindUnavailable, Upstream: r.name, Message: "token endpoint answered no token"}
+	}
+	// The spec's default lifetime is 60 s; renew a little early so a token never dies in flight.
+	life := time.Duration(tr.ExpiresIn) * time.Second
+	if life <= 0 {
+		life = 60 * time.Second
+	}
+	life -= min(life/10, 30*time.Second)
+	r.auth.storeToken(scope, token{value: value, expires: time.Now().Add(life)})
+	return value, nil
+}
+
+func (r *Registry) invalid(format string, a ...any) error {
+	return &Error{Kind: KindInvalid, Upstream: r.name, Message: fmt.Sprintf(format, a...)}
+}

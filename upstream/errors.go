@@ -1,0 +1,138 @@
+package upstream
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Kind says what went wrong upstream, coarsely enough that callers can decide what to do:
+// the cache serves stale on Unavailable and RateLimited, remembers NotFound and Denied, and
+// never caches anything from Invalid.
+type Kind int
+
+// The kinds of upstream failure.
+const (
+	KindNotFound    Kind = iota + 1 // 404: the repository or reference does not exist
+	KindDenied                      // 401/403 after the token exchange
+	KindRateLimited                 // 429
+	KindUnavailable                 // 5xx, timeouts, refused or broken connections
+	KindInvalid                     // an answer we must not trust: digest mismatch, bad JSON, too large
+)
+
+// Sentinels for errors.Is; an *Error matches the one of its Kind.
+var (
+	ErrNotFound    = errors.New("upstream: not found")
+	ErrDenied      = errors.New("upstream: denied")
+	ErrRateLimited = errors.New("upstream: rate limited")
+	ErrUnavailable = errors.New("upstream: unavailable")
+	ErrInvalid     = errors.New("upstream: invalid answer")
+)
+
+var sentinels = map[Kind]error{
+	KindNotFound: ErrNotFound, KindDenied: ErrDenied, KindRateLimited: ErrRateLimited,
+	KindUnavailable: ErrUnavailable, KindInvalid: ErrInvalid,
+}
+
+// Error is every failure this package returns. Messages never contain credentials or
+// tokens: they are built from status lines and the registry's own error text.
+type Error struct {
+	Kind     Kind
+	Upstream string
+	// Status is the HTTP status upstream answered, 0 when no answer came.
+	Status int
+	// Code is the registry error code upstream sent (MANIFEST_UNKNOWN, ...), if any.
+	Code    string
+	Message string
+	// RetryAfter is how long upstream asked us to wait (429, 503), 0 when unsaid.
+	RetryAfter time.Duration
+	// Timeout is set when upstream did not answer in time.
+	Timeout bool
+	// TooLarge is set when an answer exceeded a size limit.
+	TooLarge bool
+}
+
+func (e *Error) Error() string {
+	if e.Status != 0 {
+		return fmt.Sprintf("upstream %s: %s (HTTP %d)", e.Upstream, e.Message, e.Status)
+	}
+	return fmt.Sprintf("upstream %s: %s", e.Upstream, e.Message)
+}
+
+// Is lets errors.Is(err, ErrNotFound) and friends work.
+func (e *Error) Is(target error) bool { return sentinels[e.Kind] == target }
+
+// KindOf returns the Kind of err, or 0 when err is no *Error.
+func KindOf(err error) Kind {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Kind
+	}
+	return 0
+}
+
+// registryErrors is the distribution spec's error body.
+type registryErrors struct {
+	Errors []struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"errors"`
+}
+
+// checkResponse turns a non-2xx answer into an *Error, reading (a bounded part of) the body
+// for the registry's own code and message.
+func (r *Registry) checkResponse(resp *http.Response) error {
+	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		return nil
+	}
+	e := &Error{Upstream: r.name, Status: resp.StatusCode}
+	var body registryErrors
+	if resp.Request == nil || resp.Request.Method != http.MethodHead {
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		if json.Unmarshal(data, &body) == nil && len(body.Errors) > 0 {
+			e.Code = body.Errors[0].Code
+			e.Message = body.Errors[0].Message
+		}
+	}
+	switch {
+	case resp.StatusCode == http.StatusNotFound:
+		e.Kind = KindNotFound
+	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
+		e.Kind = KindDenied
+	case resp.StatusCode == http.StatusTooManyRequests:
+		e.Kind = KindRateLimited
+		e.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+	case resp.StatusCode >= 500:
+		e.Kind = KindUnavailable
+		e.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+	default:
+		e.Kind = KindInvalid
+	}
+	if e.Message == "" {
+		e.Message = strings.ToLower(http.StatusText(resp.StatusCode))
+	}
+	return e
+}
+
+// parseRetryAfter reads either delay-seconds or an HTTP date (RFC 9110 §10.2.3).
+func parseRetryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if secs < 0 {
+			return 0
+		}
+		return time.Duration(secs) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil && t.After(now) {
+		return t.Sub(now)
+	}
+	return 0
+}

@@ -1,0 +1,169 @@
+package upstream
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// The manifest media types every update checker meets.
+const (
+	MediaTypeDockerList     = "application/vnd.docker.distribution.manifest.list.v2+json"
+	MediaTypeDockerManifest = "application/vnd.docker.distribution.manifest.v2+json"
+	MediaTypeOCIIndex       = ocispec.MediaTypeImageIndex
+	MediaTypeOCIManifest    = ocispec.MediaTypeImageManifest
+)
+
+// AcceptManifests is sent on every manifest request: whatever the client accepts, upstream
+// may answer with any list or manifest type, so a registry that moved to OCI (lscr.io) never
+// answers 404 because an old client left a type out.
+const AcceptManifests = MediaTypeDockerList + ", " + MediaTypeOCIIndex + ", " + MediaTypeDockerManifest + ", " + MediaTypeOCIManifest
+
+// Descriptor names a manifest by content: what a HEAD tells.
+type Descriptor struct {
+	MediaType string
+	Digest    digest.Digest
+	Size      int64
+}
+
+// Manifest is a Descriptor and, after a GET, its body (verified against Digest).
+type Manifest struct {
+	Descriptor
+	// Body is nil when only the descriptor was fetched.
+	Body []byte
+}
+
+// HeadManifest asks for ref's descriptor with a HEAD (free on Docker Hub). When upstream's
+// answer lacks Docker-Content-Digest, a size or a media type, it asks with GET instead and
+// the result then carries the body too.
+func (r *Registry) HeadManifest(ctx context.Context, repo, ref string) (Manifest, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	resp, err := r.do(ctx, http.MethodHead, repo, "manifests/"+ref, AcceptManifests)
+	if err != nil {
+		return Manifest{}, err
+	}
+	defer drainClose(resp)
+	if err := r.checkResponse(resp); err != nil {
+		return Manifest{}, err
+	}
+	dg, err := digest.Parse(resp.Header.Get("Docker-Content-Digest"))
+	mt := contentType(resp.Header.Get("Content-Type"))
+	if err != nil || genericType(mt) || resp.ContentLength < 0 {
+		return r.getManifest(ctx, repo, ref)
+	}
+	if want, err := digest.Parse(ref); err == nil && want != dg {
+		return Manifest{}, r.invalid("HEAD %s answered digest %s", ref, dg)
+	}
+	if resp.ContentLength > MaxManifestSize {
+		return Manifest{}, r.tooLarge(resp.ContentLength)
+	}
+	return Manifest{Descriptor: Descriptor{MediaType: mt, Digest: dg, Size: resp.ContentLength}}, nil
+}
+
+// GetManifest fetches ref's manifest and verifies the body against the digest asked for
+// (ref, when it is one) and the digest upstream claims (Docker-Content-Digest).
+func (r *Registry) GetManifest(ctx context.Context, repo, ref string) (Manifest, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	return r.getManifest(ctx, repo, ref)
+}
+
+func (r *Registry) getManifest(ctx context.Context, repo, ref string) (Manifest, error) {
+	resp, err := r.do(ctx, http.MethodGet, repo, "manifests/"+ref, AcceptManifests)
+	if err != nil {
+		return Manifest{}, err
+	}
+	defer drainClose(resp)
+	if err := r.checkResponse(resp); err != nil {
+		return Manifest{}, err
+	}
+	if resp.ContentLength > MaxManifestSize {
+		return Manifest{}, r.tooLarge(resp.ContentLength)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxManifestSize+1))
+	if err != nil {
+		return Manifest{}, r.unavailable(err, "reading manifest")
+	}
+	if len(body) > MaxManifestSize {
+		return Manifest{}, r.tooLarge(int64(len(body)))
+	}
+	return r.verifyManifest(ref, resp.Header, body)
+}
+
+// verifyManifest is the one gate every manifest body passes before anyone may cache or
+// serve it.
+func (r *Registry) verifyManifest(ref string, h http.Header, body []byte) (Manifest, error) {
+	var got digest.Digest
+	if want, err := digest.Parse(ref); err == nil {
+		if !want.Algorithm().Available() || want.Algorithm().FromBytes(body) != want {
+			return Manifest{}, r.invalid("manifest body does not match the digest asked for (%s)", want)
+		}
+		got = want
+	}
+	if v := h.Get("Docker-Content-Digest"); v != "" {
+		claimed, err := digest.Parse(v)
+		if err != nil {
+			return Manifest{}, r.invalid("unparsable Docker-Content-Digest %q", v)
+		}
+		if !claimed.Algorithm().Available() || claimed.Algorithm().FromBytes(body) != claimed {
+			return Manifest{}, r.invalid("manifest body does not match its Docker-Content-Digest %s", claimed)
+		}
+		if got != "" && claimed != got && claimed.Algorithm() == got.Algorithm() {
+			return Manifest{}, r.invalid("Docker-Content-Digest %s differs from %s", claimed, got)
+		}
+		if got == "" {
+			got = claimed
+		}
+	}
+	if got == "" {
+		got = digest.Canonical.FromBytes(body)
+	}
+	var probe struct {
+		MediaType string `json:"mediaType"`
+	}
+	if err := json.Unmarshal(body, &probe); err != nil {
+		return Manifest{}, r.invalid("manifest is not valid JSON")
+	}
+	mt := contentType(h.Get("Content-Type"))
+	if genericType(mt) {
+		mt = probe.MediaType
+	}
+	if mt == "" {
+		return Manifest{}, r.invalid("manifest has no media type")
+	}
+	return Manifest{Descriptor: Descriptor{MediaType: mt, Digest: got, Size: int64(len(body))}, Body: body}, nil
+}
+
+func (r *Registry) tooLarge(n int64) error {
+	return &Error{Kind: KindInvalid, Upstream: r.name, TooLarge: true,
+		Message: "manifest of " + strconv.FormatInt(n, 10) + " bytes exceeds the 4 MiB limit"}
+}
+
+// contentType strips parameters ("; charset=utf-8") from a Content-Type.
+func contentType(v string) string {
+	if v == "" {
+		return ""
+	}
+	mt, _, err := mime.ParseMediaType(v)
+	if err != nil {
+		return ""
+	}
+	return mt
+}
+
+// genericType reports a Content-Type that says nothing about which manifest this is.
+func genericType(mt string) bool {
+	switch mt {
+	case "", "application/octet-stream", "text/plain", "application/json", "binary/octet-stream":
+		return true
+	}
+	return false
+}
+

@@ -1,0 +1,166 @@
+// Package upstream speaks the distribution protocol to one configured registry: it reads
+// auth challenges and exchanges tokens, follows redirects safely, asks for manifests with the
+// full Accept set, verifies what comes back, and returns typed errors (*Error) that callers
+// can act on without knowing HTTP.
+package upstream
+
+import (
+	"context"
+	_ "crypto/sha256" // go-digest needs the hash registered
+	_ "crypto/sha512"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// MaxManifestSize is the largest manifest accepted (the distribution spec's own limit for
+// what a registry must accept is 4 MiB). Larger answers are refused before they are read.
+const MaxManifestSize = 4 << 20
+
+// Options configure a Registry.
+type Options struct {
+	// Name is how logs and errors name the upstream (the configured name, e.g. "docker.io").
+	Name string
+	// URL is the registry's base URL, http or https.
+	URL string
+	// Username and Password go to the token endpoint, or as Basic auth when the registry
+	// asks for Basic. Empty means anonymous.
+	Username, Password string
+	// Timeout bounds one whole operation (token exchange, redirects and body included).
+	Timeout time.Duration
+	// ConnectTimeout bounds one TCP connect plus TLS handshake.
+	ConnectTimeout time.Duration
+	// TLS configures certificate checks for https; nil means the system defaults.
+	TLS *tls.Config
+	// DialContext replaces the network dialer; nil means net.Dialer. Proxies from
+	// HTTPS_PROXY/NO_PROXY are honoured either way.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	// UserAgent is sent on every request.
+	UserAgent string
+}
+
+// Registry is one upstream registry. It is safe for concurrent use.
+type Registry struct {
+	name      string
+	base      *url.URL
+	username  string
+	password  string
+	timeout   time.Duration
+	userAgent string
+	client    *http.Client
+	auth      authState
+}
+
+// New builds a Registry from opts.
+func New(opts Options) (*Registry, error) {
+	base, err := url.Parse(strings.TrimSuffix(opts.URL, "/"))
+	if err != nil || (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
+		return nil, fmt.Errorf("upstream %s: URL %q is not an http(s) base URL", opts.Name, opts.URL)
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = 30 * time.Second
+	}
+	if opts.ConnectTimeout <= 0 {
+		opts.ConnectTimeout = 5 * time.Second
+	}
+	dial := opts.DialContext
+	if dial == nil {
+		dial = (&net.Dialer{Timeout: opts.ConnectTimeout, KeepAlive: 30 * time.Second}).DialContext
+	}
+	transport := &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           dial,
+		TLSClientConfig:       opts.TLS,
+		TLSHandshakeTimeout:   opts.ConnectTimeout,
+		ResponseHeaderTimeout: opts.Timeout,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          256,
+		MaxIdleConnsPerHost:   64,
+		IdleConnTimeout:       90 * time.Second,
+	}
+	ua := opts.UserAgent
+	if ua == "" {
+		ua = "regcache"
+	}
+	return &Registry{
+		name:      opts.Name,
+		base:      base,
+		username:  opts.Username,
+		password:  opts.Password,
+		timeout:   opts.Timeout,
+		userAgent: ua,
+		client: &http.Client{
+			Transport: transport,
+			// Redirects are followed by send, which knows about credentials and HEAD.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+	}, nil
+}
+
+// Name is the configured name of the upstream.
+func (r *Registry) Name() string { return r.name }
+
+// Close releases idle connections.
+func (r *Registry) Close() { r.client.CloseIdleConnections() }
+
+// do sends method to /v2/<repo>/<path>, authorizing for pull on repo, and answers the
+// first 401 by taking up its challenge and trying once more.
+func (r *Registry) do(ctx context.Context, method, repo, path, accept string) (*http.Response, error) {
+	scope := "repository:" + repo + ":pull"
+	target := r.base.String() + "/v2/" + repo + "/" + path
+	for attempt := 0; ; attempt++ {
+		req, err := http.NewRequestWithContext(ctx, method, target, nil)
+		if err != nil {
+			return nil, r.invalid("building request: %v", err)
+		}
+		if accept != "" {
+			req.Header.Set("Accept", accept)
+		}
+		req.Header.Set("User-Agent", r.userAgent)
+		if err := r.authorize(ctx, req, scope); err != nil {
+			return nil, err
+		}
+		resp, err := r.send(req)
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode != http.StatusUnauthorized || attempt > 0 {
+			return resp, nil
+		}
+		c, ok := ParseChallenge(resp.Header.Values("WWW-Authenticate"))
+		if !ok || (c.Scheme == "basic" && r.username == "") {
+			return resp, nil // checkResponse turns it into Denied
+		}
+		drainClose(resp)
+		r.auth.setChallenge(c)
+		r.auth.dropToken(scope) // whatever we sent was refused
+	}
+}
+
+// unavailable wraps a transport failure. Timeouts are marked so the proxy can answer 504.
+func (r *Registry) unavailable(err error, what string) error {
+	e := &Error{Kind: KindUnavailable, Upstream: r.name}
+	var ne net.Error
+	if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
+		e.Timeout = true
+		e.Message = what + ": timed out"
+		return e
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err // the URL is in what already; keep the message short
+	}
+	e.Message = what + ": " + err.Error()
+	return e
+}
+
+func drainClose(resp *http.Response) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	_ = resp.Body.Close()
+}
