@@ -101,6 +101,8 @@ type authState struct {
 	mu        sync.Mutex
 	challenge *Challenge
 	tokens    map[string]token // by scope
+	// pingMu serializes the /v2/ ping that learns the challenge before the first request.
+	pingMu sync.Mutex
 }
 
 func (a *authState) current() *Challenge {
@@ -154,6 +156,9 @@ func (a *authState) dropToken(scope string) {
 func (r *Registry) authorize(ctx context.Context, req *http.Request, scope string) error {
 	c := r.auth.current()
 	if c == nil {
+		c = r.ping(ctx)
+	}
+	if c == nil {
 		return nil
 	}
 	switch c.Scheme {
@@ -170,6 +175,38 @@ func (r *Registry) authorize(ctx context.Context, req *http.Request, scope strin
 			}
 		}
 		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	return nil
+}
+
+// ping asks /v2/ once which challenge the upstream uses, as Docker clients do, so that the
+// first manifest request already carries a token instead of costing a 401 round trip.
+// A failed ping is not remembered: the request goes out bare and a 401 still teaches us.
+func (r *Registry) ping(ctx context.Context) *Challenge {
+	r.auth.pingMu.Lock()
+	defer r.auth.pingMu.Unlock()
+	if c := r.auth.current(); c != nil {
+		return c
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.base.String()+"/v2/", nil)
+	if err != nil {
+		return nil
+	}
+	req.Header.Set("User-Agent", r.userAgent)
+	resp, err := r.send(req)
+	if err != nil {
+		return nil
+	}
+	defer drainClose(resp)
+	switch {
+	case resp.StatusCode == http.StatusUnauthorized:
+		if c, ok := ParseChallenge(resp.Header.Values("WWW-Authenticate")); ok {
+			r.auth.setChallenge(c)
+			return &c
+		}
+	case resp.StatusCode < 300:
+		r.auth.setChallenge(Challenge{Scheme: "none"})
+		return r.auth.current()
 	}
 	return nil
 }

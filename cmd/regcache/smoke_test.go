@@ -1,0 +1,41 @@
+package main
+
+import (
+	"bytes"
+	"net/http"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"regcache/upstream/registrytest"
+)
+
+func TestSmokeManifestThroughBearerUpstream(t *testing.T) {
+	reg := registrytest.New(t, registrytest.Bearer)
+	idx := reg.PushIndex(t, "linuxserver/nginx", "latest", types.OCIImageIndex, "linux/amd64", "linux/arm64/v8")
+	rc := startRegcache(t, configYAML("", upstreamYAML("lscr.io", reg.URL)))
+	reg.ResetCounts()
+
+	r := rc.do(t, http.MethodGet, "/v2/lscr.io/linuxserver/nginx/manifests/latest")
+	if r.Status != 200 {
+		t.Fatalf("status %d: %s", r.Status, r.Body)
+	}
+	if got := r.Header.Get("Docker-Content-Digest"); got != idx.Digest {
+		t.Fatalf("digest %s, want %s", got, idx.Digest)
+	}
+	if !bytes.Equal(r.Body, idx.Body) {
+		t.Fatal("body differs from upstream's")
+	}
+	if r.Header.Get("X-Cache") != "MISS" || r.Header.Get("Content-Type") != string(types.OCIImageIndex) {
+		t.Fatalf("headers %v", r.Header)
+	}
+	h := rc.do(t, http.MethodHead, "/v2/lscr.io/linuxserver/nginx/manifests/latest")
+	if h.Status != 200 || h.Header.Get("X-Cache") != "HIT" || h.Header.Get("Content-Length") == "0" {
+		t.Fatalf("HEAD: %d %v", h.Status, h.Header)
+	}
+	t.Logf("HEAD headers: %v", h.Header)
+	if reg.Count("GET", "manifest") != 1 || reg.Count("HEAD", "manifest") != 0 {
+		t.Fatalf("upstream GET %d HEAD %d", reg.Count("GET", "manifest"), reg.Count("HEAD", "manifest"))
+	}
+	t.Logf("token requests %d", reg.Count("GET", "token"))
+}
