@@ -53,8 +53,8 @@ func newStore(maxCost int64) (*store, error) {
 	return &store{rc: rc}, nil
 }
 
-func tagKey(up, repo, tag string) string     { return "t\x00" + up + "\x00" + repo + "\x00" + tag }
-func manifestKey(up, repo, d string) string  { return "m\x00" + up + "\x00" + repo + "\x00" + d }
+func tagKey(up, repo, tag string) string      { return "t\x00" + up + "\x00" + repo + "\x00" + tag }
+func manifestKey(up, repo, d string) string   { return "m\x00" + up + "\x00" + repo + "\x00" + d }
 func negativeKey(up, repo, ref string) string { return "n\x00" + up + "\x00" + repo + "\x00" + ref }
 
 func (s *store) tag(key string) *TagEntry {

@@ -166,4 +166,3 @@ func genericType(mt string) bool {
 	}
 	return false
 }
-
