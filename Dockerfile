@@ -1,0 +1,14 @@
+# syntax=docker/dockerfile:1
+# Build a static binary, then ship it alone on a minimal base as a non-root user.
+FROM golang:1.26 AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/regcache ./cmd/regcache
+
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /out/regcache /regcache
+USER 65532:65532
+EXPOSE 5000
+ENTRYPOINT ["/regcache"]

@@ -1,0 +1,72 @@
+package proxy
+
+import (
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/valyala/fasthttp"
+
+	"regcache/cache"
+	"regcache/upstream"
+	"regcache/upstream/registrytest"
+)
+
+// newBenchProxy wires a proxy in front of a real test registry holding one OCI index.
+func newBenchProxy(b *testing.B) (*Proxy, registrytest.Pushed) {
+	reg := registrytest.New(b, registrytest.Bearer)
+	pushed := reg.PushIndex(b, "linuxserver/nginx", "latest", types.OCIImageIndex, "linux/amd64", "linux/arm64/v8")
+	r, err := upstream.New(upstream.Options{Name: "lscr.io", URL: reg.URL})
+	if err != nil {
+		b.Fatal(err)
+	}
+	c, err := cache.New(cache.Config{MaxSize: 64 << 20, MaxStale: time.Hour, NegativeTTL: time.Second, RevalidateWait: time.Second})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(c.Close)
+	up := &Upstream{Name: "lscr.io", Origin: &cache.Origin{Registry: r, TagTTL: time.Hour}}
+	p, err := New(Options{Upstreams: []*Upstream{up}, Default: "lscr.io", Cache: c})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return p, pushed
+}
+
+func benchHit(b *testing.B, method, uri string) {
+	p, pushed := newBenchProxy(b)
+	var ctx fasthttp.RequestCtx
+	var req fasthttp.Request
+	req.Header.SetMethod(method)
+	req.SetRequestURI(uri)
+	req.Header.Set("Accept", upstream.AcceptManifests)
+	ctx.Init(&req, nil, nil)
+	p.Handler(&ctx) // warm: the miss
+	ctx.Response.Reset()
+	p.Handler(&ctx)
+	if got := string(ctx.Response.Header.Peek("X-Cache")); got != "HIT" {
+		b.Fatalf("warm-up left X-Cache %q (status %d)", got, ctx.Response.StatusCode())
+	}
+	if got := string(ctx.Response.Header.Peek("Docker-Content-Digest")); got != pushed.Digest {
+		b.Fatalf("digest %s, want %s", got, pushed.Digest)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		ctx.Response.Reset()
+		p.Handler(&ctx)
+	}
+	b.StopTimer()
+	if ctx.Response.StatusCode() != 200 {
+		b.Fatalf("status %d", ctx.Response.StatusCode())
+	}
+}
+
+// The cache-hit path as clients hit it; figures go in the README.
+func BenchmarkHitHeadByTag(b *testing.B) {
+	benchHit(b, "HEAD", "/v2/linuxserver/nginx/manifests/latest")
+}
+
+func BenchmarkHitGetByTag(b *testing.B) {
+	benchHit(b, "GET", "/v2/lscr.io/linuxserver/nginx/manifests/latest")
+}
