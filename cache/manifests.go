@@ -110,6 +110,14 @@ func (c *Cache) fetchDigest(ctx context.Context, o *Origin, repo string, d diges
 		verb = "get"
 	}
 	m, err, _ := c.flights.Do(ctx, verb+"\x00"+manifestKey(up, repo, string(d)), func() (upstream.Manifest, error) {
+		// The caller looked in the store before joining; a flight that finished in between
+		// may have stored the answer already, and upstream must not be asked twice.
+		if e := c.store.manifest(manifestKey(up, repo, string(d))); e != nil && (e.Body != nil || !wantBody) {
+			return upstream.Manifest{Descriptor: e.Descriptor, Body: e.Body}, nil
+		}
+		if err := c.store.negative(negativeKey(up, repo, string(d))); err != nil {
+			return upstream.Manifest{}, err
+		}
 		var m upstream.Manifest
 		var err error
 		if wantBody {
@@ -178,6 +186,15 @@ func (c *Cache) resolveTag(ctx context.Context, o *Origin, repo, tag string, wan
 	up := o.Registry.Name()
 	key := tagKey(up, repo, tag)
 	m, err, _ := c.flights.Do(ctx, key, func() (upstream.Manifest, error) {
+		// The caller looked in the store before joining; a flight for this tag that finished
+		// in between has answered already (a burst's straggler, or a revalidation that just
+		// landed), and upstream must not be asked twice.
+		if te := c.store.tag(key); te != nil && c.now().Sub(te.FetchedAt) < o.TagTTL {
+			return upstream.Manifest{Descriptor: te.Descriptor}, nil
+		}
+		if err := c.store.negative(negativeKey(up, repo, tag)); err != nil {
+			return upstream.Manifest{}, err
+		}
 		var m upstream.Manifest
 		var err error
 		if wantBody {

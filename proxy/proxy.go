@@ -150,6 +150,8 @@ func (p *Proxy) Handler(ctx *fasthttp.RequestCtx) {
 func (p *Proxy) serveV2(ctx *fasthttp.RequestCtx, path []byte) (Route, cache.Status) {
 	if !ctx.IsGet() && !ctx.IsHead() {
 		writeError(ctx, newError(fasthttp.StatusMethodNotAllowed, codeUnsupported, "regcache is read-only: only GET and HEAD are supported"))
+		// RFC 9110 §15.5.6: a 405 must list what the resource does allow.
+		ctx.Response.Header.Set("Allow", "GET, HEAD")
 		return Route{}, 255
 	}
 	rt, aerr := p.parseRoute(path, ctx.QueryArgs().PeekBytes(strNS))

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"net/netip"
 	"net/url"
 
 	"github.com/opencontainers/go-digest"
@@ -104,6 +105,9 @@ func (p *Proxy) pickUpstream(name, ns []byte) (*Upstream, []byte, *apiError) {
 	if looksLikeHost(first) {
 		up := p.lookup(first)
 		if up == nil {
+			if !validHost(first) {
+				return nil, nil, newError(fasthttp.StatusBadRequest, codeNameInvalid, "invalid registry or repository name "+quote(first))
+			}
 			return nil, nil, newError(fasthttp.StatusNotFound, codeNameUnknown, "registry "+quote(first)+" is not configured in regcache")
 		}
 		if !hasRest {
@@ -123,6 +127,37 @@ func (p *Proxy) pickUpstream(name, ns []byte) (*Upstream, []byte, *apiError) {
 // colon, or "localhost", is a registry host.
 func looksLikeHost(s []byte) bool {
 	return bytes.IndexByte(s, '.') >= 0 || bytes.IndexByte(s, ':') >= 0 || string(s) == "localhost"
+}
+
+// validHost checks the reference grammar's domain: labels of letters, digits and inner
+// dashes joined by dots, or a bracketed IPv6 address, then an optional :port. It tells a
+// malformed name ("..", "a..b") from a well-formed registry that is not configured.
+func validHost(s []byte) bool {
+	if i := bytes.LastIndexByte(s, ':'); i >= 0 && i > bytes.LastIndexByte(s, ']') {
+		port := s[i+1:]
+		if len(port) == 0 || len(port) > 5 || bytes.ContainsFunc(port, func(r rune) bool { return r < '0' || r > '9' }) {
+			return false
+		}
+		s = s[:i]
+	}
+	if len(s) > 2 && s[0] == '[' && s[len(s)-1] == ']' {
+		ip, err := netip.ParseAddr(string(s[1 : len(s)-1]))
+		return err == nil && ip.Is6()
+	}
+	if len(s) == 0 {
+		return false
+	}
+	for _, label := range bytes.Split(s, []byte(".")) {
+		if len(label) == 0 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, b := range label {
+			if !(alnum(b) || b >= 'A' && b <= 'Z' || b == '-') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // decodePath refuses encoded slashes and dots (they would let a client smuggle path

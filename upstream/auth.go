@@ -225,9 +225,10 @@ func (r *Registry) fetchToken(ctx context.Context, c Challenge, scope string) (s
 	if err != nil || (realm.Scheme != "https" && realm.Scheme != "http") || realm.Host == "" {
 		return "", r.invalid("token realm %q is not an http(s) URL", c.Realm)
 	}
-	// Credentials travel only over TLS when the registry itself is reached over TLS.
-	if realm.Scheme == "http" && r.base.Scheme == "https" {
-		return "", r.invalid("token realm %s is plain http while the registry is https; refusing", realm.Host)
+	// The realm is where upstream sends our credentials, so it obeys the redirect rules:
+	// TLS stays TLS, and no realm leads into a network the upstream does not live in.
+	if why := r.refuseTarget(realm); why != "" {
+		return "", r.invalid("token realm refused: %s", why)
 	}
 	q := realm.Query()
 	if c.Service != "" {

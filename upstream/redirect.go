@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strings"
 )
 
@@ -15,6 +16,7 @@ const maxRedirects = 5
 // dropped the moment the host changes, and no redirect leads into a network the upstream
 // itself does not live in.
 func (r *Registry) send(req *http.Request) (*http.Response, error) {
+	first := req.URL
 	for hops := 0; ; hops++ {
 		resp, err := r.client.Do(req)
 		if err != nil {
@@ -24,6 +26,13 @@ func (r *Registry) send(req *http.Request) (*http.Response, error) {
 		case http.StatusMovedPermanently, http.StatusFound, http.StatusSeeOther,
 			http.StatusTemporaryRedirect, http.StatusPermanentRedirect:
 		default:
+			if !sameOrigin(first, req.URL) {
+				// Only the host asked first may say how to authenticate: a redirect target
+				// (a CDN, or anything an upstream points at) answering 401 with its own
+				// Bearer realm would otherwise have the upstream's credentials sent there.
+				// It never gets our Authorization anyway, so its challenge is of no use.
+				resp.Header.Del("WWW-Authenticate")
+			}
 			return resp, nil
 		}
 		loc, err := resp.Location()
@@ -53,20 +62,75 @@ func sameOrigin(a, b *url.URL) bool {
 	return strings.EqualFold(a.Scheme, b.Scheme) && strings.EqualFold(a.Host, b.Host)
 }
 
-// allowRedirect refuses redirects to non-http(s) URLs, and to loopback, private,
-// link-local or unspecified addresses (169.254.169.254, the cloud metadata service, above
-// all) unless the upstream's own URL is in such a range (an internal registry).
+// allowRedirect refuses redirects that refuseTarget refuses.
 func (r *Registry) allowRedirect(to *url.URL) error {
-	if to.Scheme != "http" && to.Scheme != "https" {
-		return &Error{Kind: KindUnavailable, Upstream: r.name, Message: "redirect to a non-http URL refused"}
-	}
-	if r.base.Scheme == "https" && to.Scheme == "http" {
-		return &Error{Kind: KindUnavailable, Upstream: r.name, Message: "redirect from https to plain http refused"}
-	}
-	if InternalHost(to.Hostname()) && !InternalHost(r.base.Hostname()) {
-		return &Error{Kind: KindUnavailable, Upstream: r.name, Message: fmt.Sprintf("redirect to internal address %s refused", to.Hostname())}
+	if why := r.refuseTarget(to); why != "" {
+		return &Error{Kind: KindUnavailable, Upstream: r.name, Message: "redirect refused: " + why}
 	}
 	return nil
+}
+
+// refuseTarget says why upstream may not send us to (a redirect, a token realm), or "".
+// It refuses non-http(s) URLs, https to plain http, cloud metadata services, and internal
+// addresses of another kind than the upstream's own: a registry on loopback may send us to
+// loopback and one in a private network to that network, but neither to 169.254.169.254,
+// and a public registry nowhere internal at all.
+func (r *Registry) refuseTarget(to *url.URL) string {
+	if to.Scheme != "http" && to.Scheme != "https" {
+		return "not an http(s) URL"
+	}
+	if r.base.Scheme == "https" && to.Scheme == "http" {
+		return "plain http while the registry is https"
+	}
+	host := to.Hostname()
+	if c := hostClass(host); c != classPublic && (c != hostClass(r.base.Hostname()) || c == classNowhere || metadataHost(host)) {
+		return "internal address " + host
+	}
+	return ""
+}
+
+// netClass sorts hosts by the network they are in, for allowRedirect.
+type netClass uint8
+
+const (
+	classPublic    netClass = iota // host names and public addresses
+	classLoopback                  // this machine
+	classPrivate                   // RFC 1918, RFC 4193 (fc00::/7), RFC 6598 (100.64.0.0/10)
+	classLinkLocal                 // 169.254.0.0/16, fe80::/10: cloud metadata lives here
+	classNowhere                   // unspecified and multicast: never a place to send a request
+)
+
+// hostClass classifies an IP literal or localhost; other names count as public, since
+// what they resolve to is not known here.
+func hostClass(host string) netClass {
+	if !InternalHost(host) {
+		return classPublic
+	}
+	ip, err := netip.ParseAddr(strings.Trim(host, "[]"))
+	if err != nil {
+		return classLoopback // localhost, *.localhost
+	}
+	ip = ip.Unmap()
+	switch {
+	case ip.IsLoopback():
+		return classLoopback
+	case ip.IsPrivate() || sharedAddressSpace.Contains(ip):
+		return classPrivate
+	case ip.IsLinkLocalUnicast():
+		return classLinkLocal
+	}
+	return classNowhere
+}
+
+// metadataAddrs are the cloud metadata services, refused even from a registry in the same
+// kind of network: AWS/GCP/Azure/OpenStack, AWS over IPv6, Alibaba.
+var metadataAddrs = []netip.Addr{
+	netip.MustParseAddr("169.254.169.254"), netip.MustParseAddr("fd00:ec2::254"), netip.MustParseAddr("100.100.100.200"),
+}
+
+func metadataHost(host string) bool {
+	ip, err := netip.ParseAddr(strings.Trim(host, "[]"))
+	return err == nil && slices.Contains(metadataAddrs, ip.Unmap().WithZone(""))
 }
 
 // InternalHost reports whether host is an IP literal (or localhost) in a loopback,

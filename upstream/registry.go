@@ -112,6 +112,15 @@ func (r *Registry) Close() { r.client.CloseIdleConnections() }
 // do sends method to /v2/<repo>/<path>, authorizing for pull on repo, and answers the
 // first 401 by taking up its challenge and trying once more.
 func (r *Registry) do(ctx context.Context, method, repo, path, accept string) (*http.Response, error) {
+	return r.doWith(ctx, method, repo, path, func(req *http.Request) {
+		if accept != "" {
+			req.Header.Set("Accept", accept)
+		}
+	})
+}
+
+// doWith is do with a hook that sets request headers (Accept, Range) on every attempt.
+func (r *Registry) doWith(ctx context.Context, method, repo, path string, prepare func(*http.Request)) (*http.Response, error) {
 	scope := "repository:" + repo + ":pull"
 	target := r.base.String() + "/v2/" + repo + "/" + path
 	for attempt := 0; ; attempt++ {
@@ -119,9 +128,7 @@ func (r *Registry) do(ctx context.Context, method, repo, path, accept string) (*
 		if err != nil {
 			return nil, r.invalid("building request: %v", err)
 		}
-		if accept != "" {
-			req.Header.Set("Accept", accept)
-		}
+		prepare(req)
 		req.Header.Set("User-Agent", r.userAgent)
 		if err := r.authorize(ctx, req, scope); err != nil {
 			return nil, err

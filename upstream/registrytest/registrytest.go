@@ -58,6 +58,8 @@ type Registry struct {
 	counts  map[string]int
 	tokens  map[string]bool
 	authLog []string // Authorization headers seen, for leak checks
+	paging  Paging
+	maxPage int
 }
 
 // New starts a registry on 127.0.0.1 and stops it when the test ends.
@@ -169,6 +171,9 @@ func (r *Registry) serve(w http.ResponseWriter, req *http.Request) {
 	}
 	if !r.authorized(req) {
 		r.challenge(w, req)
+		return
+	}
+	if r.servePagedTags(w, req) {
 		return
 	}
 	r.inner.ServeHTTP(w, req)

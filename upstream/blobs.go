@@ -1,0 +1,78 @@
+package upstream
+
+import (
+	"context"
+	"io"
+	"net/http"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Blob is an open upstream blob answer. The body streams; Close it.
+type Blob struct {
+	Body io.ReadCloser
+	// Size is the Content-Length of this answer (the range's length for a 206), -1 if unsaid.
+	Size int64
+	// Status is 200, or 206 for a range.
+	Status       int
+	ContentType  string
+	ContentRange string
+}
+
+// OpenBlob asks for blob d of repo with method (GET or HEAD), passing a client's Range
+// through. Redirects to CDNs are followed here, so clients never see them. ctx bounds the
+// whole transfer, body included: cancel it when done.
+func (r *Registry) OpenBlob(ctx context.Context, method, repo string, d digest.Digest, rangeHeader string) (*Blob, error) {
+	resp, err := r.doWith(ctx, method, repo, "blobs/"+string(d), func(req *http.Request) {
+		if rangeHeader != "" {
+			req.Header.Set("Range", rangeHeader)
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := r.checkResponse(resp); err != nil {
+		drainClose(resp)
+		if e, ok := err.(*Error); ok && e.Kind == KindNotFound && e.Code == "" {
+			e.Code = "BLOB_UNKNOWN"
+		}
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusPartialContent {
+		drainClose(resp)
+		return nil, &Error{Kind: KindInvalid, Upstream: r.name, Status: resp.StatusCode, Message: "unexpected answer to a blob request"}
+	}
+	return &Blob{
+		Body:         resp.Body,
+		Size:         resp.ContentLength,
+		Status:       resp.StatusCode,
+		ContentType:  resp.Header.Get("Content-Type"),
+		ContentRange: resp.Header.Get("Content-Range"),
+	}, nil
+}
+
+// FetchBlob reads a whole blob of at most limit bytes and verifies it against d: the path
+// for small blobs (image configs) that are worth caching.
+func (r *Registry) FetchBlob(ctx context.Context, repo string, d digest.Digest, limit int64) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	b, err := r.OpenBlob(ctx, http.MethodGet, repo, d, "")
+	if err != nil {
+		return nil, err
+	}
+	defer b.Body.Close()
+	if b.Size > limit {
+		return nil, &Error{Kind: KindInvalid, Upstream: r.name, TooLarge: true, Message: "blob larger than the cache limit"}
+	}
+	data, err := io.ReadAll(io.LimitReader(b.Body, limit+1))
+	if err != nil {
+		return nil, r.unavailable(err, "reading blob")
+	}
+	if int64(len(data)) > limit {
+		return nil, &Error{Kind: KindInvalid, Upstream: r.name, TooLarge: true, Message: "blob larger than the cache limit"}
+	}
+	if !d.Algorithm().Available() || d.Algorithm().FromBytes(data) != d {
+		return nil, r.invalid("blob body does not match its digest %s", d)
+	}
+	return data, nil
+}
