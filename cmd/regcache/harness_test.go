@@ -48,6 +48,12 @@ type instance struct {
 // on a loopback port until the test ends. Logs are JSON at debug level, kept for checks.
 func startRegcache(t testing.TB, cfgYAML string) *instance {
 	t.Helper()
+	return startRegcacheWith(t, cfgYAML, buildOptions{AccessLog: true})
+}
+
+// startRegcacheWith is startRegcache with wiring options (an injected dialer).
+func startRegcacheWith(t testing.TB, cfgYAML string, bo buildOptions) *instance {
+	t.Helper()
 	cfg, err := configs.Parse([]byte(cfgYAML))
 	if err != nil {
 		t.Fatalf("config: %v", err)
@@ -55,7 +61,7 @@ func startRegcache(t testing.TB, cfgYAML string) *instance {
 	logs := &syncBuffer{}
 	enc := zap.NewProductionEncoderConfig()
 	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(enc), logs, zapcore.DebugLevel))
-	srv, err := build(cfg, log, true)
+	srv, err := build(cfg, log, bo)
 	if err != nil {
 		t.Fatalf("build: %v", err)
 	}

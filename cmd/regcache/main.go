@@ -55,7 +55,7 @@ func run(args []string) error {
 	}
 	defer func() { _ = log.Sync() }()
 
-	srv, err := build(cfg, log, *accessLog)
+	srv, err := build(cfg, log, buildOptions{AccessLog: *accessLog})
 	if err != nil {
 		return err
 	}
@@ -90,8 +90,15 @@ type server interface {
 	ShutdownWithContext(context.Context) error
 }
 
+// buildOptions are the wiring choices that are not configuration.
+type buildOptions struct {
+	AccessLog bool
+	// Dial replaces the upstream dialer (tests use it to prove no packet leaves loopback).
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
 // build turns a validated config into a ready fasthttp server.
-func build(cfg *configs.Config, log *zap.Logger, accessLog bool) (server, error) {
+func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (server, error) {
 	c, err := cache.New(cache.Config{
 		MaxSize:        int64(cfg.Cache.MaxSize),
 		MaxStale:       cfg.Cache.MaxStale.D(),
@@ -111,7 +118,7 @@ func build(cfg *configs.Config, log *zap.Logger, accessLog bool) (server, error)
 		}
 		opts := upstream.Options{
 			Name: u.Name, URL: u.URL, Timeout: u.Timeout.D(), ConnectTimeout: u.ConnectTimeout.D(),
-			TLS: tlsCfg, UserAgent: "regcache/1",
+			TLS: tlsCfg, UserAgent: "regcache/1", DialContext: bo.Dial,
 		}
 		if u.Credentials != nil {
 			opts.Username, opts.Password = u.Credentials.Username, u.Credentials.Password.Reveal()
@@ -125,7 +132,7 @@ func build(cfg *configs.Config, log *zap.Logger, accessLog bool) (server, error)
 			Origin: &cache.Origin{Registry: reg, TagTTL: cfg.TagTTLFor(u)},
 		})
 	}
-	p, err := proxy.New(proxy.Options{Upstreams: ups, Default: cfg.DefaultUpstream, Cache: c, Logger: log, AccessLog: accessLog})
+	p, err := proxy.New(proxy.Options{Upstreams: ups, Default: cfg.DefaultUpstream, Cache: c, Logger: log, AccessLog: bo.AccessLog})
 	if err != nil {
 		return nil, err
 	}

@@ -23,11 +23,7 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
-	"regcache/cache"
-	"regcache/proxy"
 	"regcache/upstream"
 	"regcache/upstream/registrytest"
 )
@@ -727,32 +723,8 @@ func (d *peLoopbackDialer) DialContext(ctx context.Context, network, addr string
 // test controls (build has no way to take one), and serves it on 127.0.0.1.
 func peStartWithDialer(t *testing.T, name, url string, dial func(context.Context, string, string) (net.Conn, error)) *instance {
 	t.Helper()
-	logs := &syncBuffer{}
-	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), logs, zapcore.DebugLevel))
-	c, err := cache.New(cache.Config{MaxSize: 64 << 20, MaxStale: time.Hour, NegativeTTL: time.Second, RevalidateWait: time.Second, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg, err := upstream.New(upstream.Options{Name: name, URL: url, Timeout: 5 * time.Second, DialContext: dial, UserAgent: "regcache/1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := proxy.New(proxy.Options{
-		Upstreams: []*proxy.Upstream{{Name: name, Origin: &cache.Origin{Registry: reg, TagTTL: time.Minute}}},
-		Default:   name, Cache: c, Logger: log, AccessLog: true,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := p.Server()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Shutdown(); reg.Close(); c.Close() })
-	return &instance{URL: "http://" + ln.Addr().String(), Logs: logs,
-		Client: &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{Proxy: nil}}}
+	return startRegcacheWith(t, configYAML("  negative_ttl: 1s\n", upstreamYAML(name, url, "timeout: 5s")),
+		buildOptions{AccessLog: true, Dial: dial})
 }
 
 func TestUpstreamRedirectToMetadataServiceRefusedWithoutDialling(t *testing.T) {
