@@ -39,7 +39,10 @@ type Config struct {
 	MaxStale       time.Duration
 	NegativeTTL    time.Duration
 	RevalidateWait time.Duration
-	Logger         *zap.Logger
+	// MaxBlobSize is the largest blob (an image config, typically) kept in memory; larger
+	// blobs stream through. 0 means 1 MiB.
+	MaxBlobSize int64
+	Logger      *zap.Logger
 }
 
 // Answer is a resolved manifest lookup.
@@ -57,7 +60,10 @@ type Cache struct {
 	log     *zap.Logger
 	store   *store
 	flights Group[upstream.Manifest]
-	now     func() time.Time
+	// tagFlights and blobFlights coalesce tags pages and small-blob fetches.
+	tagFlights  Group[TagPage]
+	blobFlights Group[BlobInfo]
+	now         func() time.Time
 }
 
 // New builds a Cache.
@@ -69,6 +75,9 @@ func New(cfg Config) (*Cache, error) {
 	log := cfg.Logger
 	if log == nil {
 		log = zap.NewNop()
+	}
+	if cfg.MaxBlobSize <= 0 {
+		cfg.MaxBlobSize = 1 << 20
 	}
 	return &Cache{cfg: cfg, log: log, store: s, now: time.Now}, nil
 }

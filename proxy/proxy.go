@@ -131,7 +131,7 @@ func setAPIVersion(ctx *fasthttp.RequestCtx) {
 func (p *Proxy) Handler(ctx *fasthttp.RequestCtx) {
 	start := time.Now()
 	var rt Route
-	var st = cache.Status(255)
+	var st = noStatus
 	path := ctx.URI().PathOriginal()
 	switch {
 	case string(path) == "/healthz":
@@ -152,24 +152,25 @@ func (p *Proxy) serveV2(ctx *fasthttp.RequestCtx, path []byte) (Route, cache.Sta
 		writeError(ctx, newError(fasthttp.StatusMethodNotAllowed, codeUnsupported, "regcache is read-only: only GET and HEAD are supported"))
 		// RFC 9110 §15.5.6: a 405 must list what the resource does allow.
 		ctx.Response.Header.Set("Allow", "GET, HEAD")
-		return Route{}, 255
+		return Route{}, noStatus
 	}
 	rt, aerr := p.parseRoute(path, ctx.QueryArgs().PeekBytes(strNS))
 	if aerr != nil {
 		writeError(ctx, aerr)
-		return rt, 255
+		return rt, noStatus
 	}
 	switch rt.Kind {
 	case KindBase:
 		setAPIVersion(ctx)
 		ctx.SetContentType("application/json")
 		ctx.SetBodyString("{}")
-		return rt, 255
+		return rt, noStatus
 	case KindManifest:
 		return rt, p.serveManifest(ctx, &rt)
+	case KindTags:
+		return rt, p.serveTags(ctx, &rt, path)
 	default:
-		writeError(ctx, newError(fasthttp.StatusNotFound, codeUnsupported, "tags and blobs are not served yet"))
-		return rt, 255
+		return rt, p.serveBlob(ctx, &rt)
 	}
 }
 
@@ -178,7 +179,7 @@ func (p *Proxy) serveManifest(ctx *fasthttp.RequestCtx, rt *Route) cache.Status 
 	a, err := p.cache.Manifest(ctx, rt.Upstream.Origin, rt.Repo, rt.Ref, !head)
 	if err != nil {
 		writeError(ctx, fromUpstream(err, codeManifestUnknown))
-		return 255
+		return noStatus
 	}
 	if rt.Upstream.StrictAccept && !accepts(ctx.Request.Header.PeekAll("Accept"), a.MediaType) {
 		writeError(ctx, newError(fasthttp.StatusNotFound, codeManifestUnknown, notAcceptedMessage(a.MediaType)))
@@ -214,3 +215,6 @@ func (p *Proxy) logRequest(ctx *fasthttp.RequestCtx, rt *Route, st cache.Status,
 	}
 	p.log.Info("request", fields...)
 }
+
+// noStatus marks answers the cache did not give (errors, the base endpoint): no X-Cache.
+const noStatus = cache.Status(255)

@@ -52,27 +52,29 @@ func (r *Registry) OpenBlob(ctx context.Context, method, repo string, d digest.D
 }
 
 // FetchBlob reads a whole blob of at most limit bytes and verifies it against d: the path
-// for small blobs (image configs) that are worth caching.
-func (r *Registry) FetchBlob(ctx context.Context, repo string, d digest.Digest, limit int64) ([]byte, error) {
+// for small blobs (image configs) that are worth caching. A larger blob is not read: the
+// error has TooLarge set and size is upstream's Content-Length (-1 when unsaid).
+func (r *Registry) FetchBlob(ctx context.Context, repo string, d digest.Digest, limit int64) (data []byte, size int64, err error) {
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
 	b, err := r.OpenBlob(ctx, http.MethodGet, repo, d, "")
 	if err != nil {
-		return nil, err
+		return nil, -1, err
 	}
 	defer b.Body.Close()
+	tooLarge := &Error{Kind: KindInvalid, Upstream: r.name, TooLarge: true, Message: "blob larger than the cache limit"}
 	if b.Size > limit {
-		return nil, &Error{Kind: KindInvalid, Upstream: r.name, TooLarge: true, Message: "blob larger than the cache limit"}
+		return nil, b.Size, tooLarge
 	}
-	data, err := io.ReadAll(io.LimitReader(b.Body, limit+1))
+	data, err = io.ReadAll(io.LimitReader(b.Body, limit+1))
 	if err != nil {
-		return nil, r.unavailable(err, "reading blob")
+		return nil, b.Size, r.unavailable(err, "reading blob")
 	}
 	if int64(len(data)) > limit {
-		return nil, &Error{Kind: KindInvalid, Upstream: r.name, TooLarge: true, Message: "blob larger than the cache limit"}
+		return nil, b.Size, tooLarge
 	}
 	if !d.Algorithm().Available() || d.Algorithm().FromBytes(data) != d {
-		return nil, r.invalid("blob body does not match its digest %s", d)
+		return nil, b.Size, r.invalid("blob body does not match its digest %s", d)
 	}
-	return data, nil
+	return data, int64(len(data)), nil
 }

@@ -1,0 +1,97 @@
+package proxy
+
+import (
+	"context"
+	"io"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/valyala/fasthttp"
+
+	"regcache/cache"
+	"regcache/upstream"
+)
+
+var strAcceptRanges = []byte("Accept-Ranges")
+
+// serveBlob answers GET/HEAD /v2/<name>/blobs/<digest>. Small blobs (configs) come from
+// the cache, verified; larger ones stream from upstream (CDN redirects followed there),
+// verified as they pass, with Range passed through.
+func (p *Proxy) serveBlob(ctx *fasthttp.RequestCtx, rt *Route) cache.Status {
+	d := digest.Digest(rt.Ref)
+	rangeHeader := string(ctx.Request.Header.Peek("Range"))
+	info, st, err := p.cache.Blob(ctx, rt.Upstream.Origin, rt.Repo, d)
+	if err != nil {
+		writeError(ctx, fromUpstream(err, codeBlobUnknown))
+		return noStatus
+	}
+	h := &ctx.Response.Header
+	setAPIVersion(ctx)
+	h.SetBytesKV(strDigestHeader, []byte(d))
+	if info.Data != nil {
+		// A cached blob is small: a Range is answered with the whole blob (RFC 9110 allows it).
+		h.SetContentType("application/octet-stream")
+		h.SetBytesKV(strXCache, cacheStatusStrings[st])
+		if ctx.IsHead() {
+			ctx.Response.SkipBody = true
+			h.SetContentLength(len(info.Data))
+		} else {
+			ctx.Response.SetBodyRaw(info.Data)
+		}
+		return st
+	}
+	if ctx.IsHead() && info.Size >= 0 {
+		h.SetContentType("application/octet-stream")
+		h.SetBytesKV(strXCache, cacheStatusStrings[st])
+		h.SetBytesKV(strAcceptRanges, []byte("bytes"))
+		ctx.Response.SkipBody = true
+		h.SetContentLength(int(info.Size))
+		return st
+	}
+	method := fasthttp.MethodGet
+	if ctx.IsHead() {
+		method = fasthttp.MethodHead
+	}
+	// The stream outlives the handler (fasthttp writes it after we return); it ends, and
+	// its upstream connection with it, when fasthttp closes the body.
+	sctx, cancel := context.WithCancel(context.Background())
+	b, err := rt.Upstream.Origin.Registry.OpenBlob(sctx, method, rt.Repo, d, rangeHeader)
+	if err != nil {
+		cancel()
+		writeError(ctx, fromUpstream(err, codeBlobUnknown))
+		return noStatus
+	}
+	ctx.SetStatusCode(b.Status)
+	h.SetContentType("application/octet-stream")
+	h.SetBytesKV(strXCache, cacheStatusStrings[cache.Miss])
+	h.SetBytesKV(strAcceptRanges, []byte("bytes"))
+	if b.ContentRange != "" {
+		h.Set("Content-Range", b.ContentRange)
+	}
+	if ctx.IsHead() {
+		b.Body.Close()
+		cancel()
+		ctx.Response.SkipBody = true
+		if b.Size >= 0 {
+			h.SetContentLength(int(b.Size))
+		}
+		return cache.Miss
+	}
+	var body io.Reader = b.Body
+	if b.Status == fasthttp.StatusOK {
+		body = upstream.NewVerifyingReader(b.Body, d, b.Size)
+	}
+	ctx.SetBodyStream(&streamCloser{Reader: body, close: func() { b.Body.Close(); cancel() }}, int(b.Size))
+	return cache.Miss
+}
+
+// streamCloser releases the upstream stream when fasthttp is done with the body.
+type streamCloser struct {
+	io.Reader
+	close func()
+}
+
+func (s *streamCloser) Close() error {
+	s.close()
+	return nil
+}
+

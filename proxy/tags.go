@@ -1,0 +1,76 @@
+package proxy
+
+import (
+	"net/url"
+	"strconv"
+
+	"github.com/valyala/fasthttp"
+
+	"regcache/cache"
+)
+
+const codePaginationInvalid = "PAGINATION_NUMBER_INVALID"
+
+var strLink = []byte("Link")
+
+// serveTags answers /v2/<name>/tags/list?n=&last=. The next-page Link is relative and in
+// the client's own path form (prefix, ns= kept), and absent on the last page: What's Up
+// Docker loops for as long as a Link is present.
+func (p *Proxy) serveTags(ctx *fasthttp.RequestCtx, rt *Route, rawPath []byte) cache.Status {
+	args := ctx.QueryArgs()
+	req := cache.TagsRequest{N: cache.MaxTagsPage}
+	nGiven := args.Has("n")
+	if nGiven {
+		n, err := strconv.Atoi(string(args.Peek("n")))
+		if err != nil || n < 0 {
+			writeError(ctx, newError(fasthttp.StatusBadRequest, codePaginationInvalid, "n must be a whole number from 0 to 10000"))
+			return noStatus
+		}
+		req.N = min(n, cache.MaxTagsPage)
+	}
+	if last := args.Peek("last"); len(last) > 0 {
+		if !validTag(last) {
+			writeError(ctx, newError(fasthttp.StatusBadRequest, codeTagInvalid, "last must be a tag, got "+quote(last)))
+			return noStatus
+		}
+		req.Last = string(last)
+	}
+	if np := args.Peek("next_page"); len(np) > 0 {
+		if len(np) > 4096 {
+			writeError(ctx, newError(fasthttp.StatusBadRequest, codePaginationInvalid, "next_page token too long"))
+			return noStatus
+		}
+		req.NextPage = string(np)
+	}
+	if req.N == 0 {
+		// The spec: n=0 asks for an empty list.
+		ctx.SetContentType("application/json")
+		setAPIVersion(ctx)
+		ctx.SetBodyString(`{"name":"` + rt.Repo + `","tags":[]}`)
+		return noStatus
+	}
+	page, st, err := p.cache.Tags(ctx, rt.Upstream.Origin, rt.Repo, req)
+	if err != nil {
+		writeError(ctx, fromUpstream(err, codeNameUnknown))
+		return noStatus
+	}
+	if page.More {
+		q := url.Values{}
+		if nGiven {
+			q.Set("n", strconv.Itoa(req.N))
+		}
+		q.Set("last", page.NextLast)
+		if page.NextPage != "" {
+			q.Set("next_page", page.NextPage)
+		}
+		if ns := args.PeekBytes(strNS); len(ns) > 0 {
+			q.Set("ns", string(ns))
+		}
+		ctx.Response.Header.SetBytesK(strLink, "<"+string(rawPath)+"?"+q.Encode()+`>; rel="next"`)
+	}
+	ctx.SetContentType("application/json")
+	setAPIVersion(ctx)
+	ctx.Response.Header.SetBytesKV(strXCache, cacheStatusStrings[st])
+	ctx.Response.SetBodyRaw(page.Body)
+	return st
+}
