@@ -36,6 +36,8 @@ type Options struct {
 	Logger  *zap.Logger
 	// AccessLog writes one line per request.
 	AccessLog bool
+	// Auth is client-facing authentication; nil is auth off (anonymous tokens).
+	Auth *ClientAuth
 }
 
 // Proxy answers registry requests. Its Handler is safe for concurrent use.
@@ -45,13 +47,20 @@ type Proxy struct {
 	cache     *cache.Cache
 	log       *zap.Logger
 	accessLog bool
+	auth      *ClientAuth
 }
 
 // New builds a Proxy.
 func New(opts Options) (*Proxy, error) {
-	p := &Proxy{names: map[string]*Upstream{}, cache: opts.Cache, log: opts.Logger, accessLog: opts.AccessLog}
+	p := &Proxy{names: map[string]*Upstream{}, cache: opts.Cache, log: opts.Logger, accessLog: opts.AccessLog, auth: opts.Auth}
 	if p.log == nil {
 		p.log = zap.NewNop()
+	}
+	if p.auth == nil {
+		var err error
+		if p.auth, err = NewClientAuth(ClientAuthOptions{}); err != nil {
+			return nil, err
+		}
 	}
 	for _, u := range opts.Upstreams {
 		for _, n := range append([]string{u.Name}, u.Aliases...) {
@@ -100,6 +109,8 @@ func (p *Proxy) Server() *fasthttp.Server {
 		ReadBufferSize:        16 << 10,
 		NoDefaultServerHeader: true,
 		NoDefaultDate:         false,
+		// fasthttp's header-parse errors otherwise quote the raw request, Authorization too.
+		SecureErrorLogMessage: true,
 		// Paths are parsed from the raw request line; see parseRoute.
 		DisablePreParseMultipartForm: true,
 		Logger:                       zapPrintf{p.log},
@@ -137,8 +148,18 @@ func (p *Proxy) Handler(ctx *fasthttp.RequestCtx) {
 	case string(path) == "/healthz":
 		ctx.SetContentType("text/plain; charset=utf-8")
 		ctx.SetBodyString("ok\n")
+	case string(path) == "/token":
+		p.auth.serveToken(ctx)
+	case !p.auth.authorize(ctx, path):
+		// answered 401 with the challenge
 	case string(path) == "/v2" || strings.HasPrefix(string(path), "/v2/"):
 		rt, st = p.serveV2(ctx, path)
+	case string(path) == "/api/v1/digest" && (ctx.IsGet() || ctx.IsHead()):
+		p.serveDigest(ctx)
+	case string(path) == "/api/v1/digests" && ctx.IsPost():
+		p.serveDigests(ctx)
+	case string(path) == "/api/v1/digest" || string(path) == "/api/v1/digests":
+		writeError(ctx, newError(fasthttp.StatusMethodNotAllowed, codeUnsupported, "use GET /api/v1/digest?image=... or POST /api/v1/digests"))
 	default:
 		writeError(ctx, newError(fasthttp.StatusNotFound, codeUnsupported, "not found: regcache serves the registry API under /v2/"))
 	}

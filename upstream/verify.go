@@ -17,8 +17,11 @@ type VerifyingReader struct {
 	r        io.Reader
 	verifier digest.Verifier
 	size     int64 // expected bytes, -1 when unknown
-	passed   int64
-	held     []byte // the withheld tail (one byte) once the body is exhausted
+	passed   int64 // bytes handed to the caller
+	hold     [1]byte
+	scratch  [1]byte
+	primed   bool // hold has a byte not yet handed out
+	eof      bool // upstream has ended
 	err      error
 }
 
@@ -31,53 +34,74 @@ func (v *VerifyingReader) Read(p []byte) (int, error) {
 	if v.err != nil {
 		return 0, v.err
 	}
-	if len(p) < 2 {
-		return 0, io.ErrShortBuffer // one byte is always held back
+	if len(p) == 0 {
+		return 0, nil
 	}
-	// Keep one byte of look-behind: read into p, then hold back its last byte until the
-	// next read shows whether more follows.
-	if v.held == nil {
-		v.held = make([]byte, 0, 1)
-	}
-	n := copy(p, v.held)
-	v.held = v.held[:0]
-	m, err := v.r.Read(p[n:])
-	if m > 0 {
-		_, _ = v.verifier.Write(p[n : n+m])
-	}
-	n += m
-	if err == nil {
-		if n == 0 {
-			return 0, nil
+	for !v.primed && !v.eof {
+		n, err := v.r.Read(v.hold[:])
+		if n == 1 {
+			_, _ = v.verifier.Write(v.hold[:])
+			v.primed = true
 		}
-		// Withhold the last byte of what we have.
-		v.held = append(v.held, p[n-1])
-		n--
+		if err == io.EOF {
+			v.eof = true
+		} else if err != nil {
+			v.err = err
+			return 0, err
+		}
+	}
+	if v.eof {
+		return v.finish(p)
+	}
+	// One byte is held; read behind it, hand out the held byte and all but the last new one.
+	dst := p[1:]
+	if len(dst) == 0 {
+		dst = v.scratch[:]
+	}
+	m, err := v.r.Read(dst)
+	_, _ = v.verifier.Write(dst[:m])
+	n := 0
+	if m > 0 {
+		p[0] = v.hold[0]
+		if len(p) > 1 {
+			n, v.hold[0] = m, p[m] // p[1..m] are new: hand out p[0..m-1], hold p[m]
+		} else {
+			n, v.hold[0] = 1, v.scratch[0]
+		}
 		v.passed += int64(n)
+	}
+	switch {
+	case err == io.EOF:
+		v.eof = true
+		if n == 0 {
+			return v.finish(p)
+		}
 		return n, nil
-	}
-	if err != io.EOF {
+	case err != nil:
 		v.err = err
-		v.passed += int64(n)
-		return n, err
 	}
-	// Upstream is done: everything, including the held byte, is in p[:n].
-	total := v.passed + int64(n)
+	return n, err
+}
+
+// finish runs once upstream has ended: the held byte goes out only if everything matched.
+func (v *VerifyingReader) finish(p []byte) (int, error) {
+	total := v.passed
+	if v.primed {
+		total++
+	}
 	switch {
 	case v.size >= 0 && total != v.size:
 		v.err = io.ErrUnexpectedEOF
 	case !v.verifier.Verified():
 		v.err = ErrDigestMismatch
+	default:
+		v.err = io.EOF
 	}
-	if v.err != nil {
-		// Release all but the final byte: the stream ends short.
-		if n > 0 {
-			n--
-		}
-		v.passed += int64(n)
-		return n, v.err
+	if v.err != io.EOF || !v.primed {
+		return 0, v.err
 	}
-	v.passed = total
-	v.err = io.EOF
-	return n, io.EOF
+	p[0] = v.hold[0]
+	v.primed = false
+	v.passed++
+	return 1, io.EOF
 }

@@ -260,7 +260,7 @@ func (r *Registry) PushIndex(t testing.TB, repo, tag string, mt types.MediaType,
 		if err != nil {
 			t.Fatal(err)
 		}
-		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: randomImage(t, child), Descriptor: v1.Descriptor{Platform: plat}})
+		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: randomImage(t, child, plat), Descriptor: v1.Descriptor{Platform: plat}})
 	}
 	ref := r.seedRef(t, repo, tag)
 	if err := remote.WriteIndex(ref, idx); err != nil {
@@ -294,9 +294,23 @@ func (r *Registry) seedRef(t testing.TB, repo, tag string) name.Reference {
 	return ref
 }
 
-func randomImage(t testing.TB, mt types.MediaType) v1.Image {
+// randomImage makes a one-layer image of type mt whose config states platform (default
+// linux/amd64), as real images do.
+func randomImage(t testing.TB, mt types.MediaType, platform ...*v1.Platform) v1.Image {
 	img, err := random.Image(256, 1)
 	if err != nil {
+		t.Fatal(err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", "amd64"
+	if len(platform) > 0 && platform[0] != nil {
+		cf.OS, cf.Architecture, cf.Variant = platform[0].OS, platform[0].Architecture, platform[0].Variant
+	}
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
 		t.Fatal(err)
 	}
 	if mt == types.OCIManifestSchema1 {

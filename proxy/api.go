@@ -1,0 +1,218 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"sync"
+	"time"
+
+	"github.com/containerd/platforms"
+	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/valyala/fasthttp"
+
+	"regcache/cache"
+	"regcache/upstream"
+)
+
+// Limits of the batch endpoint.
+const (
+	maxBatchImages     = 1000
+	batchConcurrency   = 16
+	codeImageInvalid   = "NAME_INVALID"
+	codePlatformBad    = "PLATFORM_INVALID"
+	codeBodyInvalid    = "BODY_INVALID"
+	codePlatformAbsent = "MANIFEST_UNKNOWN"
+)
+
+// DigestResult is one answer of the digest API.
+type DigestResult struct {
+	Image          string `json:"image"`
+	Registry       string `json:"registry"`
+	Repository     string `json:"repository"`
+	Tag            string `json:"tag,omitempty"`
+	Digest         string `json:"digest"`
+	MediaType      string `json:"mediaType"`
+	Platform       string `json:"platform,omitempty"`
+	PlatformDigest string `json:"platformDigest,omitempty"`
+	Cache          string `json:"cache"`
+	FetchedAt      string `json:"fetchedAt,omitempty"`
+}
+
+// batchError is a batch entry for an image that could not be looked up.
+type batchError struct {
+	Image string    `json:"image"`
+	Error errorItem `json:"error"`
+}
+
+// serveDigest answers GET /api/v1/digest?image=...&platform=...
+func (p *Proxy) serveDigest(ctx *fasthttp.RequestCtx) {
+	args := ctx.QueryArgs()
+	image := string(args.Peek("image"))
+	res, aerr := p.lookupDigest(ctx, image, string(args.Peek("platform")))
+	if aerr != nil {
+		writeError(ctx, aerr)
+		return
+	}
+	writeJSON(ctx, res)
+}
+
+// serveDigests answers POST /api/v1/digests {"images":[...],"platform":"..."}.
+func (p *Proxy) serveDigests(ctx *fasthttp.RequestCtx) {
+	var req struct {
+		Images   []string `json:"images"`
+		Platform string   `json:"platform"`
+	}
+	if err := json.Unmarshal(ctx.PostBody(), &req); err != nil {
+		writeError(ctx, newError(fasthttp.StatusBadRequest, codeBodyInvalid, `body must be JSON: {"images":["nginx:latest",...],"platform":"linux/amd64"}`))
+		return
+	}
+	if len(req.Images) == 0 {
+		writeError(ctx, newError(fasthttp.StatusBadRequest, codeBodyInvalid, "images must list at least one image"))
+		return
+	}
+	if len(req.Images) > maxBatchImages {
+		writeError(ctx, newError(fasthttp.StatusBadRequest, codeBodyInvalid, "at most 1000 images per request"))
+		return
+	}
+	if req.Platform != "" {
+		if _, err := platforms.Parse(req.Platform); err != nil {
+			writeError(ctx, newError(fasthttp.StatusBadRequest, codePlatformBad, "invalid platform "+quote([]byte(req.Platform))))
+			return
+		}
+	}
+	out := make([]any, len(req.Images))
+	sem := make(chan struct{}, batchConcurrency)
+	var wg sync.WaitGroup
+	// The batch outlives nothing: a detached context, bounded by the lookups' own timeouts.
+	bctx := context.WithoutCancel(ctx)
+	for i, image := range req.Images {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			res, aerr := p.lookupDigest(bctx, image, req.Platform)
+			if aerr != nil {
+				out[i] = batchError{Image: image, Error: errorItem{Code: aerr.code, Message: aerr.message}}
+				return
+			}
+			out[i] = res
+		}()
+	}
+	wg.Wait()
+	writeJSON(ctx, struct {
+		Results []any `json:"results"`
+	}{out})
+}
+
+// lookupDigest resolves one image reference, Docker-style (nginx is
+// docker.io/library/nginx:latest), through the cache.
+func (p *Proxy) lookupDigest(ctx context.Context, image, platform string) (*DigestResult, *apiError) {
+	if image == "" {
+		return nil, newError(fasthttp.StatusBadRequest, codeImageInvalid, "image is required, e.g. image=lscr.io/linuxserver/nginx:latest")
+	}
+	named, err := reference.ParseNormalizedNamed(image)
+	if err != nil {
+		return nil, newError(fasthttp.StatusBadRequest, codeImageInvalid, "invalid image reference "+quote([]byte(image))+": "+err.Error())
+	}
+	var plat *ocispec.Platform
+	if platform != "" {
+		pl, err := platforms.Parse(platform)
+		if err != nil {
+			return nil, newError(fasthttp.StatusBadRequest, codePlatformBad, "invalid platform "+quote([]byte(platform)))
+		}
+		pl = platforms.Normalize(pl)
+		plat = &pl
+	}
+	domain := reference.Domain(named)
+	up := p.lookup([]byte(domain))
+	if up == nil {
+		return nil, newError(fasthttp.StatusNotFound, codeNameUnknown, "registry "+quote([]byte(domain))+" is not configured in regcache")
+	}
+	res := &DigestResult{Registry: domain, Repository: reference.Path(named)}
+	ref := "latest"
+	if t, ok := named.(reference.Tagged); ok {
+		ref, res.Tag = t.Tag(), t.Tag()
+	}
+	if d, ok := named.(reference.Digested); ok {
+		ref = d.Digest().String()
+		res.Image = named.String()
+	} else {
+		if res.Tag == "" {
+			res.Tag = "latest"
+		}
+		res.Image = reference.TagNameOnly(named).String()
+	}
+	a, err := p.cache.Manifest(ctx, up.Origin, res.Repository, ref, plat != nil)
+	if err != nil {
+		return nil, fromUpstream(err, codeManifestUnknown)
+	}
+	res.Digest, res.MediaType, res.Cache = string(a.Digest), a.MediaType, a.Status.String()
+	if !a.FetchedAt.IsZero() {
+		res.FetchedAt = a.FetchedAt.UTC().Format(time.RFC3339)
+	}
+	if plat != nil {
+		d, matched, aerr := p.pickPlatform(ctx, up, res.Repository, a, *plat)
+		if aerr != nil {
+			return nil, aerr
+		}
+		res.Platform, res.PlatformDigest = platforms.Format(matched), string(d)
+	}
+	return res, nil
+}
+
+// pickPlatform finds the manifest for plat in an index, or checks a single manifest's
+// config for it, and returns the platform as the image states it. arm64 matches arm64/v8,
+// as the platforms package defines.
+func (p *Proxy) pickPlatform(ctx context.Context, up *Upstream, repo string, a cache.Answer, plat ocispec.Platform) (digest.Digest, ocispec.Platform, *apiError) {
+	notFound := newError(fasthttp.StatusNotFound, codePlatformAbsent, "no manifest for platform "+platforms.Format(plat)+" in "+string(a.Digest))
+	matcher := platforms.Only(plat)
+	switch a.MediaType {
+	case upstream.MediaTypeOCIIndex, upstream.MediaTypeDockerList:
+		var idx ocispec.Index
+		if err := json.Unmarshal(a.Body, &idx); err != nil {
+			return "", plat, newError(fasthttp.StatusBadGateway, codeManifestInvalid, "index is not valid JSON")
+		}
+		var best *ocispec.Descriptor
+		for i := range idx.Manifests {
+			m := &idx.Manifests[i]
+			if m.Platform == nil || !matcher.Match(platforms.Normalize(*m.Platform)) {
+				continue
+			}
+			if best == nil || matcher.Less(platforms.Normalize(*m.Platform), platforms.Normalize(*best.Platform)) {
+				best = m
+			}
+		}
+		if best == nil {
+			return "", plat, notFound
+		}
+		return best.Digest, *best.Platform, nil
+	default:
+		var m ocispec.Manifest
+		if err := json.Unmarshal(a.Body, &m); err != nil || m.Config.Digest == "" {
+			return "", plat, newError(fasthttp.StatusBadGateway, codeManifestInvalid, "manifest has no config to read its platform from")
+		}
+		cfg, _, err := p.cache.Blob(ctx, up.Origin, repo, m.Config.Digest)
+		if err != nil {
+			return "", plat, fromUpstream(err, codeBlobUnknown)
+		}
+		if cfg.Data == nil {
+			return "", plat, newError(fasthttp.StatusBadGateway, codeManifestInvalid, "image config too large to read its platform")
+		}
+		var img ocispec.Image
+		if err := json.Unmarshal(cfg.Data, &img); err != nil {
+			return "", plat, newError(fasthttp.StatusBadGateway, codeManifestInvalid, "image config is not valid JSON")
+		}
+		if !matcher.Match(platforms.Normalize(img.Platform)) {
+			return "", plat, notFound
+		}
+		return a.Digest, img.Platform, nil
+	}
+}
+
+func writeJSON(ctx *fasthttp.RequestCtx, v any) {
+	body, _ := json.Marshal(v)
+	ctx.SetContentType("application/json")
+	ctx.SetBody(body)
+}
