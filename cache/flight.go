@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 )
 
 // Group coalesces concurrent calls that share a key into one: the first caller starts the
@@ -11,8 +12,9 @@ import (
 // goroutine, so a caller that stops waiting (its context ends, or revalidate_wait passes)
 // leaves the work running for everyone else and for the cache.
 type Group[V any] struct {
-	mu    sync.Mutex
-	calls map[string]*call[V]
+	mu     sync.Mutex
+	calls  map[string]*call[V]
+	joined atomic.Int64 // callers that joined a call in flight, for metrics
 }
 
 type call[V any] struct {
@@ -32,6 +34,7 @@ func (g *Group[V]) Do(ctx context.Context, key string, fn func() (V, error)) (v 
 	c, shared := g.calls[key]
 	if shared {
 		c.waiters++
+		g.joined.Add(1)
 	} else {
 		c = &call[V]{done: make(chan struct{})}
 		g.calls[key] = c
@@ -56,6 +59,9 @@ func (g *Group[V]) waiting(key string) int {
 	}
 	return 0
 }
+
+// Joined is how many callers have joined another's call since the Group was made.
+func (g *Group[V]) Joined() int64 { return g.joined.Load() }
 
 // InFlight is the number of keys with work under way.
 func (g *Group[V]) InFlight() int {

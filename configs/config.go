@@ -24,7 +24,31 @@ type Config struct {
 	DefaultUpstream string     `yaml:"default_upstream"`
 	Cache           Cache      `yaml:"cache"`
 	Upstreams       []Upstream `yaml:"upstreams"`
+	// PublicURL is how clients reach regcache (https://regcache.example), when a proxy in
+	// front of it changes scheme or host; it makes the token realm in challenges.
+	PublicURL string `yaml:"public_url"`
+	// TrustForwardedHeaders takes the challenge realm's scheme and host from
+	// X-Forwarded-Proto and X-Forwarded-Host. Only behind a proxy that sets them.
+	TrustForwardedHeaders bool `yaml:"trust_forwarded_headers"`
+	Auth                  Auth `yaml:"auth"`
 }
+
+// Auth is client-facing authentication. With neither htpasswd nor tokens it is off: any
+// client may ask, and tokens are issued anonymously.
+type Auth struct {
+	// Htpasswd is a file of user:bcrypt-hash lines (htpasswd -B).
+	Htpasswd string `yaml:"htpasswd"`
+	// Tokens are static bearer tokens; each may also be sent as a Basic password.
+	Tokens []Secret `yaml:"tokens"`
+	// Secret signs the tokens regcache issues; replicas behind one name share it. Unset,
+	// each process draws a random one (its tokens then work on that process only).
+	Secret Secret `yaml:"secret"`
+	// TokenTTL is how long an issued token is valid.
+	TokenTTL Duration `yaml:"token_ttl"`
+}
+
+// Enabled reports whether clients must authenticate.
+func (a *Auth) Enabled() bool { return a.Htpasswd != "" || len(a.Tokens) > 0 }
 
 // Cache configures the in-process cache and its freshness rules.
 type Cache struct {
@@ -33,6 +57,8 @@ type Cache struct {
 	MaxStale       Duration `yaml:"max_stale"`
 	NegativeTTL    Duration `yaml:"negative_ttl"`
 	RevalidateWait Duration `yaml:"revalidate_wait"`
+	// MaxBlobSize is the largest blob (an image config, typically) kept in memory.
+	MaxBlobSize Size `yaml:"max_blob_size"`
 }
 
 // Upstream is one registry regcache may contact. Name and Aliases are the only ways a
@@ -115,6 +141,9 @@ type Size int64
 const (
 	defaultTimeout        = 30 * time.Second
 	defaultConnectTimeout = 5 * time.Second
+	defaultTokenTTL       = 5 * time.Minute
+	// minSecretLength keeps a shared HMAC key out of guessing range (openssl rand -hex 16).
+	minSecretLength = 32
 )
 
 // Load reads and validates the config at path; an empty path means the embedded default.
@@ -147,7 +176,9 @@ func Parse(data []byte) (*Config, error) {
 			MaxStale:       Duration(24 * time.Hour),
 			NegativeTTL:    Duration(10 * time.Second),
 			RevalidateWait: Duration(2 * time.Second),
+			MaxBlobSize:    1 << 20,
 		},
+		Auth: Auth{TokenTTL: Duration(defaultTokenTTL)},
 	}
 	if err := decode(data, cfg); err != nil {
 		return nil, err
@@ -181,6 +212,9 @@ func (c *Config) validate() error {
 	}
 	if c.Cache.MaxSize <= 0 {
 		return fmt.Errorf("cache.max_size: must be above zero (e.g. 256MiB)")
+	}
+	if c.Cache.MaxBlobSize <= 0 {
+		return fmt.Errorf("cache.max_blob_size: must be above zero (e.g. 1MiB)")
 	}
 	for key, d := range map[string]Duration{
 		"cache.tag_ttl": c.Cache.TagTTL, "cache.max_stale": c.Cache.MaxStale,
@@ -244,6 +278,31 @@ func (c *Config) validate() error {
 	if c.Lookup(c.DefaultUpstream) == nil {
 		return fmt.Errorf("default_upstream: %q is no upstream name or alias", c.DefaultUpstream)
 	}
+	if c.PublicURL != "" {
+		if err := validPublicURL(c.PublicURL); err != nil {
+			return fmt.Errorf("public_url: %v", err)
+		}
+	}
+	return c.Auth.validate()
+}
+
+func (a *Auth) validate() error {
+	if a.Htpasswd != "" {
+		if _, err := ReadHtpasswd(a.Htpasswd); err != nil {
+			return fmt.Errorf("auth.htpasswd: %v", err)
+		}
+	}
+	for i, t := range a.Tokens {
+		if t.Reveal() == "" {
+			return fmt.Errorf("auth.tokens[%d]: must not be empty", i)
+		}
+	}
+	if s := a.Secret.Reveal(); s != "" && len(s) < minSecretLength {
+		return fmt.Errorf("auth.secret: must be at least %d characters (e.g. the output of openssl rand -hex 32)", minSecretLength)
+	}
+	if a.TokenTTL <= 0 {
+		return fmt.Errorf("auth.token_ttl: must be above zero (e.g. 5m)")
+	}
 	return nil
 }
 
@@ -296,6 +355,28 @@ func validURL(s string) error {
 	}
 	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
 		return fmt.Errorf("%q: give the registry's base URL only, without path or query", s)
+	}
+	return nil
+}
+
+// validPublicURL accepts the base URL clients use for regcache: http or https, a host, no
+// credentials, path, query or fragment (registry clients always ask /v2/ at the root).
+func validPublicURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Errorf("%q is not a URL (e.g. https://regcache.example.com)", redactRaw(s))
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return fmt.Errorf("%q: scheme must be http or https", redactRaw(s))
+	}
+	if u.Host == "" {
+		return fmt.Errorf("%q: no host", redactRaw(s))
+	}
+	if u.User != nil {
+		return fmt.Errorf("%q: must not carry credentials", redactURL(u))
+	}
+	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.ForceQuery {
+		return fmt.Errorf("%q: give scheme and host only, without path or query (clients ask /v2/ at the root)", s)
 	}
 	return nil
 }

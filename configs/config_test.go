@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/bcrypt"
 )
 
 // minimalUpstream is the smallest valid upstreams: block; tests append keys under it
@@ -23,6 +25,16 @@ const minimalUpstream = `upstreams:
 // change of its representation touches just these two.
 func reveal(s Secret) string { return s.Reveal() }
 func secret(v string) Secret { return NewSecret(v) }
+
+// bcryptHash hashes pw at the lowest cost, as htpasswd -B would (at a higher one).
+func bcryptHash(t *testing.T, pw string) string {
+	t.Helper()
+	h, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(h)
+}
 
 // mustParse parses text and fails the test on error.
 func mustParse(t *testing.T, text string) *Config {
@@ -73,9 +85,24 @@ func TestLoadEmbeddedDefault(t *testing.T) {
 		MaxStale:       Duration(24 * time.Hour),
 		NegativeTTL:    Duration(10 * time.Second),
 		RevalidateWait: Duration(2 * time.Second),
+		MaxBlobSize:    1 << 20,
 	}
 	if cfg.Cache != wantCache {
 		t.Errorf("Cache = %+v, want %+v", cfg.Cache, wantCache)
+	}
+
+	// Client auth is off by default, and the realm comes from the request.
+	if cfg.PublicURL != "" || cfg.TrustForwardedHeaders {
+		t.Errorf("PublicURL/TrustForwardedHeaders = %q/%v, want empty/false", cfg.PublicURL, cfg.TrustForwardedHeaders)
+	}
+	if cfg.Auth.Enabled() {
+		t.Errorf("Auth = %+v, want off", cfg.Auth)
+	}
+	if cfg.Auth.Htpasswd != "" || cfg.Auth.Tokens != nil || reveal(cfg.Auth.Secret) != "" {
+		t.Errorf("Auth = %+v, want no htpasswd, tokens or secret", cfg.Auth)
+	}
+	if cfg.Auth.TokenTTL.D() != 5*time.Minute {
+		t.Errorf("Auth.TokenTTL = %v, want 5m", cfg.Auth.TokenTTL.D())
 	}
 
 	wantUpstreams := []struct {
@@ -170,15 +197,25 @@ func TestDefaultIsEmbeddedTextAndACopy(t *testing.T) {
 
 func TestParseFullFile(t *testing.T) {
 	ca := writeFile(t, "ca.pem", "-----BEGIN CERTIFICATE-----\n")
+	htpasswd := writeFile(t, "htpasswd", "alice:"+bcryptHash(t, "pw")+"\n")
+	t.Setenv("REGCACHE_TEST_TOKEN", "tok-from-env")
 	text := `
 listen: "127.0.0.1:5050"
 default_upstream: mirror            # an alias
+public_url: https://regcache.example.com
+trust_forwarded_headers: true
+auth:
+  htpasswd: ` + htpasswd + `
+  tokens: ["static-one", "${REGCACHE_TEST_TOKEN}"]
+  secret: 0123456789abcdef0123456789abcdef
+  token_ttl: 15m
 cache:
   max_size: 1GiB
   tag_ttl: 2m
   max_stale: 1h30m
   negative_ttl: 0s
   revalidate_wait: 500ms
+  max_blob_size: 4MiB
 upstreams:
   - name: docker.io
     url: https://registry-1.docker.io/
@@ -214,9 +251,26 @@ upstreams:
 		MaxStale:       Duration(90 * time.Minute),
 		NegativeTTL:    0,
 		RevalidateWait: Duration(500 * time.Millisecond),
+		MaxBlobSize:    4 << 20,
 	}
 	if cfg.Cache != wantCache {
 		t.Errorf("Cache = %+v, want %+v", cfg.Cache, wantCache)
+	}
+	if cfg.PublicURL != "https://regcache.example.com" || !cfg.TrustForwardedHeaders {
+		t.Errorf("PublicURL/TrustForwardedHeaders = %q/%v", cfg.PublicURL, cfg.TrustForwardedHeaders)
+	}
+	if !cfg.Auth.Enabled() || cfg.Auth.Htpasswd != htpasswd {
+		t.Errorf("Auth enabled %v, Htpasswd %q, want on with %s", cfg.Auth.Enabled(), cfg.Auth.Htpasswd, htpasswd)
+	}
+	var tokens []string
+	for _, tok := range cfg.Auth.Tokens {
+		tokens = append(tokens, reveal(tok))
+	}
+	if !slices.Equal(tokens, []string{"static-one", "tok-from-env"}) {
+		t.Errorf("Auth.Tokens = %q", tokens)
+	}
+	if reveal(cfg.Auth.Secret) != "0123456789abcdef0123456789abcdef" || cfg.Auth.TokenTTL.D() != 15*time.Minute {
+		t.Errorf("Auth secret/token_ttl = %q/%v", reveal(cfg.Auth.Secret), cfg.Auth.TokenTTL.D())
 	}
 	if len(cfg.Upstreams) != 3 {
 		t.Fatalf("got %d upstreams, want 3", len(cfg.Upstreams))
@@ -301,7 +355,7 @@ func TestParseFillsDefaults(t *testing.T) {
 				if c.Listen != ":5000" || c.DefaultUpstream != "docker.io" {
 					t.Errorf("Listen/DefaultUpstream = %q/%q", c.Listen, c.DefaultUpstream)
 				}
-				want := Cache{256 << 20, Duration(time.Minute), Duration(24 * time.Hour), Duration(10 * time.Second), Duration(2 * time.Second)}
+				want := Cache{256 << 20, Duration(time.Minute), Duration(24 * time.Hour), Duration(10 * time.Second), Duration(2 * time.Second), 1 << 20}
 				if c.Cache != want {
 					t.Errorf("Cache = %+v, want %+v", c.Cache, want)
 				}
@@ -323,6 +377,33 @@ func TestParseFillsDefaults(t *testing.T) {
 				}
 				if c.Upstreams[0].Timeout.D() != 30*time.Second {
 					t.Errorf("Timeout = %v", c.Upstreams[0].Timeout.D())
+				}
+			},
+		},
+		{
+			name: "tokens alone turn auth on; token_ttl keeps its default",
+			text: "auth:\n  tokens: [abc]\n" + minimalUpstream,
+			check: func(t *testing.T, c *Config) {
+				if !c.Auth.Enabled() || c.Auth.TokenTTL.D() != 5*time.Minute || reveal(c.Auth.Secret) != "" {
+					t.Errorf("Auth = %+v (ttl %v)", c.Auth, c.Auth.TokenTTL.D())
+				}
+			},
+		},
+		{
+			name: "secret and token_ttl without users or tokens leave auth off",
+			text: "auth:\n  secret: 0123456789abcdef0123456789abcdef\n  token_ttl: 1m\npublic_url: http://10.0.0.1:5000/\n" + minimalUpstream,
+			check: func(t *testing.T, c *Config) {
+				if c.Auth.Enabled() || c.Auth.TokenTTL.D() != time.Minute || c.PublicURL != "http://10.0.0.1:5000/" {
+					t.Errorf("Auth = %+v, PublicURL %q", c.Auth, c.PublicURL)
+				}
+			},
+		},
+		{
+			name: "empty auth block is auth off",
+			text: "auth:\n" + minimalUpstream,
+			check: func(t *testing.T, c *Config) {
+				if c.Auth.Enabled() || c.Auth.TokenTTL.D() != 5*time.Minute {
+					t.Errorf("Auth = %+v", c.Auth)
 				}
 			},
 		},
@@ -373,6 +454,10 @@ func TestParseFillsDefaults(t *testing.T) {
 func TestParseRefusals(t *testing.T) {
 	missingCA := filepath.Join(t.TempDir(), "no-such-ca.pem")
 	up := func(extra string) string { return minimalUpstream + extra }
+	missingHtpasswd := filepath.Join(t.TempDir(), "no-such-htpasswd")
+	md5Htpasswd := writeFile(t, "htpasswd-md5", "alice:"+bcryptHash(t, "pw")+"\nbob:$apr1$Hunter2Salt$abcdefghijklmnopqrstuv\n")
+	emptyHtpasswd := writeFile(t, "htpasswd-empty", "# nobody yet\n\n")
+	auth := func(lines string) string { return "auth:\n" + lines + minimalUpstream }
 
 	tests := []struct {
 		name string
@@ -483,6 +568,38 @@ func TestParseRefusals(t *testing.T) {
 
 		{"missing ca_file", up("    tls:\n      ca_file: " + missingCA + "\n"),
 			[]string{"upstreams[0].tls.ca_file", missingCA, "no such file"}, nil},
+
+		{"zero max_blob_size", "cache:\n  max_blob_size: 0\n" + minimalUpstream, []string{"cache.max_blob_size: must be above zero"}, nil},
+		{"bad max_blob_size", "cache:\n  max_blob_size: big\n" + minimalUpstream, []string{"cache.max_blob_size", `"big" is not a size`}, nil},
+
+		{"public_url without scheme", "public_url: regcache.example.com\n" + minimalUpstream,
+			[]string{"public_url", "scheme must be http or https"}, nil},
+		{"public_url with path", "public_url: https://regcache.example.com/v2\n" + minimalUpstream,
+			[]string{"public_url", "without path or query"}, nil},
+		{"public_url with query", "public_url: https://regcache.example.com?x=1\n" + minimalUpstream,
+			[]string{"public_url", "without path or query"}, nil},
+		{"public_url without host", "public_url: https://\n" + minimalUpstream, []string{"public_url", "no host"}, nil},
+		{"public_url with credentials", "public_url: https://bob:Hunter2Pw@regcache.example.com\n" + minimalUpstream,
+			[]string{"public_url", "must not carry credentials"}, []string{"Hunter2Pw"}},
+		{"bad trust_forwarded_headers", "trust_forwarded_headers: sometimes\n" + minimalUpstream,
+			[]string{"trust_forwarded_headers", `"sometimes" is not true or false`}, nil},
+
+		{"unknown auth key", auth("  users: x\n"), []string{"auth.users: unknown key", "htpasswd, tokens, secret, token_ttl"}, nil},
+		{"auth is a scalar", "auth: on\n" + minimalUpstream, []string{"auth: expected a mapping of keys"}, nil},
+		{"tokens is a scalar", auth("  tokens: abc\n"), []string{"auth.tokens: expected a list"}, nil},
+		{"empty static token", auth("  tokens: [abc, \"\"]\n"), []string{"auth.tokens[1]: must not be empty"}, nil},
+		{"unset variable in a token", auth("  tokens: [\"${REGCACHE_TEST_SURELY_UNSET}\"]\n"),
+			[]string{"auth.tokens[0]", "REGCACHE_TEST_SURELY_UNSET is not set"}, nil},
+		{"short secret", auth("  secret: Hunter2Short\n"), []string{"auth.secret: must be at least 32 characters"}, []string{"Hunter2Short"}},
+		{"zero token_ttl", auth("  token_ttl: 0s\n"), []string{"auth.token_ttl: must be above zero"}, nil},
+		{"negative token_ttl", auth("  token_ttl: -5m\n"), []string{"auth.token_ttl: must be above zero"}, nil},
+		{"bad token_ttl", auth("  token_ttl: 5\n"), []string{"auth.token_ttl", `"5" is not a duration`}, nil},
+		{"missing htpasswd", auth("  htpasswd: " + missingHtpasswd + "\n"),
+			[]string{"auth.htpasswd", missingHtpasswd, "no such file"}, nil},
+		{"htpasswd with a non-bcrypt entry", auth("  htpasswd: " + md5Htpasswd + "\n"),
+			[]string{"auth.htpasswd", md5Htpasswd + " line 2", `user "bob"`, "bcrypt only", "htpasswd -B"}, []string{"Hunter2Salt"}},
+		{"htpasswd without users", auth("  htpasswd: " + emptyHtpasswd + "\n"),
+			[]string{"auth.htpasswd", "holds no users"}, nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -1090,6 +1207,97 @@ func TestDurationD(t *testing.T) {
 	for _, d := range []time.Duration{0, time.Nanosecond, 1500 * time.Millisecond, -time.Hour} {
 		if got := Duration(d).D(); got != d {
 			t.Errorf("Duration(%v).D() = %v", d, got)
+		}
+	}
+}
+
+func TestParseHtpasswd(t *testing.T) {
+	alice, bob := bcryptHash(t, "alice-pw"), bcryptHash(t, "bob-pw")
+	// htpasswd -B writes $2y$; Go's bcrypt writes $2a$; both verify the same way.
+	bobY := "$2y$" + strings.TrimPrefix(bob, "$2a$")
+
+	tests := []struct {
+		name    string
+		text    string
+		want    map[string]string
+		wantErr []string // all must appear in the error
+		not     string   // must not appear in the error
+	}{
+		{"one user", "alice:" + alice + "\n", map[string]string{"alice": alice}, nil, ""},
+		{"comments, blank lines, CRLF and no final newline",
+			"# regcache users\r\n\r\nalice:" + alice + "\r\n   \n  bob:" + bobY,
+			map[string]string{"alice": alice, "bob": bobY}, nil, ""},
+		{"user names may hold dots, @ and dashes", "ci-bot@example.com:" + alice + "\n",
+			map[string]string{"ci-bot@example.com": alice}, nil, ""},
+
+		{"MD5-crypt entry", "alice:" + alice + "\nbob:$apr1$Pl41nS4lt$0123456789abcdefghijkl\n", nil,
+			[]string{"htpasswd line 2", `user "bob"`, "not a bcrypt hash", "htpasswd -B"}, "Pl41nS4lt"},
+		{"SHA-1 entry", "carol:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n", nil,
+			[]string{"htpasswd line 1", `user "carol"`, "bcrypt only"}, "W6ph5Mm5"},
+		{"plain-text entry", "# header\ndave:Hunter2Plain\n", nil,
+			[]string{"htpasswd line 2", `user "dave"`, "not a bcrypt hash"}, "Hunter2Plain"},
+		{"crypt(3) entry", "erin:rqXexS6ZhobKA\n", nil, []string{"line 1", `user "erin"`, "bcrypt only"}, "rqXexS6Z"},
+		{"truncated bcrypt", "frank:$2y$05$tooShort\n", nil,
+			[]string{"line 1", `user "frank"`, "malformed bcrypt hash"}, "tooShort"},
+		{"no colon", "alice:" + alice + "\njustaname\n", nil, []string{"line 2", "want user:hash"}, ""},
+		{"empty user", ":" + alice + "\n", nil, []string{"line 1", "empty user name"}, ""},
+		{"user twice", "alice:" + alice + "\nbob:" + bob + "\nalice:" + bob + "\n", nil,
+			[]string{"line 3", `user "alice" appears twice`}, ""},
+		{"only comments", "# none\n\n", nil, []string{"holds no users", "htpasswd -B"}, ""},
+		{"empty file", "", nil, []string{"holds no users"}, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := ParseHtpasswd("htpasswd", []byte(tc.text))
+			if tc.wantErr != nil {
+				if err == nil {
+					t.Fatalf("ParseHtpasswd = %v, want an error containing %q", got, tc.wantErr)
+				}
+				for _, w := range tc.wantErr {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error %q does not contain %q", err, w)
+					}
+				}
+				if tc.not != "" && strings.Contains(err.Error(), tc.not) {
+					t.Errorf("error %q echoes the hash or password", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("ParseHtpasswd: %v", err)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("ParseHtpasswd = %v, want %v", got, tc.want)
+			}
+		})
+	}
+
+	t.Run("ReadHtpasswd reads a file", func(t *testing.T) {
+		p := writeFile(t, "htpasswd", "alice:"+alice+"\n")
+		got, err := ReadHtpasswd(p)
+		if err != nil || got["alice"] != alice {
+			t.Fatalf("ReadHtpasswd = %v, %v", got, err)
+		}
+		_, err = ReadHtpasswd(filepath.Join(t.TempDir(), "missing"))
+		if err == nil || !os.IsNotExist(err) {
+			t.Errorf("ReadHtpasswd(missing) error = %v, want not-exist", err)
+		}
+	})
+}
+
+func TestAuthSecretsNeverPrinted(t *testing.T) {
+	const tok, key = "Static-T0ken-Hunter2", "HmacKey-0123456789abcdef0123456789"
+	t.Setenv("REGCACHE_TEST_TOKEN", tok)
+	cfg := mustParse(t, "auth:\n  tokens: [\"${REGCACHE_TEST_TOKEN}\"]\n  secret: "+key+"\n"+minimalUpstream)
+	if len(cfg.Auth.Tokens) != 1 || reveal(cfg.Auth.Tokens[0]) != tok || reveal(cfg.Auth.Secret) != key {
+		t.Fatalf("Auth = tokens %d, values not kept", len(cfg.Auth.Tokens))
+	}
+	for _, v := range []any{cfg, *cfg, cfg.Auth, &cfg.Auth, cfg.Auth.Tokens} {
+		for _, verb := range []string{"%v", "%+v", "%#v", "%s"} {
+			out := fmt.Sprintf(verb, v)
+			if strings.Contains(out, tok) || strings.Contains(out, key) {
+				t.Errorf("fmt.Sprintf(%q, %T) leaks an auth secret: %s", verb, v, out)
+			}
 		}
 	}
 }

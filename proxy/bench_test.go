@@ -26,7 +26,7 @@ func newBenchProxy(b *testing.B) (*Proxy, registrytest.Pushed) {
 	}
 	b.Cleanup(c.Close)
 	up := &Upstream{Name: "lscr.io", Origin: &cache.Origin{Registry: r, TagTTL: time.Hour}}
-	p, err := New(Options{Upstreams: []*Upstream{up}, Default: "lscr.io", Cache: c})
+	p, err := New(Options{Upstreams: []*Upstream{up}, Default: "lscr.io", Cache: c, Metrics: NewMetrics()})
 	if err != nil {
 		b.Fatal(err)
 	}

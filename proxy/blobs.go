@@ -94,4 +94,3 @@ func (s *streamCloser) Close() error {
 	s.close()
 	return nil
 }
-

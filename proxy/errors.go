@@ -23,6 +23,7 @@ const (
 	codeNameUnknown     = "NAME_UNKNOWN"
 	codeTagInvalid      = "TAG_INVALID"
 	codeTooManyRequests = "TOOMANYREQUESTS"
+	codeUnauthorized    = "UNAUTHORIZED"
 	codeUnavailable     = "UNAVAILABLE"
 	codeUnknown         = "UNKNOWN"
 	codeUnsupported     = "UNSUPPORTED"

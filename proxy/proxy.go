@@ -6,6 +6,7 @@ package proxy
 import (
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -38,6 +39,8 @@ type Options struct {
 	AccessLog bool
 	// Auth is client-facing authentication; nil is auth off (anonymous tokens).
 	Auth *ClientAuth
+	// Metrics, when set, counts requests and serves /metrics.
+	Metrics *Metrics
 }
 
 // Proxy answers registry requests. Its Handler is safe for concurrent use.
@@ -48,11 +51,13 @@ type Proxy struct {
 	log       *zap.Logger
 	accessLog bool
 	auth      *ClientAuth
+	metrics   *Metrics
+	ready     atomic.Bool
 }
 
 // New builds a Proxy.
 func New(opts Options) (*Proxy, error) {
-	p := &Proxy{names: map[string]*Upstream{}, cache: opts.Cache, log: opts.Logger, accessLog: opts.AccessLog, auth: opts.Auth}
+	p := &Proxy{names: map[string]*Upstream{}, cache: opts.Cache, log: opts.Logger, accessLog: opts.AccessLog, auth: opts.Auth, metrics: opts.Metrics}
 	if p.log == nil {
 		p.log = zap.NewNop()
 	}
@@ -143,29 +148,61 @@ func (p *Proxy) Handler(ctx *fasthttp.RequestCtx) {
 	start := time.Now()
 	var rt Route
 	var st = noStatus
+	r := routeOther
 	path := ctx.URI().PathOriginal()
 	switch {
 	case string(path) == "/healthz":
+		r = routeHealth
 		ctx.SetContentType("text/plain; charset=utf-8")
 		ctx.SetBodyString("ok\n")
 	case string(path) == "/token":
+		r = routeToken
 		p.auth.serveToken(ctx)
 	case !p.auth.authorize(ctx, path):
 		// answered 401 with the challenge
 	case string(path) == "/v2" || strings.HasPrefix(string(path), "/v2/"):
 		rt, st = p.serveV2(ctx, path)
+		r = routeOf(rt.Kind)
+	case string(path) == "/readyz":
+		r = routeHealth
+		p.serveReady(ctx)
+	case string(path) == "/metrics" && p.metrics != nil:
+		r = routeMetrics
+		p.metrics.handler(ctx)
 	case string(path) == "/api/v1/digest" && (ctx.IsGet() || ctx.IsHead()):
+		r = routeAPI
 		p.serveDigest(ctx)
 	case string(path) == "/api/v1/digests" && ctx.IsPost():
+		r = routeAPI
 		p.serveDigests(ctx)
 	case string(path) == "/api/v1/digest" || string(path) == "/api/v1/digests":
+		r = routeAPI
 		writeError(ctx, newError(fasthttp.StatusMethodNotAllowed, codeUnsupported, "use GET /api/v1/digest?image=... or POST /api/v1/digests"))
 	default:
 		writeError(ctx, newError(fasthttp.StatusNotFound, codeUnsupported, "not found: regcache serves the registry API under /v2/"))
 	}
-	if p.accessLog {
-		p.logRequest(ctx, &rt, st, time.Since(start))
+	if p.metrics != nil || p.accessLog {
+		took := time.Since(start)
+		if p.metrics != nil {
+			p.metrics.observe(r, ctx.Method(), ctx.Response.StatusCode(), st, took)
+		}
+		if p.accessLog {
+			p.logRequest(ctx, &rt, st, took)
+		}
 	}
+}
+
+// SetReady marks the proxy ready (config loaded, listener open) or not (shutting down).
+func (p *Proxy) SetReady(ready bool) { p.ready.Store(ready) }
+
+func (p *Proxy) serveReady(ctx *fasthttp.RequestCtx) {
+	ctx.SetContentType("text/plain; charset=utf-8")
+	if !p.ready.Load() {
+		ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
+		ctx.SetBodyString("not ready\n")
+		return
+	}
+	ctx.SetBodyString("ready\n")
 }
 
 func (p *Proxy) serveV2(ctx *fasthttp.RequestCtx, path []byte) (Route, cache.Status) {

@@ -55,6 +55,9 @@ type Error struct {
 	Timeout bool
 	// TooLarge is set when an answer exceeded a size limit.
 	TooLarge bool
+	// HeldBack is set (with KindRateLimited) when the request was never sent because
+	// upstream's rate limit is in force (see ratelimit.go); RetryAfter is what is left of it.
+	HeldBack bool
 }
 
 func (e *Error) Error() string {
@@ -107,6 +110,10 @@ func (r *Registry) checkResponse(resp *http.Response) error {
 	case resp.StatusCode == http.StatusTooManyRequests:
 		e.Kind = KindRateLimited
 		e.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+		if e.RetryAfter <= 0 {
+			// The guard holds back for its default then; tell the client the same.
+			e.RetryAfter = r.rl.defaultHold()
+		}
 	case resp.StatusCode >= 500:
 		e.Kind = KindUnavailable
 		e.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())

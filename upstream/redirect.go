@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"time"
 )
 
 // maxRedirects bounds redirect chains; registries use one hop (CDN, regional backend).
@@ -18,7 +19,9 @@ const maxRedirects = 5
 func (r *Registry) send(req *http.Request) (*http.Response, error) {
 	first := req.URL
 	for hops := 0; ; hops++ {
+		start := time.Now()
 		resp, err := r.client.Do(req)
+		r.observe(req, resp, start)
 		if err != nil {
 			return nil, r.unavailable(err, req.Method+" "+req.URL.Host)
 		}

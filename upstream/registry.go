@@ -43,6 +43,11 @@ type Options struct {
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 	// UserAgent is sent on every request.
 	UserAgent string
+	// RateLimitHold is how long a 429 that names no usable Retry-After holds requests back
+	// (see ratelimit.go); 0 means DefaultRateLimitHold.
+	RateLimitHold time.Duration
+	// Observer, when set, is told of every exchange with the upstream.
+	Observer Observer
 }
 
 // Registry is one upstream registry. It is safe for concurrent use.
@@ -54,7 +59,9 @@ type Registry struct {
 	timeout   time.Duration
 	userAgent string
 	client    *http.Client
+	observer  Observer
 	auth      authState
+	rl        rateGuard
 }
 
 // New builds a Registry from opts.
@@ -88,19 +95,22 @@ func New(opts Options) (*Registry, error) {
 	if ua == "" {
 		ua = "regcache"
 	}
-	return &Registry{
+	r := &Registry{
 		name:      opts.Name,
 		base:      base,
 		username:  opts.Username,
 		password:  opts.Password,
 		timeout:   opts.Timeout,
 		userAgent: ua,
+		observer:  opts.Observer,
 		client: &http.Client{
 			Transport: transport,
 			// Redirects are followed by send, which knows about credentials and HEAD.
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
-	}, nil
+	}
+	r.rl.hold = opts.RateLimitHold
+	return r, nil
 }
 
 // Name is the configured name of the upstream.
@@ -124,6 +134,10 @@ func (r *Registry) doWith(ctx context.Context, method, repo, path string, prepar
 	scope := "repository:" + repo + ":pull"
 	target := r.base.String() + "/v2/" + repo + "/" + path
 	for attempt := 0; ; attempt++ {
+		// While upstream has asked us to wait, nothing goes out: no token, no request.
+		if err := r.holdBack(method, path); err != nil {
+			return nil, err
+		}
 		req, err := http.NewRequestWithContext(ctx, method, target, nil)
 		if err != nil {
 			return nil, r.invalid("building request: %v", err)
@@ -137,6 +151,7 @@ func (r *Registry) doWith(ctx context.Context, method, repo, path string, prepar
 		if err != nil {
 			return nil, err
 		}
+		r.observeRateLimit(method, path, resp)
 		if resp.StatusCode != http.StatusUnauthorized || attempt > 0 {
 			return resp, nil
 		}

@@ -498,8 +498,9 @@ func TestCacheE2EStaleIfError(t *testing.T) {
 		retryAfter string
 	}{
 		{"500", registrytest.Status(http.StatusInternalServerError), []int{502}, "UNAVAILABLE", ""},
-		{"429", registrytest.RateLimited(7 * time.Second), []int{429}, "TOOMANYREQUESTS", "7"},
 		{"connection closed", registrytest.CloseConnection(), []int{502, 503}, "UNAVAILABLE", ""},
+		// Last: a 429 holds every request back until its Retry-After (upstream/ratelimit.go).
+		{"429", registrytest.RateLimited(2 * time.Second), []int{429}, "TOOMANYREQUESTS", "2"},
 	} {
 		up.set(registrytest.OnManifests(tc.fault))
 		up.reset()
@@ -521,9 +522,10 @@ func TestCacheE2EStaleIfError(t *testing.T) {
 		}
 	}
 
-	// Fault gone: after tag_ttl the next answer is a fresh one, with no operator action.
+	// Fault gone: after tag_ttl and the 429's Retry-After the next answer is a fresh one,
+	// with no operator action.
 	up.set(nil)
-	time.Sleep(ttl + 100*time.Millisecond)
+	time.Sleep(max(ttl, 2*time.Second) + 100*time.Millisecond)
 	up.reset()
 	ceExpect(t, "recovered GET", rc.do(t, "GET", path("warm")), "REVALIDATED", warm, "GET")
 	up.expectUpstream(t, "recovered GET", ceManifests("HEAD", repo, "warm"))

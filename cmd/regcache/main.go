@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/valyala/fasthttp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -64,7 +65,10 @@ func run(args []string) error {
 		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}
 	log.Info("regcache listening", zap.String("listen", ln.Addr().String()), zap.Int("upstreams", len(cfg.Upstreams)),
-		zap.String("default_upstream", cfg.DefaultUpstream))
+		zap.String("default_upstream", cfg.DefaultUpstream), zap.Bool("client_auth", cfg.Auth.Enabled()))
+	if cfg.Auth.Enabled() && cfg.Auth.Secret.Reveal() == "" {
+		log.Warn("auth.secret is not set: issued tokens are valid on this process only (set it when replicas share a name)")
+	}
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -97,13 +101,37 @@ type buildOptions struct {
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
-// build turns a validated config into a ready fasthttp server.
+// app is a wired regcache: the proxy and its fasthttp server.
+type app struct {
+	proxy  *proxy.Proxy
+	server *fasthttp.Server
+	cache  *cache.Cache
+}
+
+// Serve marks the proxy ready and serves ln until shut down.
+func (a *app) Serve(ln net.Listener) error {
+	a.proxy.SetReady(true)
+	return a.server.Serve(ln)
+}
+
+// ShutdownWithContext stops taking requests (readyz turns 503 first), drains those in
+// flight until ctx ends, and stops the cache.
+func (a *app) ShutdownWithContext(ctx context.Context) error {
+	a.proxy.SetReady(false)
+	err := a.server.ShutdownWithContext(ctx)
+	a.cache.Close()
+	return err
+}
+
+// build turns a validated config into a ready server.
 func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (server, error) {
+	metrics := proxy.NewMetrics()
 	c, err := cache.New(cache.Config{
 		MaxSize:        int64(cfg.Cache.MaxSize),
 		MaxStale:       cfg.Cache.MaxStale.D(),
 		NegativeTTL:    cfg.Cache.NegativeTTL.D(),
 		RevalidateWait: cfg.Cache.RevalidateWait.D(),
+		MaxBlobSize:    int64(cfg.Cache.MaxBlobSize),
 		Logger:         log,
 	})
 	if err != nil {
@@ -118,7 +146,7 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (server, error
 		}
 		opts := upstream.Options{
 			Name: u.Name, URL: u.URL, Timeout: u.Timeout.D(), ConnectTimeout: u.ConnectTimeout.D(),
-			TLS: tlsCfg, UserAgent: "regcache/1", DialContext: bo.Dial,
+			TLS: tlsCfg, UserAgent: "regcache/1", DialContext: bo.Dial, Observer: metrics,
 		}
 		if u.Credentials != nil {
 			opts.Username, opts.Password = u.Credentials.Username, u.Credentials.Password.Reveal()
@@ -132,11 +160,39 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (server, error
 			Origin: &cache.Origin{Registry: reg, TagTTL: cfg.TagTTLFor(u)},
 		})
 	}
-	p, err := proxy.New(proxy.Options{Upstreams: ups, Default: cfg.DefaultUpstream, Cache: c, Logger: log, AccessLog: bo.AccessLog})
+	auth, err := clientAuth(cfg)
 	if err != nil {
 		return nil, err
 	}
-	return p.Server(), nil
+	p, err := proxy.New(proxy.Options{Upstreams: ups, Default: cfg.DefaultUpstream, Cache: c, Logger: log,
+		AccessLog: bo.AccessLog, Auth: auth, Metrics: metrics})
+	if err != nil {
+		return nil, err
+	}
+	metrics.WatchCache(c)
+	metrics.WatchUpstreams(ups)
+	return &app{proxy: p, server: p.Server(), cache: c}, nil
+}
+
+// clientAuth builds client-facing auth from public_url, trust_forwarded_headers and auth:.
+func clientAuth(cfg *configs.Config) (*proxy.ClientAuth, error) {
+	opts := proxy.ClientAuthOptions{
+		Secret:                []byte(cfg.Auth.Secret.Reveal()),
+		TokenTTL:              cfg.Auth.TokenTTL.D(),
+		PublicURL:             cfg.PublicURL,
+		TrustForwardedHeaders: cfg.TrustForwardedHeaders,
+	}
+	if cfg.Auth.Htpasswd != "" {
+		users, err := configs.ReadHtpasswd(cfg.Auth.Htpasswd)
+		if err != nil {
+			return nil, fmt.Errorf("auth.htpasswd: %w", err)
+		}
+		opts.Users = users
+	}
+	for _, t := range cfg.Auth.Tokens {
+		opts.Tokens = append(opts.Tokens, t.Reveal())
+	}
+	return proxy.NewClientAuth(opts)
 }
 
 // isDockerHub: Docker Hub's one-segment names live under library/.

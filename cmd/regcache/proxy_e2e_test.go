@@ -347,17 +347,23 @@ func TestBaseEndpointAndReadOnly(t *testing.T) {
 
 	for _, path := range []string{"/v2/", "/v2"} {
 		for _, method := range []string{http.MethodGet, http.MethodHead} {
+			// Without Authorization the ping is challenged (client auth off or not: clients
+			// find the token realm this way; Diun takes 200 or 401, Renovate needs the
+			// challenge); with any Authorization it answers 200.
 			r := rc.do(t, method, path)
+			if r.Status != http.StatusUnauthorized || r.Header.Get("WWW-Authenticate") == "" {
+				t.Fatalf("%s %s without Authorization: %d %v, want 401 with a challenge", method, path, r.Status, r.Header)
+			}
+			r = rc.do(t, method, path, "Authorization", "Bearer Og==")
 			if r.Status != http.StatusOK || r.Header.Get("Docker-Distribution-API-Version") != "registry/2.0" {
 				t.Fatalf("%s %s: %d %v", method, path, r.Status, r.Header)
 			}
-			// Diun and Renovate probe /v2/; a 401 would need a challenge.
 			if r.Header.Get("WWW-Authenticate") != "" {
 				t.Fatalf("%s %s asks for credentials", method, path)
 			}
 		}
 	}
-	if r := rc.do(t, http.MethodGet, "/v2/"); string(r.Body) != "{}" || !strings.HasPrefix(r.Header.Get("Content-Type"), "application/json") {
+	if r := rc.do(t, http.MethodGet, "/v2/", "Authorization", "Bearer Og=="); string(r.Body) != "{}" || !strings.HasPrefix(r.Header.Get("Content-Type"), "application/json") {
 		t.Fatalf("GET /v2/ body %q type %q", r.Body, r.Header.Get("Content-Type"))
 	}
 	for _, method := range []string{http.MethodPut, http.MethodPost, http.MethodDelete, http.MethodPatch} {
@@ -783,7 +789,7 @@ func TestAccessLogOneLinePerRequest(t *testing.T) {
 		cache               string // "" when no answer came from the cache
 	}
 	wants := []want{
-		{"GET", "/v2/", 200, "", "", "", ""},
+		{"GET", "/v2/", 401, "", "", "", ""}, // the ping without Authorization is challenged
 		{"GET", "/v2/team/app/manifests/v1", 200, "registry.test", "team/app", "v1", "MISS"},
 		{"HEAD", "/v2/rt/team/app/manifests/v1", 200, "registry.test", "team/app", "v1", "HIT"},
 		{"GET", "/v2/team/app/manifests/" + pushed.Digest, 200, "registry.test", "team/app", pushed.Digest, "HIT"},

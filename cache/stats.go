@@ -1,0 +1,28 @@
+package cache
+
+// Stats is a snapshot of the cache for metrics.
+type Stats struct {
+	// SizeBytes is the cost held now: cached bodies plus per-entry overhead.
+	SizeBytes int64
+	// MaxBytes is max_size.
+	MaxBytes int64
+	// Evictions counts entries pushed out to make room (not expiries).
+	Evictions uint64
+	// Coalesced counts requests that waited on another's upstream request instead of
+	// making their own.
+	Coalesced int64
+	// InFlight is upstream work under way now.
+	InFlight int
+}
+
+// Stats reads the cache's counters.
+func (c *Cache) Stats() Stats {
+	m := c.store.rc.Metrics
+	return Stats{
+		SizeBytes: c.store.rc.MaxCost() - c.store.rc.RemainingCost(),
+		MaxBytes:  c.store.rc.MaxCost(),
+		Evictions: m.KeysEvicted(),
+		Coalesced: c.flights.Joined() + c.tagFlights.Joined() + c.blobFlights.Joined(),
+		InFlight:  c.flights.InFlight() + c.tagFlights.InFlight() + c.blobFlights.InFlight(),
+	}
+}

@@ -1,0 +1,508 @@
+package main
+
+// End-to-end tests of client-facing auth: the /v2/ challenge and /token with auth off (what
+// docker login, Renovate, Watchtower, Diun and What's Up Docker need), and with htpasswd
+// users or static tokens on: every endpoint but /healthz closed, Basic and issued tokens
+// accepted, forged and expired tokens refused, nothing the client sends reaching the
+// upstream or the logs. Finally go-containerregistry's own client walks the challenge ->
+// token flow. Helpers in this file are prefixed "ca".
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"golang.org/x/crypto/bcrypt"
+
+	"regcache/upstream/registrytest"
+)
+
+// caSecret is the auth.secret of the tests that forge tokens.
+const caSecret = "e2e-shared-secret-0123456789abcdef"
+
+// caRandom is a fresh random string, so a leak check cannot pass by accident.
+func caRandom(prefix string) string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return prefix + hex.EncodeToString(b[:])
+}
+
+// caHtpasswd writes an htpasswd file with one bcrypt entry (htpasswd -B, at the lowest cost).
+func caHtpasswd(t *testing.T, user, pass string) string {
+	t.Helper()
+	h, err := bcrypt.GenerateFromPassword([]byte(pass), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "htpasswd")
+	if err := os.WriteFile(p, []byte("# regcache users\n"+user+":"+string(h)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// caConfig is a config with one upstream (the default) and extra top-level lines.
+func caConfig(reg *registrytest.Registry, top string) string {
+	return configYAML("", upstreamYAML("reg.test", reg.URL)) + top
+}
+
+func caBasic(user, pass string) string {
+	return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))
+}
+
+// caChallenge is the challenge regcache must send for a client that reached it at url.
+func caChallenge(url string) string {
+	return `Bearer realm="` + url + `/token",service="regcache"`
+}
+
+// caWant401 checks an UNAUTHORIZED registry error carrying challenge.
+func caWant401(t *testing.T, what string, r response, challenge string) {
+	t.Helper()
+	if r.Status != http.StatusUnauthorized {
+		t.Fatalf("%s: status %d, want 401 (body %s)", what, r.Status, r.Body)
+	}
+	if got := r.Header.Values("WWW-Authenticate"); len(got) != 1 || got[0] != challenge {
+		t.Fatalf("%s: WWW-Authenticate %q, want exactly %q", what, got, challenge)
+	}
+	if r.Header.Get("Docker-Distribution-API-Version") != "registry/2.0" {
+		t.Errorf("%s: no Docker-Distribution-API-Version on the 401", what)
+	}
+	if len(r.Body) == 0 {
+		return // HEAD
+	}
+	var body struct {
+		Errors []struct{ Code, Message string }
+	}
+	if err := json.Unmarshal(r.Body, &body); err != nil || len(body.Errors) != 1 || body.Errors[0].Code != "UNAUTHORIZED" {
+		t.Errorf("%s: body %s, want one UNAUTHORIZED registry error", what, r.Body)
+	}
+}
+
+// caToken asks GET /token as a Docker client would and checks the answer's shape.
+func caToken(t *testing.T, in *instance, header ...string) (token string, expiresIn int) {
+	t.Helper()
+	r := in.do(t, http.MethodGet, "/token?service=regcache&scope=repository:reg.test/team/app:pull&account=robot", header...)
+	if r.Status != http.StatusOK {
+		t.Fatalf("GET /token: %d %s", r.Status, r.Body)
+	}
+	if ct := r.Header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("GET /token: Content-Type %q", ct)
+	}
+	var tj struct {
+		Token       string `json:"token"`
+		AccessToken string `json:"access_token"`
+		ExpiresIn   *int   `json:"expires_in"`
+	}
+	if err := json.Unmarshal(r.Body, &tj); err != nil {
+		t.Fatalf("GET /token: %v in %s", err, r.Body)
+	}
+	// Watchtower reads only token, OAuth2 clients only access_token.
+	if tj.Token == "" || tj.AccessToken != tj.Token || tj.ExpiresIn == nil {
+		t.Fatalf("GET /token: %s, want token, access_token (equal) and expires_in", r.Body)
+	}
+	return tj.Token, *tj.ExpiresIn
+}
+
+// caForge signs a token as a replica sharing caSecret would.
+func caForge(sub string, exp time.Time) string {
+	payload, _ := json.Marshal(map[string]any{"sub": sub, "exp": exp.Unix()})
+	p := base64.RawURLEncoding.EncodeToString(payload)
+	mac := hmac.New(sha256.New, []byte(caSecret))
+	mac.Write([]byte(p))
+	return p + "." + base64.RawURLEncoding.EncodeToString(mac.Sum(nil))
+}
+
+// caUpstreamSawOnlyItsOwnTokens checks that every Authorization the registry received is
+// one of the tokens it issued itself to regcache, never something of the client's.
+func caUpstreamSawOnlyItsOwnTokens(t *testing.T, reg *registrytest.Registry, clientSecrets ...string) {
+	t.Helper()
+	own := map[string]bool{}
+	for _, tok := range reg.IssuedTokens() {
+		own["Bearer "+tok] = true
+	}
+	headers := reg.AuthHeaders()
+	if len(headers) == 0 {
+		t.Fatal("the upstream saw no Authorization at all: the check proves nothing")
+	}
+	for _, h := range headers {
+		if !own[h] {
+			t.Errorf("upstream received Authorization %.24q..., not a token it issued", h)
+		}
+		for _, s := range clientSecrets {
+			if strings.Contains(h, s) {
+				t.Errorf("upstream received the client's credential %.6s...", s)
+			}
+		}
+	}
+}
+
+// caNoSecretsLogged fails when any secret occurs in regcache's logs.
+func caNoSecretsLogged(t *testing.T, in *instance, secrets ...string) {
+	t.Helper()
+	logs := in.Logs.String()
+	if !strings.Contains(logs, `"path":"/token"`) {
+		t.Fatal("no access log line for /token: the leak check proves nothing")
+	}
+	for _, s := range secrets {
+		if s == "" {
+			t.Fatal("empty secret: the check would prove nothing")
+		}
+		if strings.Contains(logs, s) {
+			t.Errorf("secret %.6s... appears in regcache's logs", s)
+		}
+	}
+}
+
+func TestClientAuthOff(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t, registrytest.Bearer)
+	d := reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1).Digest
+	rc := startRegcache(t, caConfig(reg, ""))
+	challenge := caChallenge(rc.URL)
+
+	// The ping without Authorization is how docker login, Renovate and Watchtower find the
+	// realm; Diun accepts a 401 here.
+	caWant401(t, "GET /v2/ without Authorization", rc.do(t, http.MethodGet, "/v2/"), challenge)
+	caWant401(t, "HEAD /v2/ without Authorization", rc.do(t, http.MethodHead, "/v2/"), challenge)
+	caWant401(t, "GET /v2 without Authorization", rc.do(t, http.MethodGet, "/v2"), challenge)
+
+	// docker login pings again with its token; any Authorization is fine with auth off.
+	tok, expiresIn := caToken(t, rc)
+	if expiresIn != 300 {
+		t.Errorf("expires_in = %d, want 300 (token_ttl default 5m)", expiresIn)
+	}
+	tokAgain, _ := caToken(t, rc, "Authorization", caBasic("whoever", "whatever")) // ignored
+	for _, authz := range []string{"Bearer " + tok, "Bearer " + tokAgain, "Bearer Og==", caBasic("u", "p"), "Garbage"} {
+		if r := rc.do(t, http.MethodGet, "/v2/", "Authorization", authz); r.Status != http.StatusOK || string(r.Body) != "{}" {
+			t.Errorf("GET /v2/ with %.16q: %d %s, want 200 {}", authz, r.Status, r.Body)
+		}
+	}
+
+	// Every other endpoint ignores Authorization, whatever it is: What's Up Docker's custom
+	// registry sends none, its lscr provider "Bearer Og==".
+	for _, authz := range []string{"", "Bearer Og==", "Bearer " + tok, caBasic("u", "p"), "Basic !!", "Garbage"} {
+		var header []string
+		if authz != "" {
+			header = []string{"Authorization", authz}
+		}
+		for _, method := range []string{http.MethodHead, http.MethodGet} {
+			r := rc.do(t, method, "/v2/team/app/manifests/v1", header...)
+			if r.Status != http.StatusOK || r.Header.Get("Docker-Content-Digest") != d {
+				t.Fatalf("%s manifest with %.16q: %d %s", method, authz, r.Status, r.Body)
+			}
+		}
+	}
+	if r := rc.do(t, http.MethodGet, "/healthz"); r.Status != http.StatusOK {
+		t.Errorf("/healthz: %d", r.Status)
+	}
+	caUpstreamSawOnlyItsOwnTokens(t, reg, tok, tokAgain, "Og==", base64.StdEncoding.EncodeToString([]byte("u:p")))
+	caNoSecretsLogged(t, rc, tok, tokAgain)
+}
+
+func TestClientAuthChallengeRealm(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t, registrytest.NoAuth)
+	plain := startRegcache(t, caConfig(reg, ""))
+	trusting := startRegcache(t, caConfig(reg, "trust_forwarded_headers: true\n"))
+	public := startRegcache(t, caConfig(reg, "public_url: https://regcache.example.com\ntrust_forwarded_headers: true\n"))
+
+	ask := func(in *instance, host string, header ...string) response {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodGet, in.URL+"/v2/", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = host
+		for i := 0; i+1 < len(header); i += 2 {
+			req.Header.Set(header[i], header[i+1])
+		}
+		resp, err := in.Client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return response{Status: resp.StatusCode, Header: resp.Header, Body: body}
+	}
+	forwarded := []string{"X-Forwarded-Proto", "https", "X-Forwarded-Host", "registry.example.org"}
+	for _, tc := range []struct {
+		name string
+		in   *instance
+		host string
+		hdr  []string
+		want string
+	}{
+		{"request Host", plain, "regcache.lan:5000", nil, "http://regcache.lan:5000"},
+		{"X-Forwarded-* ignored unless trusted", plain, "regcache.lan:5000", forwarded, "http://regcache.lan:5000"},
+		{"trusted X-Forwarded-*", trusting, "10.0.0.5:5000", forwarded, "https://registry.example.org"},
+		{"trusted, but none sent", trusting, "10.0.0.5:5000", nil, "http://10.0.0.5:5000"},
+		{"public_url wins", public, "10.0.0.5:5000", forwarded, "https://regcache.example.com"},
+	} {
+		caWant401(t, tc.name, ask(tc.in, tc.host, tc.hdr...), caChallenge(tc.want))
+	}
+}
+
+func TestClientAuthHtpasswd(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t, registrytest.Bearer)
+	d := reg.PushImage(t, "team/app", "v1", types.DockerManifestSchema2).Digest
+	user, pass := "alice", caRandom("pw-")
+	rc := startRegcache(t, caConfig(reg, "auth:\n  htpasswd: "+caHtpasswd(t, user, pass)+"\n  secret: "+caSecret+"\n"))
+	challenge := caChallenge(rc.URL)
+	basic := caBasic(user, pass)
+	const manifest = "/v2/team/app/manifests/v1"
+
+	// Closed without credentials: every endpoint but /healthz.
+	for _, path := range []string{"/v2/", manifest, "/v2/reg.test/team/app/manifests/v1", "/v2/team/app/tags/list",
+		"/v2/team/app/blobs/" + d, "/api/v1/digest?image=reg.test/team/app:v1", "/nope"} {
+		for _, method := range []string{http.MethodHead, http.MethodGet} {
+			caWant401(t, method+" "+path+" without credentials", rc.do(t, method, path), challenge)
+		}
+	}
+	for _, authz := range []string{"Bearer Og==", caBasic(user, "wrong"), caBasic("mallory", pass), "Basic !!", "Garbage"} {
+		caWant401(t, "manifest with "+authz[:6], rc.do(t, http.MethodGet, manifest, "Authorization", authz), challenge)
+		caWant401(t, "/v2/ with "+authz[:6], rc.do(t, http.MethodGet, "/v2/", "Authorization", authz), challenge)
+	}
+	if r := rc.do(t, http.MethodGet, "/healthz"); r.Status != http.StatusOK {
+		t.Errorf("/healthz without credentials: %d, want 200", r.Status)
+	}
+	if n := reg.Count(http.MethodGet, "manifest") + reg.Count(http.MethodHead, "manifest"); n != 0 {
+		t.Fatalf("refused requests reached the upstream %d times", n)
+	}
+
+	// Basic on every request, as What's Up Docker's custom registry does.
+	for i := 0; i < 3; i++ {
+		for _, method := range []string{http.MethodHead, http.MethodGet} {
+			r := rc.do(t, method, manifest, "Authorization", basic)
+			if r.Status != http.StatusOK || r.Header.Get("Docker-Content-Digest") != d {
+				t.Fatalf("%s manifest with Basic: %d %s", method, r.Status, r.Body)
+			}
+		}
+	}
+	if r := rc.do(t, http.MethodGet, "/v2/", "Authorization", basic); r.Status != http.StatusOK {
+		t.Fatalf("/v2/ with Basic: %d %s", r.Status, r.Body)
+	}
+
+	// The token flow: /token wants Basic, and answers with a Basic challenge otherwise.
+	basicChallenge := `Basic realm="regcache"`
+	caWant401(t, "/token without credentials", rc.do(t, http.MethodGet, "/token?service=regcache"), basicChallenge)
+	caWant401(t, "/token with a wrong password", rc.do(t, http.MethodGet, "/token", "Authorization", caBasic(user, "wrong")), basicChallenge)
+	tok, expiresIn := caToken(t, rc, "Authorization", basic)
+	if expiresIn != 300 {
+		t.Errorf("expires_in = %d, want 300", expiresIn)
+	}
+	for _, path := range []string{"/v2/", manifest} {
+		if r := rc.do(t, http.MethodGet, path, "Authorization", "Bearer "+tok); r.Status != http.StatusOK {
+			t.Fatalf("GET %s with the issued token: %d %s", path, r.Status, r.Body)
+		}
+	}
+
+	// Replicas sharing auth.secret accept each other's tokens; anything else is refused.
+	if r := rc.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+caForge("bob", time.Now().Add(time.Minute))); r.Status != http.StatusOK {
+		t.Errorf("token signed with the shared secret: %d %s", r.Status, r.Body)
+	}
+	payload, sig, _ := strings.Cut(tok, ".")
+	longer, _ := json.Marshal(map[string]any{"sub": user, "exp": time.Now().Add(time.Hour).Unix()})
+	for name, bad := range map[string]string{
+		"expired":             caForge(user, time.Now().Add(-time.Second)),
+		"payload swapped":     base64.RawURLEncoding.EncodeToString(longer) + "." + sig,
+		"signature swapped":   payload + "." + strings.SplitN(caForge(user, time.Now().Add(time.Minute)), ".", 2)[1],
+		"signature truncated": tok[:len(tok)-4],
+		"not a token":         "not-a-token",
+		"token re-encoded":    base64.StdEncoding.EncodeToString([]byte(tok)),
+	} {
+		caWant401(t, name+" token", rc.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+bad), challenge)
+	}
+
+	caUpstreamSawOnlyItsOwnTokens(t, reg, pass, basic[len("Basic "):], tok)
+	caNoSecretsLogged(t, rc, pass, basic[len("Basic "):], tok)
+}
+
+func TestClientAuthIssuedTokenExpires(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t, registrytest.NoAuth)
+	reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
+	user, pass := "alice", caRandom("pw-")
+	rc := startRegcache(t, caConfig(reg, "auth:\n  htpasswd: "+caHtpasswd(t, user, pass)+"\n  token_ttl: 2s\n"))
+	issued := time.Now()
+	tok, expiresIn := caToken(t, rc, "Authorization", caBasic(user, pass))
+	if expiresIn != 2 {
+		t.Errorf("expires_in = %d, want 2", expiresIn)
+	}
+	const manifest = "/v2/team/app/manifests/v1"
+	if r := rc.do(t, http.MethodHead, manifest, "Authorization", "Bearer "+tok); r.Status != http.StatusOK {
+		t.Fatalf("fresh token: %d", r.Status)
+	}
+	deadline := time.Now().Add(4 * time.Second)
+	for {
+		r := rc.do(t, http.MethodHead, manifest, "Authorization", "Bearer "+tok)
+		if r.Status == http.StatusUnauthorized {
+			caWant401(t, "expired token", r, caChallenge(rc.URL))
+			if age := time.Since(issued); age < 2*time.Second {
+				t.Errorf("token refused %v after it was issued, before its expires_in of 2s", age)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("token with token_ttl 2s still accepted after 4s (status %d)", r.Status)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestClientAuthStaticTokens(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t, registrytest.Bearer)
+	d := reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1).Digest
+	static := caRandom("static-")
+	rc := startRegcache(t, caConfig(reg, "auth:\n  tokens: [\""+static+"\"]\n"))
+	challenge := caChallenge(rc.URL)
+	const manifest = "/v2/team/app/manifests/v1"
+
+	caWant401(t, "/v2/ without", rc.do(t, http.MethodGet, "/v2/"), challenge)
+	caWant401(t, "manifest without", rc.do(t, http.MethodGet, manifest), challenge)
+	caWant401(t, "manifest with another token", rc.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+static+"x"), challenge)
+	caWant401(t, "/token without", rc.do(t, http.MethodGet, "/token"), `Basic realm="regcache"`)
+
+	// Directly as Bearer, or as the password of Basic (docker login --password-stdin).
+	tok, _ := caToken(t, rc, "Authorization", caBasic("ci", static))
+	for _, authz := range []string{"Bearer " + static, caBasic("ci", static), caBasic("anyone", static), "Bearer " + tok} {
+		for _, path := range []string{"/v2/", manifest} {
+			r := rc.do(t, http.MethodGet, path, "Authorization", authz)
+			if r.Status != http.StatusOK {
+				t.Fatalf("GET %s with %.12q...: %d %s", path, authz, r.Status, r.Body)
+			}
+			if path == manifest && r.Header.Get("Docker-Content-Digest") != d {
+				t.Fatalf("digest %s, want %s", r.Header.Get("Docker-Content-Digest"), d)
+			}
+		}
+	}
+	caUpstreamSawOnlyItsOwnTokens(t, reg, static, tok)
+	caNoSecretsLogged(t, rc, static, tok)
+}
+
+// TestClientAuthGoContainerRegistry drives regcache with a real registry client: ggcr pings
+// /v2/, reads the Bearer challenge, fetches /token with Basic credentials and retries with
+// the token, exactly as crane, ko and Renovate's Go tooling do.
+func TestClientAuthGoContainerRegistry(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t, registrytest.Bearer)
+	pushed := reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
+	user, pass := "alice", caRandom("pw-")
+	on := startRegcache(t, caConfig(reg, "auth:\n  htpasswd: "+caHtpasswd(t, user, pass)+"\n"))
+	off := startRegcache(t, caConfig(reg, ""))
+
+	ref := func(in *instance) name.Reference {
+		r, err := name.ParseReference(strings.TrimPrefix(in.URL, "http://")+"/reg.test/team/app:v1", name.Insecure)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	opts := func(a authn.Authenticator) []remote.Option {
+		return []remote.Option{remote.WithAuth(a), remote.WithContext(t.Context()), remote.WithTransport(&http.Transport{Proxy: nil})}
+	}
+
+	alice := &authn.Basic{Username: user, Password: pass}
+	head, err := remote.Head(ref(on), opts(alice)...)
+	if err != nil {
+		t.Fatalf("remote.Head with Basic credentials: %v", err)
+	}
+	if head.Digest.String() != pushed.Digest {
+		t.Errorf("remote.Head digest %s, want %s", head.Digest, pushed.Digest)
+	}
+	got, err := remote.Get(ref(on), opts(alice)...)
+	if err != nil {
+		t.Fatalf("remote.Get with Basic credentials: %v", err)
+	}
+	if got.Digest.String() != pushed.Digest || string(got.Manifest) != string(pushed.Body) {
+		t.Errorf("remote.Get digest %s, want %s (or the body differs)", got.Digest, pushed.Digest)
+	}
+	// The client went the token way: challenge, /token, then Bearer.
+	if !strings.Contains(on.Logs.String(), `"path":"/token","status":200`) {
+		t.Error("no successful GET /token in the access log: ggcr did not take the token flow")
+	}
+
+	for name, a := range map[string]authn.Authenticator{
+		"wrong password": &authn.Basic{Username: user, Password: "wrong"},
+		"anonymous":      authn.Anonymous,
+	} {
+		if _, err := remote.Head(ref(on), opts(a)...); err == nil || !strings.Contains(err.Error(), "401") && !strings.Contains(strings.ToLower(err.Error()), "unauthorized") {
+			t.Errorf("remote.Head %s with auth on: %v, want a 401", name, err)
+		}
+	}
+
+	// With auth off ggcr's anonymous token flow works too.
+	if d, err := remote.Head(ref(off), opts(authn.Anonymous)...); err != nil || d.Digest.String() != pushed.Digest {
+		t.Errorf("remote.Head anonymous with auth off: %v, %v", d, err)
+	}
+
+	caUpstreamSawOnlyItsOwnTokens(t, reg, pass)
+	caNoSecretsLogged(t, on, pass)
+}
+
+// TestClientAuthCLIs logs in with the CLIs people use against registries, with auth on.
+func TestClientAuthCLIs(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t, registrytest.Bearer)
+	img := reg.PushImage(t, "team/app", "v1", types.DockerManifestSchema2)
+	user, pass := "alice", caRandom("pw-")
+	rc := startRegcache(t, caConfig(reg, "auth:\n  htpasswd: "+caHtpasswd(t, user, pass)+"\n"))
+	host := strings.TrimPrefix(rc.URL, "http://")
+	image := host + "/reg.test/team/app:v1"
+	ran := false // lookTool skips a subtest whose CLI is not installed
+
+	t.Run("skopeo", func(t *testing.T) {
+		skopeo := lookTool(t, "skopeo", "apt-get install -y skopeo")
+		ran = true
+		raw := runTool(t, nil, skopeo, "inspect", "--tls-verify=false", "--creds", user+":"+pass, "docker://"+image)
+		var inspect struct{ Digest string }
+		if err := json.Unmarshal([]byte(raw), &inspect); err != nil || inspect.Digest != img.Digest {
+			t.Fatalf("skopeo inspect = %+v (%v), want digest %s", inspect, err, img.Digest)
+		}
+		cmd := exec.Command(skopeo, "inspect", "--tls-verify=false", "--creds", user+":wrong", "docker://"+image)
+		if out, err := cmd.CombinedOutput(); err == nil {
+			t.Fatalf("skopeo inspect with a wrong password succeeded:\n%s", out)
+		}
+	})
+	t.Run("crane", func(t *testing.T) {
+		crane := lookTool(t, "crane", "go install github.com/google/go-containerregistry/cmd/crane@v0.22.1")
+		ran = true
+		env := []string{"DOCKER_CONFIG=" + t.TempDir(), "HOME=" + t.TempDir()}
+		runTool(t, env, crane, "auth", "login", host, "-u", user, "-p", pass)
+		if d := strings.TrimSpace(runTool(t, env, crane, "digest", "--insecure", image)); d != img.Digest {
+			t.Fatalf("crane digest = %s, want %s", d, img.Digest)
+		}
+	})
+	t.Run("regctl", func(t *testing.T) {
+		regctl := lookTool(t, "regctl", "go install github.com/regclient/regclient/cmd/regctl@v0.11.7")
+		ran = true
+		env := []string{"HOME=" + t.TempDir()}
+		// Without credentials yet, set's own connectivity check would meet the 401.
+		runTool(t, env, regctl, "registry", "set", host, "--tls", "disabled", "--skip-check")
+		runTool(t, env, regctl, "registry", "login", host, "-u", user, "-p", pass)
+		if d := strings.TrimSpace(runTool(t, env, regctl, "image", "digest", image)); d != img.Digest {
+			t.Fatalf("regctl image digest = %s, want %s", d, img.Digest)
+		}
+	})
+	if !ran {
+		t.Skip("no CLI installed")
+	}
+	caUpstreamSawOnlyItsOwnTokens(t, reg, pass)
+	caNoSecretsLogged(t, rc, pass)
+}

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"regcache/upstream/registrytest"
+)
+
+// scrape reads /metrics into "name{labels}" -> value.
+func scrape(t *testing.T, rc *instance) map[string]float64 {
+	t.Helper()
+	r := rc.do(t, http.MethodGet, "/metrics")
+	if r.Status != 200 {
+		t.Fatalf("/metrics: %d %s", r.Status, r.Body)
+	}
+	out := map[string]float64{}
+	sc := bufio.NewScanner(bytes.NewReader(r.Body))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			t.Fatalf("metrics line %q: %v", line, err)
+		}
+		out[line[:i]] = v
+	}
+	return out
+}
+
+func TestMetricsMoveAndProbes(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t, registrytest.Bearer)
+	reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
+	reg.SetFault(registrytest.WithHeaders("RateLimit-Limit", "100;w=21600", "RateLimit-Remaining", "76;w=21600"))
+	rc := startRegcache(t, configYAML("", upstreamYAML("ghcr.io", reg.URL)))
+
+	if r := rc.do(t, http.MethodGet, "/healthz"); r.Status != 200 {
+		t.Fatalf("/healthz %d", r.Status)
+	}
+	if r := rc.do(t, http.MethodGet, "/readyz"); r.Status != 200 {
+		t.Fatalf("/readyz %d", r.Status)
+	}
+	before := scrape(t, rc)
+	for i := 0; i < 3; i++ {
+		if r := rc.do(t, http.MethodHead, "/v2/ghcr.io/team/app/manifests/v1"); r.Status != 200 {
+			t.Fatalf("HEAD %d", r.Status)
+		}
+	}
+	rc.do(t, http.MethodGet, "/v2/ghcr.io/team/app/manifests/nope")
+	m := scrape(t, rc)
+	get := func(k string) float64 { return m[k] - before[k] }
+	if v := get(`regcache_requests_total{cache="MISS",method="HEAD",route="manifest",status="200"}`); v != 1 {
+		t.Fatalf("HEAD MISS counter moved by %v, want 1", v)
+	}
+	if v := get(`regcache_requests_total{cache="HIT",method="HEAD",route="manifest",status="200"}`); v != 2 {
+		t.Fatalf("HEAD HIT counter moved by %v, want 2", v)
+	}
+	if v := get(`regcache_requests_total{cache="none",method="GET",route="manifest",status="404"}`); v != 1 {
+		t.Fatalf("404 counter moved by %v, want 1", v)
+	}
+	if v := get(`regcache_upstream_requests_total{kind="manifest",method="HEAD",status="200",upstream="ghcr.io"}`); v != 1 {
+		t.Fatalf("upstream HEAD counter moved by %v, want 1", v)
+	}
+	if v := m[`regcache_upstream_ratelimit_remaining{upstream="ghcr.io"}`]; v != 76 {
+		t.Fatalf("ratelimit remaining = %v, want 76", v)
+	}
+	if v := m[`regcache_upstream_ratelimit_limit{upstream="ghcr.io"}`]; v != 100 {
+		t.Fatalf("ratelimit limit = %v, want 100", v)
+	}
+	if m["regcache_cache_size_bytes"] <= 0 {
+		t.Fatal("cache size gauge did not move")
+	}
+	if m[`regcache_request_duration_seconds_count{route="manifest"}`] < 4 {
+		t.Fatal("latency histogram did not count the manifest requests")
+	}
+	if _, ok := m["regcache_coalesced_waiters_total"]; !ok {
+		t.Fatal("no coalesced waiters counter")
+	}
+	if _, ok := m["go_goroutines"]; !ok {
+		t.Fatal("no Go runtime metrics")
+	}
+}

@@ -1,0 +1,220 @@
+package proxy
+
+import (
+	"math"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
+
+	"regcache/cache"
+	"regcache/upstream"
+)
+
+// route labels requests by what they are for; the index is the label's position below.
+type route uint8
+
+const (
+	routeOther route = iota
+	routeBase
+	routeManifest
+	routeTags
+	routeBlob
+	routeAPI
+	routeToken
+	routeHealth
+	routeMetrics
+	numRoutes
+)
+
+var routeNames = [numRoutes]string{"other", "base", "manifest", "tags", "blob", "api", "token", "health", "metrics"}
+
+func routeOf(k Kind) route {
+	switch k {
+	case KindBase:
+		return routeBase
+	case KindManifest:
+		return routeManifest
+	case KindTags:
+		return routeTags
+	case KindBlob:
+		return routeBlob
+	}
+	return routeOther
+}
+
+// The label values a request can take, as small indexes, so that the counter for a
+// request is found by array indexing: no label hashing, map or lock on the hit path.
+var (
+	methodNames  = [...]string{"GET", "HEAD", "other"}
+	cacheNames   = [...]string{"MISS", "HIT", "REVALIDATED", "STALE", "none"}
+	statusCodes  = [...]int{200, 206, 400, 401, 403, 404, 405, 429, 500, 502, 503, 504}
+	statusLabels = func() (out [len(statusCodes) + 1]string) {
+		for i, c := range statusCodes {
+			out[i] = strconv.Itoa(c)
+		}
+		out[len(statusCodes)] = "other"
+		return
+	}()
+)
+
+func methodIndex(m []byte) int {
+	switch string(m) {
+	case "GET":
+		return 0
+	case "HEAD":
+		return 1
+	}
+	return 2
+}
+
+func cacheIndex(st cache.Status) int {
+	if int(st) < len(cacheNames)-1 {
+		return int(st)
+	}
+	return len(cacheNames) - 1
+}
+
+func statusIndex(code int) int {
+	for i, c := range statusCodes {
+		if c == code {
+			return i
+		}
+	}
+	return len(statusCodes)
+}
+
+// Metrics holds regcache's Prometheus collectors; its zero value is not usable, use
+// NewMetrics. It implements upstream.Observer.
+type Metrics struct {
+	registry         *prometheus.Registry
+	requests         *prometheus.CounterVec
+	duration         *prometheus.HistogramVec
+	upstreamRequests *prometheus.CounterVec
+	upstreamDuration *prometheus.HistogramVec
+
+	// counters[route][method][cache][status], made on first use.
+	counters  [numRoutes][len(methodNames)][len(cacheNames)][len(statusLabels)]atomic.Pointer[prometheus.Counter]
+	durations [numRoutes]prometheus.Observer
+	handler   fasthttp.RequestHandler
+}
+
+// NewMetrics builds the collectors, with Go runtime and process metrics beside them.
+func NewMetrics() *Metrics {
+	m := &Metrics{registry: prometheus.NewRegistry()}
+	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "regcache_requests_total",
+		Help: "Client requests answered, by route kind, method, status and cache result (none when the cache did not answer).",
+	}, []string{"route", "method", "status", "cache"})
+	m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "regcache_request_duration_seconds",
+		Help:    "Time to answer a client request, by route kind.",
+		Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+	}, []string{"route"})
+	m.upstreamRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "regcache_upstream_requests_total",
+		Help: "HTTP exchanges with upstreams (redirect hops, tokens and pings included), by upstream, method, kind and status (error when none came).",
+	}, []string{"upstream", "method", "kind", "status"})
+	m.upstreamDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "regcache_upstream_request_duration_seconds",
+		Help:    "Time to an upstream's answer headers, by upstream and kind.",
+		Buckets: prometheus.ExponentialBuckets(0.005, 2.5, 10),
+	}, []string{"upstream", "kind"})
+	m.registry.MustRegister(m.requests, m.duration, m.upstreamRequests, m.upstreamDuration,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	for r := range numRoutes {
+		m.durations[r] = m.duration.WithLabelValues(routeNames[r])
+	}
+	m.handler = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
+	return m
+}
+
+// observe counts one answered request. On the hit path it is an array index, an atomic
+// load and two atomic adds.
+func (m *Metrics) observe(r route, method []byte, status int, st cache.Status, took time.Duration) {
+	mi, ci, si := methodIndex(method), cacheIndex(st), statusIndex(status)
+	slot := &m.counters[r][mi][ci][si]
+	c := slot.Load()
+	if c == nil {
+		label := statusLabels[si]
+		if si == len(statusCodes) {
+			label = strconv.Itoa(status)
+		}
+		counter := m.requests.WithLabelValues(routeNames[r], methodNames[mi], label, cacheNames[ci])
+		if si != len(statusCodes) { // "other" statuses vary: never pin one in the slot
+			slot.CompareAndSwap(nil, &counter)
+		}
+		c = &counter
+	}
+	(*c).Inc()
+	m.durations[r].Observe(took.Seconds())
+}
+
+// ObserveUpstream implements upstream.Observer; upstream traffic is the slow path.
+func (m *Metrics) ObserveUpstream(name, method, kind string, status int, took time.Duration) {
+	s := "error"
+	if status != 0 {
+		s = strconv.Itoa(status)
+	}
+	m.upstreamRequests.WithLabelValues(name, method, kind, s).Inc()
+	m.upstreamDuration.WithLabelValues(name, kind).Observe(took.Seconds())
+}
+
+// WatchCache exports the cache's size, evictions, coalesced waiters and work in flight.
+func (m *Metrics) WatchCache(c *cache.Cache) {
+	m.registry.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "regcache_cache_size_bytes", Help: "Bytes held in the cache (bodies plus per-entry overhead)."},
+			func() float64 { return float64(c.Stats().SizeBytes) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "regcache_cache_max_bytes", Help: "cache.max_size."},
+			func() float64 { return float64(c.Stats().MaxBytes) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_cache_evictions_total", Help: "Entries evicted to make room."},
+			func() float64 { return float64(c.Stats().Evictions) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_coalesced_waiters_total", Help: "Requests that waited on another request's upstream fetch instead of making their own."},
+			func() float64 { return float64(c.Stats().Coalesced) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "regcache_upstream_inflight", Help: "Upstream fetches under way."},
+			func() float64 { return float64(c.Stats().InFlight) }),
+	)
+}
+
+// WatchUpstreams exports each upstream's last seen rate-limit headers. Unknown values are
+// NaN, so an alert on "remaining < N" cannot fire before the upstream has said anything.
+func (m *Metrics) WatchUpstreams(ups []*Upstream) {
+	for _, u := range ups {
+		reg := u.Origin.Registry
+		labels := prometheus.Labels{"upstream": u.Name}
+		m.registry.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "regcache_upstream_ratelimit_remaining", ConstLabels: labels,
+				Help: "RateLimit-Remaining last sent by the upstream (Docker Hub: pulls left in the window); NaN until seen."},
+				func() float64 { return rateValue(reg.RateLimit(), false) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "regcache_upstream_ratelimit_limit", ConstLabels: labels,
+				Help: "RateLimit-Limit last sent by the upstream; NaN until seen."},
+				func() float64 { return rateValue(reg.RateLimit(), true) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "regcache_upstream_held_back", ConstLabels: labels,
+				Help: "1 while regcache holds requests back after a 429 from the upstream."},
+				func() float64 {
+					s := reg.RateLimit()
+					now := time.Now()
+					if s.GETBlockedUntil.After(now) || s.AllBlockedUntil.After(now) {
+						return 1
+					}
+					return 0
+				}),
+		)
+	}
+}
+
+func rateValue(s upstream.RateLimitState, limit bool) float64 {
+	v := s.Remaining
+	if limit {
+		v = s.Limit
+	}
+	if !s.Known || v < 0 {
+		return math.NaN()
+	}
+	return float64(v)
+}
