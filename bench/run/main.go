@@ -428,4 +428,3 @@ func peakRSS(cmd *exec.Cmd) string {
 	}
 	return "unknown"
 }
-
