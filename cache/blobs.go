@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"errors"
+	"net/http"
 
 	"github.com/opencontainers/go-digest"
 
@@ -12,8 +13,10 @@ import (
 // BlobInfo is what the cache knows of a blob: its size, and its verified bytes when it is
 // small enough to keep (image configs, which Diun, Renovate and skopeo inspect read).
 type BlobInfo struct {
+	// Size is the blob's length, -1 when upstream did not say.
 	Size int64
-	// Data is nil for a blob larger than MaxBlobSize: the caller streams it from upstream.
+	// Data is nil when the bytes are not held: the blob is larger than MaxBlobSize (the
+	// caller streams it), or only a HEAD has been seen.
 	Data []byte
 }
 
@@ -21,45 +24,75 @@ func blobKey(up, repo string, d digest.Digest) string {
 	return "b\x00" + up + "\x00" + repo + "\x00" + string(d)
 }
 
-// Blob answers a blob from memory or, on a miss, with one coalesced upstream GET that is
-// read (up to MaxBlobSize), verified against d, and kept. A larger blob is not read: its
-// size is remembered and Data left nil, so the caller opens its own stream.
-func (c *Cache) Blob(ctx context.Context, o *Origin, repo string, d digest.Digest) (BlobInfo, Status, error) {
+// blobNegativeKey keeps a blob's 404 apart from a manifest's with the same digest.
+func blobNegativeKey(up, repo string, d digest.Digest) string {
+	return negativeKey(up, repo, "blob\x00"+string(d))
+}
+
+// Blob answers what is known of a blob. With wantBody false (a client HEAD) its size is
+// enough, and one upstream HEAD finds it. With wantBody true a small blob comes from
+// memory or from one coalesced upstream GET, verified against d and kept; a larger one is
+// not read: its size is remembered and Data left nil, so the caller opens its own stream.
+func (c *Cache) Blob(ctx context.Context, o *Origin, repo string, d digest.Digest, wantBody bool) (BlobInfo, Status, error) {
 	up := o.Registry.Name()
 	key := blobKey(up, repo, d)
-	if v, ok := c.store.rc.Get(key); ok {
-		if info, ok := v.(*BlobInfo); ok {
-			return *info, Hit, nil
-		}
+	if info, ok := c.blobInfo(key); ok && (info.Data != nil || !wantBody || info.Size > c.cfg.MaxBlobSize || info.Size < 0) {
+		return info, Hit, nil
 	}
-	if err := c.store.negative(negativeKey(up, repo, string(d))); err != nil {
+	if err := c.store.negative(blobNegativeKey(up, repo, d)); err != nil {
 		return BlobInfo{}, Miss, err
 	}
-	info, err, _ := c.blobFlights.Do(ctx, key, func() (BlobInfo, error) {
-		if v, ok := c.store.rc.Get(key); ok {
-			if info, ok := v.(*BlobInfo); ok {
-				return *info, nil
-			}
+	verb := "head"
+	if wantBody {
+		verb = "get"
+	}
+	info, err, _ := c.blobFlights.Do(ctx, verb+"\x00"+key, func() (BlobInfo, error) {
+		if info, ok := c.blobInfo(key); ok && (info.Data != nil || !wantBody) {
+			return info, nil
 		}
-		data, size, err := o.Registry.FetchBlob(context.Background(), repo, d, c.cfg.MaxBlobSize)
+		info, err := c.fetchBlob(o, repo, d, wantBody)
 		if err != nil {
-			var ue *upstream.Error
-			errors.As(err, &ue)
-			if ue != nil && ue.TooLarge && size > 0 {
-				info := &BlobInfo{Size: size}
-				c.store.set(key, info, 0, 0)
-				return *info, nil
+			if upstream.KindOf(err) == upstream.KindNotFound || upstream.KindOf(err) == upstream.KindDenied {
+				if c.cfg.NegativeTTL > 0 {
+					c.store.set(blobNegativeKey(up, repo, d), &negativeEntry{err: err}, 0, c.cfg.NegativeTTL)
+				}
 			}
-			if ue != nil && ue.TooLarge {
-				// Size unknown (chunked): nothing to remember; the caller streams.
-				return BlobInfo{Size: -1}, nil
-			}
-			c.remember(up, repo, string(d), err)
 			return BlobInfo{}, err
 		}
-		info := &BlobInfo{Size: int64(len(data)), Data: data}
-		c.store.set(key, info, int64(len(data)), 0)
-		return *info, nil
+		c.store.set(key, &info, int64(len(info.Data)), 0) // content-addressed: kept until evicted
+		return info, nil
 	})
 	return info, Miss, err
+}
+
+func (c *Cache) blobInfo(key string) (BlobInfo, bool) {
+	if v, ok := c.store.rc.Get(key); ok {
+		if info, ok := v.(*BlobInfo); ok {
+			return *info, true
+		}
+	}
+	return BlobInfo{}, false
+}
+
+// fetchBlob asks upstream: a HEAD for the size, or a GET that keeps a small blob.
+func (c *Cache) fetchBlob(o *Origin, repo string, d digest.Digest, wantBody bool) (BlobInfo, error) {
+	if !wantBody {
+		b, err := o.Registry.OpenBlob(context.Background(), http.MethodHead, repo, d, "")
+		if err != nil {
+			return BlobInfo{}, err
+		}
+		_ = b.Body.Close()
+		return BlobInfo{Size: b.Size}, nil
+	}
+	data, size, err := o.Registry.FetchBlob(context.Background(), repo, d, c.cfg.MaxBlobSize)
+	var ue *upstream.Error
+	if errors.As(err, &ue) && ue.TooLarge {
+		// Too large to keep: remember that (with its size when known), so later requests
+		// stream straight away instead of trying to read it again.
+		return BlobInfo{Size: size}, nil
+	}
+	if err != nil {
+		return BlobInfo{}, err
+	}
+	return BlobInfo{Size: int64(len(data)), Data: data}, nil
 }

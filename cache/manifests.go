@@ -153,7 +153,8 @@ func (c *Cache) byTag(ctx context.Context, o *Origin, repo, tag string, wantBody
 		te = nil // past serving even as stale
 	}
 	if te != nil && now.Sub(te.FetchedAt) < o.TagTTL {
-		return c.withBody(ctx, o, repo, te.Descriptor, nil, wantBody, Hit, te.FetchedAt)
+		a, err := c.withBody(ctx, o, repo, te.Descriptor, nil, wantBody, Hit, te.FetchedAt)
+		return c.orPrevious(o, repo, tag, a, err, te.Previous, te.FetchedAt)
 	}
 	if te == nil {
 		if err := c.store.negative(negativeKey(up, repo, tag)); err != nil {
@@ -175,7 +176,8 @@ func (c *Cache) byTag(ctx context.Context, o *Origin, repo, tag string, wantBody
 	case err == nil && m.Digest == te.Digest:
 		return c.withBody(ctx, o, repo, te.Descriptor, m.Body, wantBody, Revalidated, c.now())
 	case err == nil:
-		return c.withBody(ctx, o, repo, m.Descriptor, m.Body, wantBody, Miss, c.now())
+		a, err := c.withBody(ctx, o, repo, m.Descriptor, m.Body, wantBody, Miss, c.now())
+		return c.orPrevious(o, repo, tag, a, err, te.Descriptor, te.FetchedAt)
 	case ctx.Err() != nil:
 		return Answer{}, ctx.Err() // the client went away
 	case errors.Is(err, context.DeadlineExceeded) || serveStaleOn(err):
@@ -219,11 +221,34 @@ func (c *Cache) resolveTag(ctx context.Context, o *Origin, repo, tag string, wan
 		}
 		c.putManifest(up, repo, m)
 		if ttl := o.TagTTL + c.cfg.MaxStale; ttl > 0 {
-			c.store.set(key, &TagEntry{Descriptor: m.Descriptor, FetchedAt: c.now()}, 0, ttl)
+			e := &TagEntry{Descriptor: m.Descriptor, FetchedAt: c.now()}
+			if old := c.store.tag(key); old != nil {
+				e.Previous = old.Previous
+				if old.Digest != m.Digest {
+					e.Previous = old.Descriptor
+				}
+			}
+			c.store.set(key, e, 0, ttl)
 		}
 		return m, nil
 	})
 	return m, err
+}
+
+// orPrevious turns a failure to fetch a moved tag's new body into the stale answer the
+// cache still has: on Docker Hub the HEAD that shows the move is free, and the GET that
+// follows is what the rate limit refuses.
+func (c *Cache) orPrevious(o *Origin, repo, tag string, a Answer, err error, prev upstream.Descriptor, at time.Time) (Answer, error) {
+	if err == nil || prev.Digest == "" || !serveStaleOn(err) {
+		return a, err
+	}
+	e := c.store.manifest(manifestKey(o.Registry.Name(), repo, string(prev.Digest)))
+	if e == nil || e.Body == nil {
+		return a, err
+	}
+	c.log.Warn("serving the previous manifest of a moved tag",
+		zap.String("upstream", o.Registry.Name()), zap.String("repository", repo), zap.String("reference", tag), zap.Error(err))
+	return answer(e.Descriptor, e.Body, true, Stale, at), nil
 }
 
 // withBody completes an answer: the body comes from what was just fetched, from the

@@ -16,6 +16,9 @@ import (
 type TagEntry struct {
 	upstream.Descriptor
 	FetchedAt time.Time
+	// Previous is where the tag pointed before it last moved (zero if it never did), so
+	// that a client can still be served the old manifest if the new one cannot be fetched.
+	Previous upstream.Descriptor
 }
 
 // ManifestEntry is a manifest by digest. Body is nil when only a HEAD has been seen.

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"sync"
 	"time"
 
@@ -50,7 +51,7 @@ type batchError struct {
 func (p *Proxy) serveDigest(ctx *fasthttp.RequestCtx) {
 	args := ctx.QueryArgs()
 	image := string(args.Peek("image"))
-	res, aerr := p.lookupDigest(ctx, image, string(args.Peek("platform")))
+	res, aerr := p.lookupDigest(detached, image, string(args.Peek("platform")))
 	if aerr != nil {
 		writeError(ctx, aerr)
 		return
@@ -85,14 +86,12 @@ func (p *Proxy) serveDigests(ctx *fasthttp.RequestCtx) {
 	out := make([]any, len(req.Images))
 	sem := make(chan struct{}, batchConcurrency)
 	var wg sync.WaitGroup
-	// The batch outlives nothing: a detached context, bounded by the lookups' own timeouts.
-	bctx := context.WithoutCancel(ctx)
 	for i, image := range req.Images {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			res, aerr := p.lookupDigest(bctx, image, req.Platform)
+			res, aerr := p.lookupDigest(detached, image, req.Platform)
 			if aerr != nil {
 				out[i] = batchError{Image: image, Error: errorItem{Code: aerr.code, Message: aerr.message}}
 				return
@@ -131,6 +130,11 @@ func (p *Proxy) lookupDigest(ctx context.Context, image, platform string) (*Dige
 		return nil, newError(fasthttp.StatusNotFound, codeNameUnknown, "registry "+quote([]byte(domain))+" is not configured in regcache")
 	}
 	res := &DigestResult{Registry: domain, Repository: reference.Path(named)}
+	if up.DockerHub && !strings.Contains(res.Repository, "/") {
+		// reference normalizes docker.io itself, but not Docker Hub's other names
+		// (registry-1.docker.io, an alias like hub).
+		res.Repository = "library/" + res.Repository
+	}
 	ref := "latest"
 	if t, ok := named.(reference.Tagged); ok {
 		ref, res.Tag = t.Tag(), t.Tag()
@@ -193,7 +197,7 @@ func (p *Proxy) pickPlatform(ctx context.Context, up *Upstream, repo string, a c
 		if err := json.Unmarshal(a.Body, &m); err != nil || m.Config.Digest == "" {
 			return "", plat, newError(fasthttp.StatusBadGateway, codeManifestInvalid, "manifest has no config to read its platform from")
 		}
-		cfg, _, err := p.cache.Blob(ctx, up.Origin, repo, m.Config.Digest)
+		cfg, _, err := p.cache.Blob(ctx, up.Origin, repo, m.Config.Digest, true)
 		if err != nil {
 			return "", plat, fromUpstream(err, codeBlobUnknown)
 		}

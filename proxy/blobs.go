@@ -19,7 +19,7 @@ var strAcceptRanges = []byte("Accept-Ranges")
 func (p *Proxy) serveBlob(ctx *fasthttp.RequestCtx, rt *Route) cache.Status {
 	d := digest.Digest(rt.Ref)
 	rangeHeader := string(ctx.Request.Header.Peek("Range"))
-	info, st, err := p.cache.Blob(ctx, rt.Upstream.Origin, rt.Repo, d)
+	info, st, err := p.cache.Blob(detached, rt.Upstream.Origin, rt.Repo, d, !ctx.IsHead())
 	if err != nil {
 		writeError(ctx, fromUpstream(err, codeBlobUnknown))
 		return noStatus

@@ -4,6 +4,7 @@
 package proxy
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"sync/atomic"
@@ -105,10 +106,12 @@ func (p *Proxy) lookup(name []byte) *Upstream {
 // Server returns a fasthttp server for the handler with limits suited to a registry front.
 func (p *Proxy) Server() *fasthttp.Server {
 	return &fasthttp.Server{
-		Handler:               p.Handler,
-		Name:                  "regcache",
-		ReadTimeout:           30 * time.Second,
-		WriteTimeout:          60 * time.Second,
+		Handler:     p.Handler,
+		Name:        "regcache",
+		ReadTimeout: 30 * time.Second,
+		// One deadline for a whole response: blobs (layers) may stream for long. A stalled
+		// upstream is cut by its idle timeout (upstream.OpenBlob).
+		WriteTimeout:          30 * time.Minute,
 		IdleTimeout:           120 * time.Second,
 		MaxRequestBodySize:    1 << 20,
 		ReadBufferSize:        16 << 10,
@@ -234,7 +237,7 @@ func (p *Proxy) serveV2(ctx *fasthttp.RequestCtx, path []byte) (Route, cache.Sta
 
 func (p *Proxy) serveManifest(ctx *fasthttp.RequestCtx, rt *Route) cache.Status {
 	head := ctx.IsHead()
-	a, err := p.cache.Manifest(ctx, rt.Upstream.Origin, rt.Repo, rt.Ref, !head)
+	a, err := p.cache.Manifest(detached, rt.Upstream.Origin, rt.Repo, rt.Ref, !head)
 	if err != nil {
 		writeError(ctx, fromUpstream(err, codeManifestUnknown))
 		return noStatus
@@ -273,6 +276,13 @@ func (p *Proxy) logRequest(ctx *fasthttp.RequestCtx, rt *Route, st cache.Status,
 	}
 	p.log.Info("request", fields...)
 }
+
+// detached is the context handed down for a request's lookups. It is not the
+// *fasthttp.RequestCtx: fasthttp recycles that after the handler returns, and a context
+// derived from it (revalidate_wait's timer) would read it afterwards. Every wait below is
+// bounded by revalidate_wait or the upstream timeout instead, and fasthttp does not tell of
+// a client that went away in any case.
+var detached = context.Background()
 
 // noStatus marks answers the cache did not give (errors, the base endpoint): no X-Cache.
 const noStatus = cache.Status(255)

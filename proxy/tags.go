@@ -49,7 +49,7 @@ func (p *Proxy) serveTags(ctx *fasthttp.RequestCtx, rt *Route, rawPath []byte) c
 		ctx.SetBodyString(`{"name":"` + rt.Repo + `","tags":[]}`)
 		return noStatus
 	}
-	page, st, err := p.cache.Tags(ctx, rt.Upstream.Origin, rt.Repo, req)
+	page, st, err := p.cache.Tags(detached, rt.Upstream.Origin, rt.Repo, req)
 	if err != nil {
 		writeError(ctx, fromUpstream(err, codeNameUnknown))
 		return noStatus

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -20,19 +21,23 @@ type Blob struct {
 }
 
 // OpenBlob asks for blob d of repo with method (GET or HEAD), passing a client's Range
-// through. Redirects to CDNs are followed here, so clients never see them. ctx bounds the
-// whole transfer, body included: cancel it when done.
+// through. Redirects to CDNs are followed here, so clients never see them. A layer may
+// take long to stream, so the upstream timeout bounds the wait for answer headers and then
+// each silence in the body, not the whole transfer; ctx can end it early. Close the body.
 func (r *Registry) OpenBlob(ctx context.Context, method, repo string, d digest.Digest, rangeHeader string) (*Blob, error) {
+	ctx, cancel := context.WithCancel(ctx)
 	resp, err := r.doWith(ctx, method, repo, "blobs/"+string(d), func(req *http.Request) {
 		if rangeHeader != "" {
 			req.Header.Set("Range", rangeHeader)
 		}
 	})
 	if err != nil {
+		cancel()
 		return nil, err
 	}
 	if err := r.checkResponse(resp); err != nil {
 		drainClose(resp)
+		cancel()
 		if e, ok := err.(*Error); ok && e.Kind == KindNotFound && e.Code == "" {
 			e.Code = "BLOB_UNKNOWN"
 		}
@@ -40,10 +45,11 @@ func (r *Registry) OpenBlob(ctx context.Context, method, repo string, d digest.D
 	}
 	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusPartialContent {
 		drainClose(resp)
+		cancel()
 		return nil, &Error{Kind: KindInvalid, Upstream: r.name, Status: resp.StatusCode, Message: "unexpected answer to a blob request"}
 	}
 	return &Blob{
-		Body:         resp.Body,
+		Body:         newIdleReader(resp.Body, r.timeout, cancel),
 		Size:         resp.ContentLength,
 		Status:       resp.StatusCode,
 		ContentType:  resp.Header.Get("Content-Type"),
@@ -77,4 +83,32 @@ func (r *Registry) FetchBlob(ctx context.Context, repo string, d digest.Digest, 
 		return nil, b.Size, r.invalid("blob body does not match its digest %s", d)
 	}
 	return data, int64(len(data)), nil
+}
+
+// idleReader ends a transfer (by cancelling its request) when upstream sends nothing for
+// idle: a stalled CDN must not hold a client and a worker forever.
+type idleReader struct {
+	rc     io.ReadCloser
+	idle   time.Duration
+	timer  *time.Timer
+	cancel context.CancelFunc
+}
+
+func newIdleReader(rc io.ReadCloser, idle time.Duration, cancel context.CancelFunc) *idleReader {
+	return &idleReader{rc: rc, idle: idle, timer: time.AfterFunc(idle, cancel), cancel: cancel}
+}
+
+func (r *idleReader) Read(p []byte) (int, error) {
+	n, err := r.rc.Read(p)
+	if n > 0 {
+		r.timer.Reset(r.idle)
+	}
+	return n, err
+}
+
+func (r *idleReader) Close() error {
+	r.timer.Stop()
+	err := r.rc.Close()
+	r.cancel()
+	return err
 }

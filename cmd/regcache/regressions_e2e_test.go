@@ -1,0 +1,142 @@
+package main
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"regcache/upstream/registrytest"
+)
+
+// A tag that moved while the GET for its new manifest is refused (Docker Hub: the HEAD is
+// free, the GET is what the pull limit refuses) still answers, with the old manifest.
+func TestMovedTagServesPreviousWhenNewBodyRefused(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t, registrytest.Bearer)
+	old := reg.PushImage(t, "library/nginx", "latest", types.DockerManifestSchema2)
+	rc := startRegcache(t, configYAML("  tag_ttl: 100ms\n", upstreamYAML("docker.io", reg.URL)))
+	if r := rc.do(t, http.MethodGet, "/v2/nginx/manifests/latest"); r.Status != 200 || !bytes.Equal(r.Body, old.Body) {
+		t.Fatalf("warm: %d", r.Status)
+	}
+	reg.PushImage(t, "library/nginx", "latest", types.DockerManifestSchema2)
+	time.Sleep(150 * time.Millisecond)
+	reg.SetFault(registrytest.OnMethod(http.MethodGet, registrytest.OnManifests(registrytest.RateLimited(30*time.Second))))
+	for i := 0; i < 3; i++ {
+		r := rc.do(t, http.MethodGet, "/v2/nginx/manifests/latest")
+		if r.Status != 200 || r.Header.Get("X-Cache") != "STALE" || !bytes.Equal(r.Body, old.Body) ||
+			r.Header.Get("Docker-Content-Digest") != old.Digest {
+			t.Fatalf("GET %d after the move: %d %q %s", i, r.Status, r.Header.Get("X-Cache"), r.Body)
+		}
+	}
+}
+
+// A client HEAD on a blob costs an upstream HEAD, never a GET; a large blob's size is
+// remembered, so only its first GET costs more than the stream itself.
+func TestBlobHeadAndLargeBlobEconomy(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t, registrytest.NoAuth)
+	small := reg.PushBlob(t, "team/app", []byte(`{"os":"linux","architecture":"amd64"}`))
+	bigData := make([]byte, 3<<20)
+	_, _ = rand.Read(bigData)
+	big := reg.PushBlob(t, "team/app", bigData)
+	rc := startRegcache(t, configYAML("", upstreamYAML("ghcr.io", reg.URL)))
+	reg.ResetCounts()
+
+	h := rc.do(t, http.MethodHead, "/v2/ghcr.io/team/app/blobs/"+small)
+	if h.Status != 200 || h.Header.Get("Content-Length") != "37" {
+		t.Fatalf("HEAD small: %d %v", h.Status, h.Header)
+	}
+	if reg.Count("GET", "blob") != 0 || reg.Count("HEAD", "blob") != 1 {
+		t.Fatalf("HEAD cost GET %d HEAD %d, want 0 and 1", reg.Count("GET", "blob"), reg.Count("HEAD", "blob"))
+	}
+	if r := rc.do(t, http.MethodGet, "/v2/ghcr.io/team/app/blobs/"+small); r.Status != 200 || r.Header.Get("X-Cache") != "MISS" {
+		t.Fatalf("GET small after HEAD: %d %q", r.Status, r.Header.Get("X-Cache"))
+	}
+	reg.ResetCounts()
+	for i := 0; i < 3; i++ {
+		r := rc.do(t, http.MethodGet, "/v2/ghcr.io/team/app/blobs/"+big)
+		if r.Status != 200 || !bytes.Equal(r.Body, bigData) {
+			t.Fatalf("GET big %d: %d, %d bytes", i, r.Status, len(r.Body))
+		}
+	}
+	// First request: one aborted read to learn it is large, one stream; then one stream each.
+	if n := reg.Count("GET", "blob"); n != 4 {
+		t.Fatalf("3 large-blob GETs cost %d upstream GETs, want 4", n)
+	}
+}
+
+// A blob 404 must not poison the manifest with the same digest, nor the other way round.
+func TestBlobAndManifestNegativeCacheApart(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t, registrytest.NoAuth)
+	img := reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
+	rc := startRegcache(t, configYAML("  negative_ttl: 1m\n", upstreamYAML("ghcr.io", reg.URL)))
+	if r := rc.do(t, http.MethodGet, "/v2/ghcr.io/team/app/blobs/"+img.Digest); r.Status != 404 {
+		t.Fatalf("manifest digest as a blob: %d", r.Status)
+	}
+	if r := rc.do(t, http.MethodGet, "/v2/ghcr.io/team/app/manifests/"+img.Digest); r.Status != 200 {
+		t.Fatalf("manifest after a blob 404 of the same digest: %d %s", r.Status, r.Body)
+	}
+}
+
+// The digest API adds library/ for every Docker Hub name, as the /v2/ routes do.
+func TestDigestAPIDockerHubAliases(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t, registrytest.NoAuth)
+	img := reg.PushImage(t, "library/nginx", "latest", types.DockerManifestSchema2)
+	rc := startRegcache(t, configYAML("", upstreamYAML("docker.io", reg.URL, "aliases: [hub, registry-1.docker.io]")))
+	for _, image := range []string{"nginx", "docker.io/nginx", "registry-1.docker.io/nginx", "registry-1.docker.io/library/nginx:latest"} {
+		r := rc.do(t, http.MethodGet, "/api/v1/digest?image="+image)
+		var m map[string]any
+		_ = json.Unmarshal(r.Body, &m)
+		if r.Status != 200 || m["digest"] != img.Digest || m["repository"] != "library/nginx" {
+			t.Fatalf("%s: %d %s", image, r.Status, r.Body)
+		}
+	}
+}
+
+// An upstream that sends part of a blob and then stalls is cut after its timeout; the
+// client's transfer ends instead of hanging.
+func TestStalledBlobStreamEnds(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t, registrytest.NoAuth)
+	data := make([]byte, 3<<20)
+	_, _ = rand.Read(data)
+	d := reg.PushBlob(t, "team/app", data)
+	stall := make(chan struct{})
+	t.Cleanup(func() { close(stall) })
+	reg.SetFault(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodGet || !strings.Contains(r.URL.Path, "/blobs/") {
+			return false
+		}
+		w.Header().Set("Content-Length", fmt.Sprint(len(data)))
+		_, _ = w.Write(data[:64<<10])
+		w.(http.Flusher).Flush()
+		select {
+		case <-stall:
+		case <-r.Context().Done():
+		}
+		return true
+	})
+	rc := startRegcache(t, configYAML("", upstreamYAML("ghcr.io", reg.URL, "timeout: 1s")))
+	start := time.Now()
+	resp, err := rc.Client.Get(rc.URL + "/v2/ghcr.io/team/app/blobs/" + d)
+	if err == nil {
+		n, rerr := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if rerr == nil && n == int64(len(data)) {
+			t.Fatal("a stalled upstream produced a complete blob")
+		}
+	}
+	if took := time.Since(start); took > 8*time.Second {
+		t.Fatalf("the stalled transfer took %s to end; the upstream timeout is 1s", took)
+	}
+}
