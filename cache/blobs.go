@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strings"
 
 	"github.com/opencontainers/go-digest"
 
@@ -35,6 +36,7 @@ func blobNegativeKey(up, repo string, d digest.Digest) string {
 // not read: its size is remembered and Data left nil, so the caller opens its own stream.
 func (c *Cache) Blob(ctx context.Context, o *Origin, repo string, d digest.Digest, wantBody bool) (BlobInfo, Status, error) {
 	up := o.Registry.Name()
+	repo, d = strings.Clone(repo), digest.Digest(strings.Clone(string(d))) // may alias request buffers
 	key := blobKey(up, repo, d)
 	if info, ok := c.blobInfo(key); ok && (info.Data != nil || !wantBody || info.Size > c.cfg.MaxBlobSize || info.Size < 0) {
 		return info, Hit, nil

@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -89,17 +90,30 @@ func (c *Cache) Close() { c.store.close() }
 // descriptor is needed (a client HEAD), and upstream is never asked with GET for it unless
 // upstream's HEAD answers lack a digest.
 func (c *Cache) Manifest(ctx context.Context, o *Origin, repo, ref string, wantBody bool) (Answer, error) {
-	if d, err := digest.Parse(ref); err == nil {
-		return c.byDigest(ctx, o, repo, d, wantBody)
+	return c.ManifestAt(ctx, o, repo, ref, wantBody, c.now())
+}
+
+// ManifestAt is Manifest for a request that has read the clock already (the hit path
+// reads it once). repo and ref may alias the caller's request buffers: they are copied
+// before anything that outlives the call keeps them.
+func (c *Cache) ManifestAt(ctx context.Context, o *Origin, repo, ref string, wantBody bool, now time.Time) (Answer, error) {
+	if strings.IndexByte(ref, ':') >= 0 {
+		if d, err := digest.Parse(ref); err == nil {
+			return c.byDigest(ctx, o, repo, d, wantBody)
+		}
 	}
-	return c.byTag(ctx, o, repo, ref, wantBody)
+	return c.byTag(ctx, o, repo, ref, wantBody, now)
 }
 
 func (c *Cache) byDigest(ctx context.Context, o *Origin, repo string, d digest.Digest, wantBody bool) (Answer, error) {
 	up := o.Registry.Name()
-	if e := c.store.manifest(manifestKey(up, repo, string(d))); e != nil && (e.Body != nil || !wantBody) {
+	k := getKey('m', up, repo, string(d))
+	e := c.store.manifest(k.String())
+	k.release()
+	if e != nil && (e.Body != nil || !wantBody) {
 		return answer(e.Descriptor, e.Body, wantBody, Hit, time.Time{}), nil
 	}
+	repo, d = strings.Clone(repo), digest.Digest(strings.Clone(string(d)))
 	if err := c.store.negative(negativeKey(up, repo, string(d))); err != nil {
 		return Answer{}, err
 	}
@@ -144,18 +158,27 @@ func (c *Cache) fetchDigest(ctx context.Context, o *Origin, repo string, d diges
 	return m, err
 }
 
-func (c *Cache) byTag(ctx context.Context, o *Origin, repo, tag string, wantBody bool) (Answer, error) {
+func (c *Cache) byTag(ctx context.Context, o *Origin, repo, tag string, wantBody bool, now time.Time) (Answer, error) {
 	up := o.Registry.Name()
-	key := tagKey(up, repo, tag)
-	now := c.now()
-	te := c.store.tag(key)
+	k := getKey('t', up, repo, tag)
+	te := c.store.tag(k.String())
+	k.release()
 	if te != nil && now.Sub(te.FetchedAt) > o.TagTTL+c.cfg.MaxStale {
 		te = nil // past serving even as stale
 	}
 	if te != nil && now.Sub(te.FetchedAt) < o.TagTTL {
+		if !wantBody {
+			return answer(te.Descriptor, nil, false, Hit, te.FetchedAt), nil
+		}
+		if e := c.cachedBody(up, repo, te.Digest); e != nil {
+			return answer(te.Descriptor, e.Body, true, Hit, te.FetchedAt), nil
+		}
+		repo, tag = strings.Clone(repo), strings.Clone(tag)
 		a, err := c.withBody(ctx, o, repo, te.Descriptor, nil, wantBody, Hit, te.FetchedAt)
 		return c.orPrevious(o, repo, tag, a, err, te.Previous, te.FetchedAt)
 	}
+	// Past here upstream may be asked: keep our own copies of the caller's strings.
+	repo, tag = strings.Clone(repo), strings.Clone(tag)
 	if te == nil {
 		if err := c.store.negative(negativeKey(up, repo, tag)); err != nil {
 			return Answer{}, err
@@ -249,6 +272,18 @@ func (c *Cache) orPrevious(o *Origin, repo, tag string, a Answer, err error, pre
 	c.log.Warn("serving the previous manifest of a moved tag",
 		zap.String("upstream", o.Registry.Name()), zap.String("repository", repo), zap.String("reference", tag), zap.Error(err))
 	return answer(e.Descriptor, e.Body, true, Stale, at), nil
+}
+
+// cachedBody is the manifest entry for d when it holds a body, looked up without
+// allocating.
+func (c *Cache) cachedBody(up, repo string, d digest.Digest) *ManifestEntry {
+	k := getKey('m', up, repo, string(d))
+	e := c.store.manifest(k.String())
+	k.release()
+	if e == nil || e.Body == nil {
+		return nil
+	}
+	return e
 }
 
 // withBody completes an answer: the body comes from what was just fetched, from the

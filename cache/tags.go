@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -45,6 +46,7 @@ func tagsKey(up, repo string, r TagsRequest) string {
 // Tags answers a page of repo's tags, gathering upstream pages as needed. Pages are cached
 // for the upstream's tag TTL and served stale while upstream fails, like tag lookups.
 func (c *Cache) Tags(ctx context.Context, o *Origin, repo string, req TagsRequest) (TagPage, Status, error) {
+	repo = strings.Clone(repo) // may alias the caller's request buffer
 	up := o.Registry.Name()
 	key := tagsKey(up, repo, req)
 	now := c.now()

@@ -4,11 +4,13 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"strings"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/valyala/fasthttp"
 	"go.uber.org/zap"
@@ -134,6 +136,7 @@ var (
 	strAPIVersion      = []byte("Docker-Distribution-API-Version")
 	strRegistry20      = []byte("registry/2.0")
 	strDigestHeader    = []byte("Docker-Content-Digest")
+	strV2Slash         = []byte("/v2/")
 	strXCache          = []byte("X-Cache")
 	strNS              = []byte("ns")
 	cacheStatusStrings = [...][]byte{
@@ -148,7 +151,7 @@ func setAPIVersion(ctx *fasthttp.RequestCtx) {
 
 // Handler is the fasthttp request handler.
 func (p *Proxy) Handler(ctx *fasthttp.RequestCtx) {
-	start := time.Now()
+	start := ctx.Time() // read by fasthttp as the request arrived: no second clock read
 	var rt Route
 	var st = noStatus
 	r := routeOther
@@ -163,9 +166,10 @@ func (p *Proxy) Handler(ctx *fasthttp.RequestCtx) {
 		p.auth.serveToken(ctx)
 	case !p.auth.authorize(ctx, path):
 		// answered 401 with the challenge
-	case string(path) == "/v2" || strings.HasPrefix(string(path), "/v2/"):
-		rt, st = p.serveV2(ctx, path)
+	case string(path) == "/v2" || bytes.HasPrefix(path, strV2Slash):
+		rt, st = p.serveV2(ctx, path, start)
 		r = routeOf(rt.Kind)
+		defer rt.release()
 	case string(path) == "/readyz":
 		r = routeHealth
 		p.serveReady(ctx)
@@ -208,7 +212,7 @@ func (p *Proxy) serveReady(ctx *fasthttp.RequestCtx) {
 	ctx.SetBodyString("ready\n")
 }
 
-func (p *Proxy) serveV2(ctx *fasthttp.RequestCtx, path []byte) (Route, cache.Status) {
+func (p *Proxy) serveV2(ctx *fasthttp.RequestCtx, path []byte, now time.Time) (Route, cache.Status) {
 	if !ctx.IsGet() && !ctx.IsHead() {
 		writeError(ctx, newError(fasthttp.StatusMethodNotAllowed, codeUnsupported, "regcache is read-only: only GET and HEAD are supported"))
 		// RFC 9110 §15.5.6: a 405 must list what the resource does allow.
@@ -227,7 +231,7 @@ func (p *Proxy) serveV2(ctx *fasthttp.RequestCtx, path []byte) (Route, cache.Sta
 		ctx.SetBodyString("{}")
 		return rt, noStatus
 	case KindManifest:
-		return rt, p.serveManifest(ctx, &rt)
+		return rt, p.serveManifest(ctx, &rt, now)
 	case KindTags:
 		return rt, p.serveTags(ctx, &rt, path)
 	default:
@@ -235,9 +239,9 @@ func (p *Proxy) serveV2(ctx *fasthttp.RequestCtx, path []byte) (Route, cache.Sta
 	}
 }
 
-func (p *Proxy) serveManifest(ctx *fasthttp.RequestCtx, rt *Route) cache.Status {
+func (p *Proxy) serveManifest(ctx *fasthttp.RequestCtx, rt *Route, now time.Time) cache.Status {
 	head := ctx.IsHead()
-	a, err := p.cache.Manifest(detached, rt.Upstream.Origin, rt.Repo, rt.Ref, !head)
+	a, err := p.cache.ManifestAt(detached, rt.Upstream.Origin, rt.Repo, rt.Ref, !head, now)
 	if err != nil {
 		writeError(ctx, fromUpstream(err, codeManifestUnknown))
 		return noStatus
@@ -248,9 +252,10 @@ func (p *Proxy) serveManifest(ctx *fasthttp.RequestCtx, rt *Route) cache.Status 
 	}
 	h := &ctx.Response.Header
 	h.SetContentType(a.MediaType)
-	h.SetBytesKV(strDigestHeader, []byte(a.Digest))
-	setAPIVersion(ctx)
-	h.SetBytesKV(strXCache, cacheStatusStrings[a.Status])
+	// Our header names are canonical already: SetCanonical skips fasthttp's normalizing.
+	h.SetCanonical(strDigestHeader, s2b(string(a.Digest)))
+	h.SetCanonical(strAPIVersion, strRegistry20)
+	h.SetCanonical(strXCache, cacheStatusStrings[a.Status])
 	if head {
 		// fasthttp sends no body for HEAD; the length is the manifest's, as a registry's is.
 		ctx.Response.SkipBody = true
@@ -283,6 +288,9 @@ func (p *Proxy) logRequest(ctx *fasthttp.RequestCtx, rt *Route, st cache.Status,
 // bounded by revalidate_wait or the upstream timeout instead, and fasthttp does not tell of
 // a client that went away in any case.
 var detached = context.Background()
+
+// s2b views s as bytes for fasthttp calls that only read (and copy) them.
+func s2b(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
 
 // noStatus marks answers the cache did not give (errors, the base endpoint): no X-Cache.
 const noStatus = cache.Status(255)

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"net/netip"
 	"net/url"
+	"sync"
+	"unsafe"
 
 	"github.com/opencontainers/go-digest"
 	"github.com/valyala/fasthttp"
@@ -28,7 +30,26 @@ type Route struct {
 	Repo string
 	// Ref is the tag or digest of a manifest, or the digest of a blob.
 	Ref string
+	// Repo and Ref alias the request's own buffers (or scratch, for library/ names) and
+	// are valid only while the handler runs; the cache copies what it keeps.
+	scratch *routeScratch
 }
+
+// routeScratch holds a rewritten repository name ("library/" + name) without allocating.
+type routeScratch struct{ b []byte }
+
+var scratchPool = sync.Pool{New: func() any { return &routeScratch{b: make([]byte, 0, 128)} }}
+
+// release returns the route's scratch buffer; Repo is invalid afterwards.
+func (r *Route) release() {
+	if r.scratch != nil {
+		scratchPool.Put(r.scratch)
+		r.scratch = nil
+	}
+}
+
+// b2s views b as a string without copying; b must not change while the string is used.
+func b2s(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 
 // maxNameLength is the distribution spec's bound on a repository name (with its host).
 const maxNameLength = 255
@@ -67,9 +88,11 @@ func (p *Proxy) parseRoute(rawPath []byte, ns []byte) (Route, *apiError) {
 	}
 	r.Upstream = up
 	if up.DockerHub && bytes.IndexByte(repo, '/') < 0 {
-		r.Repo = "library/" + string(repo)
+		r.scratch = scratchPool.Get().(*routeScratch)
+		r.scratch.b = append(append(r.scratch.b[:0], "library/"...), repo...)
+		r.Repo = b2s(r.scratch.b)
 	} else {
-		r.Repo = string(repo)
+		r.Repo = b2s(repo)
 	}
 	switch r.Kind {
 	case KindManifest:
@@ -80,12 +103,12 @@ func (p *Proxy) parseRoute(rawPath []byte, ns []byte) (Route, *apiError) {
 		} else if !validTag(ref) {
 			return Route{}, newError(fasthttp.StatusBadRequest, codeTagInvalid, "invalid tag "+quote(ref))
 		}
-		r.Ref = string(ref)
+		r.Ref = b2s(ref)
 	case KindBlob:
 		if _, err := digest.Parse(string(ref)); err != nil {
 			return Route{}, newError(fasthttp.StatusBadRequest, codeDigestInvalid, "invalid digest "+quote(ref))
 		}
-		r.Ref = string(ref)
+		r.Ref = b2s(ref)
 	}
 	return r, nil
 }
@@ -183,10 +206,15 @@ func validRepo(s []byte) bool {
 	if len(s) == 0 {
 		return false
 	}
-	for _, comp := range bytes.Split(s, []byte("/")) {
+	for len(s) > 0 {
+		comp, rest, _ := bytes.Cut(s, []byte("/"))
 		if !validComponent(comp) {
 			return false
 		}
+		if len(rest) == 0 && len(comp) < len(s) {
+			return false // a trailing slash
+		}
+		s = rest
 	}
 	return true
 }
