@@ -27,4 +27,5 @@ go build -o "$out/regcache" ./cmd/regcache
 go build -o "$out/ceiling" ./bench/ceiling
 go build -o "$out/load" ./bench/load
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(go version | cut -d' ' -f3)"
-go run ./bench/run -bin "$out" -d "$dur"
+shift || true
+go run ./bench/run -bin "$out" -d "$dur" "$@"

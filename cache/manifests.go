@@ -97,6 +97,9 @@ func (c *Cache) Manifest(ctx context.Context, o *Origin, repo, ref string, wantB
 // reads it once). repo and ref may alias the caller's request buffers: they are copied
 // before anything that outlives the call keeps them.
 func (c *Cache) ManifestAt(ctx context.Context, o *Origin, repo, ref string, wantBody bool, now time.Time) (Answer, error) {
+	if a, ok := c.Hit(o, repo, ref, wantBody, now); ok {
+		return a, nil
+	}
 	if strings.IndexByte(ref, ':') >= 0 {
 		if d, err := digest.Parse(ref); err == nil {
 			return c.byDigest(ctx, o, repo, d, wantBody)
@@ -105,14 +108,39 @@ func (c *Cache) ManifestAt(ctx context.Context, o *Origin, repo, ref string, wan
 	return c.byTag(ctx, o, repo, ref, wantBody, now)
 }
 
+// Hit answers from memory alone, never asking upstream: a fresh tag, or a manifest by
+// digest, with its body when wantBody. ok is false when anything more is needed. Only
+// what was validated and fetched is ever stored, so a caller may try Hit before it
+// validates the request's names: an invalid name cannot match.
+func (c *Cache) Hit(o *Origin, repo, ref string, wantBody bool, now time.Time) (Answer, bool) {
+	up := o.Registry.Name()
+	if strings.IndexByte(ref, ':') >= 0 {
+		// A digest (tags cannot contain ':'); its entry never goes stale.
+		k := getKey('m', up, repo, ref)
+		e := c.store.manifest(k.String())
+		k.release()
+		if e == nil || (wantBody && e.Body == nil) {
+			return Answer{}, false
+		}
+		return answer(e.Descriptor, e.Body, wantBody, Hit, time.Time{}), true
+	}
+	k := getKey('t', up, repo, ref)
+	te := c.store.tag(k.String())
+	k.release()
+	if te == nil || now.Sub(te.FetchedAt) >= o.TagTTL {
+		return Answer{}, false
+	}
+	if !wantBody {
+		return answer(te.Descriptor, nil, false, Hit, te.FetchedAt), true
+	}
+	if e := c.cachedBody(up, repo, te.Digest); e != nil {
+		return answer(te.Descriptor, e.Body, true, Hit, te.FetchedAt), true
+	}
+	return Answer{}, false
+}
+
 func (c *Cache) byDigest(ctx context.Context, o *Origin, repo string, d digest.Digest, wantBody bool) (Answer, error) {
 	up := o.Registry.Name()
-	k := getKey('m', up, repo, string(d))
-	e := c.store.manifest(k.String())
-	k.release()
-	if e != nil && (e.Body != nil || !wantBody) {
-		return answer(e.Descriptor, e.Body, wantBody, Hit, time.Time{}), nil
-	}
 	repo, d = strings.Clone(repo), digest.Digest(strings.Clone(string(d)))
 	if err := c.store.negative(negativeKey(up, repo, string(d))); err != nil {
 		return Answer{}, err
@@ -167,12 +195,7 @@ func (c *Cache) byTag(ctx context.Context, o *Origin, repo, tag string, wantBody
 		te = nil // past serving even as stale
 	}
 	if te != nil && now.Sub(te.FetchedAt) < o.TagTTL {
-		if !wantBody {
-			return answer(te.Descriptor, nil, false, Hit, te.FetchedAt), nil
-		}
-		if e := c.cachedBody(up, repo, te.Digest); e != nil {
-			return answer(te.Descriptor, e.Body, true, Hit, te.FetchedAt), nil
-		}
+		// Fresh, but the body is not here (Hit said so): one GET by digest.
 		repo, tag = strings.Clone(repo), strings.Clone(tag)
 		a, err := c.withBody(ctx, o, repo, te.Descriptor, nil, wantBody, Hit, te.FetchedAt)
 		return c.orPrevious(o, repo, tag, a, err, te.Previous, te.FetchedAt)
@@ -243,7 +266,7 @@ func (c *Cache) resolveTag(ctx context.Context, o *Origin, repo, tag string, wan
 			return m, err
 		}
 		c.putManifest(up, repo, m)
-		if ttl := o.TagTTL + c.cfg.MaxStale; ttl > 0 {
+		if o.TagTTL+c.cfg.MaxStale > 0 {
 			e := &TagEntry{Descriptor: m.Descriptor, FetchedAt: c.now()}
 			if old := c.store.tag(key); old != nil {
 				e.Previous = old.Previous
@@ -251,7 +274,9 @@ func (c *Cache) resolveTag(ctx context.Context, o *Origin, repo, tag string, wan
 					e.Previous = old.Descriptor
 				}
 			}
-			c.store.set(key, e, 0, ttl)
+			// No ristretto TTL: expiry is FetchedAt's business (byTag ignores entries past
+			// tag_ttl + max_stale), and a TTL would make every hit read the clock again.
+			c.store.set(key, e, 0, 0)
 		}
 		return m, nil
 	})

@@ -232,19 +232,32 @@ func (p *Proxy) serveV2(ctx *fasthttp.RequestCtx, path []byte, now time.Time) (R
 		return rt, noStatus
 	case KindManifest:
 		return rt, p.serveManifest(ctx, &rt, now)
-	case KindTags:
-		return rt, p.serveTags(ctx, &rt, path)
-	default:
-		return rt, p.serveBlob(ctx, &rt)
 	}
+	if aerr := checkNames(&rt); aerr != nil {
+		writeError(ctx, aerr)
+		rt.Upstream = nil // invalid names are not logged as routed
+		return rt, noStatus
+	}
+	if rt.Kind == KindTags {
+		return rt, p.serveTags(ctx, &rt, path)
+	}
+	return rt, p.serveBlob(ctx, &rt)
 }
 
 func (p *Proxy) serveManifest(ctx *fasthttp.RequestCtx, rt *Route, now time.Time) cache.Status {
 	head := ctx.IsHead()
-	a, err := p.cache.ManifestAt(detached, rt.Upstream.Origin, rt.Repo, rt.Ref, !head, now)
-	if err != nil {
-		writeError(ctx, fromUpstream(err, codeManifestUnknown))
-		return noStatus
+	a, hit := p.cache.Hit(rt.Upstream.Origin, rt.Repo, rt.Ref, !head, now)
+	if !hit {
+		if aerr := checkNames(rt); aerr != nil {
+			writeError(ctx, aerr)
+			rt.Upstream = nil // invalid names are not logged as routed
+			return noStatus
+		}
+		var err error
+		if a, err = p.cache.ManifestAt(detached, rt.Upstream.Origin, rt.Repo, rt.Ref, !head, now); err != nil {
+			writeError(ctx, fromUpstream(err, codeManifestUnknown))
+			return noStatus
+		}
 	}
 	if rt.Upstream.StrictAccept && !accepts(ctx.Request.Header.PeekAll("Accept"), a.MediaType) {
 		writeError(ctx, newError(fasthttp.StatusNotFound, codeManifestUnknown, notAcceptedMessage(a.MediaType)))

@@ -33,6 +33,8 @@ type Route struct {
 	// Repo and Ref alias the request's own buffers (or scratch, for library/ names) and
 	// are valid only while the handler runs; the cache copies what it keeps.
 	scratch *routeScratch
+	// rawRepo is the name as the client wrote it (before library/), for checkNames.
+	rawRepo []byte
 }
 
 // routeScratch holds a rewritten repository name ("library/" + name) without allocating.
@@ -54,7 +56,9 @@ func b2s(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 // maxNameLength is the distribution spec's bound on a repository name (with its host).
 const maxNameLength = 255
 
-// parseRoute reads a /v2/ path (as sent, not decoded) and its ns= query into a Route.
+// parseRoute reads a /v2/ path (as sent, not decoded) and its ns= query into a Route. It
+// checks the structure and the upstream; the names are checked by checkNames, which a
+// cache hit can skip (nothing invalid is ever stored, so an invalid name cannot hit).
 func (p *Proxy) parseRoute(rawPath []byte, ns []byte) (Route, *apiError) {
 	path, aerr := decodePath(rawPath)
 	if aerr != nil {
@@ -80,13 +84,8 @@ func (p *Proxy) parseRoute(rawPath []byte, ns []byte) (Route, *apiError) {
 	if aerr != nil {
 		return Route{}, aerr
 	}
-	if len(repo) > maxNameLength {
-		return Route{}, newError(fasthttp.StatusBadRequest, codeNameInvalid, "repository name longer than 255 characters")
-	}
-	if !validRepo(repo) {
-		return Route{}, newError(fasthttp.StatusBadRequest, codeNameInvalid, "invalid repository name "+quote(repo))
-	}
 	r.Upstream = up
+	r.rawRepo = repo
 	if up.DockerHub && bytes.IndexByte(repo, '/') < 0 {
 		r.scratch = scratchPool.Get().(*routeScratch)
 		r.scratch.b = append(append(r.scratch.b[:0], "library/"...), repo...)
@@ -94,24 +93,37 @@ func (p *Proxy) parseRoute(rawPath []byte, ns []byte) (Route, *apiError) {
 	} else {
 		r.Repo = b2s(repo)
 	}
+	r.Ref = b2s(ref)
+	return r, nil
+}
+
+// checkNames validates the repository and reference against the distribution grammar:
+// the gate before anything can be asked upstream.
+func checkNames(r *Route) *apiError {
+	repo, ref := r.rawRepo, s2b(r.Ref)
+	if len(repo) > maxNameLength {
+		return newError(fasthttp.StatusBadRequest, codeNameInvalid, "repository name longer than 255 characters")
+	}
+	if !validRepo(repo) {
+		return newError(fasthttp.StatusBadRequest, codeNameInvalid, "invalid repository name "+quote(repo))
+	}
 	switch r.Kind {
 	case KindManifest:
 		if bytes.IndexByte(ref, ':') >= 0 {
-			if _, err := digest.Parse(string(ref)); err != nil {
-				return Route{}, newError(fasthttp.StatusBadRequest, codeDigestInvalid, "invalid digest "+quote(ref))
+			if _, err := digest.Parse(r.Ref); err != nil {
+				return newError(fasthttp.StatusBadRequest, codeDigestInvalid, "invalid digest "+quote(ref))
 			}
 		} else if !validTag(ref) {
-			return Route{}, newError(fasthttp.StatusBadRequest, codeTagInvalid, "invalid tag "+quote(ref))
+			return newError(fasthttp.StatusBadRequest, codeTagInvalid, "invalid tag "+quote(ref))
 		}
-		r.Ref = b2s(ref)
 	case KindBlob:
-		if _, err := digest.Parse(string(ref)); err != nil {
-			return Route{}, newError(fasthttp.StatusBadRequest, codeDigestInvalid, "invalid digest "+quote(ref))
+		if _, err := digest.Parse(r.Ref); err != nil {
+			return newError(fasthttp.StatusBadRequest, codeDigestInvalid, "invalid digest "+quote(ref))
 		}
-		r.Ref = b2s(ref)
 	}
-	return r, nil
+	return nil
 }
+
 
 // pickUpstream applies DESIGN.md §3: ns= (containerd), then a first segment naming a
 // registry or alias (path-prefix mirrors), then default_upstream. A first segment that

@@ -10,6 +10,7 @@ package main
 
 import (
 	"bufio"
+	"io"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -221,7 +222,7 @@ func runUpstream(args []string) {
 	tags := fs.Int("tags", 10000, "tags to seed")
 	repos := fs.Int("repos", 100, "repositories to spread them over")
 	_ = fs.Parse(args)
-	reg := registry.New()
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	img, err := random.Image(512, 1)
 	if err != nil {
 		log.Fatal(err)

@@ -56,6 +56,8 @@ var (
 	duration = flag.Duration("d", 2*time.Second, "duration of each load run")
 	rounds   = flag.Int("rounds", 3, "interleaved rounds (the median is reported)")
 	conns    = flag.Int("c", 64, "connections")
+	only     = flag.String("only", "", "comma-separated server names to run (default: all); for quick iterations")
+	profiles = flag.Bool("profiles", true, "run the cold burst and fleet profiles")
 	work     string
 	procs    []*exec.Cmd
 )
@@ -253,6 +255,15 @@ http {
 		{"regcache", regcacheAddr}, {"fasthttp ceiling", ceilingAddr}, {"nginx static file", nginxStatic},
 		{"nginx proxy_cache", nginxProxy}, {"distribution proxy", distProxy},
 	}
+	if *only != "" {
+		var keep []struct{ name, addr string }
+		for _, srv := range servers {
+			if strings.Contains(","+*only+",", ","+srv.name+",") {
+				keep = append(keep, srv)
+			}
+		}
+		servers = keep
+	}
 	accept := "application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json"
 	scenarios := []struct{ name, method, path string }{
 		{"HEAD by tag", "HEAD", "/v2/bench/index/manifests/latest"},
@@ -299,6 +310,9 @@ http {
 		}
 	}
 
+	if !*profiles {
+		return nil
+	}
 	// Cold burst: a fresh regcache, 1,000 clients on 50 cold tags at once.
 	start(b("regcache"), "-access-log=false", "-log-level=warn", "-config", writeFile(filepath.Join(work, "burst.yml"),
 		regcacheConfig(burstAddr, "  - name: bench.local\n    url: http://"+upstreamAddr+"\n", "60s")))

@@ -10,6 +10,8 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/http"
+	_ "net/http/pprof" // served only with -pprof
 	"os"
 	"os/signal"
 	"strings"
@@ -40,6 +42,7 @@ func run(args []string) error {
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "json", "json or console")
 	accessLog := fs.Bool("access-log", true, "log one line per request")
+	pprofAddr := fs.String("pprof", "", "serve Go's pprof on this address (e.g. 127.0.0.1:6060); off by default")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -56,6 +59,12 @@ func run(args []string) error {
 	}
 	defer func() { _ = log.Sync() }()
 
+	if *pprofAddr != "" {
+		go func() {
+			// net/http/pprof registers on the default mux; nothing else is served there.
+			log.Warn("pprof server stopped", zap.Error(http.ListenAndServe(*pprofAddr, nil)))
+		}()
+	}
 	srv, err := build(cfg, log, buildOptions{AccessLog: *accessLog})
 	if err != nil {
 		return err
