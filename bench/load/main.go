@@ -10,10 +10,10 @@ package main
 
 import (
 	"bufio"
-	"io"
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"math/rand"
 	"net/http"
