@@ -170,12 +170,20 @@ func runBurst(args []string) {
 	base := fs.String("base", "http://127.0.0.1:5200", "regcache base URL")
 	pathFmt := fs.String("path-fmt", "/v2/bench/burst/manifests/t%d", "path with %d for the tag number")
 	tags := fs.Int("tags", 50, "distinct cold tags")
+	offset := fs.Int("offset", 0, "number of the first tag")
 	clients := fs.Int("clients", 1000, "concurrent clients")
 	method := fs.String("method", "HEAD", "GET or HEAD")
+	direct := fs.Bool("direct", false, "base is a registry, not regcache: no /metrics to read")
 	var hs headers
 	fs.Var(&hs, "H", "header 'Name: value' (repeatable)")
 	_ = fs.Parse(args)
-	before := scrapeUpstream(*base+"/metrics", hs)
+	scrape := func() map[string]float64 {
+		if *direct {
+			return map[string]float64{}
+		}
+		return scrapeUpstream(*base+"/metrics", hs)
+	}
+	before := scrape()
 	hc := client(hostOf(*base), *clients)
 	hc.MaxIdleConnDuration = time.Minute
 	start := make(chan struct{})
@@ -188,7 +196,7 @@ func runBurst(args []string) {
 		go func() {
 			defer wg.Done()
 			req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
-			req.SetRequestURI(*base + fmt.Sprintf(*pathFmt, i%*tags))
+			req.SetRequestURI(*base + fmt.Sprintf(*pathFmt, *offset+i%*tags))
 			req.Header.SetMethod(*method)
 			for _, h := range hs {
 				k, v, _ := strings.Cut(h, ":")
@@ -198,7 +206,7 @@ func runBurst(args []string) {
 			// Open this client's connection first, so the burst measures regcache and
 			// upstream, not 1,000 TCP handshakes on one core.
 			warm, wresp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
-			warm.SetRequestURI(*base + "/healthz")
+			warm.SetRequestURI(*base + "/v2/")
 			_ = hc.Do(warm, wresp)
 			ready.Done()
 			<-start
@@ -213,7 +221,7 @@ func runBurst(args []string) {
 	time.Sleep(100 * time.Millisecond) // let every goroutine reach the start line
 	close(start)
 	wg.Wait()
-	after := scrapeUpstream(*base+"/metrics", hs)
+	after := scrape()
 	_ = json.NewEncoder(os.Stdout).Encode(map[string]any{
 		"clients": *clients, "tags": *tags, "errors": errs.Load(),
 		"upstream_head": after["HEAD"] - before["HEAD"], "upstream_get": after["GET"] - before["GET"],

@@ -170,7 +170,7 @@ func seed() seeded {
 		putTag("bench/tags", fmt.Sprintf("t%d", i))
 	}
 	push("bench/burst:t0", img)
-	for i := 1; i < 50; i++ {
+	for i := 1; i < 150; i++ {
 		putTag("bench/burst", fmt.Sprintf("t%d", i))
 	}
 	// 50 tags of 50 different images, for the GET burst: 50 bodies to fetch.
@@ -328,6 +328,10 @@ http {
 		resp.Body.Close()
 	}
 	fmt.Printf("- one upstream HEAD round trip, unloaded: %.3f ms\n", float64(time.Since(one).Microseconds())/1000)
+	// The same 50 HEADs sent straight to the upstream, all at once: the round trip the
+	// burst's upstream requests can take on this machine.
+	out := loadTool("burst", "-direct", "-base", "http://"+upstreamAddr, "-path-fmt", "/v2/bench/burst/manifests/t%d", "-tags", "50", "-clients", "50", "-method", "HEAD")
+	fmt.Printf("- 50 concurrent HEADs straight to the upstream: %s\n", strings.TrimSpace(out))
 	for _, b := range []struct{ method, path string }{
 		{"HEAD", "/v2/bench/burst/manifests/t%d"},   // 50 cold tags
 		{"GET", "/v2/bench/burstget/manifests/t%d"}, // 50 cold tags of 50 different images
@@ -346,7 +350,7 @@ http {
 	fleetCfg := strings.Replace(regcacheConfig(fleetAddr, ups.String(), "60s"), "default_upstream: bench.local", "default_upstream: fleet-a.local", 1)
 	fleet := start(b("regcache"), "-access-log=false", "-log-level=warn", "-config", writeFile(filepath.Join(work, "fleet.yml"), fleetCfg))
 	waitHTTP("http://" + fleetAddr + "/healthz")
-	out := loadTool("fleet", "-base", "http://"+fleetAddr, "-tags", "10000", "-requests", "300000", "-H", "Authorization: Bearer "+benchToken)
+	out = loadTool("fleet", "-base", "http://"+fleetAddr, "-tags", "10000", "-requests", "300000", "-H", "Authorization: Bearer "+benchToken)
 	fmt.Printf("\n### Fleet profile: 10,000 tags over 3 upstreams, Zipf s=1.1, 300,000 HEADs, tag_ttl 60s\n\n- %s\n", strings.TrimSpace(out))
 	fmt.Printf("- regcache peak RSS: %s (cache.max_size 256 MiB)\n", peakRSS(fleet))
 	return nil
