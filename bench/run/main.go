@@ -332,12 +332,14 @@ http {
 	// burst's upstream requests can take on this machine.
 	out := loadTool("burst", "-direct", "-base", "http://"+upstreamAddr, "-path-fmt", "/v2/bench/burst/manifests/t%d", "-tags", "50", "-clients", "50", "-method", "HEAD")
 	fmt.Printf("- 50 concurrent HEADs straight to the upstream: %s\n", strings.TrimSpace(out))
-	for _, b := range []struct{ method, path string }{
-		{"HEAD", "/v2/bench/burst/manifests/t%d"},   // 50 cold tags
-		{"GET", "/v2/bench/burstget/manifests/t%d"}, // 50 cold tags of 50 different images
+	for _, b := range []struct{ what, method, path, offset, clients string }{
+		{"1,000 HEAD clients, 50 cold tags, first contact (regcache opens its upstream connections)", "HEAD", "/v2/bench/burst/manifests/t%d", "0", "1000"},
+		{"1,000 HEAD clients, 50 other cold tags, connections open", "HEAD", "/v2/bench/burst/manifests/t%d", "50", "1000"},
+		{"50 HEAD clients, 50 more cold tags", "HEAD", "/v2/bench/burst/manifests/t%d", "100", "50"},
+		{"1,000 GET clients, 50 cold tags of 50 different images", "GET", "/v2/bench/burstget/manifests/t%d", "0", "1000"},
 	} {
-		out := loadTool("burst", "-base", "http://"+burstAddr, "-path-fmt", b.path, "-tags", "50", "-clients", "1000", "-method", b.method, "-H", "Authorization: Bearer "+benchToken)
-		fmt.Printf("- %s clients: %s\n", b.method, strings.TrimSpace(out))
+		out := loadTool("burst", "-base", "http://"+burstAddr, "-path-fmt", b.path, "-offset", b.offset, "-tags", "50", "-clients", b.clients, "-method", b.method, "-H", "Authorization: Bearer "+benchToken)
+		fmt.Printf("- %s: %s\n", b.what, strings.TrimSpace(out))
 	}
 
 	// Fleet: 10,000 tags across 3 upstreams, Zipf, tag_ttl 60 s.
