@@ -70,3 +70,32 @@ func BenchmarkHitHeadByTag(b *testing.B) {
 func BenchmarkHitGetByTag(b *testing.B) {
 	benchHit(b, "GET", "/v2/lscr.io/linuxserver/nginx/manifests/latest")
 }
+
+// BenchmarkHitHeadByTagParallel runs the hit path from every P at once: with -cpu 1,2 it
+// shows whether hits contend (go test -bench Parallel -cpu 1,2 -mutexprofile m.out ./proxy).
+func BenchmarkHitHeadByTagParallel(b *testing.B) {
+	p, _ := newBenchProxy(b)
+	warm := func() *fasthttp.RequestCtx {
+		var ctx fasthttp.RequestCtx
+		var req fasthttp.Request
+		req.Header.SetMethod("HEAD")
+		req.SetRequestURI("/v2/linuxserver/nginx/manifests/latest")
+		ctx.Init(&req, nil, nil)
+		p.Handler(&ctx)
+		return &ctx
+	}
+	warm()
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		ctx := warm()
+		for pb.Next() {
+			ctx.Response.Reset()
+			p.Handler(ctx)
+			if ctx.Response.StatusCode() != 200 {
+				b.Errorf("status %d", ctx.Response.StatusCode())
+				return
+			}
+		}
+	})
+}
