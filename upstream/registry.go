@@ -41,6 +41,8 @@ type Options struct {
 	// DialContext replaces the network dialer; nil means net.Dialer. Proxies from
 	// HTTPS_PROXY/NO_PROXY are honoured either way.
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Resolver looks up host names for the dial guard (guard.go); nil is net.DefaultResolver.
+	Resolver Resolver
 	// UserAgent is sent on every request.
 	UserAgent string
 	// RateLimitHold is how long a 429 that names no usable Retry-After holds requests back
@@ -76,9 +78,13 @@ func New(opts Options) (*Registry, error) {
 	if opts.ConnectTimeout <= 0 {
 		opts.ConnectTimeout = 5 * time.Second
 	}
-	dial := opts.DialContext
+	var dial dialFunc = opts.DialContext
 	if dial == nil {
 		dial = (&net.Dialer{Timeout: opts.ConnectTimeout, KeepAlive: 30 * time.Second}).DialContext
+	}
+	var resolver Resolver = net.DefaultResolver
+	if opts.Resolver != nil {
+		resolver = opts.Resolver
 	}
 	transport := &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
@@ -110,6 +116,7 @@ func New(opts Options) (*Registry, error) {
 		},
 	}
 	r.rl.hold = opts.RateLimitHold
+	transport.DialContext = r.guardDial(dial, resolver)
 	return r, nil
 }
 

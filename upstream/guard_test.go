@@ -1,0 +1,80 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// fakeResolver answers from a table; no DNS query leaves the test.
+type fakeResolver map[string][]netip.Addr
+
+func (f fakeResolver) LookupNetIP(_ context.Context, _, host string) ([]netip.Addr, error) {
+	if ips, ok := f[host]; ok {
+		return ips, nil
+	}
+	return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
+}
+
+// recordingDialer records every address it is asked for and connects to none.
+type recordingDialer struct {
+	mu    sync.Mutex
+	addrs []string
+}
+
+func (d *recordingDialer) DialContext(_ context.Context, _, addr string) (net.Conn, error) {
+	d.mu.Lock()
+	d.addrs = append(d.addrs, addr)
+	d.mu.Unlock()
+	return nil, errors.New("recording dialer connects nowhere")
+}
+
+func TestGuardDialRefusesNamesThatResolveInside(t *testing.T) {
+	resolver := fakeResolver{
+		"metadata.google.internal": {netip.MustParseAddr("169.254.169.254")},
+		"rebind.example":           {netip.MustParseAddr("10.0.0.7")},
+		"mixed.example":            {netip.MustParseAddr("169.254.169.254"), netip.MustParseAddr("203.0.113.9")},
+		"cdn.example":              {netip.MustParseAddr("203.0.113.10")},
+		"registry.internal":        {netip.MustParseAddr("10.1.2.3")},
+	}
+	cases := []struct {
+		base, target string
+		wantDial     string // "" means refused
+	}{
+		{"https://ghcr.io", "metadata.google.internal:80", ""},
+		{"https://ghcr.io", "rebind.example:443", ""},
+		{"https://ghcr.io", "169.254.169.254:80", ""},
+		{"https://ghcr.io", "[::]:443", ""},
+		{"https://ghcr.io", "mixed.example:443", "203.0.113.9:443"},
+		{"https://ghcr.io", "cdn.example:443", "203.0.113.10:443"},
+		// The upstream's own host is dialled as named, whatever it resolves to.
+		{"https://registry.internal", "registry.internal:443", "registry.internal:443"},
+		// A registry named by a private literal may send us within the private range...
+		{"http://10.1.2.3:5000", "rebind.example:80", "10.0.0.7:80"},
+		// ...but never to the metadata service.
+		{"http://10.1.2.3:5000", "metadata.google.internal:80", ""},
+		{"http://127.0.0.1:5000", "127.0.0.1:6000", "127.0.0.1:6000"},
+		{"http://127.0.0.1:5000", "rebind.example:80", ""},
+	}
+	for _, tc := range cases {
+		var d recordingDialer
+		r, err := New(Options{Name: "t", URL: tc.base, DialContext: d.DialContext, Resolver: resolver})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = r.client.Transport.(*http.Transport).DialContext(context.Background(), "tcp", tc.target)
+		switch {
+		case tc.wantDial == "" && len(d.addrs) != 0:
+			t.Errorf("%s -> %s: dialled %v, want refused", tc.base, tc.target, d.addrs)
+		case tc.wantDial == "" && (err == nil || !strings.Contains(err.Error(), "refused")):
+			t.Errorf("%s -> %s: err %v, want a refusal", tc.base, tc.target, err)
+		case tc.wantDial != "" && (len(d.addrs) != 1 || d.addrs[0] != tc.wantDial):
+			t.Errorf("%s -> %s: dialled %v, want %s", tc.base, tc.target, d.addrs, tc.wantDial)
+		}
+	}
+}
