@@ -108,6 +108,8 @@ type buildOptions struct {
 	AccessLog bool
 	// Dial replaces the upstream dialer (tests use it to prove no packet leaves loopback).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Resolver replaces DNS for the upstream dial guard (tests: no query leaves the host).
+	Resolver upstream.Resolver
 }
 
 // app is a wired regcache: the proxy and its fasthttp server.
@@ -155,7 +157,7 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (server, error
 		}
 		opts := upstream.Options{
 			Name: u.Name, URL: u.URL, Timeout: u.Timeout.D(), ConnectTimeout: u.ConnectTimeout.D(),
-			TLS: tlsCfg, UserAgent: "regcache/1", DialContext: bo.Dial, Observer: metrics,
+			TLS: tlsCfg, UserAgent: "regcache/1", DialContext: bo.Dial, Resolver: bo.Resolver, Observer: metrics,
 		}
 		if u.Credentials != nil {
 			opts.Username, opts.Password = u.Credentials.Username, u.Credentials.Password.Reveal()
