@@ -33,12 +33,13 @@ func blobNegativeKey(up, repo string, d digest.Digest) string {
 // Blob answers what is known of a blob. With wantBody false (a client HEAD) its size is
 // enough, and one upstream HEAD finds it. With wantBody true a small blob comes from
 // memory or from one coalesced upstream GET, verified against d and kept; a larger one is
-// not read: its size is remembered and Data left nil, so the caller opens its own stream.
+// not read: that it is large is remembered and Data left nil, so the caller opens its own
+// stream.
 func (c *Cache) Blob(ctx context.Context, o *Origin, repo string, d digest.Digest, wantBody bool) (BlobInfo, Status, error) {
 	up := o.Registry.Name()
 	repo, d = strings.Clone(repo), digest.Digest(strings.Clone(string(d))) // may alias request buffers
 	key := blobKey(up, repo, d)
-	if info, ok := c.blobInfo(key); ok && (info.Data != nil || !wantBody || info.Size > c.cfg.MaxBlobSize || info.Size < 0) {
+	if info, ok := c.blobInfo(key); ok && info.answers(wantBody, c.cfg.MaxBlobSize) {
 		return info, Hit, nil
 	}
 	if err := c.store.negative(blobNegativeKey(up, repo, d)); err != nil {
@@ -49,7 +50,7 @@ func (c *Cache) Blob(ctx context.Context, o *Origin, repo string, d digest.Diges
 		verb = "get"
 	}
 	info, err, _ := c.blobFlights.Do(ctx, verb+"\x00"+key, func() (BlobInfo, error) {
-		if info, ok := c.blobInfo(key); ok && (info.Data != nil || !wantBody) {
+		if info, ok := c.blobInfo(key); ok && (info.Data != nil || (!wantBody && info.Size >= 0)) {
 			return info, nil
 		}
 		info, err := c.fetchBlob(o, repo, d, wantBody)
@@ -65,6 +66,15 @@ func (c *Cache) Blob(ctx context.Context, o *Origin, repo string, d digest.Diges
 		return info, nil
 	})
 	return info, Miss, err
+}
+
+// answers reports whether what is known of a blob answers a request: a HEAD needs the size,
+// a GET the bytes, or the knowledge that the blob is too large to keep (the caller streams).
+func (info BlobInfo) answers(wantBody bool, maxBlobSize int64) bool {
+	if !wantBody {
+		return info.Data != nil || info.Size >= 0
+	}
+	return info.Data != nil || info.Size > maxBlobSize || info.Size < 0
 }
 
 func (c *Cache) blobInfo(key string) (BlobInfo, bool) {
@@ -86,12 +96,15 @@ func (c *Cache) fetchBlob(o *Origin, repo string, d digest.Digest, wantBody bool
 		_ = b.Body.Close()
 		return BlobInfo{Size: b.Size}, nil
 	}
-	data, size, err := o.Registry.FetchBlob(context.Background(), repo, d, c.cfg.MaxBlobSize)
+	data, _, err := o.Registry.FetchBlob(context.Background(), repo, d, c.cfg.MaxBlobSize)
 	var ue *upstream.Error
 	if errors.As(err, &ue) && ue.TooLarge {
-		// Too large to keep: remember that (with its size when known), so later requests
-		// stream straight away instead of trying to read it again.
-		return BlobInfo{Size: size}, nil
+		// Too large to keep: remember that, so later GETs stream straight away instead of
+		// trying to read it again. Not its size: that is only the Content-Length of an answer
+		// whose body was never read, and a body that ends short of it (or a length that lies)
+		// must not become what every later HEAD of this digest answers. Size -1 sends a HEAD
+		// upstream, whose answer is kept as a HEAD's is.
+		return BlobInfo{Size: -1}, nil
 	}
 	if err != nil {
 		return BlobInfo{}, err

@@ -220,7 +220,10 @@ func (c *Cache) byTag(ctx context.Context, o *Origin, repo, tag string, wantBody
 	m, err := c.resolveTag(wctx, o, repo, tag, false)
 	switch {
 	case err == nil && m.Digest == te.Digest:
-		return c.withBody(ctx, o, repo, te.Descriptor, m.Body, wantBody, Revalidated, c.now())
+		// Unchanged, but the body may never have been fetched (the tag moved while GETs were
+		// refused): then, as on the fresh path, the manifest it pointed to before stands in.
+		a, err := c.withBody(ctx, o, repo, te.Descriptor, m.Body, wantBody, Revalidated, c.now())
+		return c.orPrevious(o, repo, tag, a, err, te.Previous, te.FetchedAt)
 	case err == nil:
 		a, err := c.withBody(ctx, o, repo, m.Descriptor, m.Body, wantBody, Miss, c.now())
 		return c.orPrevious(o, repo, tag, a, err, te.Descriptor, te.FetchedAt)
@@ -230,7 +233,8 @@ func (c *Cache) byTag(ctx context.Context, o *Origin, repo, tag string, wantBody
 		c.log.Warn("serving stale",
 			zap.String("upstream", up), zap.String("repository", repo), zap.String("reference", tag),
 			zap.Duration("age", now.Sub(te.FetchedAt)), zap.Error(err))
-		return c.withBody(ctx, o, repo, te.Descriptor, nil, wantBody, Stale, te.FetchedAt)
+		a, err := c.withBody(ctx, o, repo, te.Descriptor, nil, wantBody, Stale, te.FetchedAt)
+		return c.orPrevious(o, repo, tag, a, err, te.Previous, te.FetchedAt)
 	default:
 		return Answer{}, err
 	}
@@ -266,6 +270,14 @@ func (c *Cache) resolveTag(ctx context.Context, o *Origin, repo, tag string, wan
 			return m, err
 		}
 		c.putManifest(up, repo, m)
+		if m.Body == nil {
+			// A HEAD names the digest; for a manifest whose body was verified, its size and
+			// type are what that body showed, whatever this answer's Content-Length claims.
+			// (A lie here would otherwise be every HEAD's answer until tag_ttl passes.)
+			if e := c.cachedBody(up, repo, m.Digest); e != nil {
+				m.Descriptor = e.Descriptor
+			}
+		}
 		if o.TagTTL+c.cfg.MaxStale > 0 {
 			e := &TagEntry{Descriptor: m.Descriptor, FetchedAt: c.now()}
 			if old := c.store.tag(key); old != nil {

@@ -5,6 +5,7 @@
 package cache
 
 import (
+	"sync"
 	"time"
 
 	"github.com/dgraph-io/ristretto/v2"
@@ -39,6 +40,11 @@ const entryOverhead = 336
 // and one admission policy govern them all. Keys start with the kind's letter.
 type store struct {
 	rc *ristretto.Cache[string, any]
+	// closeMu keeps close from running under a set: ristretto's Close while a Set or Wait is
+	// under way panics (a send on its closed buffer) or leaves the Wait hanging for ever, and
+	// a flight that outlived its waiters may well be storing its answer at shutdown.
+	closeMu sync.RWMutex
+	closed  bool
 }
 
 func newStore(maxCost int64) (*store, error) {
@@ -96,10 +102,28 @@ func (s *store) set(key string, v any, cost int64, ttl time.Duration) {
 	if ttl < 0 {
 		return
 	}
+	s.closeMu.RLock()
+	defer s.closeMu.RUnlock()
+	if s.closed {
+		return
+	}
 	s.rc.SetWithTTL(key, v, cost+int64(len(key))+entryOverhead, ttl)
 	s.rc.Wait()
 }
 
-func (s *store) del(key string) { s.rc.Del(key) }
+func (s *store) del(key string) {
+	s.closeMu.RLock()
+	defer s.closeMu.RUnlock()
+	if !s.closed {
+		s.rc.Del(key)
+	}
+}
 
-func (s *store) close() { s.rc.Close() }
+func (s *store) close() {
+	s.closeMu.Lock()
+	defer s.closeMu.Unlock()
+	if !s.closed {
+		s.closed = true
+		s.rc.Close()
+	}
+}

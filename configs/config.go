@@ -31,6 +31,8 @@ type Config struct {
 	// X-Forwarded-Proto and X-Forwarded-Host. Only behind a proxy that sets them.
 	TrustForwardedHeaders bool `yaml:"trust_forwarded_headers"`
 	Auth                  Auth `yaml:"auth"`
+	// Server holds the client-facing limits: timeouts, header and body sizes, connections.
+	Server Server `yaml:"server"`
 }
 
 // Auth is client-facing authentication. With neither htpasswd nor tokens it is off: any
@@ -178,7 +180,8 @@ func Parse(data []byte) (*Config, error) {
 			RevalidateWait: Duration(2 * time.Second),
 			MaxBlobSize:    1 << 20,
 		},
-		Auth: Auth{TokenTTL: Duration(defaultTokenTTL)},
+		Auth:   Auth{TokenTTL: Duration(defaultTokenTTL)},
+		Server: defaultServer(),
 	}
 	if err := decode(data, cfg); err != nil {
 		return nil, err
@@ -282,6 +285,9 @@ func (c *Config) validate() error {
 		if err := validPublicURL(c.PublicURL); err != nil {
 			return fmt.Errorf("public_url: %v", err)
 		}
+	}
+	if err := c.Server.validate(); err != nil {
+		return err
 	}
 	return c.Auth.validate()
 }

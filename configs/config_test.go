@@ -105,6 +105,19 @@ func TestLoadEmbeddedDefault(t *testing.T) {
 		t.Errorf("Auth.TokenTTL = %v, want 5m", cfg.Auth.TokenTTL.D())
 	}
 
+	wantServer := Server{
+		ReadTimeout:    Duration(30 * time.Second),
+		WriteTimeout:   Duration(30 * time.Minute),
+		IdleTimeout:    Duration(120 * time.Second),
+		MaxHeaderSize:  16 << 10,
+		MaxConnsPerIP:  0,
+		Concurrency:    0,
+		MaxRequestBody: 1 << 20,
+	}
+	if cfg.Server != wantServer {
+		t.Errorf("Server = %+v, want %+v", cfg.Server, wantServer)
+	}
+
 	wantUpstreams := []struct {
 		name, url string
 		aliases   []string
@@ -435,6 +448,37 @@ func TestParseFillsDefaults(t *testing.T) {
 			},
 		},
 		{
+			name: "full server block",
+			text: "server:\n  read_timeout: 5s\n  write_timeout: 1h\n  idle_timeout: 90s\n  max_header_size: 32KiB\n" +
+				"  max_conns_per_ip: 100\n  concurrency: \"5000\"\n  max_request_body: 512KiB\n" + minimalUpstream,
+			check: func(t *testing.T, c *Config) {
+				want := Server{Duration(5 * time.Second), Duration(time.Hour), Duration(90 * time.Second), 32 << 10, 100, 5000, 512 << 10}
+				if c.Server != want {
+					t.Errorf("Server = %+v, want %+v", c.Server, want)
+				}
+			},
+		},
+		{
+			name: "partial server block keeps other server defaults",
+			text: "server:\n  read_timeout: 2s\n  max_conns_per_ip: 0\n" + minimalUpstream,
+			check: func(t *testing.T, c *Config) {
+				want := defaultServer()
+				want.ReadTimeout = Duration(2 * time.Second)
+				if c.Server != want {
+					t.Errorf("Server = %+v, want %+v", c.Server, want)
+				}
+			},
+		},
+		{
+			name: "server limits at their bounds",
+			text: "server:\n  max_header_size: 4KiB\n  max_request_body: 64MiB\n" + minimalUpstream,
+			check: func(t *testing.T, c *Config) {
+				if c.Server.MaxHeaderSize != 4<<10 || c.Server.MaxRequestBody != 64<<20 {
+					t.Errorf("Server = %+v", c.Server)
+				}
+			},
+		},
+		{
 			name: "url with trailing slash and upper-case scheme-less host name",
 			text: "upstreams:\n  - name: Example.COM\n    url: http://example.com:8080/\ndefault_upstream: example.com\n",
 			check: func(t *testing.T, c *Config) {
@@ -583,6 +627,26 @@ func TestParseRefusals(t *testing.T) {
 			[]string{"public_url", "must not carry credentials"}, []string{"Hunter2Pw"}},
 		{"bad trust_forwarded_headers", "trust_forwarded_headers: sometimes\n" + minimalUpstream,
 			[]string{"trust_forwarded_headers", `"sometimes" is not true or false`}, nil},
+
+		{"unknown server key", "server:\n  read_timeot: 1s\n" + minimalUpstream,
+			[]string{"server.read_timeot: unknown key", "line 2", "read_timeout, write_timeout, idle_timeout, max_header_size, max_conns_per_ip, concurrency, max_request_body"}, nil},
+		{"server is a scalar", "server: fast\n" + minimalUpstream, []string{"server: expected a mapping of keys"}, nil},
+		{"bad read_timeout", "server:\n  read_timeout: 30\n" + minimalUpstream, []string{"server.read_timeout", `"30" is not a duration`}, nil},
+		{"zero read_timeout", "server:\n  read_timeout: 0s\n" + minimalUpstream, []string{"server.read_timeout: must be above zero"}, nil},
+		{"negative write_timeout", "server:\n  write_timeout: -1m\n" + minimalUpstream, []string{"server.write_timeout: must be above zero"}, nil},
+		{"zero idle_timeout", "server:\n  idle_timeout: 0s\n" + minimalUpstream, []string{"server.idle_timeout: must be above zero"}, nil},
+		{"bad max_header_size", "server:\n  max_header_size: huge\n" + minimalUpstream, []string{"server.max_header_size", `"huge" is not a size`}, nil},
+		{"tiny max_header_size", "server:\n  max_header_size: 1KiB\n" + minimalUpstream, []string{"server.max_header_size: must be between 4KiB and 1MiB"}, nil},
+		{"huge max_header_size", "server:\n  max_header_size: 2MiB\n" + minimalUpstream, []string{"server.max_header_size: must be between 4KiB and 1MiB"}, nil},
+		{"zero max_request_body", "server:\n  max_request_body: 0\n" + minimalUpstream, []string{"server.max_request_body: must be between 1KiB and 64MiB"}, nil},
+		{"huge max_request_body", "server:\n  max_request_body: 1GiB\n" + minimalUpstream, []string{"server.max_request_body: must be between 1KiB and 64MiB"}, nil},
+		{"max_conns_per_ip not a number", "server:\n  max_conns_per_ip: many\n" + minimalUpstream,
+			[]string{"server.max_conns_per_ip", `"many" is not a whole number`, "line 2"}, nil},
+		{"max_conns_per_ip fractional", "server:\n  max_conns_per_ip: 1.5\n" + minimalUpstream,
+			[]string{"server.max_conns_per_ip", `"1.5" is not a whole number`}, nil},
+		{"negative max_conns_per_ip", "server:\n  max_conns_per_ip: -1\n" + minimalUpstream, []string{"server.max_conns_per_ip: must not be negative"}, nil},
+		{"negative concurrency", "server:\n  concurrency: -5\n" + minimalUpstream, []string{"server.concurrency: must not be negative"}, nil},
+		{"concurrency is a list", "server:\n  concurrency: [1]\n" + minimalUpstream, []string{"server.concurrency: expected a single value"}, nil},
 
 		{"unknown auth key", auth("  users: x\n"), []string{"auth.users: unknown key", "htpasswd, tokens, secret, token_ttl"}, nil},
 		{"auth is a scalar", "auth: on\n" + minimalUpstream, []string{"auth: expected a mapping of keys"}, nil},

@@ -127,6 +127,12 @@ func decodeNode(n *yaml.Node, v reflect.Value, path string) error {
 		v.SetInt(int64(sz))
 	case v.Type() == secretType:
 		v.Set(reflect.ValueOf(NewSecret(text)))
+	case v.Kind() == reflect.Int:
+		i, err := strconv.Atoi(strings.TrimSpace(text))
+		if err != nil {
+			return where("%q is not a whole number", text)
+		}
+		v.SetInt(int64(i))
 	case v.Kind() == reflect.Bool:
 		b, err := strconv.ParseBool(text)
 		if err != nil {

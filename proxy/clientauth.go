@@ -65,7 +65,9 @@ type ClientAuth struct {
 	// as long as a wrong password and names cannot be probed by timing.
 	dummyHash []byte
 	verified  verifiedCache
-	now       func() time.Time
+	// failures rations bcrypt comparisons on credentials that turn out wrong (authlimit.go).
+	failures *failureLimiter
+	now      func() time.Time
 }
 
 // DefaultTokenTTL is the lifetime of an issued token when none is configured.
@@ -77,6 +79,7 @@ func NewClientAuth(opts ClientAuthOptions) (*ClientAuth, error) {
 		users:          make(map[string][]byte, len(opts.Users)),
 		ttl:            opts.TokenTTL,
 		trustForwarded: opts.TrustForwardedHeaders,
+		failures:       newFailureLimiter(),
 		now:            time.Now,
 	}
 	if a.ttl <= 0 {
@@ -146,7 +149,12 @@ func (a *ClientAuth) authorize(ctx *fasthttp.RequestCtx, path []byte) bool {
 		}
 		return true
 	}
-	if _, ok := a.check(h); ok {
+	at := attempt{a: a, ctx: ctx}
+	_, ok := a.checkAt(h, &at)
+	if at.done(ok) {
+		return false // answered 429: too many failed attempts from this client
+	}
+	if ok {
 		return true
 	}
 	a.challenge(ctx)
@@ -219,6 +227,11 @@ func validRealmHost(h []byte) bool {
 // credentials of an htpasswd user or with a static token as password. It returns the
 // subject (user name, "token" for a static token).
 func (a *ClientAuth) check(h []byte) (string, bool) {
+	return a.checkAt(h, &attempt{a: a})
+}
+
+// checkAt is check for one request: at rations the bcrypt comparisons it may need.
+func (a *ClientAuth) checkAt(h []byte, at *attempt) (string, bool) {
 	scheme, cred, _ := bytes.Cut(h, []byte(" "))
 	cred = bytes.TrimSpace(cred)
 	switch {
@@ -244,7 +257,7 @@ func (a *ClientAuth) check(h []byte) (string, bool) {
 		a.verified.put(key, c.Sub, expires, now)
 		return c.Sub, true
 	case asciiEqualFold(scheme, "Basic"):
-		return a.checkBasic(h, cred)
+		return a.checkBasicAt(h, cred, at)
 	}
 	return "", false
 }
@@ -267,6 +280,11 @@ func (a *ClientAuth) isStaticToken(t []byte) bool {
 // hash of the whole header, because bcrypt costs ~50ms and clients that use Basic send it on
 // every request.
 func (a *ClientAuth) checkBasic(header, cred []byte) (string, bool) {
+	return a.checkBasicAt(header, cred, &attempt{a: a})
+}
+
+// checkBasicAt is checkBasic for one request: a comparison happens only if at allows it.
+func (a *ClientAuth) checkBasicAt(header, cred []byte, at *attempt) (string, bool) {
 	key := sha256.Sum256(header)
 	now := a.now()
 	if sub, ok := a.verified.get(key, now); ok {
@@ -288,10 +306,10 @@ func (a *ClientAuth) checkBasic(header, cred []byte) (string, bool) {
 	if a.isStaticToken(pass) {
 		sub = "token"
 	} else if h, known := a.users[string(user)]; known {
-		if bcrypt.CompareHashAndPassword(h, pass) == nil {
+		if at.mayHash() && bcrypt.CompareHashAndPassword(h, pass) == nil {
 			sub = string(user)
 		}
-	} else if a.dummyHash != nil {
+	} else if a.dummyHash != nil && at.mayHash() {
 		_ = bcrypt.CompareHashAndPassword(a.dummyHash, pass)
 	}
 	if sub == "" {
@@ -347,7 +365,9 @@ func (a *ClientAuth) verifyToken(tok []byte) (tokenClaims, error) {
 		return c, errTokenMalformed
 	}
 	var got [sha256.Size]byte
-	if n, err := enc.Decode(got[:], sig); err != nil || n != sha256.Size {
+	// Strict: without it, the unused low bits of the last character are ignored, and each
+	// signature had four spellings that all verified.
+	if n, err := enc.Strict().Decode(got[:], sig); err != nil || n != sha256.Size {
 		return c, errTokenMalformed
 	}
 	if !hmac.Equal(got[:], a.sign(payload)) {
@@ -387,8 +407,12 @@ func (a *ClientAuth) serveToken(ctx *fasthttp.RequestCtx) {
 		h := ctx.Request.Header.Peek(fasthttp.HeaderAuthorization)
 		scheme, cred, _ := bytes.Cut(h, []byte(" "))
 		s, ok := "", false
+		at := attempt{a: a, ctx: ctx}
 		if asciiEqualFold(scheme, "Basic") {
-			s, ok = a.checkBasic(h, bytes.TrimSpace(cred))
+			s, ok = a.checkBasicAt(h, bytes.TrimSpace(cred), &at)
+		}
+		if at.done(ok) {
+			return // answered 429: too many failed attempts from this client
 		}
 		if !ok {
 			writeError(ctx, newError(fasthttp.StatusUnauthorized, codeUnauthorized, "valid user name and password (or static token) needed"))

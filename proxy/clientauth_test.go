@@ -310,6 +310,8 @@ func TestAuthorizeAuthOn(t *testing.T) {
 	check := func(authz string, want bool) {
 		t.Helper()
 		for _, path := range []string{"/v2/", "/v2/library/nginx/manifests/latest", "/api/v1/digest", "/nope"} {
+			// Which headers pass is the point here; rationing failures is TestFailedAuthLimited's.
+			a.failures = newFailureLimiter()
 			ctx := caCtx("HEAD", path, "regcache.lan")
 			if authz != "" {
 				ctx.Request.Header.Set("Authorization", authz)

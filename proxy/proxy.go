@@ -44,6 +44,8 @@ type Options struct {
 	Auth *ClientAuth
 	// Metrics, when set, counts requests and serves /metrics.
 	Metrics *Metrics
+	// Limits bound what one client may cost (limits.go); zero fields take the defaults.
+	Limits Limits
 }
 
 // Proxy answers registry requests. Its Handler is safe for concurrent use.
@@ -55,12 +57,13 @@ type Proxy struct {
 	accessLog bool
 	auth      *ClientAuth
 	metrics   *Metrics
+	limits    Limits
 	ready     atomic.Bool
 }
 
 // New builds a Proxy.
 func New(opts Options) (*Proxy, error) {
-	p := &Proxy{names: map[string]*Upstream{}, cache: opts.Cache, log: opts.Logger, accessLog: opts.AccessLog, auth: opts.Auth, metrics: opts.Metrics}
+	p := &Proxy{names: map[string]*Upstream{}, cache: opts.Cache, log: opts.Logger, accessLog: opts.AccessLog, auth: opts.Auth, metrics: opts.Metrics, limits: opts.Limits.withDefaults()}
 	if p.log == nil {
 		p.log = zap.NewNop()
 	}
@@ -107,16 +110,25 @@ func (p *Proxy) lookup(name []byte) *Upstream {
 
 // Server returns a fasthttp server for the handler with limits suited to a registry front.
 func (p *Proxy) Server() *fasthttp.Server {
+	l := p.limits
 	return &fasthttp.Server{
 		Handler:     p.Handler,
 		Name:        "regcache",
-		ReadTimeout: 30 * time.Second,
+		ReadTimeout: l.ReadTimeout,
 		// One deadline for a whole response: blobs (layers) may stream for long. A stalled
 		// upstream is cut by its idle timeout (upstream.OpenBlob).
-		WriteTimeout:          30 * time.Minute,
-		IdleTimeout:           120 * time.Second,
-		MaxRequestBodySize:    1 << 20,
-		ReadBufferSize:        16 << 10,
+		WriteTimeout:       l.WriteTimeout,
+		IdleTimeout:        l.IdleTimeout,
+		MaxRequestBodySize: l.MaxRequestBody,
+		// A request line plus headers must fit the read buffer, or it is answered 431.
+		ReadBufferSize: l.MaxHeaderSize,
+		MaxConnsPerIP:  l.MaxConnsPerIP,
+		Concurrency:    l.Concurrency,
+		// An idle keep-alive connection gives its read and write buffers back to the pools:
+		// otherwise each one holds ~24 KiB for as long as it stays open.
+		ReduceMemoryUsage: true,
+		// Requests fasthttp refuses before the handler still get a registry error body.
+		ErrorHandler:          serverError,
 		NoDefaultServerHeader: true,
 		NoDefaultDate:         false,
 		// fasthttp's header-parse errors otherwise quote the raw request, Authorization too.

@@ -176,7 +176,7 @@ func validHost(s []byte) bool {
 	}
 	if len(s) > 2 && s[0] == '[' && s[len(s)-1] == ']' {
 		ip, err := netip.ParseAddr(string(s[1 : len(s)-1]))
-		return err == nil && ip.Is6()
+		return err == nil && ip.Is6() && ip.Zone() == "" // the grammar has no zones ("%eth0")
 	}
 	if len(s) == 0 {
 		return false

@@ -93,16 +93,35 @@ func parseParams(s string) map[string]string {
 type token struct {
 	value   string
 	expires time.Time
+	seq     uint64 // when it was stored (authState.seq), to find the oldest
 }
+
+// maxTokenScopes bounds the tokens kept per upstream. Tokens are per repository scope, so
+// a client asking for 100,000 distinct (even unknown) repositories would otherwise leave
+// 100,000 tokens behind for a whole token lifetime. At the cap, expired tokens go first,
+// then the oldest stored; a dropped scope costs one token request when asked again.
+const maxTokenScopes = 4096
 
 // authState remembers what an upstream asked for and the tokens it gave, so that after the
 // first 401 every request goes out already authorized instead of paying a second round trip.
 type authState struct {
 	mu        sync.Mutex
 	challenge *Challenge
-	tokens    map[string]token // by scope
+	tokens    map[string]token // by scope; at most maxTokenScopes
+	// order lists stores oldest first. An item whose seq no longer matches its scope's
+	// token (renewed or dropped since) is stale and skipped; compaction keeps it bounded.
+	order []scopeSeq
+	seq   uint64
+	// soonest is at or before every kept token's expiry: until then no sweep can free
+	// anything, so a full map of live tokens costs no scan per store.
+	soonest time.Time
 	// pingMu serializes the /v2/ ping that learns the challenge before the first request.
 	pingMu sync.Mutex
+}
+
+type scopeSeq struct {
+	scope string
+	seq   uint64
 }
 
 func (a *authState) current() *Challenge {
@@ -129,20 +148,58 @@ func (a *authState) cachedToken(scope string, now time.Time) (string, bool) {
 
 func (a *authState) storeToken(scope string, t token) {
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	if a.tokens == nil {
 		a.tokens = map[string]token{}
 	}
-	// Drop expired tokens so that a long run over many repositories stays small.
-	if len(a.tokens) > 1024 {
-		now := time.Now()
+	if _, renew := a.tokens[scope]; !renew && len(a.tokens) >= maxTokenScopes {
+		a.makeRoom(time.Now())
+	}
+	a.seq++
+	t.seq = a.seq
+	a.tokens[scope] = t
+	a.order = append(a.order, scopeSeq{scope, t.seq})
+	if a.soonest.IsZero() || t.expires.Before(a.soonest) {
+		a.soonest = t.expires
+	}
+	if len(a.order) > 2*maxTokenScopes {
+		a.compact()
+	}
+}
+
+// makeRoom frees one slot at least: expired tokens first (all of them, when any may have
+// expired), then the oldest stored.
+func (a *authState) makeRoom(now time.Time) {
+	if !now.Before(a.soonest) {
+		a.soonest = time.Time{}
 		for k, v := range a.tokens {
 			if now.After(v.expires) {
 				delete(a.tokens, k)
+				continue
+			}
+			if a.soonest.IsZero() || v.expires.Before(a.soonest) {
+				a.soonest = v.expires
 			}
 		}
 	}
-	a.tokens[scope] = t
-	a.mu.Unlock()
+	for len(a.tokens) >= maxTokenScopes && len(a.order) > 0 {
+		o := a.order[0]
+		a.order = a.order[1:]
+		if t, ok := a.tokens[o.scope]; ok && t.seq == o.seq {
+			delete(a.tokens, o.scope)
+		}
+	}
+}
+
+// compact drops stale items from order (renewals and drops leave them behind).
+func (a *authState) compact() {
+	live := make([]scopeSeq, 0, len(a.tokens))
+	for _, o := range a.order {
+		if t, ok := a.tokens[o.scope]; ok && t.seq == o.seq {
+			live = append(live, o)
+		}
+	}
+	a.order = live
 }
 
 func (a *authState) dropToken(scope string) {

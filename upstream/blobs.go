@@ -2,8 +2,10 @@ package upstream
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -23,7 +25,8 @@ type Blob struct {
 // OpenBlob asks for blob d of repo with method (GET or HEAD), passing a client's Range
 // through. Redirects to CDNs are followed here, so clients never see them. A layer may
 // take long to stream, so the upstream timeout bounds the wait for answer headers and then
-// each silence in the body, not the whole transfer; ctx can end it early. Close the body.
+// each silence in the body (any period that brings less than minStreamProgress bytes), not
+// the whole transfer; ctx can end it early. Close the body.
 func (r *Registry) OpenBlob(ctx context.Context, method, repo string, d digest.Digest, rangeHeader string) (*Blob, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	resp, err := r.doWith(ctx, method, repo, "blobs/"+string(d), func(req *http.Request) {
@@ -85,22 +88,41 @@ func (r *Registry) FetchBlob(ctx context.Context, repo string, d digest.Digest, 
 	return data, int64(len(data)), nil
 }
 
-// idleReader ends a transfer (by cancelling its request) when upstream sends nothing for
-// idle: a stalled CDN must not hold a client and a worker forever.
+// minStreamProgress is the least a blob stream must bring in each idle period. A trickle
+// (a byte every few hundred milliseconds) is a stall that only looks alive: counting any
+// byte as progress would let it hold a client, a worker and a connection for days.
+// 32 KiB per period is about 1 KiB/s with the default 30 s timeout.
+const minStreamProgress = 32 << 10
+
+// idleReader ends a transfer (by cancelling its request) when upstream sends less than
+// minStreamProgress bytes in idle: a stalled or trickling CDN must not hold a client and a
+// worker forever.
 type idleReader struct {
 	rc     io.ReadCloser
 	idle   time.Duration
 	timer  *time.Timer
 	cancel context.CancelFunc
+	got    int64 // bytes since the timer was last reset; Read is not called concurrently
+	fired  atomic.Bool
 }
 
+// errStreamStalled ends a stream the idle timer cut. It is a deadline, so that callers
+// report upstream as too slow (504), not as broken.
+var errStreamStalled = fmt.Errorf("upstream sent less than %d KiB within the timeout: %w", minStreamProgress>>10, context.DeadlineExceeded)
+
 func newIdleReader(rc io.ReadCloser, idle time.Duration, cancel context.CancelFunc) *idleReader {
-	return &idleReader{rc: rc, idle: idle, timer: time.AfterFunc(idle, cancel), cancel: cancel}
+	r := &idleReader{rc: rc, idle: idle, cancel: cancel}
+	r.timer = time.AfterFunc(idle, func() { r.fired.Store(true); cancel() })
+	return r
 }
 
 func (r *idleReader) Read(p []byte) (int, error) {
 	n, err := r.rc.Read(p)
-	if n > 0 {
+	if err != nil && err != io.EOF && r.fired.Load() {
+		err = errStreamStalled
+	}
+	if r.got += int64(n); r.got >= minStreamProgress {
+		r.got = 0
 		r.timer.Reset(r.idle)
 	}
 	return n, err

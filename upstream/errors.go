@@ -136,7 +136,8 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 		if secs < 0 {
 			return 0
 		}
-		return time.Duration(secs) * time.Second
+		// Saturate: a huge delay must not wrap around into a short or negative one.
+		return time.Duration(min(secs, int64(time.Duration(1<<63-1)/time.Second))) * time.Second
 	}
 	if t, err := http.ParseTime(v); err == nil && t.After(now) {
 		return t.Sub(now)

@@ -237,7 +237,8 @@ func parseRateLimitItem(s string) (int, time.Duration, bool) {
 		if !found || !strings.EqualFold(strings.TrimSpace(k), "w") {
 			continue
 		}
-		if secs, err := strconv.Atoi(strings.Trim(strings.TrimSpace(val), `"`)); err == nil && secs > 0 {
+		// A window too long for a Duration would wrap around: treat it as unsaid.
+		if secs, err := strconv.Atoi(strings.Trim(strings.TrimSpace(val), `"`)); err == nil && secs > 0 && int64(secs) <= int64(time.Duration(1<<63-1)/time.Second) {
 			window = time.Duration(secs) * time.Second
 		}
 	}

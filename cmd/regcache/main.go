@@ -117,6 +117,9 @@ type app struct {
 	proxy  *proxy.Proxy
 	server *fasthttp.Server
 	cache  *cache.Cache
+	// upstreams are closed on shutdown: their idle keep-alive connections (and the
+	// transport goroutines that read them) would otherwise outlive the server.
+	upstreams []*upstream.Registry
 }
 
 // Serve marks the proxy ready and serves ln until shut down.
@@ -126,11 +129,14 @@ func (a *app) Serve(ln net.Listener) error {
 }
 
 // ShutdownWithContext stops taking requests (readyz turns 503 first), drains those in
-// flight until ctx ends, and stops the cache.
+// flight until ctx ends, stops the cache and closes upstream idle connections.
 func (a *app) ShutdownWithContext(ctx context.Context) error {
 	a.proxy.SetReady(false)
 	err := a.server.ShutdownWithContext(ctx)
 	a.cache.Close()
+	for _, r := range a.upstreams {
+		r.Close()
+	}
 	return err
 }
 
@@ -149,6 +155,7 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (server, error
 		return nil, err
 	}
 	var ups []*proxy.Upstream
+	var regs []*upstream.Registry
 	for i := range cfg.Upstreams {
 		u := &cfg.Upstreams[i]
 		tlsCfg, err := tlsConfig(u)
@@ -166,6 +173,7 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (server, error
 		if err != nil {
 			return nil, err
 		}
+		regs = append(regs, reg)
 		ups = append(ups, &proxy.Upstream{
 			Name: u.Name, Aliases: u.Aliases, StrictAccept: u.StrictAccept, DockerHub: isDockerHub(u),
 			Origin: &cache.Origin{Registry: reg, TagTTL: cfg.TagTTLFor(u)},
@@ -176,13 +184,22 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (server, error
 		return nil, err
 	}
 	p, err := proxy.New(proxy.Options{Upstreams: ups, Default: cfg.DefaultUpstream, Cache: c, Logger: log,
-		AccessLog: bo.AccessLog, Auth: auth, Metrics: metrics})
+		AccessLog: bo.AccessLog, Auth: auth, Metrics: metrics, Limits: limits(&cfg.Server)})
 	if err != nil {
 		return nil, err
 	}
 	metrics.WatchCache(c)
 	metrics.WatchUpstreams(ups)
-	return &app{proxy: p, server: p.Server(), cache: c}, nil
+	return &app{proxy: p, server: p.Server(), cache: c, upstreams: regs}, nil
+}
+
+// limits carries the server: block to the proxy.
+func limits(s *configs.Server) proxy.Limits {
+	return proxy.Limits{
+		ReadTimeout: s.ReadTimeout.D(), WriteTimeout: s.WriteTimeout.D(), IdleTimeout: s.IdleTimeout.D(),
+		MaxHeaderSize: int(s.MaxHeaderSize), MaxConnsPerIP: s.MaxConnsPerIP, Concurrency: s.Concurrency,
+		MaxRequestBody: int(s.MaxRequestBody),
+	}
 }
 
 // clientAuth builds client-facing auth from public_url, trust_forwarded_headers and auth:.

@@ -1,0 +1,1268 @@
+package main
+
+// The fault matrix: every upstream failure regcache has to survive, for the three kinds of
+// request (manifests by tag, tags/list, blobs) and for both states of the cache (a stale
+// answer to fall back on, or nothing). Each cell has its own registrytest registry (Bearer
+// auth, like ghcr and Docker Hub) and its own regcache, so cells cannot disturb each other;
+// they run concurrently. A cell
+//
+//  1. seeds the registry, and for the cached state warms regcache and lets tag_ttl pass;
+//  2. installs the fault and asks: the outcome (status, registry error code, X-Cache,
+//     Retry-After, a stream cut short) must be the expected one, within the configured
+//     upstream timeout plus slack, and every 200 must carry upstream's true content;
+//  3. removes the fault and, once any rate-limit hold or negative_ttl has passed, asks
+//     again: without a restart, every answer is upstream's true content byte for byte,
+//     and no digest the fault made up is served.
+//
+// Every upstream dial goes through a dialer that allows 127.0.0.1 only: a redirect to
+// 169.254.169.254 must be refused before any dial.
+//
+// `REGCACHE_WRITE_RELIABILITY=1 go test -run FaultMatrix ./cmd/regcache` also waits out
+// the 60 s default rate-limit hold (the quick run checks that the hold is in force and
+// skips the wait) and writes docs/reliability.md from the outcomes. Helpers are prefixed
+// "fm".
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"regcache/upstream/registrytest"
+)
+
+const (
+	fmRepo     = "fm/app"
+	fmUpstream = "up.test"
+	fmTTL      = 300 * time.Millisecond // tag_ttl and negative_ttl of every cell
+	// fmSlack is what a loaded machine (two cores, -race, a hundred cells, other work) may
+	// add to the configured upstream timeout. It still catches a hang: the client gives up
+	// after 20 s.
+	fmSlack = 8 * time.Second
+	// fmBypass marks the test's own requests to a registry, which faults let through.
+	fmBypass = "X-Fault-Matrix-Bypass"
+)
+
+// fmKind is the kind of client request a cell is about.
+type fmKind int
+
+const (
+	fmManifests fmKind = iota
+	fmTags
+	fmBlobs
+)
+
+func (k fmKind) String() string { return [...]string{"manifests", "tags", "blobs"}[k] }
+
+// fmHandler answers an upstream request instead of the registry when it returns true.
+type fmHandler func(c *fmCell, w http.ResponseWriter, r *http.Request) bool
+
+// fmFault is one row group of the matrix.
+type fmFault struct {
+	name  string
+	kinds []fmKind
+	// slow cells configure `timeout: 1s` upstream; the others 10s, which only a machine
+	// loaded by other work could make an honest upstream miss.
+	slow bool
+	// handle is the fault; refused instead makes the dialer refuse the upstream.
+	handle  fmHandler
+	refused bool
+	// hold is the rate-limit hold the fault arms, waited out before recovery.
+	hold time.Duration
+	// index cells ask for an index and its children instead of a tag.
+	index bool
+	// cdn cells redirect to a second loopback server no upstream names, which must be
+	// asked (the redirect followed) and never be sent credentials.
+	cdn bool
+	// lies marks faults whose cut-short streams carry bytes that are not upstream's.
+	lies bool
+	// want is the outcome of each request (in fmCell.requests order) by "kind/state".
+	want map[string][]string
+}
+
+// --- expectations --------------------------------------------------------------------------
+
+type fmWant map[string][]string
+
+// fmDown is the expectation for an upstream that is unavailable: stale answers where
+// regcache holds one, a registry error with status s otherwise. Small blobs are
+// content-addressed and kept in memory: a hit whatever upstream does. Large blobs are
+// never held, so they always need upstream.
+func fmDown(s string) fmWant {
+	e := s + " UNAVAILABLE"
+	return fmWant{
+		"manifests/cached": {"200 STALE", "200 STALE"}, "manifests/uncached": {e, s},
+		"tags/cached": {"200 STALE"}, "tags/uncached": {e},
+		"blobs/cached": {"200 HIT", e}, "blobs/uncached": {e, e},
+	}
+}
+
+// fmLimited is the expectation for an upstream answering 429.
+func fmLimited(retryAfter string) fmWant {
+	e := "429 TOOMANYREQUESTS Retry-After: " + retryAfter
+	return fmWant{
+		"manifests/cached": {"200 STALE", "200 STALE"}, "manifests/uncached": {e, "429 Retry-After: " + retryAfter},
+		"tags/cached": {"200 STALE"}, "tags/uncached": {e},
+		"blobs/cached": {"200 HIT", e}, "blobs/uncached": {e, e},
+	}
+}
+
+// with overrides the expectations for some kind/state keys (pairs of key and outcomes).
+func (w fmWant) with(key string, outcomes ...string) fmWant {
+	out := fmWant{}
+	for k, v := range w {
+		out[k] = v
+	}
+	out[key] = outcomes
+	return out
+}
+
+var fmAllKinds = []fmKind{fmManifests, fmTags, fmBlobs}
+
+// fmFresh is a HEAD right after a GET refreshed the tag: a hit, or (when the machine is
+// so loaded that tag_ttl passed in between) a revalidation.
+const fmFresh = "200 HIT|200 REVALIDATED"
+
+// fmMatch reports whether an outcome is one of want's alternatives ("a|b"). A Retry-After
+// may have counted down by up to two seconds on a loaded machine.
+func fmMatch(got, want string) bool {
+	for _, alt := range strings.Split(want, "|") {
+		if got == alt {
+			return true
+		}
+		gp, gra, gok := strings.Cut(got, "Retry-After: ")
+		wp, wra, wok := strings.Cut(alt, "Retry-After: ")
+		g, gerr := strconv.Atoi(gra)
+		w, werr := strconv.Atoi(wra)
+		if gok && wok && gp == wp && gerr == nil && werr == nil && g <= w && g >= w-2 && g >= 1 {
+			return true
+		}
+	}
+	return false
+}
+
+// fmFaults is the matrix. Outcomes read "<status> <code or X-Cache>[ Retry-After: n]";
+// a HEAD error has no body, hence no code; "cut short" is a 200 whose body ended before
+// its Content-Length; "no answer" is a connection closed before any status line.
+var fmFaults = []*fmFault{
+	{name: "upstream 500", kinds: fmAllKinds, handle: fmStatus(http.StatusInternalServerError), want: fmDown("502")},
+	{name: "upstream 502", kinds: fmAllKinds, handle: fmStatus(http.StatusBadGateway), want: fmDown("502")},
+	{name: "upstream 503", kinds: fmAllKinds, handle: fmStatus(http.StatusServiceUnavailable), want: fmDown("503")},
+	{name: "429 with Retry-After: 1", kinds: fmAllKinds, handle: fmLimited429(time.Second), hold: time.Second, want: fmLimited("1")},
+	{name: "429 without Retry-After", kinds: fmAllKinds, handle: fmLimited429(0), hold: 60 * time.Second, want: fmLimited("60")},
+	{name: "connection refused", kinds: fmAllKinds, refused: true, want: fmDown("502")},
+	{name: "connection reset mid-body", kinds: fmAllKinds, handle: fmReset,
+		want: fmDown("502").with("blobs/cached", "200 HIT", "200 MISS cut short").
+			with("blobs/uncached", "502 UNAVAILABLE", "200 MISS cut short")},
+	{name: "stall past the 1 s timeout", kinds: fmAllKinds, slow: true, handle: fmStall, want: fmDown("504")},
+	{name: "slow drip, 1 byte / 300 ms", kinds: fmAllKinds, slow: true, handle: fmDrip,
+		// The large blob's stream is cut once a second brings less than 32 KiB. Its headers
+		// came at once, but regcache had not passed them on yet: the client sees the
+		// connection close. (On a loaded machine even the headers may miss the 1 s: 504.)
+		want: fmDown("504").with("blobs/cached", "200 HIT", "no answer|504 UNAVAILABLE").
+			with("blobs/uncached", "504 UNAVAILABLE", "no answer|504 UNAVAILABLE")},
+	{name: "redirect loop", kinds: fmAllKinds, handle: fmRedirectLoop, want: fmDown("502")},
+	{name: "redirect to an unconfigured host", kinds: fmAllKinds, handle: fmRedirectCDN, cdn: true, want: fmWant{
+		"manifests/cached": {"200 REVALIDATED", fmFresh}, "manifests/uncached": {"200 MISS", fmFresh},
+		"tags/cached": {"200 MISS"}, "tags/uncached": {"200 MISS"},
+		"blobs/cached": {"200 HIT", "200 MISS"}, "blobs/uncached": {"200 MISS", "200 MISS"},
+	}},
+	{name: "redirect to 169.254.169.254", kinds: fmAllKinds, handle: fmRedirectMetadata, want: fmDown("502")},
+	{name: "token endpoint 500", kinds: fmAllKinds, handle: fmTokenFault(fmToken500), want: fmDown("502")},
+	{name: "token endpoint answers no JSON", kinds: fmAllKinds, handle: fmTokenFault(fmTokenGarbage), want: fmDown("502")},
+	{name: "token endpoint answers no token", kinds: fmAllKinds, handle: fmTokenFault(fmTokenEmpty), want: fmDown("502")},
+	{name: "lying body (digest mismatch)", kinds: []fmKind{fmManifests, fmBlobs}, handle: fmLyingBody, lies: true, want: fmWant{
+		"manifests/cached": {"200 REVALIDATED", fmFresh}, "manifests/uncached": {"502 MANIFEST_INVALID", "200 MISS"},
+		"blobs/cached": {"200 HIT", "200 MISS cut short"}, "blobs/uncached": {"502 MANIFEST_INVALID", "200 MISS cut short"},
+	}},
+	{name: "Content-Length claims more than sent", kinds: fmAllKinds, handle: fmShortBody, want: fmWant{
+		"manifests/cached": {"200 REVALIDATED", fmFresh}, "manifests/uncached": {"502 UNAVAILABLE", "200 MISS"},
+		"tags/cached": {"200 STALE"}, "tags/uncached": {"502 UNAVAILABLE"},
+		"blobs/cached": {"200 HIT", "200 MISS cut short"}, "blobs/uncached": {"502 UNAVAILABLE", "200 MISS cut short"},
+	}},
+	// A HEAD's Content-Length is a claim about the body a GET would bring: here it names
+	// the right digest and 100 bytes too many. Once the body is verified, its size wins.
+	{name: "HEAD claims a wrong Content-Length", kinds: []fmKind{fmManifests}, handle: fmHeadLength, want: fmWant{
+		"manifests/cached": {"200 REVALIDATED", fmFresh}, "manifests/uncached": {"200 MISS", fmFresh},
+	}},
+	{name: "6 MiB manifest", kinds: []fmKind{fmManifests}, handle: fmHugeManifest, want: fmWant{
+		"manifests/cached": {"200 STALE", "200 STALE"}, "manifests/uncached": {"502 MANIFEST_INVALID", "502"},
+	}},
+	{name: "invalid JSON, correct digest", kinds: []fmKind{fmManifests, fmTags}, handle: fmInvalidJSON, want: fmWant{
+		"manifests/cached": {"200 REVALIDATED", fmFresh}, "manifests/uncached": {"502 MANIFEST_INVALID", "200 MISS"},
+		"tags/cached": {"200 STALE"}, "tags/uncached": {"502 MANIFEST_INVALID"},
+	}},
+	{name: "index children missing upstream", kinds: []fmKind{fmManifests}, index: true, handle: fmChildrenMissing, want: fmWant{
+		"manifests/cached":   {"200 REVALIDATED", "404 MANIFEST_UNKNOWN", "404"},
+		"manifests/uncached": {"200 MISS", "404 MANIFEST_UNKNOWN", "404"},
+	}},
+}
+
+// --- the faults ----------------------------------------------------------------------------
+
+func fmStatus(code int) fmHandler {
+	f := registrytest.Status(code)
+	return func(c *fmCell, w http.ResponseWriter, r *http.Request) bool { return c.isData(r) && f(w, r) }
+}
+
+func fmLimited429(retryAfter time.Duration) fmHandler {
+	f := registrytest.RateLimited(retryAfter)
+	return func(c *fmCell, w http.ResponseWriter, r *http.Request) bool {
+		if !c.isData(r) {
+			return false
+		}
+		defer func() {
+			c.mu.Lock()
+			c.last429 = time.Now() // each 429 arms the hold anew
+			c.mu.Unlock()
+		}()
+		return f(w, r)
+	}
+}
+
+// fmReset sends upstream's true answer up to the middle of its body (of its header block,
+// for a HEAD) and resets the connection.
+func fmReset(c *fmCell, w http.ResponseWriter, r *http.Request) bool {
+	if !c.isData(r) {
+		return false
+	}
+	tr := c.truth(r)
+	conn := fmHijack(w)
+	head := fmRawHead(tr.status, tr.header, int64(len(tr.body)))
+	if r.Method == http.MethodHead {
+		_, _ = conn.Write(head[:len(head)/2])
+	} else {
+		_, _ = conn.Write(append(head, tr.body[:len(tr.body)/2]...))
+	}
+	fmRST(conn)
+	return true
+}
+
+// fmStall never answers; it lets go when regcache hangs up.
+func fmStall(c *fmCell, w http.ResponseWriter, r *http.Request) bool {
+	if !c.isData(r) {
+		return false
+	}
+	select {
+	case <-r.Context().Done():
+	case <-c.stop:
+	}
+	return true
+}
+
+// fmDrip sends upstream's true answer one byte every 300 ms: the body after an immediate
+// header block, or for a HEAD (which has no body) the header block itself.
+func fmDrip(c *fmCell, w http.ResponseWriter, r *http.Request) bool {
+	if !c.isData(r) {
+		return false
+	}
+	tr := c.truth(r)
+	conn := fmHijack(w)
+	defer conn.Close()
+	head := fmRawHead(tr.status, tr.header, int64(len(tr.body)))
+	slow := head
+	if r.Method != http.MethodHead {
+		if _, err := conn.Write(head); err != nil {
+			return true
+		}
+		slow = tr.body
+	}
+	for i := range slow {
+		select {
+		case <-c.stop:
+			return true
+		case <-time.After(300 * time.Millisecond):
+		}
+		if _, err := conn.Write(slow[i : i+1]); err != nil {
+			return true
+		}
+	}
+	return true
+}
+
+func fmRedirectLoop(c *fmCell, w http.ResponseWriter, r *http.Request) bool {
+	if !c.isData(r) {
+		return false
+	}
+	q := r.URL.Query()
+	n, _ := strconv.Atoi(q.Get("loop"))
+	q.Set("loop", strconv.Itoa(n+1))
+	http.Redirect(w, r, r.URL.Path+"?"+q.Encode(), http.StatusTemporaryRedirect)
+	return true
+}
+
+// fmRedirectCDN sends every data request to another loopback server that no upstream
+// names, like a registry sending blobs to its CDN; that server answers upstream's truth.
+func fmRedirectCDN(c *fmCell, w http.ResponseWriter, r *http.Request) bool {
+	if !c.isData(r) {
+		return false
+	}
+	http.Redirect(w, r, c.cdn.URL+r.URL.RequestURI(), http.StatusTemporaryRedirect)
+	return true
+}
+
+func fmRedirectMetadata(c *fmCell, w http.ResponseWriter, r *http.Request) bool {
+	if !c.isData(r) {
+		return false
+	}
+	http.Redirect(w, r, "http://169.254.169.254/latest/meta-data/iam/security-credentials/", http.StatusTemporaryRedirect)
+	return true
+}
+
+// fmTokenFault breaks the token endpoint and, since the tokens regcache holds from before
+// would otherwise keep working, refuses them (as when they expire): every data request is
+// challenged.
+func fmTokenFault(answer func(w http.ResponseWriter)) fmHandler {
+	return func(c *fmCell, w http.ResponseWriter, r *http.Request) bool {
+		switch {
+		case r.URL.Path == "/token":
+			answer(w)
+		case c.isData(r):
+			w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="%s/token",service="registrytest"`, c.reg.URL))
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = io.WriteString(w, `{"errors":[{"code":"UNAUTHORIZED","message":"token expired"}]}`)
+		default:
+			return false
+		}
+		return true
+	}
+}
+
+func fmToken500(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusInternalServerError)
+	_, _ = io.WriteString(w, `{"errors":[{"code":"UNKNOWN","message":"token service down"}]}`)
+}
+
+func fmTokenGarbage(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", "text/html")
+	_, _ = io.WriteString(w, "<html><body>Service temporarily unavailable</body></html>")
+}
+
+func fmTokenEmpty(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = io.WriteString(w, `{"expires_in":300,"issued_at":"2026-01-01T00:00:00Z"}`)
+}
+
+// fmLyingBody answers GETs with upstream's true headers and a body of the same length with
+// one byte changed. A HEAD has no body to lie with and passes.
+func fmLyingBody(c *fmCell, w http.ResponseWriter, r *http.Request) bool {
+	if !c.isData(r) || r.Method != http.MethodGet {
+		return false
+	}
+	tr := c.truth(r)
+	body := bytes.Clone(tr.body)
+	body[len(body)/2] ^= 0x01
+	c.addBogus(fmDigest(body))
+	fmRelay(w, tr.status, tr.header, body)
+	return true
+}
+
+// fmShortBody answers GETs with a Content-Length 100 bytes larger than the (true) body it
+// sends, then closes the connection.
+func fmShortBody(c *fmCell, w http.ResponseWriter, r *http.Request) bool {
+	if !c.isData(r) || r.Method != http.MethodGet {
+		return false
+	}
+	tr := c.truth(r)
+	conn := fmHijack(w)
+	_, _ = conn.Write(append(fmRawHead(tr.status, tr.header, int64(len(tr.body))+100), tr.body...))
+	_ = conn.Close()
+	return true
+}
+
+// fmHeadLength answers HEADs with upstream's true headers but a Content-Length 100 bytes
+// larger than the manifest. GETs pass.
+func fmHeadLength(c *fmCell, w http.ResponseWriter, r *http.Request) bool {
+	if !c.isData(r) || r.Method != http.MethodHead {
+		return false
+	}
+	tr := c.truth(r)
+	for _, k := range []string{"Content-Type", "Docker-Content-Digest"} {
+		w.Header().Set(k, tr.header.Get(k))
+	}
+	w.Header().Set("Content-Length", strconv.Itoa(len(tr.body)+100))
+	w.WriteHeader(tr.status)
+	return true
+}
+
+// fmHuge is a 6 MiB OCI index, past the 4 MiB manifest limit, with its true digest.
+var fmHuge = sync.OnceValues(func() ([]byte, string) {
+	b := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[],` +
+		`"annotations":{"pad":"` + strings.Repeat("x", 6<<20) + `"}}`)
+	return b, fmDigest(b)
+})
+
+func fmHugeManifest(c *fmCell, w http.ResponseWriter, r *http.Request) bool {
+	if !c.isData(r) {
+		return false
+	}
+	body, d := fmHuge()
+	c.addBogus(d)
+	return registrytest.Serve("application/vnd.oci.image.index.v1+json", d, body)(w, r)
+}
+
+// fmInvalidJSON answers GETs with a body that is no JSON; for a manifest, with its true
+// digest. A HEAD passes.
+func fmInvalidJSON(c *fmCell, w http.ResponseWriter, r *http.Request) bool {
+	if !c.isData(r) || r.Method != http.MethodGet {
+		return false
+	}
+	h := http.Header{}
+	body := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[` + "\x00 truncated")
+	h.Set("Content-Type", "application/json")
+	if c.kind == fmManifests {
+		h.Set("Content-Type", "application/vnd.oci.image.index.v1+json")
+		h.Set("Docker-Content-Digest", fmDigest(body))
+		c.addBogus(fmDigest(body))
+	}
+	fmRelay(w, http.StatusOK, h, body)
+	return true
+}
+
+// fmChildrenMissing answers 404 for the index's children, as a registry that lost them.
+func fmChildrenMissing(c *fmCell, w http.ResponseWriter, r *http.Request) bool {
+	if !c.isData(r) {
+		return false
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusNotFound)
+	_, _ = io.WriteString(w, `{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}`)
+	return true
+}
+
+// --- raw HTTP helpers ----------------------------------------------------------------------
+
+func fmDigest(b []byte) string {
+	sum := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+func fmHijack(w http.ResponseWriter) net.Conn {
+	conn, _, err := w.(http.Hijacker).Hijack()
+	if err != nil {
+		panic("fault matrix: cannot hijack: " + err.Error())
+	}
+	return conn
+}
+
+// fmRST closes conn with a TCP reset instead of a FIN.
+func fmRST(conn net.Conn) {
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	_ = conn.Close()
+}
+
+// fmRawHead is a status line and header block with the given Content-Length.
+func fmRawHead(status int, h http.Header, contentLength int64) []byte {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "HTTP/1.1 %d %s\r\n", status, http.StatusText(status))
+	for _, k := range []string{"Content-Type", "Docker-Content-Digest"} {
+		if v := h.Get(k); v != "" {
+			fmt.Fprintf(&b, "%s: %s\r\n", k, v)
+		}
+	}
+	fmt.Fprintf(&b, "Content-Length: %d\r\nConnection: close\r\n\r\n", contentLength)
+	return b.Bytes()
+}
+
+// fmRelay answers with status, the content headers of h and body.
+func fmRelay(w http.ResponseWriter, status int, h http.Header, body []byte) {
+	for _, k := range []string{"Content-Type", "Docker-Content-Digest"} {
+		if v := h.Get(k); v != "" {
+			w.Header().Set(k, v)
+		}
+	}
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
+}
+
+// --- the dialer ----------------------------------------------------------------------------
+
+// fmDialer is every upstream dial of a cell's regcache: 127.0.0.1 only (anything else is
+// recorded and fails the cell), and ECONNREFUSED for the upstream while it is down.
+type fmDialer struct {
+	upstream string
+	down     atomic.Bool
+	mu       sync.Mutex
+	conns    []net.Conn
+	foreign  []string
+}
+
+func (d *fmDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	if host, _, err := net.SplitHostPort(addr); err != nil || host != "127.0.0.1" {
+		d.mu.Lock()
+		d.foreign = append(d.foreign, addr)
+		d.mu.Unlock()
+		return nil, fmt.Errorf("fault matrix: dialling %s refused: only 127.0.0.1 may be dialled", addr)
+	}
+	if addr == d.upstream && d.down.Load() {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+	}
+	var nd net.Dialer
+	conn, err := nd.DialContext(ctx, network, addr)
+	if err == nil && addr == d.upstream {
+		d.mu.Lock()
+		d.conns = append(d.conns, conn)
+		d.mu.Unlock()
+	}
+	return conn, err
+}
+
+// setDown stops (or restarts) the upstream: new dials are refused and open connections
+// are reset, as when its server process dies.
+func (d *fmDialer) setDown(down bool) {
+	d.down.Store(down)
+	if !down {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, c := range d.conns {
+		fmRST(c)
+	}
+	d.conns = nil
+}
+
+func (d *fmDialer) foreignDials() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.foreign)
+}
+
+// --- a cell --------------------------------------------------------------------------------
+
+// fmTruth is what upstream really answers to a request.
+type fmTruth struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+// fmExpect is what a client request must get when it succeeds.
+type fmExpect struct {
+	body      []byte   // GET body, byte for byte (manifests, blobs)
+	digest    string   // Docker-Content-Digest
+	mediaType string   // Content-Type, for manifests
+	tags      []string // tags/list: the list (regcache writes its own JSON)
+}
+
+type fmReq struct {
+	label, method, path string
+	want                fmExpect
+}
+
+type fmCell struct {
+	t      *testing.T
+	f      *fmFault
+	kind   fmKind
+	cached bool
+	reg    *registrytest.Registry
+	rc     *instance
+	client *http.Client // to regcache
+	dial   *fmDialer
+	// upClient asks the registry directly (seeding, the truth a fault distorts).
+	upClient *http.Client
+	cdn      *httptest.Server
+	active   atomic.Bool
+	stop     chan struct{}
+	timing   time.Duration // the upstream timeout configured
+
+	mu       sync.Mutex
+	token    string
+	bogus    []string // digests of bodies the fault made up
+	cdnAuth  []string // Authorization headers the CDN saw
+	cdnSeen  int
+	last429  time.Time
+	children map[string]bool
+
+	reqs []fmReq
+}
+
+func (c *fmCell) addBogus(d string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !slices.Contains(c.bogus, d) {
+		c.bogus = append(c.bogus, d)
+	}
+}
+
+// isData reports a request of the cell's kind: the ones faults act on.
+func (c *fmCell) isData(r *http.Request) bool {
+	p := r.URL.Path
+	switch {
+	case c.f.index:
+		i := strings.LastIndex(p, "/manifests/")
+		return i >= 0 && c.children[p[i+len("/manifests/"):]]
+	case c.kind == fmManifests:
+		return strings.Contains(p, "/manifests/")
+	case c.kind == fmTags:
+		return strings.HasSuffix(p, "/tags/list")
+	}
+	return strings.Contains(p, "/blobs/")
+}
+
+// direct sends a request to the registry past any fault, with a token of its own. It runs
+// in fault handlers too, possibly while the cell shuts down: a registry it cannot reach is
+// a 502, never a panic (seeding checks the status).
+func (c *fmCell) direct(method, uri, accept string) fmTruth {
+	unreachable := func(err error) fmTruth {
+		return fmTruth{status: http.StatusBadGateway, header: http.Header{}, body: []byte("fault matrix: " + err.Error())}
+	}
+	c.mu.Lock()
+	tok := c.token
+	c.mu.Unlock()
+	client := c.upClient
+	if tok == "" {
+		req, _ := http.NewRequest(http.MethodGet, c.reg.URL+"/token", nil)
+		req.Header.Set(fmBypass, "1")
+		resp, err := client.Do(req)
+		if err != nil {
+			return unreachable(err)
+		}
+		var tr struct{ Token string }
+		_ = json.NewDecoder(resp.Body).Decode(&tr)
+		resp.Body.Close()
+		tok = tr.Token
+		c.mu.Lock()
+		c.token = tok
+		c.mu.Unlock()
+	}
+	req, _ := http.NewRequest(method, c.reg.URL+uri, nil)
+	req.Header.Set(fmBypass, "1")
+	req.Header.Set("Authorization", "Bearer "+tok)
+	if accept != "" {
+		req.Header.Set("Accept", accept)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return unreachable(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if method == http.MethodHead {
+		// The true length of the body a GET would bring.
+		body = make([]byte, max(resp.ContentLength, 0))
+	}
+	return fmTruth{status: resp.StatusCode, header: resp.Header, body: body}
+}
+
+// truth is upstream's own answer to the request a fault intercepted.
+func (c *fmCell) truth(r *http.Request) fmTruth {
+	q := r.URL.Query()
+	q.Del("loop")
+	uri := r.URL.Path
+	if len(q) > 0 {
+		uri += "?" + q.Encode()
+	}
+	return c.direct(r.Method, uri, r.Header.Get("Accept"))
+}
+
+var fmLargeBlob = sync.OnceValue(func() []byte {
+	b := make([]byte, 1536<<10) // 1.5 MiB: over max_blob_size, so it streams
+	_, _ = rand.Read(b)
+	return b
+})
+
+func fmNewCell(t *testing.T, f *fmFault, kind fmKind, cached bool) *fmCell {
+	c := &fmCell{t: t, f: f, kind: kind, cached: cached, stop: make(chan struct{}), timing: 10 * time.Second}
+	if f.slow {
+		c.timing = time.Second
+	}
+	t.Cleanup(func() { close(c.stop) })
+	c.upClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
+	c.reg = registrytest.New(t, registrytest.Bearer)
+	c.reg.SetFault(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Header.Get(fmBypass) != "" || !c.active.Load() || f.handle == nil {
+			return false
+		}
+		return f.handle(c, w, r)
+	})
+	if f.cdn {
+		c.startCDN()
+	}
+
+	c.seed()
+
+	c.dial = &fmDialer{upstream: c.reg.Host}
+	cfg := "listen: 127.0.0.1:0\ndefault_upstream: " + fmUpstream + "\n" +
+		"cache:\n  max_size: 16MiB\n  tag_ttl: 300ms\n  negative_ttl: 300ms\n  revalidate_wait: 10s\n" +
+		"upstreams:\n" + upstreamYAML(fmUpstream, c.reg.URL, "timeout: "+c.timing.String())
+	// Checked once regcache has stopped (cleanups run last first), background work included.
+	t.Cleanup(func() {
+		if f := c.dial.foreignDials(); len(f) > 0 {
+			t.Errorf("regcache tried to dial %v; only 127.0.0.1 may be dialled", f)
+		}
+	})
+	c.rc = startRegcacheWith(t, cfg, buildOptions{AccessLog: true, Dial: c.dial.DialContext})
+	c.client = &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
+	return c
+}
+
+// startCDN runs the redirect target of fmRedirectCDN: it answers upstream's truth and
+// records what it was sent.
+func (c *fmCell) startCDN() {
+	c.cdn = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c.mu.Lock()
+		c.cdnSeen++
+		if a := r.Header.Get("Authorization"); a != "" {
+			c.cdnAuth = append(c.cdnAuth, a)
+		}
+		c.mu.Unlock()
+		tr := c.truth(r)
+		if r.Method == http.MethodHead {
+			for _, k := range []string{"Content-Type", "Docker-Content-Digest"} {
+				w.Header().Set(k, tr.header.Get(k))
+			}
+			w.Header().Set("Content-Length", strconv.Itoa(len(tr.body)))
+			w.WriteHeader(tr.status)
+			return
+		}
+		fmRelay(w, tr.status, tr.header, tr.body)
+	}))
+	c.t.Cleanup(c.cdn.Close)
+}
+
+// seed stores what the cell's requests ask for and records the true answers.
+func (c *fmCell) seed() {
+	t := c.t
+	prefix := "/v2/" + fmUpstream + "/" + fmRepo
+	switch c.kind {
+	case fmManifests:
+		idx := c.reg.PushIndex(t, fmRepo, "latest", types.OCIImageIndex, "linux/amd64", "linux/arm64/v8")
+		want := fmExpect{body: idx.Body, digest: idx.Digest, mediaType: idx.MediaType}
+		if !c.f.index {
+			c.reqs = []fmReq{
+				{"GET tag", http.MethodGet, prefix + "/manifests/latest", want},
+				{"HEAD tag", http.MethodHead, prefix + "/manifests/latest", want},
+			}
+			return
+		}
+		var ix struct {
+			Manifests []struct {
+				MediaType string `json:"mediaType"`
+				Digest    string `json:"digest"`
+			} `json:"manifests"`
+		}
+		if err := json.Unmarshal(idx.Body, &ix); err != nil || len(ix.Manifests) == 0 {
+			t.Fatalf("seeded index: %v", err)
+		}
+		c.children = map[string]bool{}
+		for _, m := range ix.Manifests {
+			c.children[m.Digest] = true
+		}
+		child := ix.Manifests[0]
+		tr := c.direct(http.MethodGet, "/v2/"+fmRepo+"/manifests/"+child.Digest, ceAcceptAll)
+		if tr.status != http.StatusOK {
+			t.Fatalf("child manifest upstream: %d", tr.status)
+		}
+		cw := fmExpect{body: tr.body, digest: child.Digest, mediaType: child.MediaType}
+		c.reqs = []fmReq{
+			{"GET index", http.MethodGet, prefix + "/manifests/latest", want},
+			{"GET child", http.MethodGet, prefix + "/manifests/" + child.Digest, cw},
+			{"HEAD child", http.MethodHead, prefix + "/manifests/" + child.Digest, cw},
+		}
+	case fmTags:
+		c.reg.PushTags(t, fmRepo, []string{"1.0", "1.1", "2.0", "latest"})
+		tr := c.direct(http.MethodGet, "/v2/"+fmRepo+"/tags/list", "")
+		var list struct{ Tags []string }
+		if err := json.Unmarshal(tr.body, &list); err != nil || len(list.Tags) != 4 {
+			t.Fatalf("tags upstream: %s", tr.body)
+		}
+		c.reqs = []fmReq{{"GET tags/list", http.MethodGet, prefix + "/tags/list", fmExpect{tags: list.Tags}}}
+	case fmBlobs:
+		c.reg.PushImage(t, fmRepo, "v1", types.OCIManifestSchema1)
+		cd, raw := c.reg.ConfigOf(t, fmRepo, "v1")
+		large := fmLargeBlob()
+		ld := c.reg.PushBlob(t, fmRepo, large)
+		c.reqs = []fmReq{
+			{"GET config", http.MethodGet, prefix + "/blobs/" + cd.String(), fmExpect{body: raw, digest: cd.String()}},
+			{"GET large", http.MethodGet, prefix + "/blobs/" + ld, fmExpect{body: large, digest: ld}},
+		}
+	}
+}
+
+// fmAnswer is what a client got.
+type fmAnswer struct {
+	status   int
+	header   http.Header
+	body     []byte
+	cut      bool  // the body ended early
+	noAnswer error // no status line came
+	took     time.Duration
+}
+
+func (c *fmCell) ask(method, path string) fmAnswer {
+	req, err := http.NewRequest(method, c.rc.URL+path, nil)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if c.kind == fmManifests {
+		req.Header.Set("Accept", ceAcceptAll)
+	}
+	start := time.Now()
+	resp, err := c.client.Do(req)
+	if err != nil {
+		return fmAnswer{noAnswer: err, took: time.Since(start)}
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return fmAnswer{status: resp.StatusCode, header: resp.Header, body: body, cut: err != nil, took: time.Since(start)}
+}
+
+// askPatiently is ask for requests that are no part of a fault (warming, recovery). In
+// the cells with a 1 s upstream timeout, a machine loaded by other work may make an honest
+// upstream miss it: a 504, or a stream cut for lack of progress, is asked again. A 429
+// with Retry-After (a rate-limit hold that a late 429 re-armed) is waited out and asked
+// again. At most three times; any other answer counts at once.
+func (c *fmCell) askPatiently(method, path string) fmAnswer {
+	a := c.ask(method, path)
+	for i := 0; i < 3; i++ {
+		slowMiss := c.f.slow && (a.status == http.StatusGatewayTimeout || a.cut || a.noAnswer != nil)
+		ra, _ := strconv.Atoi(a.header.Get("Retry-After"))
+		held := c.f.hold > 0 && a.status == http.StatusTooManyRequests && ra > 0 && ra <= 60
+		if !slowMiss && !held {
+			break
+		}
+		c.t.Logf("%s %s: %s on a loaded machine, asking again", method, path, a.outcome(method))
+		if held {
+			time.Sleep(time.Duration(ra) * time.Second)
+		}
+		a = c.ask(method, path)
+	}
+	return a
+}
+
+// outcome renders an answer the way fmFault.want spells it.
+func (a fmAnswer) outcome(method string) string {
+	switch {
+	case a.noAnswer != nil:
+		return "no answer"
+	case a.status == http.StatusOK:
+		s := "200 " + a.header.Get("X-Cache")
+		if a.cut {
+			s += " cut short"
+		}
+		return s
+	}
+	s := strconv.Itoa(a.status)
+	if method != http.MethodHead {
+		var eb struct {
+			Errors []struct{ Code string } `json:"errors"`
+		}
+		if err := json.Unmarshal(a.body, &eb); err != nil || len(eb.Errors) == 0 || eb.Errors[0].Code == "" {
+			s += " (not a registry error: " + strconv.Quote(string(a.body)) + ")"
+		} else {
+			s += " " + eb.Errors[0].Code
+		}
+	}
+	if ra := a.header.Get("Retry-After"); ra != "" {
+		s += " Retry-After: " + ra
+	}
+	return s
+}
+
+// check verifies an answer beyond its outcome: a 200 is upstream's truth (or a strict
+// prefix of it when cut short), an error is a registry error without a digest.
+func (c *fmCell) check(what string, rq fmReq, a fmAnswer) {
+	t := c.t
+	t.Helper()
+	if a.noAnswer != nil || a.status == 0 {
+		return
+	}
+	if a.status != http.StatusOK {
+		if d := a.header.Get("Docker-Content-Digest"); d != "" {
+			t.Errorf("%s: an error answer carries Docker-Content-Digest %s", what, d)
+		}
+		if rq.method != http.MethodHead && !strings.HasPrefix(a.header.Get("Content-Type"), "application/json") {
+			t.Errorf("%s: error Content-Type %q", what, a.header.Get("Content-Type"))
+		}
+		return
+	}
+	w := rq.want
+	if w.digest != "" && a.header.Get("Docker-Content-Digest") != w.digest {
+		t.Errorf("%s: Docker-Content-Digest %q, want %s", what, a.header.Get("Docker-Content-Digest"), w.digest)
+	}
+	if w.mediaType != "" && a.header.Get("Content-Type") != w.mediaType {
+		t.Errorf("%s: Content-Type %q, want %s", what, a.header.Get("Content-Type"), w.mediaType)
+	}
+	if w.tags == nil {
+		if cl := a.header.Get("Content-Length"); !a.cut && cl != strconv.Itoa(len(w.body)) {
+			t.Errorf("%s: Content-Length %s, want %d", what, cl, len(w.body))
+		}
+	}
+	if rq.method == http.MethodHead {
+		return
+	}
+	switch {
+	case a.cut:
+		if cl, _ := strconv.Atoi(a.header.Get("Content-Length")); len(a.body) >= cl && cl > 0 {
+			t.Errorf("%s: cut short, yet %d of %d bytes came", what, len(a.body), cl)
+		}
+		if len(a.body) >= len(w.body) {
+			t.Errorf("%s: a stream cut short delivered %d bytes, the whole blob is %d", what, len(a.body), len(w.body))
+		}
+		if !c.f.lies && !bytes.HasPrefix(w.body, a.body) {
+			t.Errorf("%s: the %d bytes delivered are not upstream's", what, len(a.body))
+		}
+	case w.tags != nil:
+		var list struct {
+			Name string
+			Tags []string
+		}
+		if err := json.Unmarshal(a.body, &list); err != nil || list.Name != fmRepo || !slices.Equal(list.Tags, w.tags) {
+			t.Errorf("%s: tags %s, upstream has %q", what, a.body, w.tags)
+		}
+	case !bytes.Equal(a.body, w.body):
+		t.Errorf("%s: body (%d bytes) differs from upstream's (%d bytes)", what, len(a.body), len(w.body))
+	}
+}
+
+// fmRow is one line of docs/reliability.md.
+type fmRow struct {
+	order                       int
+	fault, kind, state          string
+	gets, cachedAfter, recovers string
+}
+
+func (c *fmCell) run(order int) fmRow {
+	t := c.t
+	state := "uncached"
+	if c.cached {
+		state = "cached"
+	}
+	key := c.kind.String() + "/" + state
+	want := c.f.want[key]
+	if len(want) != len(c.reqs) {
+		t.Fatalf("matrix: %d outcomes for %s, %d requests", len(want), key, len(c.reqs))
+	}
+
+	// 1. Warm and let tag_ttl pass.
+	if c.cached {
+		for _, rq := range c.reqs {
+			if rq.method != http.MethodGet || (c.f.index && rq.label != "GET index") {
+				continue // HEADs are answered from the GET; index children are never asked before
+			}
+			a := c.askPatiently(rq.method, rq.path)
+			if a.status != http.StatusOK || a.cut {
+				t.Fatalf("warming %s: %s", rq.label, a.outcome(rq.method))
+			}
+			c.check("warming "+rq.label, rq, a)
+		}
+		time.Sleep(fmTTL + 100*time.Millisecond)
+	}
+
+	// 2. The fault.
+	c.active.Store(true)
+	if c.f.refused {
+		c.dial.setDown(true)
+	}
+	var gets []string
+	for i, rq := range c.reqs {
+		a := c.ask(rq.method, rq.path)
+		got := a.outcome(rq.method)
+		what := rq.label + " during the fault"
+		if !fmMatch(got, want[i]) {
+			t.Errorf("%s: got %q, want %q (after %v)", what, got, want[i], a.took.Round(time.Millisecond))
+			if a.noAnswer != nil {
+				t.Logf("%s: %v", what, a.noAnswer)
+			}
+		}
+		if limit := c.timing + fmSlack; a.took > limit {
+			t.Errorf("%s: answered after %v; the upstream timeout is %v", what, a.took.Round(time.Millisecond), c.timing)
+		}
+		c.check(what, rq, a)
+		g := rq.label + " → " + got
+		if a.took >= 500*time.Millisecond {
+			g += fmt.Sprintf(" (%.1f s)", a.took.Seconds())
+		}
+		gets = append(gets, g)
+	}
+
+	// 3. The fault goes away; regcache must come back by itself.
+	c.active.Store(false)
+	c.dial.setDown(false)
+	recovers := "yes, at once"
+	if c.f.hold > 0 {
+		c.mu.Lock()
+		armed := c.last429
+		c.mu.Unlock()
+		if c.f.hold > 5*time.Second {
+			// Without Retry-After the guard holds everything back for its 60 s default.
+			c.heldBack()
+			if os.Getenv("REGCACHE_WRITE_RELIABILITY") != "1" {
+				return fmRow{order: order, fault: c.f.name, kind: c.kind.String(), state: state, gets: strings.Join(gets, "; "),
+					cachedAfter: "(not checked: hold not waited out)", recovers: "not waited (60 s hold)"}
+			}
+		}
+		time.Sleep(time.Until(armed.Add(c.f.hold + 200*time.Millisecond)))
+		secs := int(c.f.hold / time.Second)
+		recovers = fmt.Sprintf("yes, once the default %d s hold has passed (until then held back: no upstream traffic)", secs)
+		if c.f.hold <= 5*time.Second {
+			recovers = fmt.Sprintf("yes, once Retry-After (%d s) has passed", secs)
+		}
+	}
+	if c.f.index {
+		time.Sleep(fmTTL + 100*time.Millisecond) // the children's 404s were remembered for negative_ttl
+		recovers = "yes, once negative_ttl (300 ms here) has passed"
+	}
+	after := c.recover()
+
+	// The redirect target was asked, and never with our credentials.
+	c.mu.Lock()
+	cdnSeen, cdnAuth := c.cdnSeen, slices.Clone(c.cdnAuth)
+	c.mu.Unlock()
+	if len(cdnAuth) > 0 {
+		t.Errorf("the redirect target received Authorization %q", cdnAuth)
+	}
+	if c.f.cdn && cdnSeen == 0 {
+		t.Errorf("the redirect to the unconfigured host was never followed")
+	}
+	return fmRow{order: order, fault: c.f.name, kind: c.kind.String(), state: state, gets: strings.Join(gets, "; "),
+		cachedAfter: "no: " + after, recovers: recovers}
+}
+
+// heldBack checks, during a long rate-limit hold, that nothing reaches upstream and every
+// answer is stale, a hit or a 429 with Retry-After.
+func (c *fmCell) heldBack() {
+	t := c.t
+	before := c.reg.Total()
+	for _, rq := range c.reqs {
+		a := c.ask(rq.method, rq.path)
+		got := a.outcome(rq.method)
+		ok := got == "200 STALE" || got == "200 HIT" || strings.HasPrefix(got, "429") && a.header.Get("Retry-After") != ""
+		if !ok {
+			t.Errorf("%s during the hold: %s", rq.label, got)
+		}
+		c.check(rq.label+" during the hold", rq, a)
+	}
+	if n := c.reg.Total() - before; n != 0 {
+		t.Errorf("%d requests reached upstream during its rate-limit hold", n)
+	}
+}
+
+// recover asks everything again with the fault gone: each answer must be upstream's truth,
+// and no made-up digest may be served. It returns what the answers were.
+func (c *fmCell) recover() string {
+	t := c.t
+	var seen []string
+	reqs := slices.Clone(c.reqs)
+	// A HEAD of every blob, too: a wrong size remembered would show there.
+	if c.kind == fmBlobs {
+		for _, rq := range c.reqs {
+			reqs = append(reqs, fmReq{strings.Replace(rq.label, "GET", "HEAD", 1), http.MethodHead, rq.path, rq.want})
+		}
+	}
+	for _, rq := range reqs {
+		a := c.askPatiently(rq.method, rq.path)
+		if a.status != http.StatusOK || a.cut || a.noAnswer != nil {
+			t.Errorf("%s after the fault: %s, want upstream's answer", rq.label, a.outcome(rq.method))
+			continue
+		}
+		c.check(rq.label+" after the fault", rq, a)
+		seen = append(seen, rq.label+" "+a.outcome(rq.method))
+	}
+	c.mu.Lock()
+	bogus := slices.Clone(c.bogus)
+	c.mu.Unlock()
+	for _, d := range bogus {
+		kind := "/manifests/"
+		if c.kind == fmBlobs {
+			kind = "/blobs/"
+		}
+		a := c.ask(http.MethodGet, "/v2/"+fmUpstream+"/"+fmRepo+kind+d)
+		if a.status != http.StatusNotFound {
+			t.Errorf("the made-up body %s after the fault: %s, want 404 (upstream never had it)", d, a.outcome(http.MethodGet))
+		}
+		seen = append(seen, "made-up digest 404")
+	}
+	return "next " + strings.Join(seen, ", ")
+}
+
+// TestFaultMatrix runs every applicable fault × kind × state cell.
+func TestFaultMatrix(t *testing.T) {
+	t.Parallel()
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		rows []fmRow
+		sem  = make(chan struct{}, 16)
+	)
+	order := 0
+	start := time.Now()
+	for _, f := range fmFaults {
+		for _, kind := range f.kinds {
+			for _, cached := range []bool{true, false} {
+				f, kind, cached, n := f, kind, cached, order
+				order++
+				state := "uncached"
+				if cached {
+					state = "cached"
+				}
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					sem <- struct{}{}
+					defer func() { <-sem }()
+					t.Run(f.name+"/"+kind.String()+"/"+state, func(t *testing.T) {
+						row := fmNewCell(t, f, kind, cached).run(n)
+						t.Logf("| %s | %s | %s | %s | %s | %s |", row.fault, row.kind, row.state, row.gets, row.cachedAfter, row.recovers)
+						mu.Lock()
+						rows = append(rows, row)
+						mu.Unlock()
+					})
+				}()
+			}
+		}
+	}
+	wg.Wait()
+	t.Logf("%d cells in %v", order, time.Since(start).Round(100*time.Millisecond))
+	if os.Getenv("REGCACHE_WRITE_RELIABILITY") == "1" && !t.Failed() {
+		slices.SortFunc(rows, func(a, b fmRow) int { return a.order - b.order })
+		fmWriteDoc(t, rows)
+	}
+}
+
+const fmDocIntro = `# Reliability: the fault matrix
+
+What regcache does when an upstream registry fails, for each kind of request and with or
+without a cached answer to fall back on. Every row is one cell of ` + "`TestFaultMatrix`" + `
+(cmd/regcache/faults_e2e_test.go): a real go-containerregistry registry behind Bearer-token
+auth on 127.0.0.1, its own regcache in front (` + "`tag_ttl: 300ms`, `negative_ttl: 300ms`" + `,
+upstream ` + "`timeout: 1s`" + ` for the stall and drip rows, 10s otherwise, ` + "`revalidate_wait: 10s`" + `
+so that a loaded machine cannot turn a revalidation into a stale answer, every other setting
+the default), and the fault injected into that registry. **Cached** means a client asked
+once, tag_ttl passed, then the fault began; **uncached** means the fault was there from the
+first request. Every upstream dial goes through a dialer that allows 127.0.0.1 only.
+
+Re-run the matrix with ` + "`go test -run FaultMatrix -v ./cmd/regcache`" + `: each cell logs its
+row; the cells run concurrently, a few seconds in all (up to about 30 s under ` + "`-race`" + ` on a
+busy two-core machine). That run checks that the 60 s default rate-limit hold is in force
+but does not wait it out; ` + "`REGCACHE_WRITE_RELIABILITY=1 go test -run FaultMatrix ./cmd/regcache`" + `
+waits it out too (about 65 s) and rewrites this file from the outcomes.
+
+How to read a row:
+- **what the client gets**: per request, the status, then the registry error code
+  (` + "`{\"errors\":[{\"code\":...}]}`" + `; a HEAD has no body) or the ` + "`X-Cache`" + ` of a 200, and
+  ` + "`Retry-After`" + ` when sent. Every 200 carried upstream's true digest and bytes. "cut short":
+  a large blob streams as it arrives, so a failure mid-stream can only end the connection
+  before the promised Content-Length, and regcache withholds the final byte of a blob that
+  fails its digest; "no answer": the connection closed before the status line. Times are
+  given when an answer took 0.5 s or more; all were within the upstream timeout plus slack.
+- **cached afterwards?**: with the fault removed (and any hold or negative_ttl over), the
+  next answers, all checked against upstream byte for byte (tags: the same list; blobs: a
+  HEAD too, for a remembered size). "made-up digest 404": a body the fault invented was
+  asked for by its digest and was not in the cache.
+- **recovers?**: whether the same process came back without a restart, and when.
+
+Requests: **manifests** are a GET and a HEAD by tag of a two-platform OCI index (for the
+missing-children row: the index, then GET and HEAD of a child by digest); **tags** is a GET
+of tags/list; **blobs** are a GET of the image config (small: kept in memory once fetched)
+and of a 1.5 MiB blob (over ` + "`max_blob_size`" + `: streamed from upstream every time).
+Faults that concern only a body (lying body, short body, invalid JSON) leave HEADs alone,
+and the wrong HEAD Content-Length leaves GETs alone;
+the matrix leaves out cells where a fault has no meaning (a digest mismatch of a tags list,
+a 6 MiB blob, missing children of a blob).
+
+`
+
+const fmDocNotes = `
+Notes:
+- Found by this matrix and fixed: a large blob whose upstream trickled (a byte every
+  300 ms) was never cut, because any byte counted as progress; the stream now has to bring
+  32 KiB per timeout period, and a cut counts as a timeout (504, not 502). The
+  Content-Length of a large blob's GET, whose body regcache does not read, was remembered as
+  the blob's size, so a short body's false length answered every later HEAD until eviction;
+  now only "large" is remembered and a HEAD asks upstream. A revalidating HEAD that named the
+  cached digest with a wrong Content-Length replaced the verified size until tag_ttl; the
+  verified size now wins. And, found beside it: a tag that moved while GETs were refused
+  (429) answered the previous manifest only until tag_ttl passed again (or a revalidation
+  took longer than revalidate_wait), then 429; it keeps answering it
+  (` + "`TestFaultMatrixMovedTagRateLimitedPastTagTTL`" + `).
+- Large blobs are never held, so nothing stale can stand in for them; once their headers
+  are on the way a failure can only end the connection early. A stream that fails before
+  regcache has passed any bytes on closes without a status line ("no answer").
+- A HEAD on a cold tag cannot be verified without a GET, which a HEAD never costs: a wrong
+  Content-Length there is answered until the tag is revalidated after tag_ttl.
+- Invalid upstream answers map to ` + "`MANIFEST_INVALID`" + ` for every kind, tags lists and blobs
+  included.
+`
+
+func fmWriteDoc(t *testing.T, rows []fmRow) {
+	var b strings.Builder
+	b.WriteString(fmDocIntro)
+	b.WriteString("| fault | kind | cached? | what the client gets | cached afterwards? | recovers? |\n")
+	b.WriteString("|---|---|---|---|---|---|\n")
+	esc := func(s string) string { return strings.ReplaceAll(s, "|", `\|`) }
+	for _, r := range rows {
+		cached := "no"
+		if r.state == "cached" {
+			cached = "yes"
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", esc(r.fault), r.kind, cached, esc(r.gets), esc(r.cachedAfter), esc(r.recovers))
+	}
+	b.WriteString(fmDocNotes)
+	path := filepath.Join("..", "..", "docs", "reliability.md")
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("wrote %s", path)
+}
+
+// A tag that moved while upstream refuses GETs (Docker Hub: the HEAD that shows the move
+// is free, the GET is what the pull limit refuses, for hours) keeps answering with the
+// manifest it pointed to before: right after the move, once tag_ttl has passed again and
+// the moved tag revalidates unchanged, and when that revalidation is slower than
+// revalidate_wait. (TestMovedTagServesPreviousWhenNewBodyRefused asks within one tag_ttl.)
+func TestFaultMatrixMovedTagRateLimitedPastTagTTL(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t, registrytest.Bearer)
+	old := reg.PushImage(t, "library/nginx", "latest", types.DockerManifestSchema2)
+	rc := startRegcache(t, configYAML("  tag_ttl: 100ms\n  revalidate_wait: 300ms\n", upstreamYAML("docker.io", reg.URL)))
+	if r := rc.do(t, http.MethodGet, "/v2/nginx/manifests/latest"); r.Status != http.StatusOK {
+		t.Fatalf("warm: %d", r.Status)
+	}
+	reg.PushImage(t, "library/nginx", "latest", types.DockerManifestSchema2)
+	refuseGET := registrytest.OnMethod(http.MethodGet, registrytest.OnManifests(registrytest.RateLimited(30*time.Second)))
+	previous := func(what string) {
+		t.Helper()
+		r := rc.do(t, http.MethodGet, "/v2/nginx/manifests/latest")
+		if r.Status != http.StatusOK || r.Header.Get("X-Cache") != "STALE" || !bytes.Equal(r.Body, old.Body) ||
+			r.Header.Get("Docker-Content-Digest") != old.Digest {
+			t.Fatalf("%s: %d %q %s", what, r.Status, r.Header.Get("X-Cache"), r.Body)
+		}
+	}
+	time.Sleep(150 * time.Millisecond)
+	reg.SetFault(refuseGET)
+	previous("GET after the move")
+	time.Sleep(150 * time.Millisecond) // past tag_ttl: the moved tag revalidates, unchanged
+	previous("GET after tag_ttl, the tag unchanged since the move")
+	time.Sleep(150 * time.Millisecond)
+	reg.SetFault(registrytest.Chain(refuseGET, registrytest.OnMethod(http.MethodHead, registrytest.OnManifests(registrytest.Delay(time.Second)))))
+	previous("GET after tag_ttl, the revalidation slower than revalidate_wait")
+}
