@@ -692,7 +692,7 @@ func TestAbuseIdleHelper(t *testing.T) {
 		t.Skip("helper process for TestAbuseIdleConnections")
 	}
 	n, _ := strconv.Atoi(os.Getenv("REGCACHE_ABUSE_IDLE_N"))
-	if err := abHoldIdle(addr, n, 30*time.Second, func(s string) { fmt.Println("ABUSE-IDLE " + s) }); err != nil {
+	if err := abHoldIdle(addr, n, 40*time.Second, func(s string) { fmt.Println("ABUSE-IDLE " + s) }); err != nil {
 		fmt.Println("ABUSE-IDLE error " + err.Error())
 	}
 }
@@ -729,7 +729,7 @@ func TestAbuseIdleConnections(t *testing.T) {
 	errc := make(chan error, 1)
 	if inProcess {
 		t.Logf("open-file limit %d: both ends in this process", limit)
-		go func() { errc <- abHoldIdle(r.addr, n, 30*time.Second, func(s string) { lines <- s }) }()
+		go func() { errc <- abHoldIdle(r.addr, n, 40*time.Second, func(s string) { lines <- s }) }()
 	} else {
 		t.Logf("open-file limit %d is below 25,000: the client ends are held by a helper process", limit)
 		cmd := exec.Command(os.Args[0], "-test.run=^TestAbuseIdleHelper$", "-test.count=1", "-test.v=false")
@@ -798,9 +798,12 @@ func TestAbuseIdleConnections(t *testing.T) {
 	if k != n {
 		t.Fatalf("%d of %d idle connections closed, want all", k, n)
 	}
-	// Slack for a loaded machine: closing 10,000 connections at once is a burst of work.
-	if d := time.Duration(ms) * time.Millisecond; d > idleTimeout+8*time.Second {
-		t.Errorf("idle connections were closed after %v, idle_timeout %v", d, idleTimeout)
+	// Closing 10,000 connections at once is a burst of work, and a loaded machine stretches
+	// it: the bound is generous, yet far below read_timeout (30 s, which does not apply to
+	// keep-alive waits anyway) and the client's own 40 s wait, so only idle_timeout can
+	// have closed them.
+	if d := time.Duration(ms) * time.Millisecond; d < idleTimeout-100*time.Millisecond || d > idleTimeout+15*time.Second {
+		t.Errorf("idle connections were all closed after %v, idle_timeout %v", d, idleTimeout)
 	}
 	if worst > 5*time.Second {
 		t.Errorf("a normal request took %v with %d idle connections open", worst, n)
