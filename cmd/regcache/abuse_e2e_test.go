@@ -501,7 +501,9 @@ func TestAbuseSlowloris(t *testing.T) {
 	t.Logf("read_timeout %v: %d clients sending a byte every %v cut %v to %v after connecting; %d silent clients cut %v to %v; "+
 		"%d normal requests meanwhile, slowest %v", readTimeout, trickling, tick, ms(lo[0]), ms(hi[0]), silent, ms(lo[1]), ms(hi[1]),
 		normals, worst.Round(10*time.Microsecond))
-	if lo[0] < readTimeout || lo[1] < readTimeout-100*time.Millisecond {
+	// Not cut early (with slack for a loaded machine, where the client may note its start
+	// late).
+	if lo[0] < readTimeout || lo[1] < readTimeout*3/4 {
 		t.Errorf("a slow client was cut before read_timeout %v (%v, %v)", readTimeout, lo[0], lo[1])
 	}
 	// The first byte goes one tick after connecting; the cut is seen at the next tick at
@@ -817,10 +819,11 @@ func TestAbuseIdleConnections(t *testing.T) {
 		t.Fatalf("%d of %d idle connections closed, want all", k, n)
 	}
 	// Closing 10,000 connections at once is a burst of work, and a loaded machine stretches
-	// it: the bound is generous, yet far below read_timeout (30 s, which does not apply to
-	// keep-alive waits anyway) and the client's own 40 s wait, so only idle_timeout can
-	// have closed them.
-	if lo, hi := time.Duration(loMS)*time.Millisecond, time.Duration(hiMS)*time.Millisecond; lo < idleTimeout-50*time.Millisecond || hi > idleTimeout+15*time.Second {
+	// it (and delays when the client notes a connection idle, so the lower bound is loose
+	// too): the upper bound is generous, yet far below read_timeout (30 s, which does not
+	// apply to keep-alive waits anyway) and the client's own 40 s wait, so only
+	// idle_timeout can have closed them.
+	if lo, hi := time.Duration(loMS)*time.Millisecond, time.Duration(hiMS)*time.Millisecond; lo < idleTimeout/2 || hi > idleTimeout+15*time.Second {
 		t.Errorf("idle connections were closed after %v to %v of idleness, idle_timeout %v", lo, hi, idleTimeout)
 	}
 	if worst > 5*time.Second {
