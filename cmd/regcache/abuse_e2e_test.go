@@ -203,6 +203,103 @@ func abSeed(t testing.TB) (*registrytest.Registry, string) {
 	return reg, "/v2/team/app/manifests/v1"
 }
 
+// TestAbuseManyUnknownNames: 100,000 distinct names upstream does not know, asked by 64
+// workers at once. Each is answered 404; the coalescing maps are empty afterwards (cache
+// Stats and /metrics regcache_upstream_inflight); and the heap grows by less than the
+// bound below. Under the race detector (about four times slower) 10,000 names are asked;
+// REGCACHE_ABUSE_NAMES sets another count.
+//
+// The bound: what regcache keeps per name is its negative-cache entry (kept for the whole
+// test: negative_ttl 10m), and the cache's accounted cost is held to max_size (3 MiB here,
+// full after ~8,000 names). An entry's real heap is ~1.3 times its accounted cost
+// (measured: the upstream error it keeps is not in the cost), so the cache may hold up to
+// 1.5 x 3 = 4.5 MiB. Everything else is per connection, not per name: 64 client and 64
+// upstream connections with their buffers, pools and GC slack, 16 MiB (measured: ~7). A
+// bound of 20 MiB fails for anything that keeps more than ~100 bytes per name outside the
+// cache over 100,000 names (~1 KiB over 10,000).
+func TestAbuseManyUnknownNames(t *testing.T) {
+	if testing.Short() {
+		t.Skip("short: 100,000 requests")
+	}
+	const (
+		workers = 64
+		bound   = 20 << 20
+	)
+	names := int64(100_000)
+	if abRace {
+		names = 10_000
+	}
+	if v, err := strconv.ParseInt(os.Getenv("REGCACHE_ABUSE_NAMES"), 10, 64); err == nil && v > 0 {
+		names = v
+	}
+	reg := registrytest.New(t, registrytest.NoAuth)
+	reg.SetFault(registrytest.OnManifests(registrytest.Status(http.StatusNotFound)))
+	r := abStart(t, abConfig(reg.URL, "3MiB\n  negative_ttl: 10m"))
+	// Warm up: connections, pools and the first upstream contact are not growth.
+	for i := range 2 * workers {
+		r.get(t, fmt.Sprintf("/v2/warm/app-%d/manifests/latest", i))
+	}
+	var before, after runtime.MemStats
+	abSettle(1)
+	runtime.ReadMemStats(&before)
+	start := time.Now()
+	var nextName, notFound atomic.Int64
+	var wg sync.WaitGroup
+	var failed atomic.Pointer[string]
+	for range workers {
+		wg.Go(func() {
+			for {
+				i := nextName.Add(1) - 1
+				if i >= names || failed.Load() != nil {
+					return
+				}
+				resp, err := r.client.Get(fmt.Sprintf("%s/v2/unknown/app-%06d/manifests/latest", r.base, i))
+				if err != nil {
+					msg := err.Error()
+					failed.Store(&msg)
+					return
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusNotFound {
+					notFound.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	took := time.Since(start)
+	if msg := failed.Load(); msg != nil {
+		t.Fatalf("request failed: %s", *msg)
+	}
+	abSettle(1)
+	runtime.ReadMemStats(&after)
+	growth := int64(after.HeapInuse) - int64(before.HeapInuse)
+	stats := r.app.cache.Stats()
+	t.Logf("%d distinct unknown names in %v (%.0f/s, %d workers): heap in use %.1f MiB -> %.1f MiB (growth %.1f MiB, bound %d MiB); "+
+		"cache holds %.1f MiB of max %d MiB; %d upstream manifest requests",
+		names, took.Round(time.Millisecond), float64(names)/took.Seconds(), workers, float64(before.HeapInuse)/(1<<20),
+		float64(after.HeapInuse)/(1<<20), float64(growth)/(1<<20), bound>>20, float64(stats.SizeBytes)/(1<<20), stats.MaxBytes>>20,
+		reg.Count("GET", "manifest"))
+	if notFound.Load() != names {
+		t.Errorf("%d of %d answered 404", notFound.Load(), names)
+	}
+	if growth > bound {
+		t.Errorf("heap grew by %.1f MiB for %d unknown names, bound %d MiB", float64(growth)/(1<<20), names, bound>>20)
+	}
+	// Nothing is left in flight, as the cache and /metrics both say.
+	deadline := time.Now().Add(5 * time.Second)
+	for r.app.cache.Stats().InFlight != 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := r.app.cache.Stats().InFlight; n != 0 {
+		t.Errorf("cache: %d upstream fetches still in flight", n)
+	}
+	if v := r.metric(t, "regcache_upstream_inflight"); v != 0 {
+		t.Errorf("regcache_upstream_inflight = %v, want 0", v)
+	}
+}
+
 // TestAbuseBadRequests: path traversal in plain and encoded forms, backslashes, names
 // over 255 characters and invalid digests are each answered 4xx with a registry error,
 // before anything is asked upstream.
@@ -600,119 +697,28 @@ func TestAbuseMaxConnsPerIP(t *testing.T) {
 	conns = append(conns, admitted)
 }
 
-// TestAbuseManyUnknownNames: 100,000 distinct names upstream does not know, asked by 64
-// workers at once. Each is answered 404; the coalescing maps are empty afterwards (cache
-// Stats and /metrics regcache_upstream_inflight); and the heap grows by less than the
-// bound below. Under the race detector (about four times slower) 10,000 names are asked;
-// REGCACHE_ABUSE_NAMES sets another count.
-//
-// The bound: what regcache keeps per name is its negative-cache entry (kept for the whole
-// test: negative_ttl 10m), and the cache's accounted cost is held to max_size (3 MiB here,
-// full after ~8,000 names). An entry's real heap is ~1.3 times its accounted cost
-// (measured: the upstream error it keeps is not in the cost), so the cache may hold up to
-// 1.5 x 3 = 4.5 MiB. Everything else is per connection, not per name: 64 client and 64
-// upstream connections with their buffers, pools and GC slack, 16 MiB (measured: ~7). A
-// bound of 20 MiB fails for anything that keeps more than ~100 bytes per name outside the
-// cache over 100,000 names (~1 KiB over 10,000).
-func TestAbuseManyUnknownNames(t *testing.T) {
-	if testing.Short() {
-		t.Skip("short: 100,000 requests")
+// abSettle waits, at most 12 s, until what earlier work left behind can be collected, and
+// collects it. A stopped fasthttp server stays reachable (with its whole regcache: cache,
+// connections, pools) from its worker-pool cleaner goroutine until that wakes from its
+// 10 s sleep, and sync.Pool keeps objects through one collection as victims. keep is the
+// number of running fasthttp servers the caller still has.
+func abSettle(keep int) {
+	deadline := time.Now().Add(12 * time.Second)
+	buf := make([]byte, 1<<20)
+	for time.Now().Before(deadline) {
+		n := runtime.Stack(buf, true)
+		if strings.Count(string(buf[:n]), "fasthttp.(*workerPool).Start.func2") <= keep {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	const (
-		workers = 64
-		bound   = 20 << 20
-	)
-	names := int64(100_000)
-	if abRace {
-		names = 10_000
-	}
-	if v, err := strconv.ParseInt(os.Getenv("REGCACHE_ABUSE_NAMES"), 10, 64); err == nil && v > 0 {
-		names = v
-	}
-	reg := registrytest.New(t, registrytest.NoAuth)
-	reg.SetFault(registrytest.OnManifests(registrytest.Status(http.StatusNotFound)))
-	r := abStart(t, abConfig(reg.URL, "3MiB\n  negative_ttl: 10m"))
-	// Warm up: connections, pools and the first upstream contact are not growth.
-	for i := range 2 * workers {
-		r.get(t, fmt.Sprintf("/v2/warm/app-%d/manifests/latest", i))
-	}
-	var before, after runtime.MemStats
-	abSettle()
-	runtime.ReadMemStats(&before)
-	start := time.Now()
-	var nextName, notFound atomic.Int64
-	var wg sync.WaitGroup
-	var failed atomic.Pointer[string]
-	for range workers {
-		wg.Go(func() {
-			for {
-				i := nextName.Add(1) - 1
-				if i >= names || failed.Load() != nil {
-					return
-				}
-				resp, err := r.client.Get(fmt.Sprintf("%s/v2/unknown/app-%06d/manifests/latest", r.base, i))
-				if err != nil {
-					msg := err.Error()
-					failed.Store(&msg)
-					return
-				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode == http.StatusNotFound {
-					notFound.Add(1)
-				}
-			}
-		})
-	}
-	wg.Wait()
-	took := time.Since(start)
-	if msg := failed.Load(); msg != nil {
-		t.Fatalf("request failed: %s", *msg)
-	}
-	abSettle()
-	runtime.ReadMemStats(&after)
-	growth := int64(after.HeapInuse) - int64(before.HeapInuse)
-	stats := r.app.cache.Stats()
-	t.Logf("%d distinct unknown names in %v (%.0f/s, %d workers): heap in use %.1f MiB -> %.1f MiB (growth %.1f MiB, bound %d MiB); "+
-		"cache holds %.1f MiB of max %d MiB; %d upstream manifest requests",
-		names, took.Round(time.Millisecond), float64(names)/took.Seconds(), workers, float64(before.HeapInuse)/(1<<20),
-		float64(after.HeapInuse)/(1<<20), float64(growth)/(1<<20), bound>>20, float64(stats.SizeBytes)/(1<<20), stats.MaxBytes>>20,
-		reg.Count("GET", "manifest"))
-	if notFound.Load() != names {
-		t.Errorf("%d of %d answered 404", notFound.Load(), names)
-	}
-	if growth > bound {
-		t.Errorf("heap grew by %.1f MiB for %d unknown names, bound %d MiB", float64(growth)/(1<<20), names, bound>>20)
-	}
-	// Nothing is left in flight, as the cache and /metrics both say.
-	deadline := time.Now().Add(5 * time.Second)
-	for r.app.cache.Stats().InFlight != 0 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	if n := r.app.cache.Stats().InFlight; n != 0 {
-		t.Errorf("cache: %d upstream fetches still in flight", n)
-	}
-	if v := r.metric(t, "regcache_upstream_inflight"); v != 0 {
-		t.Errorf("regcache_upstream_inflight = %v, want 0", v)
-	}
+	abCollect()
 }
 
-// abSettle collects garbage until what earlier work left behind is gone: sync.Pool keeps
-// its objects through one collection (as victims), and goroutines of connections that just
-// closed (an earlier test's) are still letting go of theirs. It waits, at most 5 s, until
-// the heap in use stops shrinking.
-func abSettle() {
-	var ms runtime.MemStats
-	last := uint64(1<<64 - 1)
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+// abCollect collects garbage three times: sync.Pool victims go on the second.
+func abCollect() {
+	for range 3 {
 		runtime.GC()
-		runtime.GC()
-		runtime.ReadMemStats(&ms)
-		if ms.HeapInuse+(256<<10) >= last {
-			return
-		}
-		last = ms.HeapInuse
-		time.Sleep(100 * time.Millisecond)
 	}
 }
 
@@ -849,7 +855,7 @@ func TestAbuseIdleConnections(t *testing.T) {
 	r := abStart(t, abConfig(reg.URL, "", "read_timeout: 30s", "idle_timeout: 2s"))
 	abNormal(t, r, normal)
 	var before runtime.MemStats
-	abSettle()
+	abSettle(1)
 	runtime.ReadMemStats(&before)
 
 	lines := make(chan string, 4)
@@ -902,7 +908,7 @@ func TestAbuseIdleConnections(t *testing.T) {
 	opened := time.Since(start)
 	// While they are idle: the server holds them, and serves others promptly.
 	var during runtime.MemStats
-	abSettle()
+	abCollect() // no waiting here: the connections go at idle_timeout
 	runtime.ReadMemStats(&during)
 	var worst time.Duration
 	for range 10 {
