@@ -55,6 +55,14 @@ type headers []string
 func (h *headers) String() string     { return strings.Join(*h, ", ") }
 func (h *headers) Set(v string) error { *h = append(*h, v); return nil }
 
+// apply sets every 'Name: value' on a request header.
+func (h headers) apply(rh *fasthttp.RequestHeader) {
+	for _, kv := range h {
+		k, v, _ := strings.Cut(kv, ":")
+		rh.Set(strings.TrimSpace(k), strings.TrimSpace(v))
+	}
+}
+
 func client(addr string, conns int) *fasthttp.HostClient {
 	return &fasthttp.HostClient{Addr: addr, MaxConns: conns, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
 }
@@ -97,10 +105,7 @@ func runHTTP(args []string) {
 			req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 			req.SetRequestURI(*url)
 			req.Header.SetMethod(*method)
-			for _, h := range hs {
-				k, v, _ := strings.Cut(h, ":")
-				req.Header.Set(strings.TrimSpace(k), strings.TrimSpace(v))
-			}
+			hs.apply(&req.Header)
 			if *method == "HEAD" {
 				resp.SkipBody = true
 			}
@@ -132,8 +137,8 @@ func runHTTP(args []string) {
 // scrapeUpstream sums regcache_upstream_requests_total for kind=manifest by method.
 func scrapeUpstream(metricsURL string, hs headers) map[string]float64 {
 	req, _ := http.NewRequest(http.MethodGet, metricsURL, nil)
-	for _, h := range hs {
-		k, v, _ := strings.Cut(h, ":")
+	for _, kv := range hs {
+		k, v, _ := strings.Cut(kv, ":")
 		req.Header.Set(strings.TrimSpace(k), strings.TrimSpace(v))
 	}
 	resp, err := http.DefaultClient.Do(req)
@@ -198,10 +203,7 @@ func runBurst(args []string) {
 			req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 			req.SetRequestURI(*base + fmt.Sprintf(*pathFmt, *offset+i%*tags))
 			req.Header.SetMethod(*method)
-			for _, h := range hs {
-				k, v, _ := strings.Cut(h, ":")
-				req.Header.Set(strings.TrimSpace(k), strings.TrimSpace(v))
-			}
+			hs.apply(&req.Header)
 			resp.SkipBody = *method == "HEAD"
 			// Open this client's connection first, so the burst measures regcache and
 			// upstream, not 1,000 TCP handshakes on one core.
@@ -287,10 +289,7 @@ func runFleet(args []string) {
 			z := rand.NewZipf(rand.New(rand.NewSource(int64(w)+1)), *s, 1, uint64(*tags-1))
 			req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 			req.Header.SetMethod("HEAD")
-			for _, h := range hs {
-				k, v, _ := strings.Cut(h, ":")
-				req.Header.Set(strings.TrimSpace(k), strings.TrimSpace(v))
-			}
+			hs.apply(&req.Header)
 			resp.SkipBody = true
 			for next.Add(1) <= int64(*requests) {
 				i := int(z.Uint64())
