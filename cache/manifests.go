@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -44,6 +45,8 @@ type Config struct {
 	// blobs stream through. 0 means 1 MiB.
 	MaxBlobSize int64
 	Logger      *zap.Logger
+	// Redis, when set, is the second tier the replicas of a fleet share.
+	Redis *RedisConfig
 }
 
 // Answer is a resolved manifest lookup.
@@ -65,6 +68,10 @@ type Cache struct {
 	tagFlights  Group[TagPage]
 	blobFlights Group[BlobInfo]
 	now         func() time.Time
+	// shared is the Redis tier, nil without one. Only misses consult it.
+	shared *shared
+	stop   chan struct{}
+	bg     sync.WaitGroup
 }
 
 // New builds a Cache.
@@ -80,11 +87,57 @@ func New(cfg Config) (*Cache, error) {
 	if cfg.MaxBlobSize <= 0 {
 		cfg.MaxBlobSize = 1 << 20
 	}
-	return &Cache{cfg: cfg, log: log, store: s, now: time.Now}, nil
+	c := &Cache{cfg: cfg, log: log, store: s, now: time.Now, stop: make(chan struct{})}
+	if cfg.Redis != nil {
+		c.shared = newShared(*cfg.Redis, log)
+		c.bg.Add(1)
+		go c.watchRedis()
+	}
+	return c, nil
 }
 
 // Close stops the cache's background work.
-func (c *Cache) Close() { c.store.close() }
+func (c *Cache) Close() {
+	select {
+	case <-c.stop:
+	default:
+		close(c.stop)
+	}
+	c.bg.Wait()
+	if c.shared != nil {
+		c.shared.close()
+	}
+	c.store.close()
+}
+
+// watchRedis pings Redis every few seconds, so that /readyz and the metrics tell its
+// state even while every request is a first-tier hit, and so that a Redis that came back
+// is used again.
+func (c *Cache) watchRedis() {
+	defer c.bg.Done()
+	if c.shared.ping() != nil {
+		c.log.Warn("redis unreachable at start; serving from memory and upstream until it answers",
+			zap.String("addr", c.cfg.Redis.Addr))
+	}
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+			_ = c.shared.ping()
+		}
+	}
+}
+
+// RedisStats is the shared tier's state, or nil without one.
+func (c *Cache) RedisStats() *RedisStats {
+	if c.shared == nil {
+		return nil
+	}
+	return c.shared.stats()
+}
 
 // Manifest resolves ref (a tag or a digest) in repo on o. With wantBody false only the
 // descriptor is needed (a client HEAD), and upstream is never asked with GET for it unless
@@ -169,21 +222,50 @@ func (c *Cache) fetchDigest(ctx context.Context, o *Origin, repo string, d diges
 		if err := c.store.negative(negativeKey(up, repo, string(d))); err != nil {
 			return upstream.Manifest{}, err
 		}
-		var m upstream.Manifest
-		var err error
-		if wantBody {
-			m, err = o.Registry.GetManifest(context.Background(), repo, string(d))
-		} else {
-			m, err = o.Registry.HeadManifest(context.Background(), repo, string(d))
+		ask := func() (upstream.Manifest, error) { return c.askDigest(o, repo, d, wantBody) }
+		if c.shared == nil {
+			return ask()
 		}
-		if err != nil {
-			c.remember(up, repo, string(d), err)
-			return m, err
+		look := func() (upstream.Manifest, bool) {
+			e := c.shared.getManifest(up, repo, d)
+			if e == nil {
+				return upstream.Manifest{}, false
+			}
+			m := upstream.Manifest{Descriptor: e.Descriptor, Body: e.Body}
+			c.putManifest(up, repo, m)
+			return m, true
 		}
-		c.putManifest(up, repo, m)
-		return m, nil
+		if !wantBody {
+			// Only bodies are shared, and a HEAD by digest is one cheap request: no wait.
+			if m, ok := look(); ok {
+				return m, nil
+			}
+			return ask()
+		}
+		return fleet(c.shared, "manifest:"+up+"/"+repo+"@"+string(d), look, ask)
 	})
 	return m, err
+}
+
+// askDigest asks upstream for a manifest by digest and caches the answer in both tiers.
+func (c *Cache) askDigest(o *Origin, repo string, d digest.Digest, wantBody bool) (upstream.Manifest, error) {
+	up := o.Registry.Name()
+	var m upstream.Manifest
+	var err error
+	if wantBody {
+		m, err = o.Registry.GetManifest(context.Background(), repo, string(d))
+	} else {
+		m, err = o.Registry.HeadManifest(context.Background(), repo, string(d))
+	}
+	if err != nil {
+		c.remember(up, repo, string(d), err)
+		return m, err
+	}
+	c.putManifest(up, repo, m)
+	if c.shared != nil {
+		c.shared.setManifest(up, repo, m)
+	}
+	return m, nil
 }
 
 func (c *Cache) byTag(ctx context.Context, o *Origin, repo, tag string, wantBody bool, now time.Time) (Answer, error) {
@@ -210,7 +292,11 @@ func (c *Cache) byTag(ctx context.Context, o *Origin, repo, tag string, wantBody
 		if err != nil {
 			return Answer{}, err
 		}
-		return c.withBody(ctx, o, repo, m.Descriptor, m.Body, wantBody, Miss, now)
+		at := now
+		if te := c.store.tag(tagKey(up, repo, tag)); te != nil && te.Digest == m.Digest {
+			at = te.FetchedAt // another replica's fetch, through the shared tier
+		}
+		return c.withBody(ctx, o, repo, m.Descriptor, m.Body, wantBody, Miss, at)
 	}
 
 	// Stale: one HEAD tells whether the tag still points where it did. A client waits for
@@ -256,43 +342,78 @@ func (c *Cache) resolveTag(ctx context.Context, o *Origin, repo, tag string, wan
 		if err := c.store.negative(negativeKey(up, repo, tag)); err != nil {
 			return upstream.Manifest{}, err
 		}
-		var m upstream.Manifest
-		var err error
-		if wantBody {
-			m, err = o.Registry.GetManifest(context.Background(), repo, tag)
-		} else {
-			m, err = o.Registry.HeadManifest(context.Background(), repo, tag)
+		ask := func() (upstream.Manifest, error) { return c.askTag(o, repo, tag, wantBody) }
+		if c.shared == nil {
+			return ask()
 		}
-		if err != nil {
-			if remembered := c.remember(up, repo, tag, err); remembered {
-				c.store.del(key) // the tag is gone upstream: stop serving it
+		look := func() (upstream.Manifest, bool) {
+			te := c.shared.getTag(up, repo, tag)
+			if te == nil || c.now().Sub(te.FetchedAt) >= o.TagTTL {
+				return upstream.Manifest{}, false
 			}
-			return m, err
+			c.putTag(o, key, te.Descriptor, te.FetchedAt, te.Previous)
+			return upstream.Manifest{Descriptor: te.Descriptor}, true
 		}
-		c.putManifest(up, repo, m)
-		if m.Body == nil {
-			// A HEAD names the digest; for a manifest whose body was verified, its size and
-			// type are what that body showed, whatever this answer's Content-Length claims.
-			// (A lie here would otherwise be every HEAD's answer until tag_ttl passes.)
-			if e := c.cachedBody(up, repo, m.Digest); e != nil {
-				m.Descriptor = e.Descriptor
-			}
-		}
-		if o.TagTTL+c.cfg.MaxStale > 0 {
-			e := &TagEntry{Descriptor: m.Descriptor, FetchedAt: c.now()}
-			if old := c.store.tag(key); old != nil {
-				e.Previous = old.Previous
-				if old.Digest != m.Digest {
-					e.Previous = old.Descriptor
-				}
-			}
-			// No ristretto TTL: expiry is FetchedAt's business (byTag ignores entries past
-			// tag_ttl + max_stale), and a TTL would make every hit read the clock again.
-			c.store.set(key, e, 0, 0)
-		}
-		return m, nil
+		return fleet(c.shared, "tag:"+up+"/"+repo+":"+tag, look, ask)
 	})
 	return m, err
+}
+
+// askTag asks upstream where tag points now and caches the answer in both tiers. The
+// manifest is shared before the tag entry, so a replica that finds the tag finds its body.
+func (c *Cache) askTag(o *Origin, repo, tag string, wantBody bool) (upstream.Manifest, error) {
+	up := o.Registry.Name()
+	key := tagKey(up, repo, tag)
+	var m upstream.Manifest
+	var err error
+	if wantBody {
+		m, err = o.Registry.GetManifest(context.Background(), repo, tag)
+	} else {
+		m, err = o.Registry.HeadManifest(context.Background(), repo, tag)
+	}
+	if err != nil {
+		if remembered := c.remember(up, repo, tag, err); remembered {
+			c.store.del(key) // the tag is gone upstream: stop serving it
+		}
+		return m, err
+	}
+	c.putManifest(up, repo, m)
+	if m.Body == nil {
+		// A HEAD names the digest; for a manifest whose body was verified, its size and
+		// type are what that body showed, whatever this answer's Content-Length claims.
+		// (A lie here would otherwise be every HEAD's answer until tag_ttl passes.)
+		if e := c.cachedBody(up, repo, m.Digest); e != nil {
+			m.Descriptor = e.Descriptor
+		}
+	}
+	if c.shared != nil {
+		c.shared.setManifest(up, repo, m)
+	}
+	if e := c.putTag(o, key, m.Descriptor, c.now(), upstream.Descriptor{}); e != nil && c.shared != nil {
+		c.shared.setTag(up, repo, tag, e, o.TagTTL+c.cfg.MaxStale)
+	}
+	return m, nil
+}
+
+// putTag stores where a tag points as of at, keeping where it pointed before it last moved
+// (prev, from another replica, unless this one saw a later move). It returns the entry,
+// or nil when tags are not kept at all (tag_ttl and max_stale both 0).
+func (c *Cache) putTag(o *Origin, key string, d upstream.Descriptor, at time.Time, prev upstream.Descriptor) *TagEntry {
+	if o.TagTTL+c.cfg.MaxStale <= 0 {
+		return nil
+	}
+	e := &TagEntry{Descriptor: d, FetchedAt: at, Previous: prev}
+	if old := c.store.tag(key); old != nil {
+		if old.Digest != d.Digest {
+			e.Previous = old.Descriptor
+		} else if old.Previous.Digest != "" {
+			e.Previous = old.Previous
+		}
+	}
+	// No ristretto TTL: expiry is FetchedAt's business (byTag ignores entries past
+	// tag_ttl + max_stale), and a TTL would make every hit read the clock again.
+	c.store.set(key, e, 0, 0)
+	return e
 }
 
 // orPrevious turns a failure to fetch a moved tag's new body into the stale answer the

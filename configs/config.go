@@ -6,8 +6,10 @@ package configs
 import (
 	_ "embed"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -61,7 +63,35 @@ type Cache struct {
 	RevalidateWait Duration `yaml:"revalidate_wait"`
 	// MaxBlobSize is the largest blob (an image config, typically) kept in memory.
 	MaxBlobSize Size `yaml:"max_blob_size"`
+	// Redis is the optional second tier that replicas share; nil without one.
+	Redis *Redis `yaml:"redis"`
 }
+
+// Redis is a Redis or Valkey server shared by a fleet of replicas: tag entries and
+// manifests that one replica fetched are there for the others.
+type Redis struct {
+	// Addr is host:port.
+	Addr     string `yaml:"addr"`
+	Username string `yaml:"username"`
+	Password Secret `yaml:"password"`
+	DB       int    `yaml:"db"`
+	// TLS is "tls: true", or a mapping that adjusts how the server's certificate is checked.
+	TLS *RedisTLS `yaml:"tls"`
+	// KeyPrefix starts every key regcache writes, so that one server can hold other data or
+	// several fleets. Default "regcache:".
+	KeyPrefix string `yaml:"key_prefix"`
+}
+
+// RedisTLS turns on TLS to Redis. A mapping turns it on unless it says enabled: false.
+type RedisTLS struct {
+	Enabled            *bool  `yaml:"enabled"`
+	CAFile             string `yaml:"ca_file"`
+	ServerName         string `yaml:"server_name"`
+	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
+}
+
+// On reports whether TLS is wanted.
+func (t *RedisTLS) On() bool { return t != nil && (t.Enabled == nil || *t.Enabled) }
 
 // Upstream is one registry regcache may contact. Name and Aliases are the only ways a
 // client can reach it; nothing else is ever dialled.
@@ -227,6 +257,11 @@ func (c *Config) validate() error {
 			return fmt.Errorf("%s: must not be negative", key)
 		}
 	}
+	if r := c.Cache.Redis; r != nil {
+		if err := r.validate(); err != nil {
+			return err
+		}
+	}
 	if len(c.Upstreams) == 0 {
 		return fmt.Errorf("upstreams: at least one upstream is needed")
 	}
@@ -290,6 +325,34 @@ func (c *Config) validate() error {
 		return err
 	}
 	return c.Auth.validate()
+}
+
+func (r *Redis) validate() error {
+	if r.Addr == "" {
+		return fmt.Errorf("cache.redis.addr: must be set (host:port, e.g. valkey:6379); remove cache.redis to run without a shared tier")
+	}
+	host, port, err := net.SplitHostPort(r.Addr)
+	if err != nil || host == "" || port == "" || strings.ContainsAny(r.Addr, "/@") {
+		return fmt.Errorf("cache.redis.addr: %q is not host:port (e.g. valkey:6379)", redactRaw(r.Addr))
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("cache.redis.addr: %q: port must be a number from 1 to 65535", redactRaw(r.Addr))
+	}
+	if r.DB < 0 {
+		return fmt.Errorf("cache.redis.db: must not be negative")
+	}
+	if r.Username != "" && r.Password.Reveal() == "" {
+		return fmt.Errorf("cache.redis.username: set a password too (an ACL user needs one)")
+	}
+	if r.KeyPrefix == "" {
+		r.KeyPrefix = "regcache:"
+	}
+	if t := r.TLS; t != nil && t.CAFile != "" {
+		if _, err := os.Stat(t.CAFile); err != nil {
+			return fmt.Errorf("cache.redis.tls.ca_file: %v", err)
+		}
+	}
+	return nil
 }
 
 func (a *Auth) validate() error {

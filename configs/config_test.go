@@ -368,7 +368,7 @@ func TestParseFillsDefaults(t *testing.T) {
 				if c.Listen != ":5000" || c.DefaultUpstream != "docker.io" {
 					t.Errorf("Listen/DefaultUpstream = %q/%q", c.Listen, c.DefaultUpstream)
 				}
-				want := Cache{256 << 20, Duration(time.Minute), Duration(24 * time.Hour), Duration(10 * time.Second), Duration(2 * time.Second), 1 << 20}
+				want := Cache{256 << 20, Duration(time.Minute), Duration(24 * time.Hour), Duration(10 * time.Second), Duration(2 * time.Second), 1 << 20, nil}
 				if c.Cache != want {
 					t.Errorf("Cache = %+v, want %+v", c.Cache, want)
 				}

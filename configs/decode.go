@@ -30,6 +30,7 @@ var (
 	durationType = reflect.TypeOf(Duration(0))
 	sizeType     = reflect.TypeOf(Size(0))
 	secretType   = reflect.TypeOf(Secret{})
+	redisTLSType = reflect.TypeOf(RedisTLS{})
 )
 
 func decodeNode(n *yaml.Node, v reflect.Value, path string) error {
@@ -57,6 +58,19 @@ func decodeNode(n *yaml.Node, v reflect.Value, path string) error {
 	case reflect.Struct:
 		if v.Type() == secretType {
 			break // a scalar, handled below
+		}
+		if v.Type() == redisTLSType && n.Kind == yaml.ScalarNode {
+			// "tls: true" is the common case; the mapping is for a private CA.
+			text, err := expandEnv(n.Value)
+			if err != nil {
+				return where("%v", err)
+			}
+			b, err := strconv.ParseBool(text)
+			if err != nil {
+				return where("%q: write true, false, or a mapping with ca_file, server_name, insecure_skip_verify", text)
+			}
+			v.Field(0).Set(reflect.ValueOf(&b))
+			return nil
 		}
 		if n.Kind != yaml.MappingNode {
 			return where("expected a mapping of keys")

@@ -179,6 +179,31 @@ func (m *Metrics) WatchCache(c *cache.Cache) {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "regcache_upstream_inflight", Help: "Upstream fetches under way."},
 			func() float64 { return float64(c.Stats().InFlight) }),
 	)
+	if c.RedisStats() == nil {
+		return
+	}
+	redis := func(f func(*cache.RedisStats) float64) func() float64 {
+		return func() float64 { return f(c.RedisStats()) }
+	}
+	m.registry.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "regcache_redis_up", Help: "1 while the shared Redis tier answers, 0 while regcache serves without it."},
+			redis(func(s *cache.RedisStats) float64 {
+				if s.Up {
+					return 1
+				}
+				return 0
+			})),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_redis_errors_total", Help: "Redis calls that failed (down, slow, refused)."},
+			redis(func(s *cache.RedisStats) float64 { return float64(s.Errors) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_redis_garbage_total", Help: "Redis entries refused on read (undecodable, or a body not matching its digest) and deleted."},
+			redis(func(s *cache.RedisStats) float64 { return float64(s.Garbage) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_redis_hits_total", Help: "First-tier misses answered by the shared Redis tier."},
+			redis(func(s *cache.RedisStats) float64 { return float64(s.Hits) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_redis_misses_total", Help: "First-tier misses the shared Redis tier could not answer."},
+			redis(func(s *cache.RedisStats) float64 { return float64(s.Misses) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_fleet_lock_waits_total", Help: "Fetches that waited for another replica's upstream request instead of making their own."},
+			redis(func(s *cache.RedisStats) float64 { return float64(s.LockWaits) })),
+	)
 }
 
 // WatchUpstreams exports each upstream's last seen rate-limit headers. Unknown values are

@@ -222,6 +222,16 @@ func (p *Proxy) serveReady(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	ctx.SetBodyString("ready\n")
+	// Redis is optional: a replica without it still serves from memory and upstream, so
+	// its state is detail here, never a reason to leave the load balancer.
+	if rs := p.cache.RedisStats(); rs != nil {
+		if rs.Up {
+			ctx.WriteString("redis: up\n")
+		} else {
+			fmt.Fprintf(ctx, "redis: down since %s (%s); serving from memory and upstream\n",
+				rs.DownSince.UTC().Format(time.RFC3339), rs.LastError)
+		}
+	}
 }
 
 func (p *Proxy) serveV2(ctx *fasthttp.RequestCtx, path []byte, now time.Time) (Route, cache.Status) {

@@ -141,8 +141,12 @@ func (a *app) ShutdownWithContext(ctx context.Context) error {
 }
 
 // build turns a validated config into a ready server.
-func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (server, error) {
+func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err error) {
 	metrics := proxy.NewMetrics()
+	shared, err := redisConfig(cfg.Cache.Redis)
+	if err != nil {
+		return nil, err
+	}
 	c, err := cache.New(cache.Config{
 		MaxSize:        int64(cfg.Cache.MaxSize),
 		MaxStale:       cfg.Cache.MaxStale.D(),
@@ -150,10 +154,16 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (server, error
 		RevalidateWait: cfg.Cache.RevalidateWait.D(),
 		MaxBlobSize:    int64(cfg.Cache.MaxBlobSize),
 		Logger:         log,
+		Redis:          shared,
 	})
 	if err != nil {
 		return nil, err
 	}
+	defer func() {
+		if err != nil {
+			c.Close()
+		}
+	}()
 	var ups []*proxy.Upstream
 	var regs []*upstream.Registry
 	for i := range cfg.Upstreams {
@@ -233,22 +243,54 @@ func isDockerHub(u *configs.Upstream) bool {
 	return false
 }
 
+// redisConfig carries cache.redis to the cache; nil without a shared tier.
+func redisConfig(r *configs.Redis) (*cache.RedisConfig, error) {
+	if r == nil {
+		return nil, nil
+	}
+	rc := &cache.RedisConfig{Addr: r.Addr, Username: r.Username, Password: r.Password.Reveal(), DB: r.DB, KeyPrefix: r.KeyPrefix}
+	if r.TLS.On() {
+		host, _, _ := net.SplitHostPort(r.Addr)
+		rc.TLS = &tls.Config{ServerName: host, InsecureSkipVerify: r.TLS.InsecureSkipVerify, MinVersion: tls.VersionTLS12} //nolint:gosec // the operator asked for it
+		if r.TLS.ServerName != "" {
+			rc.TLS.ServerName = r.TLS.ServerName
+		}
+		if r.TLS.CAFile != "" {
+			pool, err := certPool(r.TLS.CAFile)
+			if err != nil {
+				return nil, fmt.Errorf("cache.redis.tls.ca_file: %w", err)
+			}
+			rc.TLS.RootCAs = pool
+		}
+	}
+	return rc, nil
+}
+
+// certPool is the system's roots plus the PEM certificates in file.
+func certPool(file string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	pool, _ := x509.SystemCertPool()
+	if pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", file)
+	}
+	return pool, nil
+}
+
 func tlsConfig(u *configs.Upstream) (*tls.Config, error) {
 	if u.TLS.CAFile == "" && !u.TLS.InsecureSkipVerify {
 		return nil, nil
 	}
 	c := &tls.Config{InsecureSkipVerify: u.TLS.InsecureSkipVerify} //nolint:gosec // the operator asked for it
 	if u.TLS.CAFile != "" {
-		pem, err := os.ReadFile(u.TLS.CAFile)
+		pool, err := certPool(u.TLS.CAFile)
 		if err != nil {
 			return nil, fmt.Errorf("upstream %s: tls.ca_file: %w", u.Name, err)
-		}
-		pool, _ := x509.SystemCertPool()
-		if pool == nil {
-			pool = x509.NewCertPool()
-		}
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("upstream %s: tls.ca_file %s holds no PEM certificate", u.Name, u.TLS.CAFile)
 		}
 		c.RootCAs = pool
 	}

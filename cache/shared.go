@@ -1,0 +1,390 @@
+package cache
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"mime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"regcache/upstream"
+)
+
+// RedisConfig is the optional second tier that the replicas of a fleet share (Redis or
+// Valkey).
+type RedisConfig struct {
+	Addr      string
+	Username  string
+	Password  string
+	DB        int
+	TLS       *tls.Config
+	KeyPrefix string
+	// LockTTL bounds how long the other replicas wait for the one asking upstream before
+	// they ask themselves (the holder may have died). 0 means 5s.
+	LockTTL time.Duration
+	// OpTimeout bounds each Redis call; a miss waits at most a few of them. 0 means 150ms.
+	OpTimeout time.Duration
+}
+
+// Timings of the shared tier. Redis sits beside the hit path, never on it; a miss pays a
+// round trip or two to it, and a Redis that fails costs one timeout per retryEvery.
+const (
+	defaultLockTTL    = 5 * time.Second
+	defaultOpTimeout  = 150 * time.Millisecond
+	redisLogInterval  = 30 * time.Second
+	retryEvery        = time.Second
+	lockPollFirst     = 5 * time.Millisecond
+	lockPollMax       = 50 * time.Millisecond
+	sharedManifestTTL = 7 * 24 * time.Hour
+)
+
+// shared is the second tier: tag entries with their fetch time (so every replica agrees on
+// freshness), manifest bodies (verified against their digest when read back: what comes
+// out of Redis is trusted no more than what comes from upstream), and the short locks that
+// let one replica of a fleet ask upstream while the others wait. A failing Redis turns
+// every call into a miss; the first tier and upstream carry on without it.
+type shared struct {
+	rdb     *redis.Client
+	prefix  string
+	lockTTL time.Duration
+	opTime  time.Duration
+	log     *zap.Logger
+
+	up        atomic.Bool
+	lastTry   atomic.Int64 // unix nanos of the last call tried while down
+	lastLog   atomic.Int64 // unix nanos of the last "Redis failing" line
+	errMu     sync.Mutex
+	lastErr   string
+	downSince time.Time
+
+	errors    atomic.Int64
+	garbage   atomic.Int64
+	hits      atomic.Int64
+	misses    atomic.Int64
+	lockWaits atomic.Int64
+}
+
+func newShared(cfg RedisConfig, log *zap.Logger) *shared {
+	s := &shared{
+		prefix:  cfg.KeyPrefix,
+		lockTTL: cfg.LockTTL,
+		opTime:  cfg.OpTimeout,
+		log:     log,
+	}
+	if s.prefix == "" {
+		s.prefix = "regcache:"
+	}
+	if s.lockTTL <= 0 {
+		s.lockTTL = defaultLockTTL
+	}
+	if s.opTime <= 0 {
+		s.opTime = defaultOpTimeout
+	}
+	s.rdb = redis.NewClient(&redis.Options{
+		Addr: cfg.Addr, Username: cfg.Username, Password: cfg.Password, DB: cfg.DB, TLSConfig: cfg.TLS,
+		DialTimeout: 2 * s.opTime, ReadTimeout: s.opTime, WriteTimeout: s.opTime,
+		// Fail fast and let the caller treat it as a miss: upstream is the fallback, and a
+		// retry against a Redis that is down only delays the answer.
+		MaxRetries: -1, PoolSize: 64, ContextTimeoutEnabled: true,
+		// No CLIENT SETINFO: Valkey and older Redis versions answer it with an error.
+		DisableIdentity: true,
+		// No RESP3 HELLO: it is not needed, and some managed servers refuse it.
+		Protocol: 2,
+	})
+	s.up.Store(true)
+	return s
+}
+
+// usable reports whether to try Redis now: always while it works; while it fails, one
+// call per retryEvery probes it, so a Redis that hangs costs one timeout a second, not one
+// per request. go-redis redials by itself; the probe is what notices that it is back.
+func (s *shared) usable() bool {
+	if s.up.Load() {
+		return true
+	}
+	now := time.Now().UnixNano()
+	last := s.lastTry.Load()
+	return now-last >= int64(retryEvery) && s.lastTry.CompareAndSwap(last, now)
+}
+
+// result records a call's outcome: failures are counted, logged once per interval, and
+// mark Redis down until a call succeeds again.
+func (s *shared) result(err error) error {
+	if err == nil || errors.Is(err, redis.Nil) {
+		if !s.up.Load() && s.up.CompareAndSwap(false, true) {
+			s.log.Info("redis is back; the shared tier is in use again")
+		}
+		return nil
+	}
+	s.errors.Add(1)
+	s.errMu.Lock()
+	if s.up.Load() {
+		s.downSince = time.Now()
+	}
+	s.lastErr = err.Error()
+	s.errMu.Unlock()
+	s.up.Store(false)
+	s.lastTry.Store(time.Now().UnixNano())
+	now := time.Now().UnixNano()
+	if last := s.lastLog.Load(); now-last >= int64(redisLogInterval) && s.lastLog.CompareAndSwap(last, now) {
+		s.log.Warn("redis failing; serving from memory and upstream (logged once per 30s)", zap.Error(err))
+	}
+	return err
+}
+
+func (s *shared) ctx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), s.opTime)
+}
+
+// Redis keys are readable, for operators: <prefix>tag:<upstream>/<repo>:<tag> and
+// <prefix>manifest:<upstream>/<repo>@<digest>. Neither an upstream name nor a repository
+// may contain ':' after the first '/', nor '@', so the forms cannot collide.
+func (s *shared) tagKey(up, repo, tag string) string {
+	return s.prefix + "tag:" + up + "/" + repo + ":" + tag
+}
+
+func (s *shared) manifestKey(up, repo string, d digest.Digest) string {
+	return s.prefix + "manifest:" + up + "/" + repo + "@" + string(d)
+}
+
+// sharedTag is a TagEntry as stored in Redis.
+type sharedTag struct {
+	Digest    string `json:"digest"`
+	MediaType string `json:"mediaType"`
+	Size      int64  `json:"size"`
+	FetchedAt int64  `json:"fetchedAt"` // unix nanoseconds
+	PrevD     string `json:"prevDigest,omitempty"`
+	PrevM     string `json:"prevMediaType,omitempty"`
+	PrevS     int64  `json:"prevSize,omitempty"`
+}
+
+func (s *shared) getTag(up, repo, tag string) *TagEntry {
+	if !s.usable() {
+		return nil
+	}
+	key := s.tagKey(up, repo, tag)
+	ctx, cancel := s.ctx()
+	defer cancel()
+	data, err := s.rdb.Get(ctx, key).Bytes()
+	if s.result(err) != nil || err != nil {
+		s.misses.Add(1)
+		return nil
+	}
+	var st sharedTag
+	if json.Unmarshal(data, &st) != nil {
+		s.drop(key, "not a tag entry")
+		return nil
+	}
+	d, err := digest.Parse(st.Digest)
+	if err != nil || !validMediaType(st.MediaType) || st.Size < 0 || st.FetchedAt <= 0 {
+		s.drop(key, "tag entry with a bad digest, media type, size or time")
+		return nil
+	}
+	e := &TagEntry{
+		Descriptor: upstream.Descriptor{MediaType: st.MediaType, Digest: d, Size: st.Size},
+		FetchedAt:  time.Unix(0, st.FetchedAt),
+	}
+	if pd, err := digest.Parse(st.PrevD); err == nil && validMediaType(st.PrevM) && st.PrevS >= 0 {
+		e.Previous = upstream.Descriptor{MediaType: st.PrevM, Digest: pd, Size: st.PrevS}
+	}
+	s.hits.Add(1)
+	return e
+}
+
+// setTag shares e until it is past serving even as stale.
+func (s *shared) setTag(up, repo, tag string, e *TagEntry, ttl time.Duration) {
+	if !s.usable() || ttl <= 0 {
+		return
+	}
+	data, _ := json.Marshal(sharedTag{
+		Digest: string(e.Digest), MediaType: e.MediaType, Size: e.Size, FetchedAt: e.FetchedAt.UnixNano(),
+		PrevD: string(e.Previous.Digest), PrevM: e.Previous.MediaType, PrevS: e.Previous.Size,
+	})
+	ctx, cancel := s.ctx()
+	defer cancel()
+	_ = s.result(s.rdb.Set(ctx, s.tagKey(up, repo, tag), data, ttl).Err())
+}
+
+// A manifest is stored as "v1\n" + media type + "\n" + body.
+const manifestMagic = "v1\n"
+
+// getManifest reads a body back and verifies it against d, the digest in its key.
+func (s *shared) getManifest(up, repo string, d digest.Digest) *ManifestEntry {
+	if !s.usable() || !d.Algorithm().Available() {
+		return nil
+	}
+	key := s.manifestKey(up, repo, d)
+	ctx, cancel := s.ctx()
+	defer cancel()
+	data, err := s.rdb.Get(ctx, key).Bytes()
+	if s.result(err) != nil || err != nil {
+		s.misses.Add(1)
+		return nil
+	}
+	rest, ok := strings.CutPrefix(string(data), manifestMagic)
+	mt, body, ok2 := strings.Cut(rest, "\n")
+	if !ok || !ok2 || !validMediaType(mt) {
+		s.drop(key, "not a manifest entry")
+		return nil
+	}
+	if d.Algorithm().FromString(body) != d || !json.Valid([]byte(body)) {
+		s.drop(key, "manifest body does not match its digest")
+		return nil
+	}
+	s.hits.Add(1)
+	b := []byte(body)
+	return &ManifestEntry{Descriptor: upstream.Descriptor{MediaType: mt, Digest: d, Size: int64(len(b))}, Body: b}
+}
+
+// setManifest shares a verified manifest; only whole ones, since a descriptor alone is
+// in the tag entry that led to it.
+func (s *shared) setManifest(up, repo string, m upstream.Manifest) {
+	if m.Body == nil || !s.usable() {
+		return
+	}
+	buf := make([]byte, 0, len(manifestMagic)+len(m.MediaType)+1+len(m.Body))
+	buf = append(append(append(append(buf, manifestMagic...), m.MediaType...), '\n'), m.Body...)
+	ctx, cancel := s.ctx()
+	defer cancel()
+	_ = s.result(s.rdb.Set(ctx, s.manifestKey(up, repo, m.Digest), buf, sharedManifestTTL).Err())
+}
+
+// drop deletes an entry that did not decode or verify, so that it is fetched anew and
+// stored right, and counts it: garbage in Redis is worth an operator's look.
+func (s *shared) drop(key, why string) {
+	s.garbage.Add(1)
+	s.misses.Add(1)
+	s.log.Warn("redis entry refused and deleted", zap.String("key", key), zap.String("reason", why))
+	ctx, cancel := s.ctx()
+	defer cancel()
+	_ = s.result(s.rdb.Del(ctx, key).Err())
+}
+
+// validMediaType accepts what may go out as a Content-Type: type/subtype, nothing else.
+func validMediaType(mt string) bool {
+	if mt == "" || len(mt) > 255 {
+		return false
+	}
+	parsed, params, err := mime.ParseMediaType(mt)
+	return err == nil && len(params) == 0 && parsed == strings.ToLower(mt)
+}
+
+var unlockScript = redis.NewScript(`if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) else return 0 end`)
+
+// lock takes the fleet-wide lock on key for at most lockTTL. mine false means another
+// replica holds it. Without Redis there is no fleet to wait for: mine is true.
+func (s *shared) lock(key string) (release func(), mine bool) {
+	noop := func() {}
+	if !s.usable() {
+		return noop, true
+	}
+	var tok [16]byte
+	_, _ = rand.Read(tok[:])
+	token := hex.EncodeToString(tok[:])
+	lk := s.prefix + "lock:" + key
+	ctx, cancel := s.ctx()
+	defer cancel()
+	got, err := s.rdb.SetNX(ctx, lk, token, s.lockTTL).Result()
+	if s.result(err) != nil {
+		return noop, true
+	}
+	if !got {
+		return nil, false
+	}
+	return func() {
+		// Only our own token is deleted: past lockTTL the lock may be another replica's.
+		ctx, cancel := s.ctx()
+		defer cancel()
+		_ = s.result(unlockScript.Run(ctx, s.rdb, []string{lk}, token).Err())
+	}, true
+}
+
+// locked reports whether another replica still holds key's lock; a failing Redis says no.
+func (s *shared) locked(key string) bool {
+	if !s.usable() {
+		return false
+	}
+	ctx, cancel := s.ctx()
+	defer cancel()
+	n, err := s.rdb.Exists(ctx, s.prefix+"lock:"+key).Result()
+	return s.result(err) == nil && n > 0
+}
+
+// fleet makes one replica of a fleet ask upstream for key while the others wait for the
+// answer it shares: look reads the shared tier, fetch asks upstream and shares the answer.
+// A waiter asks upstream itself when the lock goes without an answer appearing (the holder
+// failed or died) or lockTTL passes.
+func fleet[V any](s *shared, key string, look func() (V, bool), fetch func() (V, error)) (V, error) {
+	if v, ok := look(); ok {
+		return v, nil
+	}
+	release, mine := s.lock(key)
+	if mine {
+		defer release()
+		return fetch()
+	}
+	s.lockWaits.Add(1)
+	deadline := time.Now().Add(s.lockTTL)
+	for wait := lockPollFirst; time.Now().Before(deadline); wait = min(wait*2, lockPollMax) {
+		time.Sleep(wait)
+		if v, ok := look(); ok {
+			return v, nil
+		}
+		if !s.locked(key) {
+			// The holder is done: its answer may have landed between the two calls.
+			if v, ok := look(); ok {
+				return v, nil
+			}
+			break
+		}
+	}
+	return fetch()
+}
+
+// ping probes Redis; the result shows on /readyz and in the metrics.
+func (s *shared) ping() error {
+	ctx, cancel := s.ctx()
+	defer cancel()
+	return s.result(s.rdb.Ping(ctx).Err())
+}
+
+// RedisStats is the shared tier's state, for metrics and /readyz.
+type RedisStats struct {
+	// Up is false from a failed call until one succeeds again.
+	Up bool
+	// DownSince and LastError say when and why it went down (zero while up).
+	DownSince time.Time
+	LastError string
+	// Errors counts failed calls; Garbage counts entries refused on read (undecodable, or a
+	// body that does not match its digest) and deleted.
+	Errors, Garbage int64
+	// Hits and Misses count shared-tier look-ups on a first-tier miss.
+	Hits, Misses int64
+	// LockWaits counts fetches that waited for another replica's upstream request.
+	LockWaits int64
+}
+
+func (s *shared) stats() *RedisStats {
+	st := &RedisStats{
+		Up: s.up.Load(), Errors: s.errors.Load(), Garbage: s.garbage.Load(),
+		Hits: s.hits.Load(), Misses: s.misses.Load(), LockWaits: s.lockWaits.Load(),
+	}
+	if !st.Up {
+		s.errMu.Lock()
+		st.DownSince, st.LastError = s.downSince, s.lastErr
+		s.errMu.Unlock()
+	}
+	return st
+}
+
+func (s *shared) close() { _ = s.rdb.Close() }

@@ -1,0 +1,336 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/opencontainers/go-digest"
+
+	"regcache/cache/redistest"
+	"regcache/upstream"
+	"regcache/upstream/registrytest"
+)
+
+// replica is one regcache's cache and upstream client, sharing a Redis with the others.
+type replica struct {
+	c *Cache
+	o *Origin
+}
+
+func newReplica(t *testing.T, reg *registrytest.Registry, addr string, lockTTL time.Duration) *replica {
+	t.Helper()
+	r, err := upstream.New(upstream.Options{Name: "reg.test", URL: reg.URL, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := New(Config{MaxSize: 8 << 20, MaxStale: time.Hour, NegativeTTL: time.Minute, RevalidateWait: time.Second,
+		Redis: &RedisConfig{Addr: addr, KeyPrefix: "rc-test:", LockTTL: lockTTL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); r.Close() })
+	return &replica{c: c, o: &Origin{Registry: r, TagTTL: time.Minute}}
+}
+
+func (rp *replica) get(t *testing.T, ref string, body bool) Answer {
+	t.Helper()
+	a, err := rp.c.Manifest(context.Background(), rp.o, "team/app", ref, body)
+	if err != nil {
+		t.Fatalf("%s: %v", ref, err)
+	}
+	return a
+}
+
+func manifests(reg *registrytest.Registry) int {
+	return reg.Count("GET", "manifest") + reg.Count("HEAD", "manifest")
+}
+
+// TestSharedTierServesTheFleet: what one replica fetched, another serves without asking
+// upstream, with the same fetch time (so both agree on freshness), a body verified on the
+// way out of Redis, and the tag's previous target carried along.
+func TestSharedTierServesTheFleet(t *testing.T) {
+	rs := redistest.Start(t)
+	reg := registrytest.New(t, registrytest.Bearer)
+	img := reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
+	reg.PushImage(t, "team/app", "v2", types.DockerManifestSchema2)
+	a, b := newReplica(t, reg, rs.Addr, time.Second), newReplica(t, reg, rs.Addr, time.Second)
+
+	first := a.get(t, "v1", true)
+	if n := manifests(reg); n != 1 || first.Status != Miss {
+		t.Fatalf("replica a: %d manifest requests, status %v; want 1, MISS", n, first.Status)
+	}
+	got := b.get(t, "v1", true)
+	if n := manifests(reg); n != 1 {
+		t.Fatalf("replica b asked upstream: %d manifest requests in all, want 1", n)
+	}
+	if !bytes.Equal(got.Body, img.Body) || string(got.Digest) != img.Digest || got.MediaType != img.MediaType {
+		t.Fatalf("replica b served %s %s (%d bytes), want %s %s", got.Digest, got.MediaType, len(got.Body), img.Digest, img.MediaType)
+	}
+	if !got.FetchedAt.Equal(first.FetchedAt) {
+		t.Fatalf("replica b's fetch time %v differs from a's %v: the fleet would disagree on freshness", got.FetchedAt, first.FetchedAt)
+	}
+	// Now a first-tier hit on b.
+	if h := b.get(t, "v1", false); h.Status != Hit {
+		t.Fatalf("second look on b: %v, want HIT", h.Status)
+	}
+
+	// A HEAD-only entry (no body) is shared too: b's HEAD costs nothing.
+	a.get(t, "v2", false)
+	before := manifests(reg)
+	if h := b.get(t, "v2", false); manifests(reg) != before || h.Digest == "" {
+		t.Fatalf("b's HEAD of v2 asked upstream (%d -> %d)", before, manifests(reg))
+	}
+
+	st := b.c.RedisStats()
+	if st == nil || !st.Up || st.Hits < 2 || st.Garbage != 0 {
+		t.Fatalf("redis stats on b: %+v", st)
+	}
+}
+
+// TestFleetCoalescing: replicas that miss the same tag at once ask upstream once between
+// them; the others wait for the shared answer.
+func TestFleetCoalescing(t *testing.T) {
+	rs := redistest.Start(t)
+	reg := registrytest.New(t, registrytest.NoAuth)
+	for i := range 5 {
+		reg.PushImage(t, "team/app", fmt.Sprintf("t%d", i), types.OCIManifestSchema1)
+	}
+	reg.SetFault(registrytest.OnManifests(registrytest.Delay(150 * time.Millisecond)))
+	var reps []*replica
+	for range 3 {
+		reps = append(reps, newReplica(t, reg, rs.Addr, 3*time.Second))
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 60)
+	for i := range 60 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rp := reps[i%3]
+			if _, err := rp.c.Manifest(context.Background(), rp.o, "team/app", fmt.Sprintf("t%d", i%5), i%2 == 0); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	// 5 tags: one request each by tag; a replica whose first caller wanted only the
+	// descriptor may add one GET by digest for a body, shared again through Redis.
+	total := manifests(reg)
+	if total > 10 {
+		t.Fatalf("%d manifest requests for 5 tags across 3 replicas, want at most 10 (5 by tag, 5 by digest)", total)
+	}
+	var waits int64
+	for _, rp := range reps {
+		waits += rp.c.RedisStats().LockWaits
+	}
+	if waits == 0 {
+		t.Fatal("no replica waited on another's lock: the fleet did not coalesce")
+	}
+	t.Logf("60 clients, 3 replicas, 5 tags: %d upstream manifest requests, %d lock waits", total, waits)
+}
+
+// TestFleetHolderDies: a lock whose holder never answers (it died) holds the others back
+// only until it expires; then they ask upstream themselves. A lock released without an
+// answer (upstream failed for the holder) lets them go at once.
+func TestFleetHolderDies(t *testing.T) {
+	rs := redistest.Start(t)
+	reg := registrytest.New(t, registrytest.NoAuth)
+	reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
+	reg.PushImage(t, "team/app", "v2", types.OCIManifestSchema1)
+	rp := newReplica(t, reg, rs.Addr, 5*time.Second)
+
+	// A dead holder's lock, with 400 ms left to live.
+	if _, err := rs.Do("SET", "rc-test:lock:tag:reg.test/team/app:v1", "someone-else", "PX", "400"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	a := rp.get(t, "v1", false)
+	if took := time.Since(start); took < 300*time.Millisecond {
+		t.Fatalf("answered after %v: the other replica's lock was not respected", took)
+	}
+	if a.Digest == "" || manifests(reg) != 1 {
+		t.Fatalf("after the lock expired: digest %q, %d upstream requests; want 1", a.Digest, manifests(reg))
+	}
+
+	// A holder that gives up: the lock goes away without an answer after 100 ms.
+	if _, err := rs.Do("SET", "rc-test:lock:tag:reg.test/team/app:v2", "someone-else", "PX", "5000"); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		_, _ = rs.Do("DEL", "rc-test:lock:tag:reg.test/team/app:v2")
+	}()
+	start = time.Now()
+	if a := rp.get(t, "v2", false); a.Digest == "" {
+		t.Fatal("no answer for v2")
+	}
+	if took := time.Since(start); took > 4*time.Second {
+		t.Fatalf("waited %v after the lock was released, want about 100 ms", took)
+	}
+	if st := rp.c.RedisStats(); st.LockWaits != 2 {
+		t.Fatalf("lock waits %d, want 2", st.LockWaits)
+	}
+}
+
+// TestSharedTierRefusesGarbage: entries in Redis that do not decode, carry a bad media
+// type, or whose body does not match the digest in their key are refused, deleted and
+// counted; the replica asks upstream and serves the right manifest.
+func TestSharedTierRefusesGarbage(t *testing.T) {
+	rs := redistest.Start(t)
+	reg := registrytest.New(t, registrytest.NoAuth)
+	img := reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
+	other := reg.PushImage(t, "team/app", "other", types.OCIManifestSchema1)
+	rp := newReplica(t, reg, rs.Addr, time.Second)
+	d := digest.Digest(img.Digest)
+	now := time.Now().UnixNano()
+	tagKey := "rc-test:tag:reg.test/team/app:v1"
+	manKey := "rc-test:manifest:reg.test/team/app@" + img.Digest
+
+	for _, tc := range []struct {
+		name, key, value string
+	}{
+		{"tag entry not JSON", tagKey, "{nope"},
+		{"tag entry with a bad digest", tagKey, fmt.Sprintf(`{"digest":"sha256:zz","mediaType":"application/vnd.oci.image.manifest.v1+json","size":1,"fetchedAt":%d}`, now)},
+		{"tag entry with a header-splitting media type", tagKey, fmt.Sprintf(`{"digest":%q,"mediaType":"text/html\r\nX-Evil: 1","size":1,"fetchedAt":%d}`, img.Digest, now)},
+		{"manifest entry without its header", manKey, string(img.Body)},
+		{"manifest body of another digest", manKey, "v1\n" + img.MediaType + "\n" + string(other.Body)},
+		{"manifest body altered by one byte", manKey, "v1\n" + img.MediaType + "\n" + strings.Replace(string(img.Body), "sha256", "sha257", 1)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rp.c.store.rc.Clear()
+			if _, err := rs.Do("FLUSHALL"); err != nil {
+				t.Fatal(err)
+			}
+			if tc.key == manKey {
+				// A sound tag entry that leads to the bad body.
+				tagEntry := fmt.Sprintf(`{"digest":%q,"mediaType":%q,"size":%d,"fetchedAt":%d}`, img.Digest, img.MediaType, len(img.Body), now)
+				if _, err := rs.Do("SET", tagKey, tagEntry); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := rs.Do("SET", tc.key, tc.value); err != nil {
+				t.Fatal(err)
+			}
+			garbage := rp.c.RedisStats().Garbage
+			a := rp.get(t, "v1", true)
+			if a.Digest != d || !bytes.Equal(a.Body, img.Body) || a.MediaType != img.MediaType {
+				t.Fatalf("served %s %q (%d bytes), want the real v1", a.Digest, a.MediaType, len(a.Body))
+			}
+			if got := rp.c.RedisStats().Garbage; got != garbage+1 {
+				t.Fatalf("garbage count %d -> %d, want one more", garbage, got)
+			}
+			v, err := rs.Do("GET", tc.key)
+			if err != nil || v == tc.value {
+				t.Fatalf("the bad entry is still in Redis (%v)", err)
+			}
+		})
+	}
+}
+
+// TestSharedTierDown: with Redis gone (killed, a black hole that never answers, or a peer
+// speaking another protocol) every request is still answered from memory and upstream,
+// Redis shows as down with a reason, and when Redis comes back the replica uses it again
+// by itself.
+func TestSharedTierDown(t *testing.T) {
+	rs := redistest.Start(t)
+	reg := registrytest.New(t, registrytest.NoAuth)
+	for i := range 20 {
+		reg.PushImage(t, "team/app", fmt.Sprintf("t%d", i), types.OCIManifestSchema1)
+	}
+	rp := newReplica(t, reg, rs.Addr, time.Second)
+	rp.get(t, "t0", true)
+	rs.Kill()
+	for i := range 10 {
+		if a := rp.get(t, fmt.Sprintf("t%d", i), true); a.Body == nil {
+			t.Fatalf("t%d: no body with Redis down", i)
+		}
+	}
+	st := rp.c.RedisStats()
+	if st.Up || st.Errors == 0 || st.LastError == "" || st.DownSince.IsZero() {
+		t.Fatalf("with Redis killed: %+v; want down, with errors and a reason", st)
+	}
+	// Hits never touch Redis.
+	errs := st.Errors
+	for range 100 {
+		if a := rp.get(t, "t0", false); a.Status != Hit {
+			t.Fatalf("t0 with Redis down: %v, want HIT", a.Status)
+		}
+	}
+	if got := rp.c.RedisStats().Errors; got != errs {
+		t.Fatalf("first-tier hits called Redis: errors %d -> %d", errs, got)
+	}
+
+	rs.Start()
+	deadline := time.Now().Add(10 * time.Second)
+	for !rp.c.RedisStats().Up {
+		if time.Now().After(deadline) {
+			t.Fatal("Redis is back but the replica did not notice within 10s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	rp.get(t, "t10", true)
+	if v, err := rs.Do("EXISTS", "rc-test:tag:reg.test/team/app:t10"); err != nil || v != ":1" {
+		t.Fatalf("after Redis came back, t10 was not shared: %q %v", v, err)
+	}
+
+	for name, serve := range map[string]func(net.Conn){
+		"black hole":     func(c net.Conn) { _, _ = io.Copy(io.Discard, c); c.Close() },
+		"wrong protocol": func(c net.Conn) { _, _ = c.Write([]byte("HTTP/1.1 400 Bad Request\r\n\r\n")); c.Close() },
+	} {
+		t.Run(name, func(t *testing.T) {
+			addr := fakeServer(t, serve)
+			rp := newReplica(t, reg, addr, time.Second)
+			start := time.Now()
+			for i := range 20 {
+				if a := rp.get(t, fmt.Sprintf("t%d", i), true); a.Body == nil {
+					t.Fatalf("t%d: no body", i)
+				}
+			}
+			st := rp.c.RedisStats()
+			if st.Up || st.Errors == 0 {
+				t.Fatalf("stats %+v, want down with errors", st)
+			}
+			// Down, Redis is tried once a second, not once per request: 20 misses cost a
+			// handful of failed calls, not 20 or more.
+			if st.Errors > 8 {
+				t.Fatalf("%d failed Redis calls for 20 misses in %v: the replica kept waiting on a dead Redis", st.Errors, time.Since(start))
+			}
+			t.Logf("%s: 20 misses in %v, %d failed Redis calls", name, time.Since(start), st.Errors)
+		})
+	}
+}
+
+// fakeServer listens on loopback and hands each connection to serve.
+func fakeServer(t *testing.T, serve func(net.Conn)) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { l.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() { defer wg.Done(); serve(c) }()
+		}
+	}()
+	return l.Addr().String()
+}
