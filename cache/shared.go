@@ -32,7 +32,7 @@ type RedisConfig struct {
 	// LockTTL bounds how long the other replicas wait for the one asking upstream before
 	// they ask themselves (the holder may have died). 0 means 5s.
 	LockTTL time.Duration
-	// OpTimeout bounds each Redis call; a miss waits at most a few of them. 0 means 150ms.
+	// OpTimeout bounds each Redis call; a miss waits at most a few of them. 0 means 250ms.
 	OpTimeout time.Duration
 }
 
@@ -40,9 +40,10 @@ type RedisConfig struct {
 // round trip or two to it, and a Redis that fails costs one timeout per retryEvery.
 const (
 	defaultLockTTL    = 5 * time.Second
-	defaultOpTimeout  = 150 * time.Millisecond
+	defaultOpTimeout  = 250 * time.Millisecond
 	redisLogInterval  = 30 * time.Second
 	retryEvery        = time.Second
+	tripAfter         = 3 // failed calls in a row that mark Redis down
 	lockPollFirst     = 5 * time.Millisecond
 	lockPollMax       = 50 * time.Millisecond
 	sharedManifestTTL = 7 * 24 * time.Hour
@@ -61,6 +62,7 @@ type shared struct {
 	log     *zap.Logger
 
 	up        atomic.Bool
+	fails     atomic.Int32 // failed calls in a row
 	lastTry   atomic.Int64 // unix nanos of the last call tried while down
 	lastLog   atomic.Int64 // unix nanos of the last "Redis failing" line
 	errMu     sync.Mutex
@@ -74,7 +76,16 @@ type shared struct {
 	lockWaits atomic.Int64
 }
 
+// quietRedis keeps go-redis's own logger (pool dial errors, printed to stderr) out of the
+// output: failures reach the log once per interval through result, with zap.
+var quietRedis sync.Once
+
+type nopRedisLogger struct{}
+
+func (nopRedisLogger) Printf(context.Context, string, ...any) {}
+
 func newShared(cfg RedisConfig, log *zap.Logger) *shared {
+	quietRedis.Do(func() { redis.SetLogger(nopRedisLogger{}) })
 	s := &shared{
 		prefix:  cfg.KeyPrefix,
 		lockTTL: cfg.LockTTL,
@@ -92,10 +103,11 @@ func newShared(cfg RedisConfig, log *zap.Logger) *shared {
 	}
 	s.rdb = redis.NewClient(&redis.Options{
 		Addr: cfg.Addr, Username: cfg.Username, Password: cfg.Password, DB: cfg.DB, TLSConfig: cfg.TLS,
-		DialTimeout: 2 * s.opTime, ReadTimeout: s.opTime, WriteTimeout: s.opTime,
+		// A dial gets longer than a call: a burst of misses on a cold pool dials many at once.
+		DialTimeout: max(time.Second, 2*s.opTime), ReadTimeout: s.opTime, WriteTimeout: s.opTime,
 		// Fail fast and let the caller treat it as a miss: upstream is the fallback, and a
 		// retry against a Redis that is down only delays the answer.
-		MaxRetries: -1, PoolSize: 64, ContextTimeoutEnabled: true,
+		MaxRetries: -1, PoolSize: 64, MinIdleConns: 4, ContextTimeoutEnabled: true,
 		// No CLIENT SETINFO: Valkey and older Redis versions answer it with an error.
 		DisableIdentity: true,
 		// No RESP3 HELLO: it is not needed, and some managed servers refuse it.
@@ -117,10 +129,13 @@ func (s *shared) usable() bool {
 	return now-last >= int64(retryEvery) && s.lastTry.CompareAndSwap(last, now)
 }
 
-// result records a call's outcome: failures are counted, logged once per interval, and
-// mark Redis down until a call succeeds again.
+// result records a call's outcome: failures are counted and logged once per interval;
+// tripAfter of them in a row mark Redis down until a call succeeds again.
 func (s *shared) result(err error) error {
 	if err == nil || errors.Is(err, redis.Nil) {
+		if s.fails.Load() != 0 {
+			s.fails.Store(0)
+		}
 		if !s.up.Load() && s.up.CompareAndSwap(false, true) {
 			s.log.Info("redis is back; the shared tier is in use again")
 		}
@@ -128,13 +143,17 @@ func (s *shared) result(err error) error {
 	}
 	s.errors.Add(1)
 	s.errMu.Lock()
-	if s.up.Load() {
-		s.downSince = time.Now()
-	}
 	s.lastErr = err.Error()
 	s.errMu.Unlock()
-	s.up.Store(false)
 	s.lastTry.Store(time.Now().UnixNano())
+	if s.fails.Add(1) < tripAfter && s.up.Load() {
+		return err // one slow call is a miss, not an outage
+	}
+	if s.up.Swap(false) {
+		s.errMu.Lock()
+		s.downSince = time.Now()
+		s.errMu.Unlock()
+	}
 	now := time.Now().UnixNano()
 	if last := s.lastLog.Load(); now-last >= int64(redisLogInterval) && s.lastLog.CompareAndSwap(last, now) {
 		s.log.Warn("redis failing; serving from memory and upstream (logged once per 30s)", zap.Error(err))
@@ -331,6 +350,11 @@ func fleet[V any](s *shared, key string, look func() (V, bool), fetch func() (V,
 	release, mine := s.lock(key)
 	if mine {
 		defer release()
+		// The replica that held the lock before may have shared its answer and let go
+		// between our look and our lock.
+		if v, ok := look(); ok {
+			return v, nil
+		}
 		return fetch()
 	}
 	s.lockWaits.Add(1)

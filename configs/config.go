@@ -80,6 +80,9 @@ type Redis struct {
 	// KeyPrefix starts every key regcache writes, so that one server can hold other data or
 	// several fleets. Default "regcache:".
 	KeyPrefix string `yaml:"key_prefix"`
+	// Timeout bounds each Redis call (default 250ms). Past it, the call counts as a miss and
+	// the replica asks upstream: a slow Redis must not be slower than no Redis.
+	Timeout Duration `yaml:"timeout"`
 }
 
 // RedisTLS turns on TLS to Redis. A mapping turns it on unless it says enabled: false.
@@ -346,6 +349,12 @@ func (r *Redis) validate() error {
 	}
 	if r.KeyPrefix == "" {
 		r.KeyPrefix = "regcache:"
+	}
+	if r.Timeout < 0 {
+		return fmt.Errorf("cache.redis.timeout: must not be negative (e.g. 250ms)")
+	}
+	if r.Timeout == 0 {
+		r.Timeout = Duration(250 * time.Millisecond)
 	}
 	if t := r.TLS; t != nil && t.CAFile != "" {
 		if _, err := os.Stat(t.CAFile); err != nil {

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestRedisConfig(t *testing.T) {
@@ -25,6 +26,9 @@ func TestRedisConfig(t *testing.T) {
 	r := cfg.Cache.Redis
 	if r == nil || r.Addr != "valkey:6379" || r.Username != "regcache" || r.Password.Reveal() != "s3cret: #x" || r.DB != 3 {
 		t.Fatalf("cache.redis = %+v", r)
+	}
+	if r.Timeout.D() != 250*time.Millisecond {
+		t.Fatalf("timeout default %v, want 250ms", r.Timeout.D())
 	}
 	if !r.TLS.On() || r.KeyPrefix != "regcache:" {
 		t.Fatalf("tls on = %v, key_prefix = %q; want true and the default regcache:", r.TLS.On(), r.KeyPrefix)
@@ -62,6 +66,8 @@ func TestRedisConfigRefusals(t *testing.T) {
 		{"    addr: h:1\n    tls: maybe\n", "cache.redis.tls", ""},
 		{"    addr: h:1\n    tls:\n      cafile: x\n", "cache.redis.tls.cafile: unknown key", ""},
 		{"    addr: h:1\n    tls:\n      ca_file: " + missing + "\n", "cache.redis.tls.ca_file", ""},
+		{"    addr: h:1\n    timeout: -1s\n", "cache.redis.timeout: must not be negative", ""},
+		{"    addr: h:1\n    timeout: soon\n", "cache.redis.timeout", ""},
 		{"    addr: h:1\n    passwd: x\n", "cache.redis.passwd: unknown key", ""},
 		{"    addr: h:1\n    password: ${NO_SUCH_REDIS_VAR}\n", "NO_SUCH_REDIS_VAR", ""},
 	} {

@@ -117,6 +117,16 @@ type authState struct {
 	soonest time.Time
 	// pingMu serializes the /v2/ ping that learns the challenge before the first request.
 	pingMu sync.Mutex
+	// fetching holds the token requests under way, by scope: a burst of cold requests for
+	// one repository asks the token endpoint once, not once per request.
+	fetching map[string]*tokenCall
+}
+
+// tokenCall is one token request that concurrent callers for the same scope share.
+type tokenCall struct {
+	done  chan struct{}
+	value string
+	err   error
 }
 
 type scopeSeq struct {
@@ -227,13 +237,47 @@ func (r *Registry) authorize(ctx context.Context, req *http.Request, scope strin
 		tok, ok := r.auth.cachedToken(scope, time.Now())
 		if !ok {
 			var err error
-			if tok, err = r.fetchToken(ctx, *c, scope); err != nil {
+			if tok, err = r.sharedToken(ctx, *c, scope); err != nil {
 				return err
 			}
 		}
 		req.Header.Set("Authorization", "Bearer "+tok)
 	}
 	return nil
+}
+
+// sharedToken is fetchToken, coalesced per scope. The request runs on its own goroutine
+// without the first caller's cancellation (bounded by the upstream timeout all the same),
+// so a client that gives up neither waits for it nor fails the others waiting on it.
+func (r *Registry) sharedToken(ctx context.Context, c Challenge, scope string) (string, error) {
+	a := &r.auth
+	a.mu.Lock()
+	call, joined := a.fetching[scope]
+	if !joined {
+		if a.fetching == nil {
+			a.fetching = map[string]*tokenCall{}
+		}
+		call = &tokenCall{done: make(chan struct{})}
+		a.fetching[scope] = call
+	}
+	a.mu.Unlock()
+	if !joined {
+		go func() {
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.timeout)
+			defer cancel()
+			call.value, call.err = r.fetchToken(fctx, c, scope)
+			a.mu.Lock()
+			delete(a.fetching, scope)
+			a.mu.Unlock()
+			close(call.done)
+		}()
+	}
+	select {
+	case <-call.done:
+		return call.value, call.err
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
 }
 
 // ping asks /v2/ once which challenge the upstream uses, as Docker clients do, so that the

@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -158,5 +159,63 @@ func TestTokenCapThroughRegistry(t *testing.T) {
 	_, _ = r.HeadManifest(ctx, fmt.Sprintf("org/app-%06d", 0), "latest")
 	if got := tokens.Load(); got != n+1 {
 		t.Fatalf("a dropped scope cost %d token requests, want 1", got-n)
+	}
+}
+
+// TestTokenFetchCoalesced: a burst of cold requests for one repository asks the token
+// endpoint once; a caller that gives up does not fail the others waiting on the same
+// token request.
+func TestTokenFetchCoalesced(t *testing.T) {
+	var tokens atomic.Int32
+	release := make(chan struct{})
+	var srv *httptest.Server
+	srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.URL.Path == "/token":
+			tokens.Add(1)
+			<-release
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write([]byte(`{"token":"good","expires_in":300}`))
+		case r.Header.Get("Authorization") == "Bearer good" && strings.Contains(r.URL.Path, "/manifests/"):
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusNotFound)
+			_, _ = w.Write([]byte(`{"errors":[{"code":"MANIFEST_UNKNOWN","message":"no"}]}`))
+		default:
+			w.Header().Set("WWW-Authenticate", `Bearer realm="`+srv.URL+`/token",service="t"`)
+			w.WriteHeader(http.StatusUnauthorized)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	r := newTestRegistry(t, srv.URL, "", "")
+
+	impatient, cancel := context.WithCancel(context.Background())
+	gaveUp := make(chan error, 1)
+	go func() {
+		_, err := r.HeadManifest(impatient, "org/app", "latest")
+		gaveUp <- err
+	}()
+	for tokens.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	errs := make(chan error, 50)
+	for range 50 {
+		go func() {
+			_, err := r.HeadManifest(context.Background(), "org/app", "latest")
+			errs <- err
+		}()
+	}
+	cancel()
+	if err := <-gaveUp; err == nil || !strings.Contains(err.Error(), "context canceled") {
+		t.Fatalf("the caller that gave up got %v, want its own cancellation", err)
+	}
+	time.Sleep(20 * time.Millisecond) // let the 50 join the token request in flight
+	close(release)
+	for range 50 {
+		if err := <-errs; !errors.Is(err, ErrNotFound) {
+			t.Fatalf("a waiter got %v, want the registry's not-found (the token reached it)", err)
+		}
+	}
+	if got := tokens.Load(); got != 1 {
+		t.Fatalf("%d token requests for 51 concurrent callers of one scope, want 1", got)
 	}
 }

@@ -248,7 +248,7 @@ func redisConfig(r *configs.Redis) (*cache.RedisConfig, error) {
 	if r == nil {
 		return nil, nil
 	}
-	rc := &cache.RedisConfig{Addr: r.Addr, Username: r.Username, Password: r.Password.Reveal(), DB: r.DB, KeyPrefix: r.KeyPrefix}
+	rc := &cache.RedisConfig{Addr: r.Addr, Username: r.Username, Password: r.Password.Reveal(), DB: r.DB, KeyPrefix: r.KeyPrefix, OpTimeout: r.Timeout.D()}
 	if r.TLS.On() {
 		host, _, _ := net.SplitHostPort(r.Addr)
 		rc.TLS = &tls.Config{ServerName: host, InsecureSkipVerify: r.TLS.InsecureSkipVerify, MinVersion: tls.VersionTLS12} //nolint:gosec // the operator asked for it

@@ -1,0 +1,289 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/opencontainers/go-digest"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"regcache/cache/redistest"
+	"regcache/configs"
+	"regcache/upstream/registrytest"
+)
+
+// fleetReplica is one regcache of a fleet, which a test may stop and replace.
+type fleetReplica struct {
+	*instance
+	stop func()
+}
+
+// startReplica is startRegcache with a stop the test can call (once, or left to cleanup).
+func startReplica(t *testing.T, cfgYAML string) *fleetReplica {
+	t.Helper()
+	cfg, err := configs.Parse([]byte(cfgYAML))
+	if err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	logs := &syncBuffer{}
+	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), logs, zapcore.DebugLevel))
+	srv, err := build(cfg, log, buildOptions{})
+	if err != nil {
+		t.Fatalf("build: %v", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	var once sync.Once
+	stop := func() { once.Do(func() { _ = srv.ShutdownWithContext(t.Context()) }) }
+	t.Cleanup(stop)
+	return &fleetReplica{
+		instance: &instance{URL: "http://" + ln.Addr().String(), Logs: logs, Client: &http.Client{
+			Timeout: 15 * time.Second, Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 256},
+		}},
+		stop: stop,
+	}
+}
+
+// fleetConfig is a replica's config: one upstream, and the shared tier when redisAddr is
+// set.
+func fleetConfig(upURL, redisAddr string) string {
+	extra := "  tag_ttl: 10m\n"
+	if redisAddr != "" {
+		// A generous timeout: under -race on a loaded two-core machine a loopback call can
+		// stall past the 250ms default, and each such miss asks upstream (TestSharedTierDown
+		// covers what a slow Redis costs).
+		extra += "  redis:\n    addr: " + redisAddr + "\n    timeout: 2s\n"
+	}
+	return configYAML(extra, upstreamYAML("reg.test", upURL))
+}
+
+// burst sends n concurrent clients, spread over the replicas and over tags, all released at
+// once, and checks every answer against what was pushed. It returns the failures.
+func burst(t *testing.T, reps []*fleetReplica, method string, tags []string, want map[string]registrytest.Pushed, n int) []string {
+	t.Helper()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var failures []string
+	gate := make(chan struct{})
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rp, tag := reps[i%len(reps)], tags[i%len(tags)]
+			req, _ := http.NewRequest(method, rp.URL+"/v2/reg.test/team/app/manifests/"+tag, nil)
+			req.Header.Set("Accept", ceAcceptAll)
+			<-gate
+			fail := func(format string, a ...any) {
+				mu.Lock()
+				failures = append(failures, fmt.Sprintf("client %d %s %s: ", i, method, tag)+fmt.Sprintf(format, a...))
+				mu.Unlock()
+			}
+			resp, err := rp.Client.Do(req)
+			if err != nil {
+				fail("%v", err)
+				return
+			}
+			body, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil || resp.StatusCode != 200 {
+				fail("status %d, %v: %.200s", resp.StatusCode, err, body)
+				return
+			}
+			w := want[tag]
+			if got := resp.Header.Get("Docker-Content-Digest"); got != w.Digest {
+				fail("digest %s, want %s", got, w.Digest)
+			}
+			if method == http.MethodGet && digest.FromBytes(body).String() != w.Digest {
+				fail("body does not match %s", w.Digest)
+			}
+		}()
+	}
+	close(gate)
+	wg.Wait()
+	return failures
+}
+
+func pushTags(t *testing.T, reg *registrytest.Registry, prefix string, n int) ([]string, map[string]registrytest.Pushed) {
+	var tags []string
+	want := map[string]registrytest.Pushed{}
+	for i := range n {
+		tag := fmt.Sprintf("%s%d", prefix, i)
+		switch i % 3 {
+		case 0:
+			want[tag] = reg.PushImage(t, "team/app", tag, types.OCIManifestSchema1)
+		case 1:
+			want[tag] = reg.PushImage(t, "team/app", tag, types.DockerManifestSchema2)
+		default:
+			want[tag] = reg.PushIndex(t, "team/app", tag, types.OCIImageIndex, "linux/amd64", "linux/arm64")
+		}
+		tags = append(tags, tag)
+	}
+	return tags, want
+}
+
+func manifestRequests(reg *registrytest.Registry) int {
+	return reg.Count(http.MethodGet, "manifest") + reg.Count(http.MethodHead, "manifest")
+}
+
+// TestFleetSharedTier is issue 6's proof: three replicas, one Redis, one upstream.
+//   - A cold burst of 300 clients for 20 tags costs 20 upstream manifest requests (without
+//     the shared tier, the same burst costs each replica its own).
+//   - A replica restarted with an empty memory warms from Redis without asking upstream.
+//   - Redis killed in the middle of a burst loses no client request; /readyz and /metrics
+//     show it down, and the fleet uses it again by itself once it is back.
+func TestFleetSharedTier(t *testing.T) {
+	if redistest.Binary() == "" {
+		t.Skip(redistest.Install)
+	}
+
+	t0 := time.Now()
+	phase := func(name string) { t.Logf("%6.2fs %s", time.Since(t0).Seconds(), name) }
+	// The baseline: the same fleet without Redis.
+	solo := registrytest.New(t, registrytest.Bearer)
+	soloTags, soloWant := pushTags(t, solo, "v", 20)
+	var soloReps []*fleetReplica
+	for range 3 {
+		soloReps = append(soloReps, startReplica(t, fleetConfig(solo.URL, "")))
+	}
+	if f := burst(t, soloReps, http.MethodGet, soloTags, soloWant, 300); len(f) > 0 {
+		t.Fatalf("baseline burst: %d failures, first: %s", len(f), f[0])
+	}
+	without := manifestRequests(solo)
+
+	phase("baseline done")
+	rs := redistest.Start(t)
+	reg := registrytest.New(t, registrytest.Bearer)
+	tags, want := pushTags(t, reg, "v", 20)
+	cfg := fleetConfig(reg.URL, rs.Addr)
+	reps := []*fleetReplica{startReplica(t, cfg), startReplica(t, cfg), startReplica(t, cfg)}
+	phase("pushed, replicas up")
+
+	if f := burst(t, reps, http.MethodGet, tags, want, 300); len(f) > 0 {
+		t.Fatalf("cold burst: %d failures, first: %s", len(f), f[0])
+	}
+	with := manifestRequests(reg)
+	t.Logf("cold GET burst, 300 clients, 3 replicas, 20 tags: %d upstream manifest requests with the shared tier, %d without (plus %d /v2/ pings and %d token requests with it)",
+		with, without, reg.Count(http.MethodGet, "base"), reg.Count(http.MethodGet, "token"))
+	if with != 20 {
+		for i, rp := range reps {
+			m := scrape(t, rp.instance)
+			t.Logf("replica %d: redis up %v errors %v hits %v misses %v lock waits %v; %s", i, m["regcache_redis_up"], m["regcache_redis_errors_total"],
+				m["regcache_redis_hits_total"], m["regcache_redis_misses_total"], m["regcache_fleet_lock_waits_total"], grepLines(rp.Logs.String(), "redis"))
+		}
+		t.Fatalf("cold burst with the shared tier: %d upstream manifest requests, want 20 (one per tag)", with)
+	}
+	if without <= with {
+		t.Fatalf("baseline without Redis made %d requests: the comparison shows nothing", without)
+	}
+
+	phase("cold burst done")
+	// HEAD, as update checkers ask: 20 more tags, 20 more requests, all of them HEADs.
+	headTags, headWant := pushTags(t, reg, "h", 20)
+	reg.ResetCounts()
+	if f := burst(t, reps, http.MethodHead, headTags, headWant, 300); len(f) > 0 {
+		t.Fatalf("HEAD burst: %d failures, first: %s", len(f), f[0])
+	}
+	if n, gets := manifestRequests(reg), reg.Count(http.MethodGet, "manifest"); n != 20 || gets != 0 {
+		t.Fatalf("cold HEAD burst: %d upstream manifest requests (%d GETs), want 20 HEADs", n, gets)
+	}
+
+	phase("head burst done")
+	// A replica restarted with empty memory warms from Redis: not one upstream request.
+	reps[0].stop()
+	reps[0] = startReplica(t, cfg)
+	reg.ResetCounts()
+	if f := burst(t, reps[:1], http.MethodGet, tags, want, 60); len(f) > 0 {
+		t.Fatalf("restarted replica: %d failures, first: %s", len(f), f[0])
+	}
+	if f := burst(t, reps[:1], http.MethodHead, headTags, headWant, 60); len(f) > 0 {
+		t.Fatalf("restarted replica, HEAD: %d failures, first: %s", len(f), f[0])
+	}
+	if n := reg.Total(); n != 0 {
+		t.Logf("logs: %s", grepLines(reps[0].Logs.String(), "redis"))
+		t.Fatalf("the restarted replica made %d upstream requests (pings and tokens included), want 0: it should warm from Redis (GET manifest %d, HEAD manifest %d, base %d, token %d)", n, reg.Count(http.MethodGet, "manifest"), reg.Count(http.MethodHead, "manifest"), reg.Count(http.MethodGet, "base"), reg.Count(http.MethodGet, "token"))
+	}
+
+	phase("restart done")
+	// Redis dies in the middle of a burst of misses: every client is still answered.
+	killTags, killWant := pushTags(t, reg, "k", 20)
+	var sent atomic.Int64
+	done := make(chan []string)
+	go func() {
+		var all []string
+		for round := range 5 {
+			ts := killTags[round*4 : round*4+4]
+			all = append(all, burst(t, reps, http.MethodGet, ts, killWant, 60)...)
+			sent.Add(60)
+			time.Sleep(50 * time.Millisecond)
+		}
+		done <- all
+	}()
+	for sent.Load() < 120 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	rs.Kill()
+	if f := <-done; len(f) > 0 {
+		t.Fatalf("with Redis killed mid-run: %d of 300 requests failed, first: %s", len(f), f[0])
+	}
+	for i, rp := range reps {
+		r := rp.do(t, http.MethodGet, "/readyz")
+		if r.Status != 200 || !strings.Contains(string(r.Body), "redis: down") {
+			t.Fatalf("replica %d /readyz with Redis dead: %d %q; want 200 with the detail", i, r.Status, r.Body)
+		}
+		if m := scrape(t, rp.instance); m["regcache_redis_up"] != 0 || m["regcache_redis_errors_total"] == 0 {
+			t.Fatalf("replica %d metrics with Redis dead: up %v, errors %v", i, m["regcache_redis_up"], m["regcache_redis_errors_total"])
+		}
+	}
+	if logs := reps[1].Logs.String(); strings.Count(logs, "redis failing") != 1 {
+		t.Fatalf("replica 1 logged the Redis failure %d times, want once per interval", strings.Count(logs, "redis failing"))
+	}
+
+	phase("kill phase done")
+	// Redis comes back (empty): the fleet notices by itself and shares again.
+	rs.Start()
+	deadline := time.Now().Add(15 * time.Second)
+	for _, rp := range reps {
+		for !strings.Contains(string(rp.do(t, http.MethodGet, "/readyz").Body), "redis: up") {
+			if time.Now().After(deadline) {
+				t.Fatal("Redis is back but a replica still shows it down after 15s")
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	phase("redis back seen")
+	backTags, backWant := pushTags(t, reg, "b", 5)
+	reg.ResetCounts()
+	if f := burst(t, reps, http.MethodGet, backTags, backWant, 60); len(f) > 0 {
+		t.Fatalf("after Redis came back: %d failures, first: %s", len(f), f[0])
+	}
+	if n := manifestRequests(reg); n != 5 {
+		for i, rp := range reps {
+			m := scrape(t, rp.instance)
+			t.Logf("replica %d: redis up %v errors %v hits %v misses %v lock waits %v; %s", i, m["regcache_redis_up"], m["regcache_redis_errors_total"],
+				m["regcache_redis_hits_total"], m["regcache_redis_misses_total"], m["regcache_fleet_lock_waits_total"], grepLines(rp.Logs.String(), "redis"))
+		}
+		t.Fatalf("after Redis came back: %d upstream manifest requests for 5 tags, want 5", n)
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
