@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -18,6 +19,16 @@ import (
 
 // Install says how to get the server the tests need.
 const Install = "redis-server not found: install it (apt-get install -y redis-server, or valkey-server) to run the shared-tier tests; bash .ci/test does"
+
+// Skip skips the test for want of a server, or fails it where one must be there
+// (REGCACHE_REQUIRE_REDIS is set by .ci/test, which installs it).
+func Skip(t testing.TB) {
+	t.Helper()
+	if os.Getenv("REGCACHE_REQUIRE_REDIS") != "" {
+		t.Fatal(Install + " (REGCACHE_REQUIRE_REDIS is set)")
+	}
+	t.Skip(Install)
+}
 
 // Binary is the path of redis-server or valkey-server, or "" when neither is installed.
 func Binary() string {
@@ -48,7 +59,7 @@ func Start(t testing.TB, extra ...string) *Server {
 	t.Helper()
 	bin := Binary()
 	if bin == "" {
-		t.Skip(Install)
+		Skip(t)
 	}
 	var lastErr error
 	for range 5 {

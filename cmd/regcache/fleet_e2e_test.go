@@ -145,7 +145,7 @@ func manifestRequests(reg *registrytest.Registry) int {
 //     show it down, and the fleet uses it again by itself once it is back.
 func TestFleetSharedTier(t *testing.T) {
 	if redistest.Binary() == "" {
-		t.Skip(redistest.Install)
+		redistest.Skip(t)
 	}
 
 	t0 := time.Now()
