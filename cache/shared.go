@@ -44,8 +44,8 @@ const (
 	redisLogInterval  = 30 * time.Second
 	retryEvery        = time.Second
 	tripAfter         = 3 // failed calls in a row that mark Redis down
-	lockPollFirst     = 5 * time.Millisecond
-	lockPollMax       = 50 * time.Millisecond
+	lockPollFirst     = 2 * time.Millisecond
+	lockPollMax       = 25 * time.Millisecond
 	sharedManifestTTL = 7 * 24 * time.Hour
 )
 
@@ -359,7 +359,7 @@ func fleet[V any](s *shared, key string, look func() (V, bool), fetch func() (V,
 	}
 	s.lockWaits.Add(1)
 	deadline := time.Now().Add(s.lockTTL)
-	for wait := lockPollFirst; time.Now().Before(deadline); wait = min(wait*2, lockPollMax) {
+	for wait := lockPollFirst; time.Now().Before(deadline); wait = min(wait*3/2, lockPollMax) {
 		time.Sleep(wait)
 		if v, ok := look(); ok {
 			return v, nil

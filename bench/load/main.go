@@ -3,7 +3,7 @@
 // and the fleet profile. Every mode is bounded in time and count and talks to loopback only.
 //
 //	load http     -url URL [-method HEAD] [-c 64] [-d 3s] [-H 'K: V']     steady load, JSON result
-//	load burst    -base URL -path-fmt FMT -tags 50 -clients 1000 [-method HEAD]
+//	load burst    -base URL[,URL...] -path-fmt FMT -tags 50 -clients 1000 [-method HEAD]
 //	load upstream -listen ADDR -tags 10000                                 in-memory registry
 //	load fleet    -base URL -upstreams a,b,c -tags 10000 -requests 200000
 package main
@@ -172,7 +172,7 @@ func scrapeUpstream(metricsURL string, hs headers) map[string]float64 {
 // reports the upstream manifest requests it caused and the latency clients saw.
 func runBurst(args []string) {
 	fs := flag.NewFlagSet("burst", flag.ExitOnError)
-	base := fs.String("base", "http://127.0.0.1:5200", "regcache base URL")
+	base := fs.String("base", "http://127.0.0.1:5200", "regcache base URL; several, comma-separated, spread the clients over a fleet")
 	pathFmt := fs.String("path-fmt", "/v2/bench/burst/manifests/t%d", "path with %d for the tag number")
 	tags := fs.Int("tags", 50, "distinct cold tags")
 	offset := fs.Int("offset", 0, "number of the first tag")
@@ -182,15 +182,25 @@ func runBurst(args []string) {
 	var hs headers
 	fs.Var(&hs, "H", "header 'Name: value' (repeatable)")
 	_ = fs.Parse(args)
+	bases := strings.Split(*base, ",")
 	scrape := func() map[string]float64 {
+		sum := map[string]float64{}
 		if *direct {
-			return map[string]float64{}
+			return sum
 		}
-		return scrapeUpstream(*base+"/metrics", hs)
+		for _, b := range bases {
+			for k, v := range scrapeUpstream(b+"/metrics", hs) {
+				sum[k] += v
+			}
+		}
+		return sum
 	}
 	before := scrape()
-	hc := client(hostOf(*base), *clients)
-	hc.MaxIdleConnDuration = time.Minute
+	hcs := make([]*fasthttp.HostClient, len(bases))
+	for i, b := range bases {
+		hcs[i] = client(hostOf(b), *clients)
+		hcs[i].MaxIdleConnDuration = time.Minute
+	}
 	start := make(chan struct{})
 	lat := make([]time.Duration, *clients)
 	var errs atomic.Int64
@@ -201,14 +211,15 @@ func runBurst(args []string) {
 		go func() {
 			defer wg.Done()
 			req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
-			req.SetRequestURI(*base + fmt.Sprintf(*pathFmt, *offset+i%*tags))
+			b, hc := bases[i%len(bases)], hcs[i%len(bases)]
+			req.SetRequestURI(b + fmt.Sprintf(*pathFmt, *offset+i%*tags))
 			req.Header.SetMethod(*method)
 			hs.apply(&req.Header)
 			resp.SkipBody = *method == "HEAD"
 			// Open this client's connection first, so the burst measures regcache and
 			// upstream, not 1,000 TCP handshakes on one core.
 			warm, wresp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
-			warm.SetRequestURI(*base + "/v2/")
+			warm.SetRequestURI(b + "/v2/")
 			_ = hc.Do(warm, wresp)
 			ready.Done()
 			<-start
