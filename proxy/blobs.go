@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"io"
 
 	"github.com/opencontainers/go-digest"
@@ -60,6 +62,23 @@ func (p *Proxy) serveBlob(ctx *fasthttp.RequestCtx, rt *Route) cache.Status {
 		writeError(ctx, fromUpstream(err, codeBlobUnknown))
 		return noStatus
 	}
+	var body io.Reader = b.Body
+	if !ctx.IsHead() {
+		if b.Status == fasthttp.StatusOK {
+			body = upstream.NewVerifyingReader(b.Body, d, b.Size)
+		}
+		// Wait for the first byte before the status line goes out: a stream that fails
+		// before it (a reset, a stall past the timeout, a one-byte blob that does not
+		// verify) still gets a registry error instead of a connection closed on a 200.
+		br := bufio.NewReaderSize(body, 32<<10)
+		if _, err := br.Peek(1); err != nil && err != io.EOF {
+			b.Body.Close()
+			cancel()
+			writeError(ctx, blobStreamError(err))
+			return noStatus
+		}
+		body = br
+	}
 	ctx.SetStatusCode(b.Status)
 	h.SetContentType("application/octet-stream")
 	h.SetBytesKV(strXCache, cacheStatusStrings[cache.Miss])
@@ -76,12 +95,23 @@ func (p *Proxy) serveBlob(ctx *fasthttp.RequestCtx, rt *Route) cache.Status {
 		}
 		return cache.Miss
 	}
-	var body io.Reader = b.Body
-	if b.Status == fasthttp.StatusOK {
-		body = upstream.NewVerifyingReader(b.Body, d, b.Size)
-	}
 	ctx.SetBodyStream(&streamCloser{Reader: body, close: func() { b.Body.Close(); cancel() }}, int(b.Size))
 	return cache.Miss
+}
+
+// blobStreamError is the answer for a blob stream that failed before its first byte.
+func blobStreamError(err error) *apiError {
+	switch {
+	case errors.Is(err, upstream.ErrDigestMismatch):
+		return newError(fasthttp.StatusBadGateway, codeUnavailable, "upstream blob does not match its digest")
+	case errors.Is(err, context.DeadlineExceeded):
+		return newError(fasthttp.StatusGatewayTimeout, codeUnavailable, "upstream blob stream sent nothing in time")
+	}
+	var ue *upstream.Error
+	if errors.As(err, &ue) {
+		return fromUpstream(err, codeBlobUnknown)
+	}
+	return newError(fasthttp.StatusBadGateway, codeUnavailable, "upstream blob stream failed before its first byte")
 }
 
 // streamCloser releases the upstream stream when fasthttp is done with the body.

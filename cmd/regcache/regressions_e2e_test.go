@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -138,5 +139,53 @@ func TestStalledBlobStreamEnds(t *testing.T) {
 	}
 	if took := time.Since(start); took > 8*time.Second {
 		t.Fatalf("the stalled transfer took %s to end; the upstream timeout is 1s", took)
+	}
+}
+
+// A large-blob stream that fails before its first body byte (upstream sends its headers,
+// then resets or stalls) gets a registry error with a status, not a 200 cut short: the
+// status line waits for the first byte.
+func TestBlobStreamFailsBeforeFirstByte(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t, registrytest.NoAuth)
+	bigData := make([]byte, 3<<20)
+	_, _ = rand.Read(bigData)
+	big := reg.PushBlob(t, "team/app", bigData)
+	rc := startRegcache(t, configYAML("", upstreamYAML("ghcr.io", reg.URL, "timeout: 500ms")))
+	headersThen := func(after func(http.ResponseWriter)) registrytest.Fault {
+		return registrytest.OnMethod(http.MethodGet, func(w http.ResponseWriter, r *http.Request) bool {
+			if !strings.Contains(r.URL.Path, "/blobs/") {
+				return false
+			}
+			w.Header().Set("Content-Type", "application/octet-stream")
+			w.Header().Set("Content-Length", strconv.Itoa(len(bigData)))
+			w.Header().Set("Docker-Content-Digest", big)
+			w.WriteHeader(http.StatusOK)
+			w.(http.Flusher).Flush()
+			after(w)
+			return true
+		})
+	}
+	for _, tc := range []struct {
+		name   string
+		fault  registrytest.Fault
+		status int
+	}{
+		{"reset", headersThen(func(w http.ResponseWriter) {
+			if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
+				_ = conn.Close()
+			}
+		}), http.StatusBadGateway},
+		{"stall past the timeout", headersThen(func(http.ResponseWriter) { time.Sleep(1500 * time.Millisecond) }), http.StatusGatewayTimeout},
+	} {
+		reg.SetFault(tc.fault)
+		r := rc.do(t, http.MethodGet, "/v2/ghcr.io/team/app/blobs/"+big)
+		if r.Status != tc.status || !strings.Contains(string(r.Body), `"code":"UNAVAILABLE"`) {
+			t.Fatalf("%s before the first byte: %d %.200s; want %d with a registry error", tc.name, r.Status, r.Body, tc.status)
+		}
+	}
+	reg.SetFault(nil)
+	if r := rc.do(t, http.MethodGet, "/v2/ghcr.io/team/app/blobs/"+big); r.Status != 200 || !bytes.Equal(r.Body, bigData) {
+		t.Fatalf("after upstream recovered: %d, %d bytes", r.Status, len(r.Body))
 	}
 }
