@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"encoding/json"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -78,8 +79,8 @@ func (p *Proxy) serveDigests(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	if req.Platform != "" {
-		if _, err := platforms.Parse(req.Platform); err != nil {
-			writeError(ctx, newError(fasthttp.StatusBadRequest, codePlatformBad, "invalid platform "+quote([]byte(req.Platform))))
+		if _, aerr := parsePlatform(req.Platform); aerr != nil {
+			writeError(ctx, aerr)
 			return
 		}
 	}
@@ -105,6 +106,30 @@ func (p *Proxy) serveDigests(ctx *fasthttp.RequestCtx) {
 	}{out})
 }
 
+// maxVariant bounds a numbered platform variant (v7, v8.2, v3). containerd's matcher lists
+// every lower variant of amd64 and arm as compatible, one entry each: linux/arm/v66666611
+// would cost 66 million of them, gigabytes and a minute of CPU, per request. Real variants
+// are single digits (arm v5-v8, arm64 v8-v9.x, amd64 v1-v4).
+const maxVariant = 9
+
+// parsePlatform reads a client's platform (linux/arm64, linux/arm/v7), normalized.
+func parsePlatform(s string) (ocispec.Platform, *apiError) {
+	bad := func(why string) *apiError {
+		return newError(fasthttp.StatusBadRequest, codePlatformBad, "invalid platform "+quote([]byte(s))+why)
+	}
+	pl, err := platforms.Parse(s)
+	if err != nil {
+		return ocispec.Platform{}, bad("")
+	}
+	pl = platforms.Normalize(pl)
+	// The matcher reads the variant as a number with or without its "v".
+	major, _, _ := strings.Cut(strings.TrimPrefix(pl.Variant, "v"), ".")
+	if n, err := strconv.Atoi(major); err == nil && (n < 0 || n > maxVariant) {
+		return ocispec.Platform{}, bad(": no architecture has variant " + pl.Variant)
+	}
+	return pl, nil
+}
+
 // lookupDigest resolves one image reference, Docker-style (nginx is
 // docker.io/library/nginx:latest), through the cache.
 func (p *Proxy) lookupDigest(ctx context.Context, image, platform string) (*DigestResult, *apiError) {
@@ -117,11 +142,10 @@ func (p *Proxy) lookupDigest(ctx context.Context, image, platform string) (*Dige
 	}
 	var plat *ocispec.Platform
 	if platform != "" {
-		pl, err := platforms.Parse(platform)
-		if err != nil {
-			return nil, newError(fasthttp.StatusBadRequest, codePlatformBad, "invalid platform "+quote([]byte(platform)))
+		pl, aerr := parsePlatform(platform)
+		if aerr != nil {
+			return nil, aerr
 		}
-		pl = platforms.Normalize(pl)
 		plat = &pl
 	}
 	domain := reference.Domain(named)

@@ -189,3 +189,36 @@ func TestBlobStreamFailsBeforeFirstByte(t *testing.T) {
 		t.Fatalf("after upstream recovered: %d, %d bytes", r.Status, len(r.Body))
 	}
 }
+
+// Found by FuzzPickPlatform: containerd's matcher lists every lower variant of arm and
+// amd64 as compatible, one entry each, so linux/arm/v66666611 cost a minute of CPU and
+// gigabytes per request. Out-of-range variants are refused before matching.
+func TestDigestAPIRefusesHugePlatformVariants(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t, registrytest.NoAuth)
+	reg.PushIndex(t, "team/app", "v1", types.OCIImageIndex, "linux/amd64", "linux/arm/v7")
+	rc := startRegcache(t, configYAML("", upstreamYAML("ghcr.io", reg.URL)))
+	for _, pl := range []string{"linux/arm/v66666611", "linux/arm/66666611", "linux/amd64/v999999999", "linux/arm64/v10.1"} {
+		r := rc.do(t, http.MethodGet, "/api/v1/digest?image=ghcr.io/team/app:v1&platform="+pl)
+		if r.Status != 400 || !strings.Contains(string(r.Body), "PLATFORM_INVALID") {
+			t.Fatalf("platform %s: %d %s, want 400 PLATFORM_INVALID", pl, r.Status, r.Body)
+		}
+		req, _ := http.NewRequest(http.MethodPost, rc.URL+"/api/v1/digests",
+			strings.NewReader(`{"images":["ghcr.io/team/app:v1"],"platform":"`+pl+`"}`))
+		resp, err := rc.Client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 400 || !strings.Contains(string(body), "PLATFORM_INVALID") {
+			t.Fatalf("batch, platform %s: %d %s, want 400 PLATFORM_INVALID", pl, resp.StatusCode, body)
+		}
+	}
+	for _, pl := range []string{"linux/arm/v7", "linux/amd64"} {
+		r := rc.do(t, http.MethodGet, "/api/v1/digest?image=ghcr.io/team/app:v1&platform="+pl)
+		if r.Status != 200 || !strings.Contains(string(r.Body), "platformDigest") {
+			t.Fatalf("platform %s: %d %s, want 200 with a platform digest", pl, r.Status, r.Body)
+		}
+	}
+}
