@@ -1,10 +1,20 @@
 package main
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -286,4 +296,106 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// selfSigned writes a certificate for 127.0.0.1 and its key, PEM, into dir.
+func selfSigned(t *testing.T, dir string) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "redis.test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, IsCA: true, BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "redis.pem"), filepath.Join(dir, "redis.key")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
+}
+
+// TestSharedTierPasswordAndTLS: the shared tier over TLS (a private CA) with a password
+// works across replicas; a wrong password or an unverifiable certificate leaves a replica
+// serving from memory and upstream, with the reason on /readyz, and no password anywhere
+// in its logs, /readyz or /metrics.
+func TestSharedTierPasswordAndTLS(t *testing.T) {
+	if redistest.Binary() == "" {
+		redistest.Skip(t)
+	}
+	certFile, keyFile := selfSigned(t, t.TempDir())
+	pool := x509.NewCertPool()
+	pemData, _ := os.ReadFile(certFile)
+	pool.AppendCertsFromPEM(pemData)
+	const password = "p@ss: w0rd#with-Secret-bits"
+	rs := redistest.StartTLS(t, certFile, keyFile, &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, "--requirepass", password)
+	t.Setenv("TEST_REDIS_PASSWORD", password)
+	t.Setenv("TEST_REDIS_WRONG", "not-the-Secret-xyz")
+
+	reg := registrytest.New(t, registrytest.NoAuth)
+	tags, want := pushTags(t, reg, "v", 3)
+	redisYAML := func(lines string) string {
+		return configYAML("  tag_ttl: 10m\n  redis:\n    addr: "+rs.Addr+"\n    timeout: 2s\n"+lines, upstreamYAML("reg.test", reg.URL))
+	}
+	good := redisYAML("    password: ${TEST_REDIS_PASSWORD}\n    tls:\n      ca_file: " + certFile + "\n")
+	a, b := startReplica(t, good), startReplica(t, good)
+	if f := burst(t, []*fleetReplica{a}, http.MethodGet, tags, want, 3); len(f) > 0 {
+		t.Fatal(f[0])
+	}
+	before := manifestRequests(reg)
+	if f := burst(t, []*fleetReplica{b}, http.MethodGet, tags, want, 3); len(f) > 0 {
+		t.Fatal(f[0])
+	}
+	if n := manifestRequests(reg); n != before || before != 3 {
+		t.Fatalf("over TLS with a password, replica b made %d upstream requests after a's %d; want 0 more", n-before, before)
+	}
+	if r := b.do(t, http.MethodGet, "/readyz"); !strings.Contains(string(r.Body), "redis: up") {
+		t.Fatalf("/readyz: %s", r.Body)
+	}
+
+	for name, lines := range map[string]string{
+		"wrong password":        "    password: ${TEST_REDIS_WRONG}\n    tls:\n      ca_file: " + certFile + "\n",
+		"no password":           "    tls:\n      ca_file: " + certFile + "\n",
+		"certificate not known": "    password: ${TEST_REDIS_PASSWORD}\n    tls: true\n",
+		"plain text to TLS":     "    password: ${TEST_REDIS_PASSWORD}\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			rp := startReplica(t, redisYAML(lines))
+			if f := burst(t, []*fleetReplica{rp}, http.MethodGet, tags, want, 6); len(f) > 0 {
+				t.Fatalf("a replica that cannot use Redis must still serve: %s", f[0])
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			var ready string
+			for !strings.Contains(ready, "redis: down") {
+				if time.Now().After(deadline) {
+					t.Fatalf("/readyz still says %q", ready)
+				}
+				ready = string(rp.do(t, http.MethodGet, "/readyz").Body)
+				time.Sleep(50 * time.Millisecond)
+			}
+			metrics := string(rp.do(t, http.MethodGet, "/metrics").Body)
+			for _, secret := range []string{password, "not-the-Secret-xyz", "Secret"} {
+				for what, text := range map[string]string{"logs": rp.Logs.String(), "/readyz": ready, "/metrics": metrics} {
+					if strings.Contains(text, secret) {
+						t.Fatalf("%s shows %q", what, secret)
+					}
+				}
+			}
+			t.Logf("/readyz: %s", strings.TrimSpace(ready))
+		})
+	}
 }
