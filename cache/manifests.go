@@ -187,7 +187,8 @@ func (c *Cache) Hit(o *Origin, repo, ref string, wantBody bool, now time.Time) (
 		return answer(te.Descriptor, nil, false, Hit, te.FetchedAt), true
 	}
 	if e := c.cachedBody(up, repo, te.Digest); e != nil {
-		return answer(te.Descriptor, e.Body, true, Hit, te.FetchedAt), true
+		// The body's own descriptor: it was verified, the tag entry's type and size were not.
+		return answer(e.Descriptor, e.Body, true, Hit, te.FetchedAt), true
 	}
 	return Answer{}, false
 }
@@ -242,7 +243,11 @@ func (c *Cache) fetchDigest(ctx context.Context, o *Origin, repo string, d diges
 			}
 			return ask()
 		}
-		return fleet(c.shared, "manifest:"+up+"/"+repo+"@"+string(d), look, ask)
+		m, err := fleet(c.shared, "manifest:"+up+"/"+repo+"@"+string(d), look, ask)
+		if err != nil {
+			c.remember(up, repo, string(d), err)
+		}
+		return m, err
 	})
 	return m, err
 }
@@ -342,26 +347,50 @@ func (c *Cache) resolveTag(ctx context.Context, o *Origin, repo, tag string, wan
 		if err := c.store.negative(negativeKey(up, repo, tag)); err != nil {
 			return upstream.Manifest{}, err
 		}
-		ask := func() (upstream.Manifest, error) { return c.askTag(o, repo, tag, wantBody) }
 		if c.shared == nil {
-			return ask()
+			return c.askTag(o, repo, tag, wantBody, nil)
 		}
+		// seen is the shared entry last read, fresh or not: where the tag pointed before, for
+		// the entry the fetch writes (its Previous), even on a replica that never saw it.
+		var seen *TagEntry
 		look := func() (upstream.Manifest, bool) {
 			te := c.shared.getTag(up, repo, tag)
-			if te == nil || c.now().Sub(te.FetchedAt) >= o.TagTTL {
+			if te == nil {
 				return upstream.Manifest{}, false
 			}
-			c.putTag(o, key, te.Descriptor, te.FetchedAt, te.Previous)
-			return upstream.Manifest{Descriptor: te.Descriptor}, true
+			seen = te
+			now := c.now()
+			if te.FetchedAt.After(now) {
+				te.FetchedAt = now // another replica's clock runs ahead (getTag refused more than a minute)
+			}
+			if now.Sub(te.FetchedAt) >= o.TagTTL {
+				return upstream.Manifest{}, false
+			}
+			// The entry names a digest; a verified body for it, here or shared, says what its
+			// type and size are, as askTag does for upstream's HEADs.
+			d := te.Descriptor
+			if e := c.cachedBody(up, repo, d.Digest); e != nil {
+				d = e.Descriptor
+			} else if e := c.shared.getManifest(up, repo, d.Digest); e != nil {
+				c.putManifest(up, repo, upstream.Manifest{Descriptor: e.Descriptor, Body: e.Body})
+				d = e.Descriptor
+			}
+			c.putTag(o, key, d, te.FetchedAt, te.Previous)
+			return upstream.Manifest{Descriptor: d}, true
 		}
-		return fleet(c.shared, "tag:"+up+"/"+repo+":"+tag, look, ask)
+		ask := func() (upstream.Manifest, error) { return c.askTag(o, repo, tag, wantBody, seen) }
+		m, err := fleet(c.shared, "tag:"+up+"/"+repo+":"+tag, look, ask)
+		if err != nil && c.remember(up, repo, tag, err) {
+			c.store.del(key) // also when another replica's fetch learned it is gone
+		}
+		return m, err
 	})
 	return m, err
 }
 
 // askTag asks upstream where tag points now and caches the answer in both tiers. The
 // manifest is shared before the tag entry, so a replica that finds the tag finds its body.
-func (c *Cache) askTag(o *Origin, repo, tag string, wantBody bool) (upstream.Manifest, error) {
+func (c *Cache) askTag(o *Origin, repo, tag string, wantBody bool, shared *TagEntry) (upstream.Manifest, error) {
 	up := o.Registry.Name()
 	key := tagKey(up, repo, tag)
 	var m upstream.Manifest
@@ -374,6 +403,9 @@ func (c *Cache) askTag(o *Origin, repo, tag string, wantBody bool) (upstream.Man
 	if err != nil {
 		if remembered := c.remember(up, repo, tag, err); remembered {
 			c.store.del(key) // the tag is gone upstream: stop serving it
+			if c.shared != nil {
+				c.shared.delTag(up, repo, tag)
+			}
 		}
 		return m, err
 	}
@@ -389,7 +421,14 @@ func (c *Cache) askTag(o *Origin, repo, tag string, wantBody bool) (upstream.Man
 	if c.shared != nil {
 		c.shared.setManifest(up, repo, m)
 	}
-	if e := c.putTag(o, key, m.Descriptor, c.now(), upstream.Descriptor{}); e != nil && c.shared != nil {
+	var prev upstream.Descriptor
+	if shared != nil {
+		prev = shared.Previous
+		if shared.Digest != m.Digest {
+			prev = shared.Descriptor
+		}
+	}
+	if e := c.putTag(o, key, m.Descriptor, c.now(), prev); e != nil && c.shared != nil {
 		c.shared.setTag(up, repo, tag, e, o.TagTTL+c.cfg.MaxStale)
 	}
 	return m, nil
@@ -451,7 +490,7 @@ func (c *Cache) withBody(ctx context.Context, o *Origin, repo string, d upstream
 		return answer(d, body, wantBody, st, at), nil
 	}
 	if e := c.store.manifest(manifestKey(o.Registry.Name(), repo, string(d.Digest))); e != nil && e.Body != nil {
-		return answer(d, e.Body, true, st, at), nil
+		return answer(e.Descriptor, e.Body, true, st, at), nil
 	}
 	m, err := c.fetchDigest(ctx, o, repo, d.Digest, true)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"mime"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -29,8 +30,8 @@ type RedisConfig struct {
 	DB        int
 	TLS       *tls.Config
 	KeyPrefix string
-	// LockTTL bounds how long the other replicas wait for the one asking upstream before
-	// they ask themselves (the holder may have died). 0 means 5s.
+	// LockTTL is the lifetime of the lock a replica holds, and renews, while it asks
+	// upstream: if it dies, the others ask themselves within LockTTL. 0 means 5s.
 	LockTTL time.Duration
 	// OpTimeout bounds each Redis call; a miss waits at most a few of them. 0 means 250ms.
 	OpTimeout time.Duration
@@ -46,6 +47,8 @@ const (
 	tripAfter         = 3 // failed calls in a row that mark Redis down
 	lockPollFirst     = 2 * time.Millisecond
 	lockPollMax       = 25 * time.Millisecond
+	maxSkew           = time.Minute
+	maxLockWait       = 2 * time.Minute
 	sharedManifestTTL = 7 * 24 * time.Hour
 )
 
@@ -61,12 +64,15 @@ type shared struct {
 	opTime  time.Duration
 	log     *zap.Logger
 
+	closed    atomic.Bool
 	up        atomic.Bool
 	fails     atomic.Int32 // failed calls in a row
+	lastDrop  atomic.Int64 // unix nanos of the last "entry refused" line
 	lastTry   atomic.Int64 // unix nanos of the last call tried while down
 	lastLog   atomic.Int64 // unix nanos of the last "Redis failing" line
 	errMu     sync.Mutex
 	lastErr   string
+	reason    string // lastErr's category, for /readyz: no addresses or peer bytes there
 	downSince time.Time
 
 	errors    atomic.Int64
@@ -103,11 +109,13 @@ func newShared(cfg RedisConfig, log *zap.Logger) *shared {
 	}
 	s.rdb = redis.NewClient(&redis.Options{
 		Addr: cfg.Addr, Username: cfg.Username, Password: cfg.Password, DB: cfg.DB, TLSConfig: cfg.TLS,
-		// A dial gets longer than a call: a burst of misses on a cold pool dials many at once.
+		// Each call's own deadline (opTime) bounds its dial too; DialTimeout only bounds the
+		// pool's dials outside a call.
 		DialTimeout: max(time.Second, 2*s.opTime), ReadTimeout: s.opTime, WriteTimeout: s.opTime,
 		// Fail fast and let the caller treat it as a miss: upstream is the fallback, and a
-		// retry against a Redis that is down only delays the answer.
-		MaxRetries: -1, PoolSize: 64, MinIdleConns: 4, ContextTimeoutEnabled: true,
+		// retry against a Redis that is down only delays the answer. No idle connections
+		// warmed in the background: their dials would outlive Close.
+		MaxRetries: -1, DialerRetries: 1, PoolSize: 64, MinIdleConns: 0, ContextTimeoutEnabled: true,
 		// No CLIENT SETINFO: Valkey and older Redis versions answer it with an error.
 		DisableIdentity: true,
 		// No RESP3 HELLO: it is not needed, and some managed servers refuse it.
@@ -132,6 +140,9 @@ func (s *shared) usable() bool {
 // result records a call's outcome: failures are counted and logged once per interval;
 // tripAfter of them in a row mark Redis down until a call succeeds again.
 func (s *shared) result(err error) error {
+	if errors.Is(err, redis.ErrClosed) {
+		return err // shutting down: a miss, not an outage
+	}
 	if err == nil || errors.Is(err, redis.Nil) {
 		if s.fails.Load() != 0 {
 			s.fails.Store(0)
@@ -143,7 +154,7 @@ func (s *shared) result(err error) error {
 	}
 	s.errors.Add(1)
 	s.errMu.Lock()
-	s.lastErr = err.Error()
+	s.lastErr, s.reason = err.Error(), category(err)
 	s.errMu.Unlock()
 	s.lastTry.Store(time.Now().UnixNano())
 	if s.fails.Add(1) < tripAfter && s.up.Load() {
@@ -195,6 +206,10 @@ func (s *shared) getTag(up, repo, tag string) *TagEntry {
 	ctx, cancel := s.ctx()
 	defer cancel()
 	data, err := s.rdb.Get(ctx, key).Bytes()
+	if wrongType(err) {
+		s.drop(key, "not a string value")
+		return nil
+	}
 	if s.result(err) != nil || err != nil {
 		s.misses.Add(1)
 		return nil
@@ -205,7 +220,10 @@ func (s *shared) getTag(up, repo, tag string) *TagEntry {
 		return nil
 	}
 	d, err := digest.Parse(st.Digest)
-	if err != nil || !validMediaType(st.MediaType) || st.Size < 0 || st.FetchedAt <= 0 {
+	// A fetch time ahead of our clock would keep the tag fresh for as long: beyond a
+	// minute of clock skew between replicas it is garbage.
+	if err != nil || !validMediaType(st.MediaType) || st.Size < 0 || st.Size > upstream.MaxManifestSize ||
+		st.FetchedAt <= 0 || st.FetchedAt > time.Now().Add(maxSkew).UnixNano() {
 		s.drop(key, "tag entry with a bad digest, media type, size or time")
 		return nil
 	}
@@ -246,22 +264,35 @@ func (s *shared) getManifest(up, repo string, d digest.Digest) *ManifestEntry {
 	ctx, cancel := s.ctx()
 	defer cancel()
 	data, err := s.rdb.Get(ctx, key).Bytes()
+	if wrongType(err) {
+		s.drop(key, "not a string value")
+		return nil
+	}
 	if s.result(err) != nil || err != nil {
 		s.misses.Add(1)
 		return nil
 	}
 	rest, ok := strings.CutPrefix(string(data), manifestMagic)
 	mt, body, ok2 := strings.Cut(rest, "\n")
-	if !ok || !ok2 || !validMediaType(mt) {
+	if !ok || !ok2 || !validMediaType(mt) || len(body) > upstream.MaxManifestSize {
 		s.drop(key, "not a manifest entry")
 		return nil
 	}
-	if d.Algorithm().FromString(body) != d || !json.Valid([]byte(body)) {
+	if d.Algorithm().FromString(body) != d {
 		s.drop(key, "manifest body does not match its digest")
 		return nil
 	}
-	s.hits.Add(1)
+	// The checks upstream's answers pass: a JSON object, whose own mediaType, when it
+	// names one, is the type stored beside it.
 	b := []byte(body)
+	var probe struct {
+		MediaType string `json:"mediaType"`
+	}
+	if json.Unmarshal(b, &probe) != nil || (probe.MediaType != "" && probe.MediaType != mt) {
+		s.drop(key, "manifest body is not JSON or contradicts its media type")
+		return nil
+	}
+	s.hits.Add(1)
 	return &ManifestEntry{Descriptor: upstream.Descriptor{MediaType: mt, Digest: d, Size: int64(len(b))}, Body: b}
 }
 
@@ -283,7 +314,11 @@ func (s *shared) setManifest(up, repo string, m upstream.Manifest) {
 func (s *shared) drop(key, why string) {
 	s.garbage.Add(1)
 	s.misses.Add(1)
-	s.log.Warn("redis entry refused and deleted", zap.String("key", key), zap.String("reason", why))
+	now := time.Now().UnixNano()
+	if last := s.lastDrop.Load(); now-last >= int64(redisLogInterval) && s.lastDrop.CompareAndSwap(last, now) {
+		s.log.Warn("redis entry refused and deleted (logged once per 30s; regcache_redis_garbage_total counts them)",
+			zap.String("key", key), zap.String("reason", why))
+	}
 	ctx, cancel := s.ctx()
 	defer cancel()
 	_ = s.result(s.rdb.Del(ctx, key).Err())
@@ -298,7 +333,10 @@ func validMediaType(mt string) bool {
 	return err == nil && len(params) == 0 && parsed == strings.ToLower(mt)
 }
 
-var unlockScript = redis.NewScript(`if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) else return 0 end`)
+var (
+	unlockScript = redis.NewScript(`if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) else return 0 end`)
+	renewScript  = redis.NewScript(`if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("pexpire", KEYS[1], ARGV[2]) else return 0 end`)
+)
 
 // lock takes the fleet-wide lock on key for at most lockTTL. mine false means another
 // replica holds it. Without Redis there is no fleet to wait for: mine is true.
@@ -320,7 +358,27 @@ func (s *shared) lock(key string) (release func(), mine bool) {
 	if !got {
 		return nil, false
 	}
+	// Renew while we hold it: an upstream slower than lockTTL must not let the others
+	// think we died. A holder that dies stops renewing, and the lock expires.
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(s.lockTTL / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				ctx, cancel := s.ctx()
+				_ = s.result(renewScript.Run(ctx, s.rdb, []string{lk}, token, s.lockTTL.Milliseconds()).Err())
+				cancel()
+			}
+		}
+	}()
 	return func() {
+		close(stop)
+		<-done
 		// Only our own token is deleted: past lockTTL the lock may be another replica's.
 		ctx, cancel := s.ctx()
 		defer cancel()
@@ -355,24 +413,125 @@ func fleet[V any](s *shared, key string, look func() (V, bool), fetch func() (V,
 		if v, ok := look(); ok {
 			return v, nil
 		}
-		return fetch()
+		v, err := fetch()
+		if err != nil {
+			s.setFailure(key, err) // before the lock goes: the waiters read it then
+		}
+		return v, err
 	}
 	s.lockWaits.Add(1)
-	deadline := time.Now().Add(s.lockTTL)
-	for wait := lockPollFirst; time.Now().Before(deadline); wait = min(wait*3/2, lockPollMax) {
+	// While the lock is there its holder is alive (it renews the lock, and its upstream
+	// request has its own timeout); maxLockWait only guards against a holder stuck for
+	// ever without dying.
+	deadline := time.Now().Add(maxLockWait)
+	for wait := lockPollFirst; !s.closed.Load(); wait = min(wait*3/2, lockPollMax) {
 		time.Sleep(wait)
 		if v, ok := look(); ok {
 			return v, nil
 		}
 		if !s.locked(key) {
-			// The holder is done: its answer may have landed between the two calls.
+			// The holder is done: its answer may have landed between the two calls, or it
+			// failed and said why.
 			if v, ok := look(); ok {
 				return v, nil
 			}
+			if err := s.failure(key); err != nil {
+				var zero V
+				return zero, err
+			}
+			break
+		}
+		if time.Now().After(deadline) {
 			break
 		}
 	}
 	return fetch()
+}
+
+// failureTTL is how long a holder's upstream failure answers the replicas that waited for
+// it: long enough for a burst, short enough that the next request asks again.
+const failureTTL = 2 * time.Second
+
+// sharedFailure is an upstream error as stored for the waiters.
+type sharedFailure struct {
+	Kind       upstream.Kind `json:"kind"`
+	Upstream   string        `json:"upstream"`
+	Status     int           `json:"status,omitempty"`
+	Code       string        `json:"code,omitempty"`
+	Message    string        `json:"message"`
+	RetryAfter int64         `json:"retryAfterMs,omitempty"`
+	Timeout    bool          `json:"timeout,omitempty"`
+}
+
+// setFailure tells the waiters on key why upstream gave no answer, so that a fleet facing
+// a 404, a 429 or a dead upstream asks once, not once per replica. Only upstream's own
+// errors are shared (their messages never carry credentials).
+func (s *shared) setFailure(key string, err error) {
+	var ue *upstream.Error
+	if !errors.As(err, &ue) || !s.usable() {
+		return
+	}
+	data, _ := json.Marshal(sharedFailure{Kind: ue.Kind, Upstream: ue.Upstream, Status: ue.Status, Code: ue.Code,
+		Message: ue.Message, RetryAfter: ue.RetryAfter.Milliseconds(), Timeout: ue.Timeout})
+	ctx, cancel := s.ctx()
+	defer cancel()
+	_ = s.result(s.rdb.Set(ctx, s.prefix+"failed:"+key, data, failureTTL).Err())
+}
+
+// failure is the error a holder shared for key, or nil.
+func (s *shared) failure(key string) error {
+	if !s.usable() {
+		return nil
+	}
+	ctx, cancel := s.ctx()
+	defer cancel()
+	data, err := s.rdb.Get(ctx, s.prefix+"failed:"+key).Bytes()
+	if s.result(err) != nil || err != nil {
+		return nil
+	}
+	var f sharedFailure
+	if json.Unmarshal(data, &f) != nil || f.Kind < upstream.KindNotFound || f.Kind > upstream.KindInvalid || f.Message == "" {
+		return nil
+	}
+	return &upstream.Error{Kind: f.Kind, Upstream: f.Upstream, Status: f.Status, Code: f.Code, Message: f.Message,
+		RetryAfter: time.Duration(f.RetryAfter) * time.Millisecond, Timeout: f.Timeout}
+}
+
+// delTag removes a tag upstream said is gone, so that no replica serves it from Redis.
+func (s *shared) delTag(up, repo, tag string) {
+	if !s.usable() {
+		return
+	}
+	ctx, cancel := s.ctx()
+	defer cancel()
+	_ = s.result(s.rdb.Del(ctx, s.tagKey(up, repo, tag)).Err())
+}
+
+// wrongType reports a key holding another Redis type than the string regcache writes.
+func wrongType(err error) bool {
+	return err != nil && strings.HasPrefix(err.Error(), "WRONGTYPE")
+}
+
+// category names a Redis failure for /readyz, which clients can read: no addresses, no
+// bytes from the peer. The log has the whole error.
+func category(err error) string {
+	msg := err.Error()
+	var ne net.Error
+	switch {
+	case strings.Contains(msg, "WRONGPASS"), strings.Contains(msg, "NOAUTH"), strings.Contains(msg, "NOPERM"):
+		return "authentication failed"
+	case strings.Contains(msg, "x509:"), strings.Contains(msg, "tls:"):
+		return "TLS handshake failed"
+	case strings.Contains(msg, "connection refused"):
+		return "connection refused"
+	case errors.As(err, &ne) && ne.Timeout(), errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	case strings.Contains(msg, "connection reset"), strings.Contains(msg, "EOF"), strings.Contains(msg, "broken pipe"):
+		return "connection lost"
+	case strings.Contains(msg, "no such host"):
+		return "name not resolved"
+	}
+	return "unexpected answer"
 }
 
 // ping probes Redis; the result shows on /readyz and in the metrics.
@@ -386,9 +545,11 @@ func (s *shared) ping() error {
 type RedisStats struct {
 	// Up is false from a failed call until one succeeds again.
 	Up bool
-	// DownSince and LastError say when and why it went down (zero while up).
+	// DownSince and LastError say when and why it went down (zero while up). Reason is
+	// LastError's category, safe to show to clients.
 	DownSince time.Time
 	LastError string
+	Reason    string
 	// Errors counts failed calls; Garbage counts entries refused on read (undecodable, or a
 	// body that does not match its digest) and deleted.
 	Errors, Garbage int64
@@ -405,10 +566,13 @@ func (s *shared) stats() *RedisStats {
 	}
 	if !st.Up {
 		s.errMu.Lock()
-		st.DownSince, st.LastError = s.downSince, s.lastErr
+		st.DownSince, st.LastError, st.Reason = s.downSince, s.lastErr, s.reason
 		s.errMu.Unlock()
 	}
 	return st
 }
 
-func (s *shared) close() { _ = s.rdb.Close() }
+func (s *shared) close() {
+	s.closed.Store(true)
+	_ = s.rdb.Close()
+}

@@ -3,9 +3,11 @@ package cache
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
+	"go.uber.org/zap"
 
 	"regcache/cache/redistest"
 	"regcache/upstream"
@@ -201,6 +204,11 @@ func TestSharedTierRefusesGarbage(t *testing.T) {
 	for _, tc := range []struct {
 		name, key, value string
 	}{
+		{"tag entry fetched 100 years from now", tagKey, fmt.Sprintf(`{"digest":%q,"mediaType":%q,"size":%d,"fetchedAt":%d}`, img.Digest, img.MediaType, len(img.Body), time.Now().AddDate(100, 0, 0).UnixNano())},
+		{"tag key of another Redis type", tagKey, "LIST"},
+		{"manifest key of another Redis type", manKey, "LIST"},
+		{"manifest whose body names another media type", manKey, "v1\n" + upstream.MediaTypeDockerManifest + "\n" + string(img.Body)},
+		{"manifest body that is a JSON number", manKey, "v1\n" + img.MediaType + "\n123"},
 		{"tag entry not JSON", tagKey, "{nope"},
 		{"tag entry with a bad digest", tagKey, fmt.Sprintf(`{"digest":"sha256:zz","mediaType":"application/vnd.oci.image.manifest.v1+json","size":1,"fetchedAt":%d}`, now)},
 		{"tag entry with a header-splitting media type", tagKey, fmt.Sprintf(`{"digest":%q,"mediaType":"text/html\r\nX-Evil: 1","size":1,"fetchedAt":%d}`, img.Digest, now)},
@@ -220,7 +228,11 @@ func TestSharedTierRefusesGarbage(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if _, err := rs.Do("SET", tc.key, tc.value); err != nil {
+			plant := []string{"SET", tc.key, tc.value}
+			if tc.value == "LIST" {
+				plant = []string{"RPUSH", tc.key, "x"}
+			}
+			if _, err := rs.Do(plant...); err != nil {
 				t.Fatal(err)
 			}
 			garbage := rp.c.RedisStats().Garbage
@@ -231,8 +243,10 @@ func TestSharedTierRefusesGarbage(t *testing.T) {
 			if got := rp.c.RedisStats().Garbage; got != garbage+1 {
 				t.Fatalf("garbage count %d -> %d, want one more", garbage, got)
 			}
-			v, err := rs.Do("GET", tc.key)
-			if err != nil || v == tc.value {
+			if typ, err := rs.Do("TYPE", tc.key); err != nil || typ == "+list" {
+				t.Fatalf("the bad entry is still in Redis (%s, %v)", typ, err)
+			}
+			if v, err := rs.Do("GET", tc.key); err != nil || v == tc.value {
 				t.Fatalf("the bad entry is still in Redis (%v)", err)
 			}
 		})
@@ -333,4 +347,198 @@ func fakeServer(t *testing.T, serve func(net.Conn)) string {
 		}
 	}()
 	return l.Addr().String()
+}
+
+// TestSharedTagDescriptorFromVerifiedBody: a tag entry in Redis whose type and size lie
+// is answered with what the verified body says, on HEAD and GET alike.
+func TestSharedTagDescriptorFromVerifiedBody(t *testing.T) {
+	rs := redistest.Start(t)
+	reg := registrytest.New(t, registrytest.NoAuth)
+	img := reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
+	rp := newReplica(t, reg, rs.Addr, time.Second)
+	lie := fmt.Sprintf(`{"digest":%q,"mediaType":%q,"size":12345,"fetchedAt":%d}`, img.Digest, upstream.MediaTypeDockerList, time.Now().UnixNano())
+	if _, err := rs.Do("SET", "rc-test:tag:reg.test/team/app:v1", lie); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rs.Do("SET", "rc-test:manifest:reg.test/team/app@"+img.Digest, "v1\n"+img.MediaType+"\n"+string(img.Body)); err != nil {
+		t.Fatal(err)
+	}
+	for i, body := range []bool{false, true, true, false} {
+		a := rp.get(t, "v1", body)
+		if a.MediaType != img.MediaType || a.Size != int64(len(img.Body)) {
+			t.Fatalf("answer %d (body %v): %s, %d bytes; want the verified %s, %d", i, body, a.MediaType, a.Size, img.MediaType, len(img.Body))
+		}
+	}
+	if n := manifests(reg); n != 0 {
+		t.Fatalf("%d upstream requests (GET %d, HEAD %d), want 0 (all of it was in Redis)", n, reg.Count("GET", "manifest"), reg.Count("HEAD", "manifest"))
+	}
+}
+
+// TestFleetSlowUpstreamKeepsLock: an upstream slower than the lock's lifetime does not
+// break coalescing: the holder renews its lock while it waits.
+func TestFleetSlowUpstreamKeepsLock(t *testing.T) {
+	rs := redistest.Start(t)
+	reg := registrytest.New(t, registrytest.NoAuth)
+	reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
+	reg.SetFault(registrytest.OnManifests(registrytest.Delay(1200 * time.Millisecond)))
+	var reps []*replica
+	for range 3 {
+		reps = append(reps, newReplica(t, reg, rs.Addr, 300*time.Millisecond))
+	}
+	var wg sync.WaitGroup
+	for i := range 9 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			reps[i%3].get(t, "v1", false)
+		}()
+	}
+	wg.Wait()
+	if n := manifests(reg); n != 1 {
+		t.Fatalf("%d upstream requests from 3 replicas for one tag behind a 1.2 s upstream and a 300 ms lock, want 1", n)
+	}
+}
+
+// TestFleetSharesFailures: when the replica that asked gets an upstream error, the replicas
+// that waited answer with it instead of asking again; a tag upstream says is gone leaves
+// Redis too.
+func TestFleetSharesFailures(t *testing.T) {
+	rs := redistest.Start(t)
+	reg := registrytest.New(t, registrytest.NoAuth)
+	reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
+	reg.SetFault(registrytest.OnManifests(registrytest.Chain(registrytest.Delay(200*time.Millisecond), registrytest.RateLimited(30*time.Second))))
+	var reps []*replica
+	for range 3 {
+		reps = append(reps, newReplica(t, reg, rs.Addr, 5*time.Second))
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 30)
+	for i := range 30 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rp := reps[i%3]
+			_, err := rp.c.Manifest(context.Background(), rp.o, "team/app", "v1", false)
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if !errors.Is(err, upstream.ErrRateLimited) {
+			t.Fatalf("a client got %v, want the upstream's 429", err)
+		}
+	}
+	if n := manifests(reg); n != 1 {
+		t.Fatalf("%d upstream requests for one rate-limited tag across 3 replicas, want 1", n)
+	}
+
+	// A stale shared entry for a tag upstream no longer has: the 404 removes it from Redis.
+	reg.SetFault(nil)
+	stale := fmt.Sprintf(`{"digest":"sha256:%064x","mediaType":%q,"size":10,"fetchedAt":%d}`, 1, upstream.MediaTypeOCIManifest, time.Now().Add(-time.Hour).UnixNano())
+	if _, err := rs.Do("SET", "rc-test:tag:reg.test/team/app:gone", stale); err != nil {
+		t.Fatal(err)
+	}
+	fresh := newReplica(t, reg, rs.Addr, time.Second) // the one that got the 429 holds back for 30 s
+	if _, err := fresh.c.Manifest(context.Background(), fresh.o, "team/app", "gone", false); !errors.Is(err, upstream.ErrNotFound) {
+		t.Fatalf("gone: %v, want not found", err)
+	}
+	if v, _ := rs.Do("EXISTS", "rc-test:tag:reg.test/team/app:gone"); v != ":0" {
+		t.Fatalf("the gone tag is still in Redis (%s)", v)
+	}
+}
+
+// TestSharedTagKeepsPrevious: a replica that never saw a tag still records where it
+// pointed before it moved, from the shared entry, so every replica can fall back to it.
+func TestSharedTagKeepsPrevious(t *testing.T) {
+	rs := redistest.Start(t)
+	reg := registrytest.New(t, registrytest.NoAuth)
+	old := reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
+	a := newReplica(t, reg, rs.Addr, time.Second)
+	a.get(t, "v1", true)
+	// The entry goes stale, and the tag moves upstream.
+	key := "rc-test:tag:reg.test/team/app:v1"
+	entry := fmt.Sprintf(`{"digest":%q,"mediaType":%q,"size":%d,"fetchedAt":%d}`, old.Digest, old.MediaType, len(old.Body), time.Now().Add(-time.Hour).UnixNano())
+	if _, err := rs.Do("SET", key, entry); err != nil {
+		t.Fatal(err)
+	}
+	moved := reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
+	b := newReplica(t, reg, rs.Addr, time.Second)
+	if got := b.get(t, "v1", false); string(got.Digest) != moved.Digest {
+		t.Fatalf("b resolved %s, want the moved %s", got.Digest, moved.Digest)
+	}
+	v, err := rs.Do("GET", key)
+	if err != nil || !strings.Contains(v, `"prevDigest":"`+old.Digest+`"`) {
+		t.Fatalf("shared entry after the move: %s (%v); want prevDigest %s", v, err, old.Digest)
+	}
+}
+
+// TestFirstTierHitsNeverCallRedis counts the commands Redis processed while a replica
+// answers 200 first-tier hits with Redis up.
+func TestFirstTierHitsNeverCallRedis(t *testing.T) {
+	rs := redistest.Start(t)
+	reg := registrytest.New(t, registrytest.NoAuth)
+	reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
+	rp := newReplica(t, reg, rs.Addr, time.Second)
+	rp.get(t, "v1", true)
+	commands := func() int {
+		info, err := rs.Do("INFO", "stats")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(info, "\r\n") {
+			if v, ok := strings.CutPrefix(line, "total_commands_processed:"); ok {
+				n, _ := strconv.Atoi(v)
+				return n
+			}
+		}
+		t.Fatalf("no total_commands_processed in %q", info)
+		return 0
+	}
+	before := commands()
+	for i := range 200 {
+		if a := rp.get(t, "v1", i%2 == 0); a.Status != Hit {
+			t.Fatalf("hit %d: %v", i, a.Status)
+		}
+	}
+	// The INFO itself counts one; the replica's background ping (every 2 s) may add one.
+	if n := commands() - before; n > 2 {
+		t.Fatalf("200 first-tier hits cost %d Redis commands", n-1)
+	}
+}
+
+// TestLockOnlyReleasesItsOwn: a holder whose lock expired (and was taken by another
+// replica) must not delete the other replica's lock when it finally lets go.
+func TestLockOnlyReleasesItsOwn(t *testing.T) {
+	rs := redistest.Start(t)
+	s1 := newShared(RedisConfig{Addr: rs.Addr, KeyPrefix: "rc-test:", LockTTL: 150 * time.Millisecond}, zap.NewNop())
+	s2 := newShared(RedisConfig{Addr: rs.Addr, KeyPrefix: "rc-test:", LockTTL: 10 * time.Second}, zap.NewNop())
+	defer s1.close()
+	defer s2.close()
+	release1, mine := s1.lock("k")
+	if !mine {
+		t.Fatal("s1 did not get the free lock")
+	}
+	// s1's renewal keeps it: s2 cannot take it.
+	time.Sleep(400 * time.Millisecond)
+	if _, mine := s2.lock("k"); mine {
+		t.Fatal("s2 took a lock s1 holds and renews")
+	}
+	// s1 stalls without renewing (its renewals are stopped here by deleting its key as
+	// expiry would), s2 takes the lock, then s1 lets go.
+	if _, err := rs.Do("DEL", "rc-test:lock:k"); err != nil {
+		t.Fatal(err)
+	}
+	release2, mine := s2.lock("k")
+	if !mine {
+		t.Fatal("s2 did not get the lock after s1's expired")
+	}
+	release1()
+	if !s1.locked("k") {
+		t.Fatal("s1's release deleted s2's lock")
+	}
+	release2()
+	if s1.locked("k") {
+		t.Fatal("s2's release left its lock behind")
+	}
 }

@@ -229,7 +229,7 @@ func (p *Proxy) serveReady(ctx *fasthttp.RequestCtx) {
 			ctx.WriteString("redis: up\n")
 		} else {
 			fmt.Fprintf(ctx, "redis: down since %s (%s); serving from memory and upstream\n",
-				rs.DownSince.UTC().Format(time.RFC3339), rs.LastError)
+				rs.DownSince.UTC().Format(time.RFC3339), rs.Reason)
 		}
 	}
 }

@@ -17,7 +17,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -226,27 +225,19 @@ func TestFleetSharedTier(t *testing.T) {
 	}
 
 	phase("restart done")
-	// Redis dies in the middle of a burst of misses: every client is still answered.
+	// Redis dies in the middle of a burst of misses: every client is still answered. The
+	// upstream answers after 150 ms, so when Redis dies 60 ms in, every replica has
+	// fetches in flight, holders and waiters both.
 	killTags, killWant := pushTags(t, reg, "k", 20)
-	var sent atomic.Int64
-	done := make(chan []string)
+	reg.SetFault(registrytest.OnManifests(registrytest.Delay(150 * time.Millisecond)))
 	go func() {
-		var all []string
-		for round := range 5 {
-			ts := killTags[round*4 : round*4+4]
-			all = append(all, burst(t, reps, http.MethodGet, ts, killWant, 60)...)
-			sent.Add(60)
-			time.Sleep(50 * time.Millisecond)
-		}
-		done <- all
+		time.Sleep(60 * time.Millisecond)
+		rs.Kill()
 	}()
-	for sent.Load() < 120 {
-		time.Sleep(5 * time.Millisecond)
+	if f := burst(t, reps, http.MethodGet, killTags, killWant, 300); len(f) > 0 {
+		t.Fatalf("with Redis killed mid-burst: %d of 300 requests failed, first: %s", len(f), f[0])
 	}
-	rs.Kill()
-	if f := <-done; len(f) > 0 {
-		t.Fatalf("with Redis killed mid-run: %d of 300 requests failed, first: %s", len(f), f[0])
-	}
+	reg.SetFault(nil)
 	for i, rp := range reps {
 		r := rp.do(t, http.MethodGet, "/readyz")
 		if r.Status != 200 || !strings.Contains(string(r.Body), "redis: down") {
@@ -367,13 +358,14 @@ func TestSharedTierPasswordAndTLS(t *testing.T) {
 		t.Fatalf("/readyz: %s", r.Body)
 	}
 
-	for name, lines := range map[string]string{
-		"wrong password":        "    password: ${TEST_REDIS_WRONG}\n    tls:\n      ca_file: " + certFile + "\n",
-		"no password":           "    tls:\n      ca_file: " + certFile + "\n",
-		"certificate not known": "    password: ${TEST_REDIS_PASSWORD}\n    tls: true\n",
-		"plain text to TLS":     "    password: ${TEST_REDIS_PASSWORD}\n",
+	for name, tc := range map[string]struct{ lines, reason string }{
+		"wrong password":        {"    password: ${TEST_REDIS_WRONG}\n    tls:\n      ca_file: " + certFile + "\n", "authentication failed"},
+		"no password":           {"    tls:\n      ca_file: " + certFile + "\n", "authentication failed"},
+		"certificate not known": {"    password: ${TEST_REDIS_PASSWORD}\n    tls: true\n", "TLS handshake failed"},
+		"plain text to TLS":     {"    password: ${TEST_REDIS_PASSWORD}\n", "connection lost"},
 	} {
 		t.Run(name, func(t *testing.T) {
+			lines := tc.lines
 			rp := startReplica(t, redisYAML(lines))
 			if f := burst(t, []*fleetReplica{rp}, http.MethodGet, tags, want, 6); len(f) > 0 {
 				t.Fatalf("a replica that cannot use Redis must still serve: %s", f[0])
@@ -386,6 +378,13 @@ func TestSharedTierPasswordAndTLS(t *testing.T) {
 				}
 				ready = string(rp.do(t, http.MethodGet, "/readyz").Body)
 				time.Sleep(50 * time.Millisecond)
+			}
+			// /readyz is on the clients' port: a category, not the peer's address or bytes.
+			if !strings.Contains(ready, "("+tc.reason+")") || strings.Contains(ready, "127.0.0.1") {
+				t.Fatalf("/readyz %q, want the reason %q and no address", ready, tc.reason)
+			}
+			if !strings.Contains(rp.Logs.String(), "redis failing") {
+				t.Fatal("the failure is not in the log")
 			}
 			metrics := string(rp.do(t, http.MethodGet, "/metrics").Body)
 			for _, secret := range []string{password, "not-the-Secret-xyz", "Secret"} {
