@@ -553,7 +553,8 @@ type RedisStats struct {
 	// Errors counts failed calls; Garbage counts entries refused on read (undecodable, or a
 	// body that does not match its digest) and deleted.
 	Errors, Garbage int64
-	// Hits and Misses count shared-tier look-ups on a first-tier miss.
+	// Hits and Misses count shared-tier reads that found a valid entry (a tag may still be
+	// stale), or nothing usable; a replica waiting on another's lock counts each poll.
 	Hits, Misses int64
 	// LockWaits counts fetches that waited for another replica's upstream request.
 	LockWaits int64
