@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -214,28 +215,44 @@ func (s *shared) getTag(up, repo, tag string) *TagEntry {
 		s.misses.Add(1)
 		return nil
 	}
+	e, why := decodeTag(data, time.Now())
+	if e == nil {
+		s.drop(key, why)
+		return nil
+	}
+	s.hits.Add(1)
+	return e
+}
+
+// decodeTag reads a tag entry as Redis holds it; why says what was wrong when it is nil.
+func decodeTag(data []byte, now time.Time) (e *TagEntry, why string) {
 	var st sharedTag
 	if json.Unmarshal(data, &st) != nil {
-		s.drop(key, "not a tag entry")
-		return nil
+		return nil, "not a tag entry"
 	}
 	d, err := digest.Parse(st.Digest)
 	// A fetch time ahead of our clock would keep the tag fresh for as long: beyond a
 	// minute of clock skew between replicas it is garbage.
 	if err != nil || !validMediaType(st.MediaType) || st.Size < 0 || st.Size > upstream.MaxManifestSize ||
-		st.FetchedAt <= 0 || st.FetchedAt > time.Now().Add(maxSkew).UnixNano() {
-		s.drop(key, "tag entry with a bad digest, media type, size or time")
-		return nil
+		st.FetchedAt <= 0 || st.FetchedAt > now.Add(maxSkew).UnixNano() {
+		return nil, "tag entry with a bad digest, media type, size or time"
 	}
-	e := &TagEntry{
+	e = &TagEntry{
 		Descriptor: upstream.Descriptor{MediaType: st.MediaType, Digest: d, Size: st.Size},
 		FetchedAt:  time.Unix(0, st.FetchedAt),
 	}
-	if pd, err := digest.Parse(st.PrevD); err == nil && validMediaType(st.PrevM) && st.PrevS >= 0 {
+	if pd, err := digest.Parse(st.PrevD); err == nil && validMediaType(st.PrevM) && st.PrevS >= 0 && st.PrevS <= upstream.MaxManifestSize {
 		e.Previous = upstream.Descriptor{MediaType: st.PrevM, Digest: pd, Size: st.PrevS}
 	}
-	s.hits.Add(1)
-	return e
+	return e, ""
+}
+
+func encodeTag(e *TagEntry) []byte {
+	data, _ := json.Marshal(sharedTag{
+		Digest: string(e.Digest), MediaType: e.MediaType, Size: e.Size, FetchedAt: e.FetchedAt.UnixNano(),
+		PrevD: string(e.Previous.Digest), PrevM: e.Previous.MediaType, PrevS: e.Previous.Size,
+	})
+	return data
 }
 
 // setTag shares e until it is past serving even as stale.
@@ -243,13 +260,9 @@ func (s *shared) setTag(up, repo, tag string, e *TagEntry, ttl time.Duration) {
 	if !s.usable() || ttl <= 0 {
 		return
 	}
-	data, _ := json.Marshal(sharedTag{
-		Digest: string(e.Digest), MediaType: e.MediaType, Size: e.Size, FetchedAt: e.FetchedAt.UnixNano(),
-		PrevD: string(e.Previous.Digest), PrevM: e.Previous.MediaType, PrevS: e.Previous.Size,
-	})
 	ctx, cancel := s.ctx()
 	defer cancel()
-	_ = s.result(s.rdb.Set(ctx, s.tagKey(up, repo, tag), data, ttl).Err())
+	_ = s.result(s.rdb.Set(ctx, s.tagKey(up, repo, tag), encodeTag(e), ttl).Err())
 }
 
 // A manifest is stored as "v1\n" + media type + "\n" + body.
@@ -272,28 +285,43 @@ func (s *shared) getManifest(up, repo string, d digest.Digest) *ManifestEntry {
 		s.misses.Add(1)
 		return nil
 	}
-	rest, ok := strings.CutPrefix(string(data), manifestMagic)
-	mt, body, ok2 := strings.Cut(rest, "\n")
-	if !ok || !ok2 || !validMediaType(mt) || len(body) > upstream.MaxManifestSize {
-		s.drop(key, "not a manifest entry")
-		return nil
-	}
-	if d.Algorithm().FromString(body) != d {
-		s.drop(key, "manifest body does not match its digest")
-		return nil
-	}
-	// The checks upstream's answers pass: a JSON object, whose own mediaType, when it
-	// names one, is the type stored beside it.
-	b := []byte(body)
-	var probe struct {
-		MediaType string `json:"mediaType"`
-	}
-	if json.Unmarshal(b, &probe) != nil || (probe.MediaType != "" && probe.MediaType != mt) {
-		s.drop(key, "manifest body is not JSON or contradicts its media type")
+	e, why := decodeManifest(data, d)
+	if e == nil {
+		s.drop(key, why)
 		return nil
 	}
 	s.hits.Add(1)
-	return &ManifestEntry{Descriptor: upstream.Descriptor{MediaType: mt, Digest: d, Size: int64(len(b))}, Body: b}
+	return e
+}
+
+// decodeManifest reads a manifest entry as Redis holds it and verifies it against d, the
+// digest in its key; why says what was wrong when it is nil.
+func decodeManifest(data []byte, d digest.Digest) (e *ManifestEntry, why string) {
+	rest, ok := bytes.CutPrefix(data, []byte(manifestMagic))
+	mt, body, ok2 := bytes.Cut(rest, []byte("\n"))
+	if !ok || !ok2 || !validMediaType(string(mt)) || len(body) > upstream.MaxManifestSize {
+		return nil, "not a manifest entry"
+	}
+	if !d.Algorithm().Available() || d.Algorithm().FromBytes(body) != d {
+		return nil, "manifest body does not match its digest"
+	}
+	// The checks upstream's answers pass: a JSON object, whose own mediaType, when it
+	// names one, is the type stored beside it.
+	var probe struct {
+		MediaType string `json:"mediaType"`
+	}
+	trimmed := bytes.TrimLeft(body, " \t\r\n")
+	if len(trimmed) == 0 || trimmed[0] != '{' || json.Unmarshal(body, &probe) != nil ||
+		(probe.MediaType != "" && probe.MediaType != string(mt)) {
+		return nil, "manifest body is not a JSON object or contradicts its media type"
+	}
+	b := bytes.Clone(body)
+	return &ManifestEntry{Descriptor: upstream.Descriptor{MediaType: string(mt), Digest: d, Size: int64(len(b))}, Body: b}, ""
+}
+
+func encodeManifest(m upstream.Manifest) []byte {
+	buf := make([]byte, 0, len(manifestMagic)+len(m.MediaType)+1+len(m.Body))
+	return append(append(append(append(buf, manifestMagic...), m.MediaType...), '\n'), m.Body...)
 }
 
 // setManifest shares a verified manifest; only whole ones, since a descriptor alone is
@@ -302,11 +330,9 @@ func (s *shared) setManifest(up, repo string, m upstream.Manifest) {
 	if m.Body == nil || !s.usable() {
 		return
 	}
-	buf := make([]byte, 0, len(manifestMagic)+len(m.MediaType)+1+len(m.Body))
-	buf = append(append(append(append(buf, manifestMagic...), m.MediaType...), '\n'), m.Body...)
 	ctx, cancel := s.ctx()
 	defer cancel()
-	_ = s.result(s.rdb.Set(ctx, s.manifestKey(up, repo, m.Digest), buf, sharedManifestTTL).Err())
+	_ = s.result(s.rdb.Set(ctx, s.manifestKey(up, repo, m.Digest), encodeManifest(m), sharedManifestTTL).Err())
 }
 
 // drop deletes an entry that did not decode or verify, so that it is fetched anew and
