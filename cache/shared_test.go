@@ -380,10 +380,10 @@ func TestFleetSlowUpstreamKeepsLock(t *testing.T) {
 	rs := redistest.Start(t)
 	reg := registrytest.New(t, registrytest.NoAuth)
 	reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
-	reg.SetFault(registrytest.OnManifests(registrytest.Delay(1200 * time.Millisecond)))
+	reg.SetFault(registrytest.OnManifests(registrytest.Delay(2 * time.Second)))
 	var reps []*replica
 	for range 3 {
-		reps = append(reps, newReplica(t, reg, rs.Addr, 300*time.Millisecond))
+		reps = append(reps, newReplica(t, reg, rs.Addr, 600*time.Millisecond))
 	}
 	var wg sync.WaitGroup
 	for i := range 9 {
@@ -395,7 +395,7 @@ func TestFleetSlowUpstreamKeepsLock(t *testing.T) {
 	}
 	wg.Wait()
 	if n := manifests(reg); n != 1 {
-		t.Fatalf("%d upstream requests from 3 replicas for one tag behind a 1.2 s upstream and a 300 ms lock, want 1", n)
+		t.Fatalf("%d upstream requests from 3 replicas for one tag behind a 2 s upstream and a 600 ms lock, want 1", n)
 	}
 }
 
@@ -511,7 +511,7 @@ func TestFirstTierHitsNeverCallRedis(t *testing.T) {
 // replica) must not delete the other replica's lock when it finally lets go.
 func TestLockOnlyReleasesItsOwn(t *testing.T) {
 	rs := redistest.Start(t)
-	s1 := newShared(RedisConfig{Addr: rs.Addr, KeyPrefix: "rc-test:", LockTTL: 150 * time.Millisecond}, zap.NewNop())
+	s1 := newShared(RedisConfig{Addr: rs.Addr, KeyPrefix: "rc-test:", LockTTL: 500 * time.Millisecond}, zap.NewNop())
 	s2 := newShared(RedisConfig{Addr: rs.Addr, KeyPrefix: "rc-test:", LockTTL: 10 * time.Second}, zap.NewNop())
 	defer s1.close()
 	defer s2.close()
@@ -519,8 +519,8 @@ func TestLockOnlyReleasesItsOwn(t *testing.T) {
 	if !mine {
 		t.Fatal("s1 did not get the free lock")
 	}
-	// s1's renewal keeps it: s2 cannot take it.
-	time.Sleep(400 * time.Millisecond)
+	// s1's renewal keeps it past its lifetime: s2 cannot take it.
+	time.Sleep(1200 * time.Millisecond)
 	if _, mine := s2.lock("k"); mine {
 		t.Fatal("s2 took a lock s1 holds and renews")
 	}
