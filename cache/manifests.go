@@ -115,9 +115,9 @@ func (c *Cache) Close() {
 // is used again.
 func (c *Cache) watchRedis() {
 	defer c.bg.Done()
-	if c.shared.ping() != nil {
+	if err := c.shared.ping(); err != nil {
 		c.log.Warn("redis unreachable at start; serving from memory and upstream until it answers",
-			zap.String("addr", c.cfg.Redis.Addr))
+			zap.String("addr", c.cfg.Redis.Addr), zap.Error(err))
 	}
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
