@@ -44,6 +44,10 @@ for t in "${targets[@]}"; do
   execs=$(grep -Eo 'execs: [0-9]+' "$log" | tail -1 | cut -d' ' -f2)
   if [ $rc -eq 0 ]; then
     result=ok
+  elif grep -q 'context deadline exceeded' "$log" && ! grep -q 'Failing input written' "$log"; then
+    # Go 1.26's coordinator can fail a run at the -fuzztime boundary without any input
+    # (golang/go#75804, fixed in Go 1.27): the target ran its time clean.
+    result="ok (go#75804: deadline race at the end, no failing input)"
   else
     failed=1
     input=$(grep -Eo 'testdata/fuzz/[^ ]+' "$log" | head -1)
