@@ -2,6 +2,7 @@ package cache
 
 import (
 	"bytes"
+	"encoding/json"
 	"reflect"
 	"testing"
 	"time"
@@ -103,6 +104,53 @@ func FuzzDecodeManifest(f *testing.F) {
 		again, _ := decodeManifest(encodeManifest(upstream.Manifest{Descriptor: e.Descriptor, Body: e.Body}), d)
 		if again == nil || !reflect.DeepEqual(again, e) {
 			t.Fatalf("round trip changed %+v into %+v", e, again)
+		}
+	})
+}
+
+// FuzzDecodeTags feeds tags pages: what is accepted is for the repository and page asked,
+// holds only tags the grammar allows, becomes a body regcache builds itself, and survives
+// its own encoding.
+func FuzzDecodeTags(f *testing.F) {
+	now := time.Unix(1_800_000_000, 0)
+	for _, seed := range []string{
+		`{"name":"team/app","tags":["v1","latest"],"fetchedAt":1799999999000000000}`,
+		`{"name":"team/app","tags":[],"more":true,"nextLast":"v9","nextPage":"abc","fetchedAt":1}`,
+		`{"name":"team/app","tags":["a b"],"fetchedAt":1}`,
+		`{"name":"team/other","tags":["v1"],"fetchedAt":1}`,
+		`{"name":"team/app","tags":null,"fetchedAt":1}`,
+		`{"name":"team/app","tags":["` + "\u2028" + `"],"fetchedAt":1}`,
+		`[]`, `null`,
+	} {
+		f.Add([]byte(seed), 100)
+	}
+	f.Fuzz(func(t *testing.T, data []byte, n int) {
+		req := TagsRequest{N: n % (MaxTagsPage + 1)}
+		p, why := decodeTags(data, "team/app", req, now)
+		if p == nil {
+			if why == "" {
+				t.Fatal("refused without a reason")
+			}
+			return
+		}
+		var body struct {
+			Name string   `json:"name"`
+			Tags []string `json:"tags"`
+		}
+		if err := json.Unmarshal(p.Body, &body); err != nil || body.Name != "team/app" || body.Tags == nil || len(body.Tags) > max(req.N, 0) {
+			t.Fatalf("accepted page builds body %q (%v)", p.Body, err)
+		}
+		for _, tag := range body.Tags {
+			if !validTag(tag) {
+				t.Fatalf("accepted tag %q", tag)
+			}
+		}
+		if p.FetchedAt.After(now.Add(maxSkew)) {
+			t.Fatalf("accepted a fetch time %v ahead of %v", p.FetchedAt, now)
+		}
+		again, why := decodeTags(encodeTags("team/app", p), "team/app", req, now)
+		if again == nil || !reflect.DeepEqual(again, p) {
+			t.Fatalf("round trip changed %+v into %+v (%s)", p, again, why)
 		}
 	})
 }

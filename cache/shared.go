@@ -10,6 +10,8 @@ import (
 	"errors"
 	"mime"
 	"net"
+	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -333,6 +335,132 @@ func (s *shared) setManifest(up, repo string, m upstream.Manifest) {
 	ctx, cancel := s.ctx()
 	defer cancel()
 	_ = s.result(s.rdb.Set(ctx, s.manifestKey(up, repo, m.Digest), encodeManifest(m), sharedManifestTTL).Err())
+}
+
+// Tags pages: <prefix>tags:<upstream>/<repo>?n=..&last=..&page=.., JSON.
+func (s *shared) tagsKey(up, repo string, r TagsRequest) string {
+	return s.prefix + "tags:" + up + "/" + repo + "?" + tagsQuery(r)
+}
+
+// tagsQuery spells a page request for a key; url.Values keeps it unambiguous whatever the
+// last tag or page token holds.
+func tagsQuery(r TagsRequest) string {
+	return url.Values{"n": {strconv.Itoa(r.N)}, "last": {r.Last}, "page": {r.NextPage}}.Encode()
+}
+
+// sharedTags is a TagPage as stored in Redis.
+type sharedTags struct {
+	Name      string   `json:"name"`
+	Tags      []string `json:"tags"`
+	More      bool     `json:"more,omitempty"`
+	NextLast  string   `json:"nextLast,omitempty"`
+	NextPage  string   `json:"nextPage,omitempty"`
+	FetchedAt int64    `json:"fetchedAt"`
+}
+
+func (s *shared) getTags(up, repo string, r TagsRequest) *TagPage {
+	if !s.usable() {
+		return nil
+	}
+	key := s.tagsKey(up, repo, r)
+	ctx, cancel := s.ctx()
+	defer cancel()
+	data, err := s.rdb.Get(ctx, key).Bytes()
+	if wrongType(err) {
+		s.drop(key, "not a string value")
+		return nil
+	}
+	if s.result(err) != nil || err != nil {
+		s.misses.Add(1)
+		return nil
+	}
+	p, why := decodeTags(data, repo, r, time.Now())
+	if p == nil {
+		s.drop(key, why)
+		return nil
+	}
+	s.hits.Add(1)
+	return p
+}
+
+// decodeTags reads a tags page as Redis holds it, for repo and the page r asked for; the
+// answer regcache sends is rebuilt from the parsed tags, never passed through.
+func decodeTags(data []byte, repo string, r TagsRequest, now time.Time) (*TagPage, string) {
+	var st sharedTags
+	if len(data) > maxSharedTags || json.Unmarshal(data, &st) != nil {
+		return nil, "not a tags page"
+	}
+	if st.Name != repo || len(st.Tags) > max(r.N, 0) || st.FetchedAt <= 0 || st.FetchedAt > now.Add(maxSkew).UnixNano() {
+		return nil, "tags page for another repository or request, or with a bad time"
+	}
+	for _, t := range st.Tags {
+		if !validTag(t) {
+			return nil, "tags page with an invalid tag"
+		}
+	}
+	if st.NextLast != "" && !validTag(st.NextLast) {
+		return nil, "tags page with an invalid tag"
+	}
+	if len(st.NextPage) > 1024 {
+		return nil, "tags page with an oversized page token"
+	}
+	if st.Tags == nil {
+		st.Tags = []string{}
+	}
+	body, err := json.Marshal(struct {
+		Name string   `json:"name"`
+		Tags []string `json:"tags"`
+	}{st.Name, st.Tags})
+	if err != nil {
+		return nil, "tags page that does not encode"
+	}
+	return &TagPage{Body: body, More: st.More, NextLast: st.NextLast, NextPage: st.NextPage, FetchedAt: time.Unix(0, st.FetchedAt)}, ""
+}
+
+// maxSharedTags bounds a stored page: 10,000 tags of up to 128 characters, quoted.
+const maxSharedTags = MaxTagsPage*131 + 4096
+
+func encodeTags(repo string, p *TagPage) []byte {
+	var parsed struct {
+		Tags []string `json:"tags"`
+	}
+	_ = json.Unmarshal(p.Body, &parsed)
+	data, _ := json.Marshal(sharedTags{Name: repo, Tags: parsed.Tags, More: p.More, NextLast: p.NextLast, NextPage: p.NextPage,
+		FetchedAt: p.FetchedAt.UnixNano()})
+	return data
+}
+
+func (s *shared) setTags(up, repo string, r TagsRequest, p *TagPage, ttl time.Duration) {
+	if !s.usable() || ttl <= 0 {
+		return
+	}
+	ctx, cancel := s.ctx()
+	defer cancel()
+	_ = s.result(s.rdb.Set(ctx, s.tagsKey(up, repo, r), encodeTags(repo, p), ttl).Err())
+}
+
+func (s *shared) delTags(up, repo string, r TagsRequest) {
+	if !s.usable() {
+		return
+	}
+	ctx, cancel := s.ctx()
+	defer cancel()
+	_ = s.result(s.rdb.Del(ctx, s.tagsKey(up, repo, r)).Err())
+}
+
+// validTag is the distribution spec's tag grammar: [A-Za-z0-9_][A-Za-z0-9._-]{0,127}.
+func validTag(t string) bool {
+	if len(t) == 0 || len(t) > 128 {
+		return false
+	}
+	for i := 0; i < len(t); i++ {
+		c := t[i]
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || (i > 0 && (c == '.' || c == '-'))
+		if !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // drop deletes an entry that did not decode or verify, so that it is fetched anew and

@@ -542,3 +542,76 @@ func TestLockOnlyReleasesItsOwn(t *testing.T) {
 		t.Fatal("s2's release left its lock behind")
 	}
 }
+
+// TestSharedTagsPages: tags lists are shared too. Replicas asking for the same page at
+// once ask upstream once between them; a new replica answers from Redis; a page in Redis
+// for another repository, or with a tag the grammar forbids, is refused.
+func TestSharedTagsPages(t *testing.T) {
+	rs := redistest.Start(t)
+	reg := registrytest.New(t, registrytest.NoAuth)
+	var want []string
+	for i := range 250 {
+		want = append(want, fmt.Sprintf("v%03d", i))
+	}
+	reg.PushTags(t, "team/app", want)
+	reg.SetFault(registrytest.Delay(100 * time.Millisecond))
+	var reps []*replica
+	for range 3 {
+		reps = append(reps, newReplica(t, reg, rs.Addr, 5*time.Second))
+	}
+	req := TagsRequest{N: MaxTagsPage}
+	var wg sync.WaitGroup
+	bodies := make([][]byte, 30)
+	for i := range 30 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rp := reps[i%3]
+			p, _, err := rp.c.Tags(context.Background(), rp.o, "team/app", req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			bodies[i] = p.Body
+		}()
+	}
+	wg.Wait()
+	reg.SetFault(nil)
+	if n := reg.Count("GET", "tags"); n != 1 {
+		t.Fatalf("%d upstream tags requests for one page across 3 replicas, want 1", n)
+	}
+	for i, b := range bodies {
+		if !bytes.Equal(b, bodies[0]) || !strings.Contains(string(b), `"v249"`) {
+			t.Fatalf("client %d got %.100s", i, b)
+		}
+	}
+	fresh := newReplica(t, reg, rs.Addr, time.Second)
+	if p, _, err := fresh.c.Tags(context.Background(), fresh.o, "team/app", req); err != nil || !bytes.Equal(p.Body, bodies[0]) {
+		t.Fatalf("a new replica: %v %.100s", err, p.Body)
+	}
+	if n := reg.Count("GET", "tags"); n != 1 {
+		t.Fatalf("a new replica asked upstream for tags (%d requests in all)", n)
+	}
+
+	key := "rc-test:tags:reg.test/team/app?" + tagsQuery(req)
+	now := time.Now().UnixNano()
+	for _, bad := range []string{
+		fmt.Sprintf(`{"name":"team/other","tags":["v1"],"fetchedAt":%d}`, now),
+		fmt.Sprintf(`{"name":"team/app","tags":["v1","<script>"],"fetchedAt":%d}`, now),
+		fmt.Sprintf(`{"name":"team/app","tags":["v1"],"fetchedAt":%d}`, time.Now().AddDate(1, 0, 0).UnixNano()),
+		`{"name":"team/app","tags":"v1"}`,
+	} {
+		if _, err := rs.Do("SET", key, bad); err != nil {
+			t.Fatal(err)
+		}
+		rp := newReplica(t, reg, rs.Addr, time.Second)
+		garbage := rp.c.RedisStats().Garbage
+		p, _, err := rp.c.Tags(context.Background(), rp.o, "team/app", req)
+		if err != nil || !bytes.Equal(p.Body, bodies[0]) {
+			t.Fatalf("with %s in Redis: %v %.100s", bad, err, p.Body)
+		}
+		if rp.c.RedisStats().Garbage != garbage+1 {
+			t.Fatalf("%s was not counted as garbage", bad)
+		}
+	}
+}
