@@ -209,6 +209,30 @@ func TestFleetSharedTier(t *testing.T) {
 	}
 
 	phase("head burst done")
+	// Tags lists: 60 clients over the 3 replicas, one upstream tags request.
+	reg.ResetCounts()
+	var twg sync.WaitGroup
+	tagFailures := make(chan string, 60)
+	for i := range 60 {
+		twg.Add(1)
+		go func() {
+			defer twg.Done()
+			r := reps[i%3].do(t, http.MethodGet, "/v2/reg.test/team/app/tags/list")
+			if r.Status != 200 || !strings.Contains(string(r.Body), `"h19"`) {
+				tagFailures <- fmt.Sprintf("%d %.100s", r.Status, r.Body)
+			}
+		}()
+	}
+	twg.Wait()
+	close(tagFailures)
+	for f := range tagFailures {
+		t.Fatalf("tags list: %s", f)
+	}
+	if n := reg.Count(http.MethodGet, "tags"); n != 1 {
+		t.Fatalf("60 tags-list clients over 3 replicas: %d upstream tags requests, want 1", n)
+	}
+	phase("tags lists done")
+
 	// A replica restarted with empty memory warms from Redis: not one upstream request.
 	reps[0].stop()
 	reps[0] = startReplica(t, cfg)
@@ -218,6 +242,9 @@ func TestFleetSharedTier(t *testing.T) {
 	}
 	if f := burst(t, reps[:1], http.MethodHead, headTags, headWant, 60); len(f) > 0 {
 		t.Fatalf("restarted replica, HEAD: %d failures, first: %s", len(f), f[0])
+	}
+	if r := reps[0].do(t, http.MethodGet, "/v2/reg.test/team/app/tags/list"); r.Status != 200 {
+		t.Fatalf("restarted replica, tags list: %d", r.Status)
 	}
 	if n := reg.Total(); n != 0 {
 		t.Logf("logs: %s", grepLines(reps[0].Logs.String(), "redis"))
