@@ -114,12 +114,13 @@ func FuzzDecodeManifest(f *testing.F) {
 func FuzzDecodeTags(f *testing.F) {
 	now := time.Unix(1_800_000_000, 0)
 	for _, seed := range []string{
-		`{"name":"team/app","tags":["v1","latest"],"fetchedAt":1799999999000000000}`,
-		`{"name":"team/app","tags":[],"more":true,"nextLast":"v9","nextPage":"abc","fetchedAt":1}`,
-		`{"name":"team/app","tags":["a b"],"fetchedAt":1}`,
-		`{"name":"team/other","tags":["v1"],"fetchedAt":1}`,
-		`{"name":"team/app","tags":null,"fetchedAt":1}`,
-		`{"name":"team/app","tags":["` + "\u2028" + `"],"fetchedAt":1}`,
+		`{"n":100,"name":"team/app","tags":["v1","latest"],"fetchedAt":1799999999000000000}`,
+		`{"n":100,"name":"team/app","tags":[],"more":true,"nextLast":"v9","nextPage":"abc","fetchedAt":1}`,
+		`{"n":100,"name":"team/app","tags":["a b"],"fetchedAt":1}`,
+		`{"n":100,"name":"team/other","tags":["v1"],"fetchedAt":1}`,
+		`{"n":100,"name":"team/app","tags":null,"fetchedAt":1}`,
+		`{"n":100,"name":"team/app","tags":["` + "\u2028" + `"],"fetchedAt":1}`,
+		`{"n":100,"last":"v1","name":"team/app","tags":["v2"],"fetchedAt":1}`,
 		`[]`, `null`,
 	} {
 		f.Add([]byte(seed), 100)
@@ -148,7 +149,7 @@ func FuzzDecodeTags(f *testing.F) {
 		if p.FetchedAt.After(now.Add(maxSkew)) {
 			t.Fatalf("accepted a fetch time %v ahead of %v", p.FetchedAt, now)
 		}
-		again, why := decodeTags(encodeTags("team/app", p), "team/app", req, now)
+		again, why := decodeTags(encodeTags("team/app", req, p), "team/app", req, now)
 		if again == nil || !reflect.DeepEqual(again, p) {
 			t.Fatalf("round trip changed %+v into %+v (%s)", p, again, why)
 		}

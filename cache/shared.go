@@ -350,6 +350,10 @@ func tagsQuery(r TagsRequest) string {
 
 // sharedTags is a TagPage as stored in Redis.
 type sharedTags struct {
+	// N, Last and Page are the request the page answers (also in the key; checked again).
+	N         int      `json:"n"`
+	Last      string   `json:"last,omitempty"`
+	Page      string   `json:"page,omitempty"`
 	Name      string   `json:"name"`
 	Tags      []string `json:"tags"`
 	More      bool     `json:"more,omitempty"`
@@ -390,7 +394,8 @@ func decodeTags(data []byte, repo string, r TagsRequest, now time.Time) (*TagPag
 	if len(data) > maxSharedTags || json.Unmarshal(data, &st) != nil {
 		return nil, "not a tags page"
 	}
-	if st.Name != repo || len(st.Tags) > max(r.N, 0) || st.FetchedAt <= 0 || st.FetchedAt > now.Add(maxSkew).UnixNano() {
+	if st.Name != repo || st.N != r.N || st.Last != r.Last || st.Page != r.NextPage || len(st.Tags) > max(r.N, 0) ||
+		st.FetchedAt <= 0 || st.FetchedAt > now.Add(maxSkew).UnixNano() {
 		return nil, "tags page for another repository or request, or with a bad time"
 	}
 	for _, t := range st.Tags {
@@ -398,11 +403,10 @@ func decodeTags(data []byte, repo string, r TagsRequest, now time.Time) (*TagPag
 			return nil, "tags page with an invalid tag"
 		}
 	}
-	if st.NextLast != "" && !validTag(st.NextLast) {
-		return nil, "tags page with an invalid tag"
-	}
-	if len(st.NextPage) > 1024 {
-		return nil, "tags page with an oversized page token"
+	// NextLast and NextPage are upstream's continuation (ECR's last= is opaque), sent on only
+	// inside an escaped Link URL: bounded, not parsed.
+	if len(st.NextLast) > maxPageToken || len(st.NextPage) > maxPageToken {
+		return nil, "tags page with an oversized continuation"
 	}
 	if st.Tags == nil {
 		st.Tags = []string{}
@@ -417,16 +421,20 @@ func decodeTags(data []byte, repo string, r TagsRequest, now time.Time) (*TagPag
 	return &TagPage{Body: body, More: st.More, NextLast: st.NextLast, NextPage: st.NextPage, FetchedAt: time.Unix(0, st.FetchedAt)}, ""
 }
 
-// maxSharedTags bounds a stored page: 10,000 tags of up to 128 characters, quoted.
-const maxSharedTags = MaxTagsPage*131 + 4096
+// maxSharedTags bounds a stored page: 10,000 tags of up to 128 characters, quoted, and
+// the request and continuation; maxPageToken is the proxy's own bound on a page token.
+const (
+	maxPageToken  = 4096
+	maxSharedTags = MaxTagsPage*131 + 6*maxPageToken
+)
 
-func encodeTags(repo string, p *TagPage) []byte {
+func encodeTags(repo string, r TagsRequest, p *TagPage) []byte {
 	var parsed struct {
 		Tags []string `json:"tags"`
 	}
 	_ = json.Unmarshal(p.Body, &parsed)
-	data, _ := json.Marshal(sharedTags{Name: repo, Tags: parsed.Tags, More: p.More, NextLast: p.NextLast, NextPage: p.NextPage,
-		FetchedAt: p.FetchedAt.UnixNano()})
+	data, _ := json.Marshal(sharedTags{N: r.N, Last: r.Last, Page: r.NextPage, Name: repo, Tags: parsed.Tags,
+		More: p.More, NextLast: p.NextLast, NextPage: p.NextPage, FetchedAt: p.FetchedAt.UnixNano()})
 	return data
 }
 
@@ -434,9 +442,16 @@ func (s *shared) setTags(up, repo string, r TagsRequest, p *TagPage, ttl time.Du
 	if !s.usable() || ttl <= 0 {
 		return
 	}
+	data := encodeTags(repo, r, p)
+	if e, _ := decodeTags(data, repo, r, time.Now()); e == nil {
+		// A page other replicas would refuse (a tag outside the grammar, more tags than n
+		// from a token-paged upstream): kept in this replica's memory only, so that Redis
+		// holds nothing that reads back as garbage.
+		return
+	}
 	ctx, cancel := s.ctx()
 	defer cancel()
-	_ = s.result(s.rdb.Set(ctx, s.tagsKey(up, repo, r), encodeTags(repo, p), ttl).Err())
+	_ = s.result(s.rdb.Set(ctx, s.tagsKey(up, repo, r), data, ttl).Err())
 }
 
 func (s *shared) delTags(up, repo string, r TagsRequest) {

@@ -596,9 +596,10 @@ func TestSharedTagsPages(t *testing.T) {
 	key := "rc-test:tags:reg.test/team/app?" + tagsQuery(req)
 	now := time.Now().UnixNano()
 	for _, bad := range []string{
-		fmt.Sprintf(`{"name":"team/other","tags":["v1"],"fetchedAt":%d}`, now),
-		fmt.Sprintf(`{"name":"team/app","tags":["v1","<script>"],"fetchedAt":%d}`, now),
-		fmt.Sprintf(`{"name":"team/app","tags":["v1"],"fetchedAt":%d}`, time.Now().AddDate(1, 0, 0).UnixNano()),
+		fmt.Sprintf(`{"n":10000,"name":"team/other","tags":["v1"],"fetchedAt":%d}`, now),
+		fmt.Sprintf(`{"n":10000,"name":"team/app","tags":["v1","<script>"],"fetchedAt":%d}`, now),
+		fmt.Sprintf(`{"n":10000,"name":"team/app","tags":["v1"],"fetchedAt":%d}`, time.Now().AddDate(1, 0, 0).UnixNano()),
+		fmt.Sprintf(`{"n":50,"name":"team/app","tags":["v1"],"fetchedAt":%d}`, now),
 		`{"name":"team/app","tags":"v1"}`,
 	} {
 		if _, err := rs.Do("SET", key, bad); err != nil {

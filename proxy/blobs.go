@@ -1,7 +1,7 @@
 package proxy
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -70,14 +70,19 @@ func (p *Proxy) serveBlob(ctx *fasthttp.RequestCtx, rt *Route) cache.Status {
 		// Wait for the first byte before the status line goes out: a stream that fails
 		// before it (a reset, a stall past the timeout, a one-byte blob that does not
 		// verify) still gets a registry error instead of a connection closed on a 200.
-		br := bufio.NewReaderSize(body, 32<<10)
-		if _, err := br.Peek(1); err != nil && err != io.EOF {
+		first := make([]byte, 1)
+		n, err := io.ReadFull(body, first)
+		if err != nil && !(err == io.EOF && n == 0) {
 			b.Body.Close()
 			cancel()
 			writeError(ctx, blobStreamError(err))
 			return noStatus
 		}
-		body = br
+		if n == 0 {
+			body = bytes.NewReader(nil) // empty, and verified: the reader saw its end
+		} else {
+			body = io.MultiReader(bytes.NewReader(first), body)
+		}
 	}
 	ctx.SetStatusCode(b.Status)
 	h.SetContentType("application/octet-stream")

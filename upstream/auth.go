@@ -246,9 +246,9 @@ func (r *Registry) authorize(ctx context.Context, req *http.Request, scope strin
 	return nil
 }
 
-// sharedToken is fetchToken, coalesced per scope. The request runs on its own goroutine
-// without the first caller's cancellation (bounded by the upstream timeout all the same),
-// so a client that gives up neither waits for it nor fails the others waiting on it.
+// sharedToken is fetchToken, coalesced per scope. The request runs on its own goroutine,
+// bounded by the upstream timeout and by Close but not by the first caller's context, so a
+// client that gives up neither waits for it nor fails the others waiting on it.
 func (r *Registry) sharedToken(ctx context.Context, c Challenge, scope string) (string, error) {
 	a := &r.auth
 	a.mu.Lock()
@@ -263,7 +263,11 @@ func (r *Registry) sharedToken(ctx context.Context, c Challenge, scope string) (
 	a.mu.Unlock()
 	if !joined {
 		go func() {
-			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.timeout)
+			life := r.life
+			if life == nil {
+				life = context.Background()
+			}
+			fctx, cancel := context.WithTimeout(life, r.timeout)
 			defer cancel()
 			call.value, call.err = r.fetchToken(fctx, c, scope)
 			a.mu.Lock()

@@ -64,6 +64,10 @@ type Registry struct {
 	observer  Observer
 	auth      authState
 	rl        rateGuard
+	// life ends at Close: work detached from any one caller (a shared token request)
+	// stops there rather than running on after shutdown.
+	life context.Context
+	stop context.CancelFunc
 }
 
 // New builds a Registry from opts.
@@ -116,6 +120,7 @@ func New(opts Options) (*Registry, error) {
 		},
 	}
 	r.rl.hold = opts.RateLimitHold
+	r.life, r.stop = context.WithCancel(context.Background())
 	transport.DialContext = r.guardDial(dial, resolver)
 	return r, nil
 }
@@ -123,8 +128,13 @@ func New(opts Options) (*Registry, error) {
 // Name is the configured name of the upstream.
 func (r *Registry) Name() string { return r.name }
 
-// Close releases idle connections.
-func (r *Registry) Close() { r.client.CloseIdleConnections() }
+// Close ends detached work and releases idle connections.
+func (r *Registry) Close() {
+	if r.stop != nil {
+		r.stop()
+	}
+	r.client.CloseIdleConnections()
+}
 
 // do sends method to /v2/<repo>/<path>, authorizing for pull on repo, and answers the
 // first 401 by taking up its challenge and trying once more.
