@@ -202,10 +202,15 @@ type sharedTag struct {
 }
 
 func (s *shared) getTag(up, repo, tag string) *TagEntry {
+	return readEntry(s, s.tagKey(up, repo, tag), func(data []byte) (*TagEntry, string) { return decodeTag(data, time.Now()) })
+}
+
+// readEntry reads key and decodes it. A miss, or Redis failing, is nil; an entry that does
+// not decode (or a key of another Redis type) is deleted, counted, and nil.
+func readEntry[T any](s *shared, key string, decode func([]byte) (*T, string)) *T {
 	if !s.usable() {
 		return nil
 	}
-	key := s.tagKey(up, repo, tag)
 	ctx, cancel := s.ctx()
 	defer cancel()
 	data, err := s.rdb.Get(ctx, key).Bytes()
@@ -217,7 +222,7 @@ func (s *shared) getTag(up, repo, tag string) *TagEntry {
 		s.misses.Add(1)
 		return nil
 	}
-	e, why := decodeTag(data, time.Now())
+	e, why := decode(data)
 	if e == nil {
 		s.drop(key, why)
 		return nil
@@ -272,28 +277,10 @@ const manifestMagic = "v1\n"
 
 // getManifest reads a body back and verifies it against d, the digest in its key.
 func (s *shared) getManifest(up, repo string, d digest.Digest) *ManifestEntry {
-	if !s.usable() || !d.Algorithm().Available() {
+	if !d.Algorithm().Available() {
 		return nil
 	}
-	key := s.manifestKey(up, repo, d)
-	ctx, cancel := s.ctx()
-	defer cancel()
-	data, err := s.rdb.Get(ctx, key).Bytes()
-	if wrongType(err) {
-		s.drop(key, "not a string value")
-		return nil
-	}
-	if s.result(err) != nil || err != nil {
-		s.misses.Add(1)
-		return nil
-	}
-	e, why := decodeManifest(data, d)
-	if e == nil {
-		s.drop(key, why)
-		return nil
-	}
-	s.hits.Add(1)
-	return e
+	return readEntry(s, s.manifestKey(up, repo, d), func(data []byte) (*ManifestEntry, string) { return decodeManifest(data, d) })
 }
 
 // decodeManifest reads a manifest entry as Redis holds it and verifies it against d, the
@@ -363,28 +350,7 @@ type sharedTags struct {
 }
 
 func (s *shared) getTags(up, repo string, r TagsRequest) *TagPage {
-	if !s.usable() {
-		return nil
-	}
-	key := s.tagsKey(up, repo, r)
-	ctx, cancel := s.ctx()
-	defer cancel()
-	data, err := s.rdb.Get(ctx, key).Bytes()
-	if wrongType(err) {
-		s.drop(key, "not a string value")
-		return nil
-	}
-	if s.result(err) != nil || err != nil {
-		s.misses.Add(1)
-		return nil
-	}
-	p, why := decodeTags(data, repo, r, time.Now())
-	if p == nil {
-		s.drop(key, why)
-		return nil
-	}
-	s.hits.Add(1)
-	return p
+	return readEntry(s, s.tagsKey(up, repo, r), func(data []byte) (*TagPage, string) { return decodeTags(data, repo, r, time.Now()) })
 }
 
 // decodeTags reads a tags page as Redis holds it, for repo and the page r asked for; the

@@ -22,47 +22,18 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
 	"regcache/cache/redistest"
-	"regcache/configs"
 	"regcache/upstream/registrytest"
 )
 
 // fleetReplica is one regcache of a fleet, which a test may stop and replace.
-type fleetReplica struct {
-	*instance
-	stop func()
-}
+type fleetReplica = instance
 
-// startReplica is startRegcache with a stop the test can call (once, or left to cleanup).
+// startReplica starts a replica without the access log (a burst would fill memory with it).
 func startReplica(t *testing.T, cfgYAML string) *fleetReplica {
 	t.Helper()
-	cfg, err := configs.Parse([]byte(cfgYAML))
-	if err != nil {
-		t.Fatalf("config: %v", err)
-	}
-	logs := &syncBuffer{}
-	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), logs, zapcore.DebugLevel))
-	srv, err := build(cfg, log, buildOptions{})
-	if err != nil {
-		t.Fatalf("build: %v", err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(ln) }()
-	var once sync.Once
-	stop := func() { once.Do(func() { _ = srv.ShutdownWithContext(t.Context()) }) }
-	t.Cleanup(stop)
-	return &fleetReplica{
-		instance: &instance{URL: "http://" + ln.Addr().String(), Logs: logs, Client: &http.Client{
-			Timeout: 15 * time.Second, Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 256},
-		}},
-		stop: stop,
-	}
+	return startRegcacheWith(t, cfgYAML, buildOptions{})
 }
 
 // fleetConfig is a replica's config: one upstream, and the shared tier when redisAddr is
@@ -187,7 +158,7 @@ func TestFleetSharedTier(t *testing.T) {
 		with, without, reg.Count(http.MethodGet, "base"), reg.Count(http.MethodGet, "token"))
 	if with != 20 {
 		for i, rp := range reps {
-			m := scrape(t, rp.instance)
+			m := scrape(t, rp)
 			t.Logf("replica %d: redis up %v errors %v hits %v misses %v lock waits %v; %s", i, m["regcache_redis_up"], m["regcache_redis_errors_total"],
 				m["regcache_redis_hits_total"], m["regcache_redis_misses_total"], m["regcache_fleet_lock_waits_total"], grepLines(rp.Logs.String(), "redis"))
 		}
@@ -270,7 +241,7 @@ func TestFleetSharedTier(t *testing.T) {
 		if r.Status != 200 || !strings.Contains(string(r.Body), "redis: down") {
 			t.Fatalf("replica %d /readyz with Redis dead: %d %q; want 200 with the detail", i, r.Status, r.Body)
 		}
-		if m := scrape(t, rp.instance); m["regcache_redis_up"] != 0 || m["regcache_redis_errors_total"] == 0 {
+		if m := scrape(t, rp); m["regcache_redis_up"] != 0 || m["regcache_redis_errors_total"] == 0 {
 			t.Fatalf("replica %d metrics with Redis dead: up %v, errors %v", i, m["regcache_redis_up"], m["regcache_redis_errors_total"])
 		}
 	}
@@ -298,7 +269,7 @@ func TestFleetSharedTier(t *testing.T) {
 	}
 	if n := manifestRequests(reg); n != 5 {
 		for i, rp := range reps {
-			m := scrape(t, rp.instance)
+			m := scrape(t, rp)
 			t.Logf("replica %d: redis up %v errors %v hits %v misses %v lock waits %v; %s", i, m["regcache_redis_up"], m["regcache_redis_errors_total"],
 				m["regcache_redis_hits_total"], m["regcache_redis_misses_total"], m["regcache_fleet_lock_waits_total"], grepLines(rp.Logs.String(), "redis"))
 		}

@@ -42,6 +42,8 @@ type instance struct {
 	Logs *syncBuffer
 	// Client has no proxy from the environment and a short timeout.
 	Client *http.Client
+	// stop shuts the instance down (once; cleanup calls it too), for tests that replace it.
+	stop func()
 }
 
 // startRegcache parses cfgYAML exactly as the binary would, wires it with build, and serves
@@ -70,7 +72,9 @@ func startRegcacheWith(t testing.TB, cfgYAML string, bo buildOptions) *instance 
 		t.Fatal(err)
 	}
 	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.ShutdownWithContext(t.Context()) })
+	var once sync.Once
+	stop := func() { once.Do(func() { _ = srv.ShutdownWithContext(t.Context()) }) }
+	t.Cleanup(stop)
 	return &instance{
 		URL:  "http://" + ln.Addr().String(),
 		Logs: logs,
@@ -78,6 +82,7 @@ func startRegcacheWith(t testing.TB, cfgYAML string, bo buildOptions) *instance 
 			Timeout:   15 * time.Second,
 			Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 256},
 		},
+		stop: stop,
 	}
 }
 
