@@ -264,12 +264,28 @@ func encodeTag(e *TagEntry) []byte {
 
 // setTag shares e until it is past serving even as stale.
 func (s *shared) setTag(up, repo, tag string, e *TagEntry, ttl time.Duration) {
+	s.write(s.tagKey(up, repo, tag), encodeTag(e), ttl)
+}
+
+// write stores data at key for ttl. A failed write costs later readers a miss, nothing
+// more, so it is only counted.
+func (s *shared) write(key string, data []byte, ttl time.Duration) {
 	if !s.usable() || ttl <= 0 {
 		return
 	}
 	ctx, cancel := s.ctx()
 	defer cancel()
-	_ = s.result(s.rdb.Set(ctx, s.tagKey(up, repo, tag), encodeTag(e), ttl).Err())
+	_ = s.result(s.rdb.Set(ctx, key, data, ttl).Err())
+}
+
+// remove deletes key.
+func (s *shared) remove(key string) {
+	if !s.usable() {
+		return
+	}
+	ctx, cancel := s.ctx()
+	defer cancel()
+	_ = s.result(s.rdb.Del(ctx, key).Err())
 }
 
 // A manifest is stored as "v1\n" + media type + "\n" + body.
@@ -316,12 +332,9 @@ func encodeManifest(m upstream.Manifest) []byte {
 // setManifest shares a verified manifest; only whole ones, since a descriptor alone is
 // in the tag entry that led to it.
 func (s *shared) setManifest(up, repo string, m upstream.Manifest) {
-	if m.Body == nil || !s.usable() {
-		return
+	if m.Body != nil {
+		s.write(s.manifestKey(up, repo, m.Digest), encodeManifest(m), sharedManifestTTL)
 	}
-	ctx, cancel := s.ctx()
-	defer cancel()
-	_ = s.result(s.rdb.Set(ctx, s.manifestKey(up, repo, m.Digest), encodeManifest(m), sharedManifestTTL).Err())
 }
 
 // Tags pages: <prefix>tags:<upstream>/<repo>?n=..&last=..&page=.., JSON.
@@ -405,9 +418,6 @@ func encodeTags(repo string, r TagsRequest, p *TagPage) []byte {
 }
 
 func (s *shared) setTags(up, repo string, r TagsRequest, p *TagPage, ttl time.Duration) {
-	if !s.usable() || ttl <= 0 {
-		return
-	}
 	data := encodeTags(repo, r, p)
 	if e, _ := decodeTags(data, repo, r, time.Now()); e == nil {
 		// A page other replicas would refuse (a tag outside the grammar, more tags than n
@@ -415,19 +425,10 @@ func (s *shared) setTags(up, repo string, r TagsRequest, p *TagPage, ttl time.Du
 		// holds nothing that reads back as garbage.
 		return
 	}
-	ctx, cancel := s.ctx()
-	defer cancel()
-	_ = s.result(s.rdb.Set(ctx, s.tagsKey(up, repo, r), data, ttl).Err())
+	s.write(s.tagsKey(up, repo, r), data, ttl)
 }
 
-func (s *shared) delTags(up, repo string, r TagsRequest) {
-	if !s.usable() {
-		return
-	}
-	ctx, cancel := s.ctx()
-	defer cancel()
-	_ = s.result(s.rdb.Del(ctx, s.tagsKey(up, repo, r)).Err())
-}
+func (s *shared) delTags(up, repo string, r TagsRequest) { s.remove(s.tagsKey(up, repo, r)) }
 
 // validTag is the distribution spec's tag grammar: [A-Za-z0-9_][A-Za-z0-9._-]{0,127}.
 func validTag(t string) bool {
@@ -454,9 +455,7 @@ func (s *shared) drop(key, why string) {
 		s.log.Warn("redis entry refused and deleted (logged once per 30s; regcache_redis_garbage_total counts them)",
 			zap.String("key", key), zap.String("reason", why))
 	}
-	ctx, cancel := s.ctx()
-	defer cancel()
-	_ = s.result(s.rdb.Del(ctx, key).Err())
+	s.remove(key)
 }
 
 // validMediaType accepts what may go out as a Content-Type: type/subtype, nothing else.
@@ -603,14 +602,12 @@ type sharedFailure struct {
 // errors are shared (their messages never carry credentials).
 func (s *shared) setFailure(key string, err error) {
 	var ue *upstream.Error
-	if !errors.As(err, &ue) || !s.usable() {
+	if !errors.As(err, &ue) {
 		return
 	}
 	data, _ := json.Marshal(sharedFailure{Kind: ue.Kind, Upstream: ue.Upstream, Status: ue.Status, Code: ue.Code,
 		Message: ue.Message, RetryAfter: ue.RetryAfter.Milliseconds(), Timeout: ue.Timeout})
-	ctx, cancel := s.ctx()
-	defer cancel()
-	_ = s.result(s.rdb.Set(ctx, s.prefix+"failed:"+key, data, failureTTL).Err())
+	s.write(s.prefix+"failed:"+key, data, failureTTL)
 }
 
 // failure is the error a holder shared for key, or nil.
@@ -633,14 +630,7 @@ func (s *shared) failure(key string) error {
 }
 
 // delTag removes a tag upstream said is gone, so that no replica serves it from Redis.
-func (s *shared) delTag(up, repo, tag string) {
-	if !s.usable() {
-		return
-	}
-	ctx, cancel := s.ctx()
-	defer cancel()
-	_ = s.result(s.rdb.Del(ctx, s.tagKey(up, repo, tag)).Err())
-}
+func (s *shared) delTag(up, repo, tag string) { s.remove(s.tagKey(up, repo, tag)) }
 
 // wrongType reports a key holding another Redis type than the string regcache writes.
 func wrongType(err error) bool {
