@@ -142,7 +142,7 @@ func FuzzDecodeTags(f *testing.F) {
 			t.Fatalf("accepted page builds body %q (%v)", p.Body, err)
 		}
 		for _, tag := range body.Tags {
-			if !validTag(tag) {
+			if !upstream.ValidTag(tag) {
 				t.Fatalf("accepted tag %q", tag)
 			}
 		}

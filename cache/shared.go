@@ -378,7 +378,7 @@ func decodeTags(data []byte, repo string, r TagsRequest, now time.Time) (*TagPag
 		return nil, "tags page for another repository or request, or with a bad time"
 	}
 	for _, t := range st.Tags {
-		if !validTag(t) {
+		if !upstream.ValidTag(t) {
 			return nil, "tags page with an invalid tag"
 		}
 	}
@@ -429,21 +429,6 @@ func (s *shared) setTags(up, repo string, r TagsRequest, p *TagPage, ttl time.Du
 }
 
 func (s *shared) delTags(up, repo string, r TagsRequest) { s.remove(s.tagsKey(up, repo, r)) }
-
-// validTag is the distribution spec's tag grammar: [A-Za-z0-9_][A-Za-z0-9._-]{0,127}.
-func validTag(t string) bool {
-	if len(t) == 0 || len(t) > 128 {
-		return false
-	}
-	for i := 0; i < len(t); i++ {
-		c := t[i]
-		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || (i > 0 && (c == '.' || c == '-'))
-		if !ok {
-			return false
-		}
-	}
-	return true
-}
 
 // drop deletes an entry that did not decode or verify, so that it is fetched anew and
 // stored right, and counts it: garbage in Redis is worth an operator's look.

@@ -255,8 +255,8 @@ func FuzzValidNames(f *testing.F) {
 		if got, want := validRepo(b), fuzzNameGrammar.MatchString(s); got != want {
 			t.Fatalf("validRepo(%q) = %v, grammar says %v", s, got, want)
 		}
-		if got, want := validTag(b), fuzzTagGrammar.MatchString(s); got != want {
-			t.Fatalf("validTag(%q) = %v, grammar says %v", s, got, want)
+		if got, want := upstream.ValidTag(b), fuzzTagGrammar.MatchString(s); got != want {
+			t.Fatalf("upstream.ValidTag(%q) = %v, grammar says %v", s, got, want)
 		}
 		host := validHost(b)
 		if host {
@@ -417,7 +417,7 @@ func FuzzDigestReference(f *testing.F) {
 		if !validRepo([]byte(path)) || !validRepo([]byte(repo)) || len(path) > maxNameLength {
 			t.Fatalf("image %q gives repository %q, which /v2/ would refuse", image, repo)
 		}
-		if tagged, ok := named.(reference.Tagged); ok && !validTag([]byte(tagged.Tag())) {
+		if tagged, ok := named.(reference.Tagged); ok && !upstream.ValidTag([]byte(tagged.Tag())) {
 			t.Fatalf("image %q gives tag %q", image, tagged.Tag())
 		}
 		if d, ok := named.(reference.Digested); ok {

@@ -9,6 +9,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"github.com/valyala/fasthttp"
+
+	"regcache/upstream"
 )
 
 // Kind is the endpoint a /v2/ request is for.
@@ -113,7 +115,7 @@ func checkNames(r *Route) *apiError {
 			if _, err := digest.Parse(r.Ref); err != nil {
 				return newError(fasthttp.StatusBadRequest, codeDigestInvalid, "invalid digest "+quote(ref))
 			}
-		} else if !validTag(ref) {
+		} else if !upstream.ValidTag(ref) {
 			return newError(fasthttp.StatusBadRequest, codeTagInvalid, "invalid tag "+quote(ref))
 		}
 	case KindBlob:
@@ -267,23 +269,6 @@ func validComponent(c []byte) bool {
 }
 
 func alnum(b byte) bool { return b >= 'a' && b <= 'z' || b >= '0' && b <= '9' }
-
-// validTag checks [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}.
-func validTag(s []byte) bool {
-	if len(s) == 0 || len(s) > 128 {
-		return false
-	}
-	for i, b := range s {
-		ok := b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z' || b >= '0' && b <= '9' || b == '_'
-		if !ok && i > 0 {
-			ok = b == '.' || b == '-'
-		}
-		if !ok {
-			return false
-		}
-	}
-	return true
-}
 
 // quote shows untrusted input in a message, bounded and escaped.
 func quote(b []byte) string {

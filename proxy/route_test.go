@@ -119,8 +119,8 @@ func TestValidTag(t *testing.T) {
 		{"a+b", false},
 		{"t\u00e4g", false},
 	} {
-		if got := validTag([]byte(tc.tag)); got != tc.want {
-			t.Errorf("validTag(%q) = %v, want %v", tc.tag, got, tc.want)
+		if got := upstream.ValidTag([]byte(tc.tag)); got != tc.want {
+			t.Errorf("upstream.ValidTag(%q) = %v, want %v", tc.tag, got, tc.want)
 		}
 		if g := tagGrammar.MatchString(tc.tag); g != tc.want {
 			t.Errorf("test table disagrees with the spec grammar on %q", tc.tag)
@@ -133,8 +133,8 @@ func TestValidTagMatchesGrammar(t *testing.T) {
 	var walk func(prefix []byte)
 	walk = func(prefix []byte) {
 		if len(prefix) > 0 {
-			if got, want := validTag(prefix), tagGrammar.Match(prefix); got != want {
-				t.Errorf("validTag(%q) = %v, grammar says %v", prefix, got, want)
+			if got, want := upstream.ValidTag(prefix), tagGrammar.Match(prefix); got != want {
+				t.Errorf("upstream.ValidTag(%q) = %v, grammar says %v", prefix, got, want)
 			}
 		}
 		if len(prefix) == 5 {

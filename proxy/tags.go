@@ -7,6 +7,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"regcache/cache"
+	"regcache/upstream"
 )
 
 const codePaginationInvalid = "PAGINATION_NUMBER_INVALID"
@@ -29,7 +30,7 @@ func (p *Proxy) serveTags(ctx *fasthttp.RequestCtx, rt *Route, rawPath []byte) c
 		req.N = min(n, cache.MaxTagsPage)
 	}
 	if last := args.Peek("last"); len(last) > 0 {
-		if !validTag(last) {
+		if !upstream.ValidTag(last) {
 			writeError(ctx, newError(fasthttp.StatusBadRequest, codeTagInvalid, "last must be a tag, got "+quote(last)))
 			return noStatus
 		}

@@ -166,3 +166,23 @@ func genericType(mt string) bool {
 	}
 	return false
 }
+
+// ValidTag reports whether s is a tag in the distribution spec's grammar,
+// [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}. It takes the proxy's request bytes without a copy
+// and the cache's strings alike.
+func ValidTag[T ~string | ~[]byte](s T) bool {
+	if len(s) == 0 || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		b := s[i]
+		ok := b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z' || b >= '0' && b <= '9' || b == '_'
+		if !ok && i > 0 {
+			ok = b == '.' || b == '-'
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
