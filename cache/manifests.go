@@ -224,9 +224,6 @@ func (c *Cache) fetchDigest(ctx context.Context, o *Origin, repo string, d diges
 			return upstream.Manifest{}, err
 		}
 		ask := func() (upstream.Manifest, error) { return c.askDigest(o, repo, d, wantBody) }
-		if c.shared == nil {
-			return ask()
-		}
 		look := func() (upstream.Manifest, bool) {
 			e := c.shared.getManifest(up, repo, d)
 			if e == nil {
@@ -236,14 +233,19 @@ func (c *Cache) fetchDigest(ctx context.Context, o *Origin, repo string, d diges
 			c.putManifest(up, repo, m)
 			return m, true
 		}
-		if !wantBody {
+		var m upstream.Manifest
+		var err error
+		if wantBody {
+			m, err = fleet(c.shared, "manifest:"+up+"/"+repo+"@"+string(d), look, ask)
+		} else {
 			// Only bodies are shared, and a HEAD by digest is one cheap request: no wait.
-			if m, ok := look(); ok {
-				return m, nil
+			if c.shared != nil {
+				if m, ok := look(); ok {
+					return m, nil
+				}
 			}
-			return ask()
+			m, err = ask()
 		}
-		m, err := fleet(c.shared, "manifest:"+up+"/"+repo+"@"+string(d), look, ask)
 		if err != nil {
 			c.remember(up, repo, string(d), err)
 		}
@@ -263,7 +265,6 @@ func (c *Cache) askDigest(o *Origin, repo string, d digest.Digest, wantBody bool
 		m, err = o.Registry.HeadManifest(context.Background(), repo, string(d))
 	}
 	if err != nil {
-		c.remember(up, repo, string(d), err)
 		return m, err
 	}
 	c.putManifest(up, repo, m)
@@ -297,10 +298,14 @@ func (c *Cache) byTag(ctx context.Context, o *Origin, repo, tag string, wantBody
 		if err != nil {
 			return Answer{}, err
 		}
+		// The answer's time is when the entry was fetched, by this replica or another one
+		// through the shared tier.
 		at := now
-		if te := c.store.tag(tagKey(up, repo, tag)); te != nil && te.Digest == m.Digest {
-			at = te.FetchedAt // another replica's fetch, through the shared tier
+		k := getKey('t', up, repo, tag)
+		if te := c.store.tag(k.String()); te != nil && te.Digest == m.Digest {
+			at = te.FetchedAt
 		}
+		k.release()
 		return c.withBody(ctx, o, repo, m.Descriptor, m.Body, wantBody, Miss, at)
 	}
 
@@ -347,9 +352,6 @@ func (c *Cache) resolveTag(ctx context.Context, o *Origin, repo, tag string, wan
 		if err := c.store.negative(negativeKey(up, repo, tag)); err != nil {
 			return upstream.Manifest{}, err
 		}
-		if c.shared == nil {
-			return c.askTag(o, repo, tag, wantBody, nil)
-		}
 		// seen is the shared entry last read, fresh or not: where the tag pointed before, for
 		// the entry the fetch writes (its Previous), even on a replica that never saw it.
 		var seen *TagEntry
@@ -381,7 +383,11 @@ func (c *Cache) resolveTag(ctx context.Context, o *Origin, repo, tag string, wan
 		ask := func() (upstream.Manifest, error) { return c.askTag(o, repo, tag, wantBody, seen) }
 		m, err := fleet(c.shared, "tag:"+up+"/"+repo+":"+tag, look, ask)
 		if err != nil && c.remember(up, repo, tag, err) {
-			c.store.del(key) // also when another replica's fetch learned it is gone
+			// The tag is gone upstream (this replica's answer or the fleet's): stop serving it.
+			c.store.del(key)
+			if c.shared != nil {
+				c.shared.delTag(up, repo, tag)
+			}
 		}
 		return m, err
 	})
@@ -401,13 +407,7 @@ func (c *Cache) askTag(o *Origin, repo, tag string, wantBody bool, shared *TagEn
 		m, err = o.Registry.HeadManifest(context.Background(), repo, tag)
 	}
 	if err != nil {
-		if remembered := c.remember(up, repo, tag, err); remembered {
-			c.store.del(key) // the tag is gone upstream: stop serving it
-			if c.shared != nil {
-				c.shared.delTag(up, repo, tag)
-			}
-		}
-		return m, err
+		return m, err // the flight remembers a "no"
 	}
 	c.putManifest(up, repo, m)
 	if m.Body == nil {

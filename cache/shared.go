@@ -518,9 +518,13 @@ func (s *shared) locked(key string) bool {
 
 // fleet makes one replica of a fleet ask upstream for key while the others wait for the
 // answer it shares: look reads the shared tier, fetch asks upstream and shares the answer.
+// Without a shared tier (s nil) it is fetch alone.
 // A waiter asks upstream itself when the lock goes without an answer appearing (the holder
 // failed or died) or lockTTL passes.
 func fleet[V any](s *shared, key string, look func() (V, bool), fetch func() (V, error)) (V, error) {
+	if s == nil {
+		return fetch() // no shared tier: no fleet to coalesce with
+	}
 	if v, ok := look(); ok {
 		return v, nil
 	}

@@ -65,12 +65,6 @@ func (c *Cache) Tags(ctx context.Context, o *Origin, repo string, req TagsReques
 	ask := func() (TagPage, error) {
 		p, err := c.gatherTags(o, repo, req)
 		if err != nil {
-			if c.remember(up, "", key, err) {
-				c.store.del(key)
-				if c.shared != nil {
-					c.shared.delTags(up, repo, req)
-				}
-			}
 			return p, err
 		}
 		if ttl := o.TagTTL + c.cfg.MaxStale; ttl > 0 {
@@ -81,33 +75,34 @@ func (c *Cache) Tags(ctx context.Context, o *Origin, repo string, req TagsReques
 		}
 		return p, nil
 	}
-	fetch := ask
-	if c.shared != nil {
-		// The fleet asks upstream once per page: another replica's fresh page is taken
-		// as it is (with its fetch time), else one replica gathers it while the others wait.
-		fetch = func() (TagPage, error) {
-			look := func() (TagPage, bool) {
-				p := c.shared.getTags(up, repo, req)
-				if p == nil {
-					return TagPage{}, false
-				}
-				if now := c.now(); p.FetchedAt.After(now) {
-					p.FetchedAt = now
-				}
-				if c.now().Sub(p.FetchedAt) >= o.TagTTL {
-					return TagPage{}, false
-				}
-				if ttl := o.TagTTL + c.cfg.MaxStale; ttl > 0 {
-					c.store.set(key, p, int64(len(p.Body)), ttl)
-				}
-				return *p, true
-			}
-			p, err := fleet(c.shared, "tags:"+up+"/"+repo+"?"+tagsQuery(req), look, ask)
-			if err != nil && c.remember(up, "", key, err) {
-				c.store.del(key)
-			}
-			return p, err
+	// With a shared tier the fleet asks upstream once per page: another replica's fresh page
+	// is taken as it is (with its fetch time), else one replica gathers it while the others
+	// wait.
+	look := func() (TagPage, bool) {
+		p := c.shared.getTags(up, repo, req)
+		if p == nil {
+			return TagPage{}, false
 		}
+		if now := c.now(); p.FetchedAt.After(now) {
+			p.FetchedAt = now
+		}
+		if c.now().Sub(p.FetchedAt) >= o.TagTTL {
+			return TagPage{}, false
+		}
+		if ttl := o.TagTTL + c.cfg.MaxStale; ttl > 0 {
+			c.store.set(key, p, int64(len(p.Body)), ttl)
+		}
+		return *p, true
+	}
+	fetch := func() (TagPage, error) {
+		p, err := fleet(c.shared, "tags:"+up+"/"+repo+"?"+tagsQuery(req), look, ask)
+		if err != nil && c.remember(up, "", key, err) {
+			c.store.del(key)
+			if c.shared != nil {
+				c.shared.delTags(up, repo, req)
+			}
+		}
+		return p, err
 	}
 	if cached == nil {
 		p, err, _ := c.tagFlights.Do(ctx, key, fetch)
