@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -117,24 +116,7 @@ func TestTokenCapThroughRegistry(t *testing.T) {
 		t.Skip("short: asks 4,196 repositories")
 	}
 	var tokens atomic.Int32
-	var srv *httptest.Server
-	srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch {
-		case r.URL.Path == "/token":
-			tokens.Add(1)
-			w.Header().Set("Content-Type", "application/json")
-			_, _ = w.Write([]byte(`{"token":"good","expires_in":300}`))
-		case r.Header.Get("Authorization") == "Bearer good" && strings.Contains(r.URL.Path, "/manifests/"):
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusNotFound)
-			_, _ = w.Write([]byte(`{"errors":[{"code":"MANIFEST_UNKNOWN","message":"no"}]}`))
-		default:
-			w.Header().Set("WWW-Authenticate", `Bearer realm="`+srv.URL+`/token",service="t"`)
-			w.WriteHeader(http.StatusUnauthorized)
-		}
-	}))
-	t.Cleanup(srv.Close)
-	r := newTestRegistry(t, srv.URL, "", "")
+	r := newTestRegistry(t, notFoundServer(t, &tokens, nil), "", "")
 	ctx := context.Background()
 	const n = maxTokenScopes + 100
 	for i := range n {
@@ -168,25 +150,7 @@ func TestTokenCapThroughRegistry(t *testing.T) {
 func TestTokenFetchCoalesced(t *testing.T) {
 	var tokens atomic.Int32
 	release := make(chan struct{})
-	var srv *httptest.Server
-	srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch {
-		case r.URL.Path == "/token":
-			tokens.Add(1)
-			<-release
-			w.Header().Set("Content-Type", "application/json")
-			_, _ = w.Write([]byte(`{"token":"good","expires_in":300}`))
-		case r.Header.Get("Authorization") == "Bearer good" && strings.Contains(r.URL.Path, "/manifests/"):
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusNotFound)
-			_, _ = w.Write([]byte(`{"errors":[{"code":"MANIFEST_UNKNOWN","message":"no"}]}`))
-		default:
-			w.Header().Set("WWW-Authenticate", `Bearer realm="`+srv.URL+`/token",service="t"`)
-			w.WriteHeader(http.StatusUnauthorized)
-		}
-	}))
-	t.Cleanup(srv.Close)
-	r := newTestRegistry(t, srv.URL, "", "")
+	r := newTestRegistry(t, notFoundServer(t, &tokens, release), "", "")
 
 	impatient, cancel := context.WithCancel(context.Background())
 	gaveUp := make(chan error, 1)
@@ -218,4 +182,17 @@ func TestTokenFetchCoalesced(t *testing.T) {
 	if got := tokens.Load(); got != 1 {
 		t.Fatalf("%d token requests for 51 concurrent callers of one scope, want 1", got)
 	}
+}
+
+// notFoundServer is a bearerServer whose manifests are all 404 (MANIFEST_UNKNOWN) once
+// the token is there; each token request waits for release when that is not nil.
+func notFoundServer(t *testing.T, tokens *atomic.Int32, release <-chan struct{}) string {
+	return bearerServer(t, `{"token":"good","expires_in":300}`, tokens, release, func(w http.ResponseWriter, r *http.Request) {
+		if !strings.Contains(r.URL.Path, "/manifests/") {
+			return // /v2/: 200
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = w.Write([]byte(`{"errors":[{"code":"MANIFEST_UNKNOWN","message":"no"}]}`))
+	}).URL
 }

@@ -220,20 +220,32 @@ func TestBasicAuth(t *testing.T) {
 }
 
 // tokenServer is a registry whose /v2/ and manifests want a token from /token, which
-// answers with body.
+// answers with body; with the token, a manifest HEAD answers 200 with a digest.
 func tokenServer(t *testing.T, body string, tokenHits *atomic.Int32) *httptest.Server {
+	return bearerServer(t, body, tokenHits, nil, func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", MediaTypeOCIManifest)
+		w.Header().Set("Docker-Content-Digest", "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a")
+		w.Header().Set("Content-Length", "2")
+	})
+}
+
+// bearerServer is a registry that challenges every request without "Bearer good" to fetch
+// a token from its /token, which answers with body (after release, when not nil) and counts
+// in tokenHits; authorized requests go to authorized.
+func bearerServer(t *testing.T, body string, tokenHits *atomic.Int32, release <-chan struct{}, authorized http.HandlerFunc) *httptest.Server {
 	t.Helper()
 	var srv *httptest.Server
 	srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case r.URL.Path == "/token":
 			tokenHits.Add(1)
+			if release != nil {
+				<-release
+			}
 			w.Header().Set("Content-Type", "application/json")
 			_, _ = w.Write([]byte(body))
 		case r.Header.Get("Authorization") == "Bearer good":
-			w.Header().Set("Content-Type", MediaTypeOCIManifest)
-			w.Header().Set("Docker-Content-Digest", "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a")
-			w.Header().Set("Content-Length", "2")
+			authorized(w, r)
 		default:
 			w.Header().Set("WWW-Authenticate", `Bearer realm="`+srv.URL+`/token",service="t"`)
 			w.WriteHeader(http.StatusUnauthorized)
