@@ -7,6 +7,8 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"regcache/configs"
+	"regcache/proxy"
 	"regcache/upstream/registrytest"
 )
 
@@ -38,4 +40,19 @@ func TestSmokeManifestThroughBearerUpstream(t *testing.T) {
 		t.Fatalf("upstream GET %d HEAD %d", reg.Count("GET", "manifest"), reg.Count("HEAD", "manifest"))
 	}
 	t.Logf("token requests %d", reg.Count("GET", "token"))
+}
+
+// The server: defaults live twice, in the config (what an operator sees and validates) and
+// in proxy.Limits (for zero fields); this keeps the two from drifting apart.
+func TestServerDefaultsAgree(t *testing.T) {
+	cfg, err := configs.Parse([]byte("upstreams:\n  - name: docker.io\n    url: https://registry-1.docker.io\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := limits(&cfg.Server)
+	want := proxy.Limits{ReadTimeout: proxy.DefaultReadTimeout, WriteTimeout: proxy.DefaultWriteTimeout, IdleTimeout: proxy.DefaultIdleTimeout,
+		MaxHeaderSize: proxy.DefaultMaxHeaderSize, MaxRequestBody: proxy.DefaultMaxRequestBody}
+	if got != want {
+		t.Fatalf("config defaults %+v, proxy defaults %+v", got, want)
+	}
 }
