@@ -74,8 +74,7 @@ type shared struct {
 	lastTry   atomic.Int64 // unix nanos of the last call tried while down
 	lastLog   atomic.Int64 // unix nanos of the last "Redis failing" line
 	errMu     sync.Mutex
-	lastErr   string
-	reason    string // lastErr's category, for /readyz: no addresses or peer bytes there
+	lastErr   error
 	downSince time.Time
 
 	errors    atomic.Int64
@@ -157,7 +156,7 @@ func (s *shared) result(err error) error {
 	}
 	s.errors.Add(1)
 	s.errMu.Lock()
-	s.lastErr, s.reason = err.Error(), category(err)
+	s.lastErr = err
 	s.errMu.Unlock()
 	s.lastTry.Store(time.Now().UnixNano())
 	if s.fails.Add(1) < tripAfter && s.up.Load() {
@@ -681,7 +680,10 @@ func (s *shared) stats() *RedisStats {
 	}
 	if !st.Up {
 		s.errMu.Lock()
-		st.DownSince, st.LastError, st.Reason = s.downSince, s.lastErr, s.reason
+		st.DownSince = s.downSince
+		if s.lastErr != nil {
+			st.LastError, st.Reason = s.lastErr.Error(), category(s.lastErr)
+		}
 		s.errMu.Unlock()
 	}
 	return st

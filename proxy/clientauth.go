@@ -276,14 +276,9 @@ func (a *ClientAuth) isStaticToken(t []byte) bool {
 	return found == 1
 }
 
-// checkBasic verifies Basic credentials. A success is remembered for verifiedTTL under a
-// hash of the whole header, because bcrypt costs ~50ms and clients that use Basic send it on
-// every request.
-func (a *ClientAuth) checkBasic(header, cred []byte) (string, bool) {
-	return a.checkBasicAt(header, cred, &attempt{a: a})
-}
-
-// checkBasicAt is checkBasic for one request: a comparison happens only if at allows it.
+// checkBasicAt verifies Basic credentials for one request; a bcrypt comparison happens only
+// if at allows it. A success is remembered for verifiedTTL under a hash of the whole header,
+// because bcrypt costs ~50ms and clients that use Basic send it on every request.
 func (a *ClientAuth) checkBasicAt(header, cred []byte, at *attempt) (string, bool) {
 	key := sha256.Sum256(header)
 	now := a.now()
