@@ -23,10 +23,11 @@ type Blob struct {
 }
 
 // OpenBlob asks for blob d of repo with method (GET or HEAD), passing a client's Range
-// through; a 206 is an error unless rangeHeader asked for one. Redirects to CDNs are followed here, so clients never see them. A layer may
-// take long to stream, so the upstream timeout bounds the wait for answer headers and then
-// each silence in the body (any period that brings less than minStreamProgress bytes), not
-// the whole transfer; ctx can end it early. Close the body.
+// through; a 206 is an error unless rangeHeader asked for one. Redirects to CDNs are
+// followed here, so clients never see them. A layer may take long to stream, so the
+// upstream timeout bounds the wait for answer headers and then each silence in the body
+// (any period that brings less than minStreamProgress bytes), not the whole transfer; ctx
+// can end it early. Close the body.
 func (r *Registry) OpenBlob(ctx context.Context, method, repo string, d digest.Digest, rangeHeader string) (*Blob, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	resp, err := r.doWith(ctx, method, repo, "blobs/"+string(d), func(req *http.Request) {
