@@ -115,6 +115,9 @@ type Upstream struct {
 	// although regcache cannot resolve them itself: behind an HTTP(S) proxy that alone
 	// resolves outside names. Names that do resolve are checked as always.
 	AllowedHosts []string `yaml:"allowed_hosts"`
+	// MaxConcurrent bounds the requests open to this upstream at once; misses beyond it
+	// wait briefly, then get 503. 0 is the default (upstream.DefaultMaxConcurrent, 64).
+	MaxConcurrent int `yaml:"max_concurrent"`
 }
 
 // Credentials authenticate regcache to an upstream, either at its token endpoint or as
@@ -318,6 +321,9 @@ func (c *Config) validate() error {
 			if _, err := os.Stat(u.TLS.CAFile); err != nil {
 				return fmt.Errorf("%s.tls.ca_file: %v", key, err)
 			}
+		}
+		if u.MaxConcurrent < 0 {
+			return fmt.Errorf("%s.max_concurrent: must not be negative (0 is the default, 64)", key)
 		}
 		for j, h := range u.AllowedHosts {
 			if err := validHostName(h); err != nil {

@@ -241,6 +241,7 @@ upstreams:
     timeout: 45s
     connect_timeout: 3s
     allowed_hosts: [auth.docker.io, production.cloudflare.docker.com.]
+    max_concurrent: 16
   - name: registry.internal:5443
     url: http://10.0.0.7:5443
     tls:
@@ -314,6 +315,9 @@ upstreams:
 	}
 	if !slices.Equal(hub.AllowedHosts, []string{"auth.docker.io", "production.cloudflare.docker.com."}) {
 		t.Errorf("hub AllowedHosts = %q", hub.AllowedHosts)
+	}
+	if hub.MaxConcurrent != 16 {
+		t.Errorf("hub MaxConcurrent = %d, want 16", hub.MaxConcurrent)
 	}
 
 	internal := &cfg.Upstreams[1]
@@ -579,6 +583,8 @@ func TestParseRefusals(t *testing.T) {
 		{"negative upstream tag_ttl", up("    tag_ttl: -5m\n"), []string{"upstreams[0].tag_ttl: must not be negative"}, nil},
 		{"negative timeout", up("    timeout: -1s\n"), []string{"upstreams[0].timeout: must be above zero"}, nil},
 		{"negative connect_timeout", up("    connect_timeout: -1s\n"), []string{"upstreams[0].connect_timeout: must be above zero"}, nil},
+		{"negative max_concurrent", up("    max_concurrent: -1\n"), []string{"upstreams[0].max_concurrent: must not be negative"}, nil},
+		{"max_concurrent not a number", up("    max_concurrent: many\n"), []string{"upstreams[0].max_concurrent"}, nil},
 		{"allowed_hosts is a scalar", up("    allowed_hosts: auth.docker.io\n"), []string{"upstreams[0].allowed_hosts: expected a list"}, nil},
 		{"allowed_hosts empty entry", up("    allowed_hosts: [\"\"]\n"), []string{"upstreams[0].allowed_hosts[0]", "exact host name"}, nil},
 		{"allowed_hosts URL", up("    allowed_hosts: [auth.docker.io, \"https://auth.docker.io\"]\n"), []string{"upstreams[0].allowed_hosts[1]", "no scheme, port, path or *"}, nil},

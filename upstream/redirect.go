@@ -17,7 +17,18 @@ const maxRedirects = 5
 // send performs req, following redirects itself so that HEAD stays HEAD, Authorization is
 // dropped the moment the host changes, and no redirect leads into a network the upstream
 // itself does not live in.
-func (r *Registry) send(req *http.Request) (*http.Response, error) {
+//
+// The exchange holds one of the upstream's slots (slots.go) from before the first hop
+// until the returned body is read or closed; on error it is given back here.
+func (r *Registry) send(req *http.Request) (_ *http.Response, err error) {
+	if err := r.acquire(req.Context()); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			r.release()
+		}
+	}()
 	first := req.URL
 	for hops := 0; ; hops++ {
 		start := time.Now()
@@ -37,6 +48,7 @@ func (r *Registry) send(req *http.Request) (*http.Response, error) {
 				// It never gets our Authorization anyway, so its challenge is of no use.
 				resp.Header.Del("WWW-Authenticate")
 			}
+			r.holdSlot(resp)
 			return resp, nil
 		}
 		loc, err := resp.Location()

@@ -56,6 +56,9 @@ type Options struct {
 	RateLimitHold time.Duration
 	// Observer, when set, is told of every exchange with the upstream.
 	Observer Observer
+	// MaxConcurrent bounds the exchanges open at once (slots.go); 0 means
+	// DefaultMaxConcurrent.
+	MaxConcurrent int
 }
 
 // Registry is one upstream registry. It is safe for concurrent use.
@@ -70,6 +73,7 @@ type Registry struct {
 	observer  Observer
 	auth      authState
 	rl        rateGuard
+	slots     slots
 	// proxy is Options.Proxy or the environment's; proxies holds the (lower-case) hosts
 	// it has named, which guardDial dials as named: the operator chose them.
 	proxy   func(*http.Request) (*url.URL, error)
@@ -133,6 +137,7 @@ func New(opts Options) (*Registry, error) {
 		},
 	}
 	r.rl.hold = opts.RateLimitHold
+	r.slots = newSlots(opts.MaxConcurrent, opts.Timeout)
 	r.proxy = opts.Proxy
 	if r.proxy == nil {
 		r.proxy = http.ProxyFromEnvironment

@@ -178,7 +178,7 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err
 		opts := upstream.Options{
 			Name: u.Name, URL: u.URL, Timeout: u.Timeout.D(), ConnectTimeout: u.ConnectTimeout.D(),
 			TLS: tlsCfg, UserAgent: "regcache/1", DialContext: bo.Dial, Resolver: bo.Resolver, Observer: metrics,
-			Proxy: bo.Proxy, AllowedHosts: u.AllowedHosts,
+			Proxy: bo.Proxy, AllowedHosts: u.AllowedHosts, MaxConcurrent: u.MaxConcurrent,
 		}
 		if u.Credentials != nil {
 			opts.Username, opts.Password = u.Credentials.Username, u.Credentials.Password.Reveal()
