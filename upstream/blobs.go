@@ -52,6 +52,7 @@ func (r *Registry) OpenBlob(ctx context.Context, method, repo string, d digest.D
 		cancel()
 		return nil, &Error{Kind: KindInvalid, Upstream: r.name, Status: resp.StatusCode, Message: msg}
 	}
+	streamOutsideBound(resp) // the body may stream for minutes: see slots.go
 	return &Blob{
 		Body:         newIdleReader(resp.Body, r.timeout, cancel),
 		Size:         resp.ContentLength,
