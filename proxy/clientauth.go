@@ -99,10 +99,10 @@ func NewClientAuth(opts ClientAuthOptions) (*ClientAuth, error) {
 	}
 	a.required = len(a.users) > 0 || len(a.tokens) > 0
 	if len(a.users) > 0 {
-		// Not a secret: a hash of random bytes no one knows, at the default cost.
+		// Not a secret: a hash of random bytes no one knows, at the users' cost.
 		var pw [16]byte
 		_, _ = rand.Read(pw[:])
-		h, err := bcrypt.GenerateFromPassword(pw[:], bcrypt.DefaultCost)
+		h, err := bcrypt.GenerateFromPassword(pw[:], commonCost(a.users))
 		if err != nil {
 			return nil, err
 		}
@@ -123,6 +123,23 @@ func NewClientAuth(opts ClientAuthOptions) (*ClientAuth, error) {
 		a.realm = bearerChallenge(u.Scheme, u.Host)
 	}
 	return a, nil
+}
+
+// commonCost is the bcrypt cost most users' hashes have (the higher one on a tie): the dummy
+// hash must cost what a wrong password costs, or an unknown name answers faster or slower
+// than a known one (htpasswd -B writes cost 5, a twentieth of the default's time). Users
+// of another cost remain distinguishable; one cost for all files is the common case.
+func commonCost(users map[string][]byte) int {
+	count := map[int]int{}
+	best := bcrypt.DefaultCost
+	for _, h := range users {
+		c, _ := bcrypt.Cost(h) // checked by the caller
+		count[c]++
+		if count[c] > count[best] || count[c] == count[best] && c > best {
+			best = c
+		}
+	}
+	return best
 }
 
 // Required reports whether clients must authenticate.

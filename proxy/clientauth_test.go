@@ -507,3 +507,58 @@ func benchAuthorize(b *testing.B, a *ClientAuth, authz string) {
 		}
 	}
 }
+
+// caHashCost is caHash at a chosen bcrypt cost (htpasswd -B writes cost 5).
+func caHashCost(t testing.TB, pw string, cost int) string {
+	t.Helper()
+	h, err := bcrypt.GenerateFromPassword([]byte(pw), cost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(h)
+}
+
+// TestUnknownUserCostsWhatUsersCost: an unknown user is compared against a dummy hash of the
+// cost the htpasswd file's users have, so that a wrong password and an unknown name take
+// the same time (with a default-cost dummy, names of cost-5 users showed by a 20x gap).
+func TestUnknownUserCostsWhatUsersCost(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		costs []int
+		want  int
+	}{
+		{"htpasswd -B", []int{5}, 5},
+		{"the most common cost", []int{4, 5, 5}, 5},
+		{"a tie goes to the higher cost", []int{4, 6}, 6},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			users := map[string]string{}
+			for i, c := range tc.costs {
+				users[fmt.Sprint("user", i)] = caHashCost(t, "pw", c)
+			}
+			a, _ := caAuth(t, ClientAuthOptions{Users: users})
+			if got, err := bcrypt.Cost(a.dummyHash); err != nil || got != tc.want {
+				t.Fatalf("dummy hash cost %d (%v), want %d", got, err, tc.want)
+			}
+		})
+	}
+
+	// And coarsely by the clock: the fastest of a few unknown-user checks is within a wide
+	// factor of the fastest wrong-password check.
+	a, _ := caAuth(t, ClientAuthOptions{Users: map[string]string{"alice": caHashCost(t, "alice-pw", 5)}})
+	fastest := func(user string) time.Duration {
+		best := time.Duration(1 << 62)
+		for i := range 3 {
+			start := time.Now()
+			if _, ok := a.check([]byte(caBasic(user, fmt.Sprint("wrong-", i)))); ok {
+				t.Fatal("a wrong password passed")
+			}
+			best = min(best, time.Since(start))
+		}
+		return best
+	}
+	known, unknown := fastest("alice"), fastest("mallory")
+	if unknown > 4*known+20*time.Millisecond {
+		t.Errorf("unknown user takes %v, a wrong password %v: names can be told apart by timing", unknown, known)
+	}
+}
