@@ -384,6 +384,23 @@ func (a *Auth) validate() error {
 	return nil
 }
 
+// Warnings are settings that load but are likely mistakes, for the log at start. They name
+// keys, never values.
+func (c *Config) Warnings() []string {
+	var w []string
+	secret := c.Auth.Secret.Reveal() != ""
+	switch {
+	case c.Auth.Enabled() && !secret:
+		w = append(w, "auth.secret is not set: issued tokens are valid on this process only (set it when replicas share a name)")
+	case !c.Auth.Enabled() && secret:
+		// Replicas with auth on refuse anonymous tokens, but the key is better kept off
+		// processes that sign for anyone.
+		w = append(w, "auth.secret is set but auth is off: this process signs anonymous tokens with it for any client; "+
+			"set it only where htpasswd or tokens are set too")
+	}
+	return w
+}
+
 // Lookup finds the upstream whose name or alias is name (case-insensitive, as host names
 // are), or nil.
 func (c *Config) Lookup(name string) *Upstream {

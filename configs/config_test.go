@@ -1365,3 +1365,31 @@ func TestAuthSecretsNeverPrinted(t *testing.T) {
 		}
 	}
 }
+
+// TestWarnings: settings that load but are likely mistakes are reported at start, by key and
+// without their values.
+func TestWarnings(t *testing.T) {
+	const key = "HmacKey-0123456789abcdef0123456789"
+	for _, tc := range []struct {
+		name, text string
+		want       []string // substrings, one warning each; none when empty
+	}{
+		{"auth off, no secret", minimalUpstream, nil},
+		{"auth on with a secret", "auth:\n  tokens: [static-token-0123456789]\n  secret: " + key + "\n" + minimalUpstream, nil},
+		// An auth-off replica issues anonymous tokens under the shared key.
+		{"secret with auth off", "auth:\n  secret: " + key + "\n" + minimalUpstream, []string{"auth.secret is set but auth is off"}},
+		{"auth on without a secret", "auth:\n  tokens: [static-token-0123456789]\n" + minimalUpstream, []string{"auth.secret is not set"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := mustParse(t, tc.text).Warnings()
+			if len(got) != len(tc.want) {
+				t.Fatalf("warnings %q, want %d", got, len(tc.want))
+			}
+			for i, w := range tc.want {
+				if !strings.Contains(got[i], w) || strings.Contains(got[i], key) {
+					t.Errorf("warning %q, want it to say %q (and not the key)", got[i], w)
+				}
+			}
+		})
+	}
+}

@@ -86,6 +86,9 @@ func NewClientAuth(opts ClientAuthOptions) (*ClientAuth, error) {
 		a.ttl = DefaultTokenTTL
 	}
 	for user, h := range opts.Users {
+		if user == anonymous {
+			return nil, fmt.Errorf("client auth: user %q is reserved for the tokens of replicas with auth off; rename it in auth.htpasswd", user)
+		}
 		if _, err := bcrypt.Cost([]byte(h)); err != nil {
 			return nil, fmt.Errorf("client auth: user %q: not a bcrypt hash", user)
 		}
@@ -264,6 +267,9 @@ func (a *ClientAuth) checkAt(h []byte, at *attempt) (string, bool) {
 			return sub, true
 		}
 		c, err := a.verifyToken(cred)
+		if err == nil && c.Sub == anonymous {
+			err = errTokenAnonymous
+		}
 		if err != nil {
 			return "", false
 		}
@@ -331,6 +337,10 @@ func (a *ClientAuth) checkBasicAt(header, cred []byte, at *attempt) (string, boo
 	return sub, true
 }
 
+// anonymous is the subject of tokens issued with auth off. They grant nothing where auth is
+// on, even signed with a shared secret: a replica with auth off signs them for anyone.
+const anonymous = "anonymous"
+
 // tokenClaims is what an issued token says.
 type tokenClaims struct {
 	Sub string `json:"sub"`
@@ -342,6 +352,7 @@ var (
 	errTokenMalformed = errors.New("token malformed")
 	errTokenSignature = errors.New("token signature invalid")
 	errTokenExpired   = errors.New("token expired")
+	errTokenAnonymous = errors.New("token issued with auth off")
 )
 
 // issueToken signs a token for sub that expires after the TTL.
@@ -414,7 +425,7 @@ func (a *ClientAuth) serveToken(ctx *fasthttp.RequestCtx) {
 		writeError(ctx, newError(fasthttp.StatusNotFound, codeUnsupported, "regcache issues tokens by GET /token only"))
 		return
 	}
-	sub := "anonymous"
+	sub := anonymous
 	if a.required {
 		h := ctx.Request.Header.Peek(fasthttp.HeaderAuthorization)
 		scheme, cred, _ := bytes.Cut(h, []byte(" "))

@@ -562,3 +562,37 @@ func TestUnknownUserCostsWhatUsersCost(t *testing.T) {
 		t.Errorf("unknown user takes %v, a wrong password %v: names can be told apart by timing", unknown, known)
 	}
 }
+
+// TestAnonymousTokensRefusedWithAuthOn: a replica with auth off signs "anonymous" tokens for
+// anyone; a replica with auth on that shares its secret must not take them as credentials.
+func TestAnonymousTokensRefusedWithAuthOn(t *testing.T) {
+	shared := []byte("shared-secret-0123456789abcdef0123")
+	off, _ := caAuth(t, ClientAuthOptions{Secret: shared})
+	on, _ := caAuth(t, ClientAuthOptions{Secret: shared, Tokens: []string{"static-token-0123456789"}})
+	ctx := caCtx("GET", "/token?service=regcache", "regcache.lan")
+	off.serveToken(ctx)
+	var tj struct{ Token string }
+	if err := json.Unmarshal(ctx.Response.Body(), &tj); err != nil || tj.Token == "" {
+		t.Fatalf("auth-off /token: %s (%v)", ctx.Response.Body(), err)
+	}
+	const path = "/v2/library/nginx/manifests/latest"
+	for range 2 { // the second time from the verification cache, if it wrongly held it
+		req := caCtx("GET", path, "regcache.lan", "Authorization", "Bearer "+tj.Token)
+		if on.authorize(req, []byte(path)) {
+			t.Fatal("an auth-on replica accepted an anonymous token from an auth-off replica sharing its secret")
+		}
+		caWant401(t, req, `Bearer realm="http://regcache.lan/token",service="regcache"`)
+	}
+	// Its own tokens, for a user or a static token, still pass.
+	for _, sub := range []string{"alice", "token"} {
+		tok, _ := on.issueToken(sub)
+		if !on.authorize(caCtx("GET", path, "regcache.lan", "Authorization", "Bearer "+tok), []byte(path)) {
+			t.Errorf("own token for %s refused", sub)
+		}
+	}
+	// So no user may be called anonymous: their tokens would be refused.
+	if _, err := NewClientAuth(ClientAuthOptions{Users: map[string]string{"anonymous": caHash(t, "pw")}}); err == nil ||
+		!strings.Contains(err.Error(), "anonymous") {
+		t.Errorf("htpasswd user anonymous: err %v, want it refused by name", err)
+	}
+}

@@ -506,3 +506,35 @@ func TestClientAuthCLIs(t *testing.T) {
 	caUpstreamSawOnlyItsOwnTokens(t, reg, pass)
 	caNoSecretsLogged(t, rc, pass)
 }
+
+// TestClientAuthAnonymousTokensAcrossReplicas: a replica with auth off but the fleet's
+// auth.secret hands anyone a signed "anonymous" token; a replica with auth on sharing the
+// secret must refuse it, and the auth-off replica warns about its secret at start.
+func TestClientAuthAnonymousTokensAcrossReplicas(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t, registrytest.NoAuth)
+	reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
+	static := caRandom("static-")
+	off := startRegcache(t, caConfig(reg, "auth:\n  secret: "+caSecret+"\n"))
+	on := startRegcache(t, caConfig(reg, "auth:\n  tokens: [\""+static+"\"]\n  secret: "+caSecret+"\n"))
+	const manifest = "/v2/team/app/manifests/v1"
+
+	anon, _ := caToken(t, off)
+	if r := off.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+anon); r.Status != http.StatusOK {
+		t.Fatalf("the auth-off replica: %d %s", r.Status, r.Body)
+	}
+	caWant401(t, "anonymous token on the auth-on replica", on.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+anon), caChallenge(on.URL))
+	// A token the auth-on replica issued passes on it, as one forged for a user does.
+	tok, _ := caToken(t, on, "Authorization", caBasic("ci", static))
+	for _, bearer := range []string{tok, caForge("bob", time.Now().Add(time.Minute))} {
+		if r := on.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+bearer); r.Status != http.StatusOK {
+			t.Fatalf("the auth-on replica's own kind of token: %d %s", r.Status, r.Body)
+		}
+	}
+	if !strings.Contains(off.Logs.String(), "auth.secret is set but auth is off") {
+		t.Error("the auth-off replica did not warn about its auth.secret")
+	}
+	if strings.Contains(off.Logs.String(), caSecret) {
+		t.Error("the warning shows the secret")
+	}
+}

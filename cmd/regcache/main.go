@@ -75,9 +75,6 @@ func run(args []string) error {
 	}
 	log.Info("regcache listening", zap.String("listen", ln.Addr().String()), zap.Int("upstreams", len(cfg.Upstreams)),
 		zap.String("default_upstream", cfg.DefaultUpstream), zap.Bool("client_auth", cfg.Auth.Enabled()))
-	if cfg.Auth.Enabled() && cfg.Auth.Secret.Reveal() == "" {
-		log.Warn("auth.secret is not set: issued tokens are valid on this process only (set it when replicas share a name)")
-	}
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -142,6 +139,9 @@ func (a *app) ShutdownWithContext(ctx context.Context) error {
 
 // build turns a validated config into a ready server.
 func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err error) {
+	for _, w := range cfg.Warnings() {
+		log.Warn(w)
+	}
 	metrics := proxy.NewMetrics()
 	shared, err := redisConfig(cfg.Cache.Redis)
 	if err != nil {
