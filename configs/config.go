@@ -179,6 +179,9 @@ const (
 	defaultTokenTTL       = 5 * time.Minute
 	// minSecretLength keeps a shared HMAC key out of guessing range (openssl rand -hex 16).
 	minSecretLength = 32
+	// minTokenLength keeps a static token out of guessing range even at the failure
+	// limiter's pace (a client that guesses is also blocked after a few tries).
+	minTokenLength = 16
 )
 
 // Load reads and validates the config at path; an empty path means the embedded default.
@@ -373,6 +376,9 @@ func (a *Auth) validate() error {
 	for i, t := range a.Tokens {
 		if t.Reveal() == "" {
 			return fmt.Errorf("auth.tokens[%d]: must not be empty", i)
+		}
+		if len(t.Reveal()) < minTokenLength {
+			return fmt.Errorf("auth.tokens[%d]: must be at least %d characters (e.g. the output of openssl rand -hex 16)", i, minTokenLength)
 		}
 	}
 	if s := a.Secret.Reveal(); s != "" && len(s) < minSecretLength {

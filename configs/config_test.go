@@ -211,7 +211,7 @@ func TestDefaultIsEmbeddedTextAndACopy(t *testing.T) {
 func TestParseFullFile(t *testing.T) {
 	ca := writeFile(t, "ca.pem", "-----BEGIN CERTIFICATE-----\n")
 	htpasswd := writeFile(t, "htpasswd", "alice:"+bcryptHash(t, "pw")+"\n")
-	t.Setenv("REGCACHE_TEST_TOKEN", "tok-from-env")
+	t.Setenv("REGCACHE_TEST_TOKEN", "tok-from-env-0123456789")
 	text := `
 listen: "127.0.0.1:5050"
 default_upstream: mirror            # an alias
@@ -219,7 +219,7 @@ public_url: https://regcache.example.com
 trust_forwarded_headers: true
 auth:
   htpasswd: ` + htpasswd + `
-  tokens: ["static-one", "${REGCACHE_TEST_TOKEN}"]
+  tokens: ["static-one-0123456789", "${REGCACHE_TEST_TOKEN}"]
   secret: 0123456789abcdef0123456789abcdef
   token_ttl: 15m
 cache:
@@ -279,7 +279,7 @@ upstreams:
 	for _, tok := range cfg.Auth.Tokens {
 		tokens = append(tokens, reveal(tok))
 	}
-	if !slices.Equal(tokens, []string{"static-one", "tok-from-env"}) {
+	if !slices.Equal(tokens, []string{"static-one-0123456789", "tok-from-env-0123456789"}) {
 		t.Errorf("Auth.Tokens = %q", tokens)
 	}
 	if reveal(cfg.Auth.Secret) != "0123456789abcdef0123456789abcdef" || cfg.Auth.TokenTTL.D() != 15*time.Minute {
@@ -395,7 +395,7 @@ func TestParseFillsDefaults(t *testing.T) {
 		},
 		{
 			name: "tokens alone turn auth on; token_ttl keeps its default",
-			text: "auth:\n  tokens: [abc]\n" + minimalUpstream,
+			text: "auth:\n  tokens: [static-token-0123456789]\n" + minimalUpstream,
 			check: func(t *testing.T, c *Config) {
 				if !c.Auth.Enabled() || c.Auth.TokenTTL.D() != 5*time.Minute || reveal(c.Auth.Secret) != "" {
 					t.Errorf("Auth = %+v (ttl %v)", c.Auth, c.Auth.TokenTTL.D())
@@ -651,7 +651,10 @@ func TestParseRefusals(t *testing.T) {
 		{"unknown auth key", auth("  users: x\n"), []string{"auth.users: unknown key", "htpasswd, tokens, secret, token_ttl"}, nil},
 		{"auth is a scalar", "auth: on\n" + minimalUpstream, []string{"auth: expected a mapping of keys"}, nil},
 		{"tokens is a scalar", auth("  tokens: abc\n"), []string{"auth.tokens: expected a list"}, nil},
-		{"empty static token", auth("  tokens: [abc, \"\"]\n"), []string{"auth.tokens[1]: must not be empty"}, nil},
+		{"empty static token", auth("  tokens: [static-token-0123456789, \"\"]\n"), []string{"auth.tokens[1]: must not be empty"}, nil},
+		{"short static token", auth("  tokens: [static-token-0123456789, Hunter2Short]\n"),
+			[]string{"auth.tokens[1]: must be at least 16 characters", "openssl rand"}, []string{"Hunter2Short"}},
+		{"one-character static token", auth("  tokens: [a]\n"), []string{"auth.tokens[0]: must be at least 16 characters"}, nil},
 		{"unset variable in a token", auth("  tokens: [\"${REGCACHE_TEST_SURELY_UNSET}\"]\n"),
 			[]string{"auth.tokens[0]", "REGCACHE_TEST_SURELY_UNSET is not set"}, nil},
 		{"short secret", auth("  secret: Hunter2Short\n"), []string{"auth.secret: must be at least 32 characters"}, []string{"Hunter2Short"}},

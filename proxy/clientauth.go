@@ -250,35 +250,13 @@ func (a *ClientAuth) check(h []byte) (string, bool) {
 	return a.checkAt(h, &attempt{a: a})
 }
 
-// checkAt is check for one request: at rations the bcrypt comparisons it may need.
+// checkAt is check for one request: at rations the checks it may make.
 func (a *ClientAuth) checkAt(h []byte, at *attempt) (string, bool) {
 	scheme, cred, _ := bytes.Cut(h, []byte(" "))
 	cred = bytes.TrimSpace(cred)
 	switch {
 	case asciiEqualFold(scheme, "Bearer"):
-		if a.isStaticToken(cred) {
-			return "token", true
-		}
-		// An issued token is checked once, then remembered until it expires (at most
-		// verifiedTTL), which keeps the cache-hit path free of allocations.
-		key := sha256.Sum256(h)
-		now := a.now()
-		if sub, ok := a.verified.get(key, now); ok {
-			return sub, true
-		}
-		c, err := a.verifyToken(cred)
-		if err == nil && c.Sub == anonymous {
-			err = errTokenAnonymous
-		}
-		if err != nil {
-			return "", false
-		}
-		expires := now.Add(verifiedTTL)
-		if exp := time.Unix(c.Exp, 0); exp.Before(expires) {
-			expires = exp
-		}
-		a.verified.put(key, c.Sub, expires, now)
-		return c.Sub, true
+		return a.checkBearerAt(h, cred, at)
 	case asciiEqualFold(scheme, "Basic"):
 		return a.checkBasicAt(h, cred, at)
 	}
@@ -299,9 +277,44 @@ func (a *ClientAuth) isStaticToken(t []byte) bool {
 	return found == 1
 }
 
-// checkBasicAt verifies Basic credentials for one request; a bcrypt comparison happens only
-// if at allows it. A success is remembered for verifiedTTL under a hash of the whole header,
-// because bcrypt costs ~50ms and clients that use Basic send it on every request.
+// checkBearerAt verifies a static or issued token for one request. A token that verified is
+// remembered until it expires (at most verifiedTTL), which keeps the cache-hit path free of
+// allocations and lets it pass from an address the limiter blocks; any other token is a
+// guess as far as the limiter is concerned.
+func (a *ClientAuth) checkBearerAt(header, cred []byte, at *attempt) (string, bool) {
+	key := sha256.Sum256(header)
+	now := a.now()
+	if sub, ok := a.verified.get(key, now); ok {
+		return sub, true
+	}
+	if len(cred) == 0 || !at.begin() {
+		return "", false
+	}
+	if a.isStaticToken(cred) {
+		a.verified.put(key, "token", now.Add(verifiedTTL), now)
+		return "token", true
+	}
+	c, err := a.verifyToken(cred)
+	if err == nil && c.Sub == anonymous {
+		err = errTokenAnonymous
+	}
+	if err != nil {
+		if err == errTokenExpired || err == errTokenAnonymous {
+			at.forgive() // signed with our secret: a client's stale token, not a guess
+		}
+		return "", false
+	}
+	expires := now.Add(verifiedTTL)
+	if exp := time.Unix(c.Exp, 0); exp.Before(expires) {
+		expires = exp
+	}
+	a.verified.put(key, c.Sub, expires, now)
+	return c.Sub, true
+}
+
+// checkBasicAt verifies Basic credentials for one request. A success is remembered for
+// verifiedTTL under a hash of the whole header, because bcrypt costs ~50ms and clients that
+// use Basic send it on every request.
 func (a *ClientAuth) checkBasicAt(header, cred []byte, at *attempt) (string, bool) {
 	key := sha256.Sum256(header)
 	now := a.now()
@@ -317,18 +330,18 @@ func (a *ClientAuth) checkBasicAt(header, cred []byte, at *attempt) (string, boo
 		return "", false
 	}
 	user, pass, ok := bytes.Cut(buf[:n], []byte(":"))
-	if !ok {
+	if !ok || !at.begin() {
 		return "", false
 	}
 	sub := ""
 	if a.isStaticToken(pass) {
 		sub = "token"
 	} else if h, known := a.users[string(user)]; known {
-		if at.mayHash() && bcrypt.CompareHashAndPassword(h, pass) == nil {
+		if at.compare(h, pass) {
 			sub = string(user)
 		}
-	} else if a.dummyHash != nil && at.mayHash() {
-		_ = bcrypt.CompareHashAndPassword(a.dummyHash, pass)
+	} else if a.dummyHash != nil {
+		_ = at.compare(a.dummyHash, pass)
 	}
 	if sub == "" {
 		return "", false

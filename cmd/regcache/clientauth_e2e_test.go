@@ -14,7 +14,9 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -54,6 +56,15 @@ func caHtpasswd(t *testing.T, user, pass string) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// caFrom is in as a client at another loopback address (127.0.0.0/8 is all local) sees
+// it: the failure limiter counts per address.
+func caFrom(in *instance, ip string) *instance {
+	from := *in
+	dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 5 * time.Second}
+	from.Client = &http.Client{Timeout: in.Client.Timeout, Transport: &http.Transport{Proxy: nil, DialContext: dialer.DialContext}}
+	return &from
 }
 
 // caConfig is a config with one upstream (the default) and extra top-level lines.
@@ -318,6 +329,9 @@ func TestClientAuthHtpasswd(t *testing.T) {
 	}
 	payload, sig, _ := strings.Cut(tok, ".")
 	longer, _ := json.Marshal(map[string]any{"sub": user, "exp": time.Now().Add(time.Hour).Unix()})
+	// Wrong tokens count toward the failure limit, which the wrong credentials above have
+	// mostly spent for 127.0.0.1: these come from another address.
+	other := caFrom(rc, "127.0.0.2")
 	for name, bad := range map[string]string{
 		"expired":             caForge(user, time.Now().Add(-time.Second)),
 		"payload swapped":     base64.RawURLEncoding.EncodeToString(longer) + "." + sig,
@@ -326,7 +340,7 @@ func TestClientAuthHtpasswd(t *testing.T) {
 		"not a token":         "not-a-token",
 		"token re-encoded":    base64.StdEncoding.EncodeToString([]byte(tok)),
 	} {
-		caWant401(t, name+" token", rc.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+bad), challenge)
+		caWant401(t, name+" token", other.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+bad), challenge)
 	}
 
 	caUpstreamSawOnlyItsOwnTokens(t, reg, pass, basic[len("Basic "):], tok)
@@ -536,5 +550,33 @@ func TestClientAuthAnonymousTokensAcrossReplicas(t *testing.T) {
 	}
 	if strings.Contains(off.Logs.String(), caSecret) {
 		t.Error("the warning shows the secret")
+	}
+}
+
+// TestClientAuthTokenGuessingLimited: wrong Bearer tokens are rationed like wrong passwords.
+// Before, 3,000 guesses got 3,000 401s at thousands a second.
+func TestClientAuthTokenGuessingLimited(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t, registrytest.NoAuth)
+	reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
+	static := caRandom("static-")
+	rc := startRegcache(t, caConfig(reg, "auth:\n  tokens: [\""+static+"\"]\n"))
+	const manifest = "/v2/team/app/manifests/v1"
+	guesser := caFrom(rc, "127.0.0.3")
+	codes := map[int]int{}
+	var last response
+	for i := range 50 {
+		last = guesser.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+caRandom(fmt.Sprint("guess-", i, "-")))
+		codes[last.Status]++
+	}
+	if codes[http.StatusUnauthorized] != 10 || codes[http.StatusTooManyRequests] != 40 {
+		t.Fatalf("50 wrong tokens: statuses %v, want 10x401 then 40x429", codes)
+	}
+	if last.Header.Get("Retry-After") == "" || !strings.Contains(string(last.Body), "TOOMANYREQUESTS") {
+		t.Errorf("429 without Retry-After or TOOMANYREQUESTS: %v %s", last.Header, last.Body)
+	}
+	// Other addresses are not affected.
+	if r := rc.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+static); r.Status != http.StatusOK {
+		t.Errorf("the right token from another address: %d %s", r.Status, r.Body)
 	}
 }
