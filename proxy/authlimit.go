@@ -131,9 +131,11 @@ type attempt struct {
 	ctx *fasthttp.RequestCtx
 	key netip.Addr
 	// counted: begin spent one of the client's attempts (given back on success);
-	// wait > 0: the client is blocked and the check was refused.
+	// wait > 0: the client is blocked and the check was refused; busy: no bcrypt slot came
+	// free in time (hashlimit.go).
 	counted bool
 	wait    time.Duration
+	busy    bool
 }
 
 // begin is asked right before a check that could succeed (a token or a password to
@@ -158,8 +160,14 @@ func (t *attempt) forgive() {
 	}
 }
 
-// compare is one bcrypt comparison of pass against hash.
+// compare is one bcrypt comparison of pass against hash, within the global bound; false
+// too when no slot came free in time (done answers 429 then).
 func (t *attempt) compare(hash, pass []byte) bool {
+	if !t.a.hashes.acquire() {
+		t.busy = true
+		return false
+	}
+	defer t.a.hashes.release()
 	return bcrypt.CompareHashAndPassword(hash, pass) == nil
 }
 
@@ -169,13 +177,19 @@ func (t *attempt) done(ok bool) (refused bool) {
 	if t.ctx == nil {
 		return false
 	}
-	if t.wait > 0 {
+	switch {
+	case t.wait > 0:
 		e := newError(fasthttp.StatusTooManyRequests, codeTooManyRequests, "too many failed authentication attempts from this address; retry later")
 		e.retryAfter = t.wait
 		writeError(t.ctx, e)
 		return true
-	}
-	if ok {
+	case t.busy:
+		t.forgive() // nothing was checked: no failure of this client's
+		e := newError(fasthttp.StatusTooManyRequests, codeTooManyRequests, "too many logins at once; retry shortly")
+		e.retryAfter = time.Second
+		writeError(t.ctx, e)
+		return true
+	case ok:
 		t.forgive()
 	}
 	return false

@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"hash"
 	"net/url"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -67,7 +68,9 @@ type ClientAuth struct {
 	verified  verifiedCache
 	// failures rations bcrypt comparisons on credentials that turn out wrong (authlimit.go).
 	failures *failureLimiter
-	now      func() time.Time
+	// hashes bounds the bcrypt comparisons of all clients together (hashlimit.go).
+	hashes *hashSlots
+	now    func() time.Time
 }
 
 // DefaultTokenTTL is the lifetime of an issued token when none is configured.
@@ -80,6 +83,7 @@ func NewClientAuth(opts ClientAuthOptions) (*ClientAuth, error) {
 		ttl:            opts.TokenTTL,
 		trustForwarded: opts.TrustForwardedHeaders,
 		failures:       newFailureLimiter(),
+		hashes:         newHashSlots(runtime.GOMAXPROCS(0), hashWait),
 		now:            time.Now,
 	}
 	if a.ttl <= 0 {

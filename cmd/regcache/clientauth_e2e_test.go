@@ -21,7 +21,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -578,5 +580,63 @@ func TestClientAuthTokenGuessingLimited(t *testing.T) {
 	// Other addresses are not affected.
 	if r := rc.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+static); r.Status != http.StatusOK {
 		t.Errorf("the right token from another address: %d %s", r.Status, r.Body)
+	}
+}
+
+// TestClientAuthLoginStorm: 32 addresses x 10 failed logins, each address under its own
+// failure limit. bcrypt work is bounded globally, so a client with a static token keeps its
+// latency (before, its median went from a few ms to 0.3-0.4 s), and the storm's logins get
+// 401 or, beyond the bound, 429.
+func TestClientAuthLoginStorm(t *testing.T) {
+	reg := registrytest.New(t, registrytest.NoAuth)
+	reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
+	static := caRandom("static-")
+	rc := startRegcache(t, caConfig(reg, "auth:\n  htpasswd: "+caHtpasswd(t, "alice", caRandom("pw-"))+"\n  tokens: [\""+static+"\"]\n"))
+	const manifest = "/v2/team/app/manifests/v1"
+	median := func(n int) time.Duration {
+		var took []time.Duration
+		for range n {
+			start := time.Now()
+			if r := rc.do(t, http.MethodHead, manifest, "Authorization", "Bearer "+static); r.Status != http.StatusOK {
+				t.Fatalf("static token: %d", r.Status)
+			}
+			took = append(took, time.Since(start))
+			time.Sleep(20 * time.Millisecond)
+		}
+		slices.Sort(took)
+		return took[len(took)/2]
+	}
+	before := median(10)
+
+	var mu sync.Mutex
+	codes := map[int]int{}
+	var wg sync.WaitGroup
+	stormDone := make(chan struct{})
+	for c := range 32 {
+		from := caFrom(rc, fmt.Sprintf("127.0.1.%d", c+1))
+		wg.Go(func() {
+			for i := range 10 {
+				r := from.do(t, http.MethodGet, manifest, "Authorization", caBasic("alice", fmt.Sprint("guess-", i)))
+				mu.Lock()
+				codes[r.Status]++
+				mu.Unlock()
+			}
+		})
+	}
+	go func() { wg.Wait(); close(stormDone) }()
+	time.Sleep(100 * time.Millisecond) // let the storm start
+	during := median(15)
+	select {
+	case <-stormDone:
+		t.Log("the storm ended while the static-token client was measured")
+	default:
+	}
+	<-stormDone
+	t.Logf("static-token median %v before the storm, %v during; storm statuses %v", before, during, codes)
+	if codes[http.StatusUnauthorized]+codes[http.StatusTooManyRequests] != 320 {
+		t.Errorf("storm statuses %v, want only 401 and 429", codes)
+	}
+	if during > before+150*time.Millisecond {
+		t.Errorf("static-token median %v during the storm, %v before: bcrypt starves other requests", during, before)
 	}
 }
