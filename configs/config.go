@@ -35,6 +35,10 @@ type Config struct {
 	Auth                  Auth `yaml:"auth"`
 	// Server holds the client-facing limits: timeouts, header and body sizes, connections.
 	Server Server `yaml:"server"`
+	// MetricsListen, when set, serves /metrics on this address too, without client auth
+	// (for a scraper that holds no credentials; keep the address off clients' reach). On
+	// listen, /metrics stays behind auth.
+	MetricsListen string `yaml:"metrics_listen"`
 }
 
 // Auth is client-facing authentication. With neither htpasswd nor tokens it is off: any
@@ -322,6 +326,14 @@ func (c *Config) validate() error {
 	if c.Lookup(c.DefaultUpstream) == nil {
 		return fmt.Errorf("default_upstream: %q is no upstream name or alias", c.DefaultUpstream)
 	}
+	if c.MetricsListen != "" {
+		if err := validListen(c.MetricsListen); err != nil {
+			return fmt.Errorf("metrics_listen: %v", err)
+		}
+		if _, port, _ := net.SplitHostPort(c.Listen); c.MetricsListen == c.Listen && port != "0" { // port 0: each its own
+			return fmt.Errorf("metrics_listen: must differ from listen (e.g. \":9090\")")
+		}
+	}
 	if c.PublicURL != "" {
 		if err := validPublicURL(c.PublicURL); err != nil {
 			return fmt.Errorf("public_url: %v", err)
@@ -420,6 +432,18 @@ func (c *Config) Lookup(name string) *Upstream {
 				return u
 			}
 		}
+	}
+	return nil
+}
+
+// validListen accepts a listen address: [host]:port.
+func validListen(s string) error {
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port (e.g. \":9090\" or 127.0.0.1:9090)", s)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("%q: port must be a number from 0 to 65535", s)
 	}
 	return nil
 }

@@ -412,6 +412,24 @@ func TestParseFillsDefaults(t *testing.T) {
 			},
 		},
 		{
+			name: "metrics_listen is off unless set",
+			text: minimalUpstream,
+			check: func(t *testing.T, c *Config) {
+				if c.MetricsListen != "" {
+					t.Errorf("MetricsListen = %q, want off", c.MetricsListen)
+				}
+			},
+		},
+		{
+			name: "metrics_listen",
+			text: "metrics_listen: \":9090\"\n" + minimalUpstream,
+			check: func(t *testing.T, c *Config) {
+				if c.MetricsListen != ":9090" {
+					t.Errorf("MetricsListen = %q", c.MetricsListen)
+				}
+			},
+		},
+		{
 			name: "empty auth block is auth off",
 			text: "auth:\n" + minimalUpstream,
 			check: func(t *testing.T, c *Config) {
@@ -647,6 +665,10 @@ func TestParseRefusals(t *testing.T) {
 		{"negative max_conns_per_ip", "server:\n  max_conns_per_ip: -1\n" + minimalUpstream, []string{"server.max_conns_per_ip: must not be negative"}, nil},
 		{"negative concurrency", "server:\n  concurrency: -5\n" + minimalUpstream, []string{"server.concurrency: must not be negative"}, nil},
 		{"concurrency is a list", "server:\n  concurrency: [1]\n" + minimalUpstream, []string{"server.concurrency: expected a single value"}, nil},
+
+		{"metrics_listen not host:port", "metrics_listen: 9090\n" + minimalUpstream, []string{"metrics_listen: \"9090\" is not host:port"}, nil},
+		{"metrics_listen bad port", "metrics_listen: \":99999\"\n" + minimalUpstream, []string{"metrics_listen:", "port must be a number from 0 to 65535"}, nil},
+		{"metrics_listen is listen", "listen: \":5000\"\nmetrics_listen: \":5000\"\n" + minimalUpstream, []string{"metrics_listen: must differ from listen"}, nil},
 
 		{"unknown auth key", auth("  users: x\n"), []string{"auth.users: unknown key", "htpasswd, tokens, secret, token_ttl"}, nil},
 		{"auth is a scalar", "auth: on\n" + minimalUpstream, []string{"auth: expected a mapping of keys"}, nil},

@@ -159,7 +159,7 @@ var (
 	strXForwardedHost  = []byte("X-Forwarded-Host")
 )
 
-// authorize is the check in front of every endpoint but /healthz and /token. It answers 401
+// authorize is the check in front of every endpoint but /healthz, /readyz and /token. It answers 401
 // itself and returns false when the request may not go on.
 func (a *ClientAuth) authorize(ctx *fasthttp.RequestCtx, path []byte) bool {
 	h := ctx.Request.Header.Peek(fasthttp.HeaderAuthorization)

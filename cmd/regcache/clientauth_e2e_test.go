@@ -2,7 +2,7 @@ package main
 
 // End-to-end tests of client-facing auth: the /v2/ challenge and /token with auth off (what
 // docker login, Renovate, Watchtower, Diun and What's Up Docker need), and with htpasswd
-// users or static tokens on: every endpoint but /healthz closed, Basic and issued tokens
+// users or static tokens on: every endpoint but /healthz and /readyz closed, Basic and issued tokens
 // accepted, forged and expired tokens refused, nothing the client sends reaching the
 // upstream or the logs. Finally go-containerregistry's own client walks the challenge ->
 // token flow. Helpers in this file are prefixed "ca".
@@ -280,7 +280,7 @@ func TestClientAuthHtpasswd(t *testing.T) {
 	basic := caBasic(user, pass)
 	const manifest = "/v2/team/app/manifests/v1"
 
-	// Closed without credentials: every endpoint but /healthz.
+	// Closed without credentials: every endpoint but the probes.
 	for _, path := range []string{"/v2/", manifest, "/v2/reg.test/team/app/manifests/v1", "/v2/team/app/tags/list",
 		"/v2/team/app/blobs/" + d, "/api/v1/digest?image=reg.test/team/app:v1", "/nope"} {
 		for _, method := range []string{http.MethodHead, http.MethodGet} {
