@@ -42,7 +42,7 @@ type failureLimiter struct {
 type failureEntry struct {
 	key          netip.Addr
 	windowStart  time.Time
-	count        int // comparisons spent on failures in this window (in-flight ones included)
+	count        int // checks spent on failures in this window (in-flight ones included)
 	strikes      int // blocks in a row
 	blockedUntil time.Time
 	last         time.Time // the last counted attempt, or the end of the last block
@@ -60,7 +60,7 @@ func newFailureLimiter() *failureLimiter {
 		entries: map[netip.Addr]*list.Element{}}
 }
 
-// acquire asks to spend one comparison for key. Zero means go ahead (the attempt is
+// acquire asks to spend one check for key. Zero means go ahead (the attempt is
 // counted as a failure until refunded); otherwise key is blocked for the duration returned.
 func (l *failureLimiter) acquire(key netip.Addr, now time.Time) time.Duration {
 	l.mu.Lock()

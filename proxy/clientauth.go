@@ -66,7 +66,7 @@ type ClientAuth struct {
 	// as long as a wrong password and names cannot be probed by timing.
 	dummyHash []byte
 	verified  verifiedCache
-	// failures rations bcrypt comparisons on credentials that turn out wrong (authlimit.go).
+	// failures rations checks of credentials that turn out wrong (authlimit.go).
 	failures *failureLimiter
 	// hashes bounds the bcrypt comparisons of all clients together (hashlimit.go).
 	hashes *hashSlots
@@ -159,8 +159,8 @@ var (
 	strXForwardedHost  = []byte("X-Forwarded-Host")
 )
 
-// authorize is the check in front of every endpoint but /healthz, /readyz and /token. It answers 401
-// itself and returns false when the request may not go on.
+// authorize is the check in front of every endpoint but /healthz, /readyz and /token. It
+// answers 401 itself and returns false when the request may not go on.
 func (a *ClientAuth) authorize(ctx *fasthttp.RequestCtx, path []byte) bool {
 	h := ctx.Request.Header.Peek(fasthttp.HeaderAuthorization)
 	if !a.required {

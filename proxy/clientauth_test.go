@@ -483,6 +483,11 @@ func BenchmarkAuthorizeIssuedToken(b *testing.B) {
 	benchAuthorize(b, a, "Bearer "+tok)
 }
 
+func BenchmarkAuthorizeStaticToken(b *testing.B) {
+	a, _ := caAuth(b, ClientAuthOptions{Tokens: []string{"static-token-0123456789"}})
+	benchAuthorize(b, a, "Bearer static-token-0123456789")
+}
+
 func BenchmarkAuthorizeBasicCached(b *testing.B) {
 	a, _ := caAuth(b, ClientAuthOptions{Users: map[string]string{"alice": caHash(b, "alice-pw")}})
 	benchAuthorize(b, a, caBasic("alice", "alice-pw"))

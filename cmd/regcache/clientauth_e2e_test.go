@@ -2,10 +2,10 @@ package main
 
 // End-to-end tests of client-facing auth: the /v2/ challenge and /token with auth off (what
 // docker login, Renovate, Watchtower, Diun and What's Up Docker need), and with htpasswd
-// users or static tokens on: every endpoint but /healthz and /readyz closed, Basic and issued tokens
-// accepted, forged and expired tokens refused, nothing the client sends reaching the
-// upstream or the logs. Finally go-containerregistry's own client walks the challenge ->
-// token flow. Helpers in this file are prefixed "ca".
+// users or static tokens on: every endpoint but /healthz and /readyz closed, Basic and
+// issued tokens accepted, forged and expired tokens refused, nothing the client sends
+// reaching the upstream or the logs. Finally go-containerregistry's own client walks the
+// challenge -> token flow. Helpers in this file are prefixed "ca".
 
 import (
 	"crypto/hmac"
@@ -523,16 +523,23 @@ func TestClientAuthCLIs(t *testing.T) {
 	caNoSecretsLogged(t, rc, pass)
 }
 
+// caStaticToken starts a regcache with a random static token (returned) and the auth: lines
+// extra, in front of a registry holding team/app:v1.
+func caStaticToken(t *testing.T, extra string) (*instance, string, *registrytest.Registry) {
+	t.Helper()
+	reg := registrytest.New(t, registrytest.NoAuth)
+	reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
+	static := caRandom("static-")
+	return startRegcache(t, caConfig(reg, "auth:\n  tokens: [\""+static+"\"]\n"+extra)), static, reg
+}
+
 // TestClientAuthAnonymousTokensAcrossReplicas: a replica with auth off but the fleet's
 // auth.secret hands anyone a signed "anonymous" token; a replica with auth on sharing the
 // secret must refuse it, and the auth-off replica warns about its secret at start.
 func TestClientAuthAnonymousTokensAcrossReplicas(t *testing.T) {
 	t.Parallel()
-	reg := registrytest.New(t, registrytest.NoAuth)
-	reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
-	static := caRandom("static-")
+	on, static, reg := caStaticToken(t, "  secret: "+caSecret+"\n")
 	off := startRegcache(t, caConfig(reg, "auth:\n  secret: "+caSecret+"\n"))
-	on := startRegcache(t, caConfig(reg, "auth:\n  tokens: [\""+static+"\"]\n  secret: "+caSecret+"\n"))
 	const manifest = "/v2/team/app/manifests/v1"
 
 	anon, _ := caToken(t, off)
@@ -559,10 +566,7 @@ func TestClientAuthAnonymousTokensAcrossReplicas(t *testing.T) {
 // Before, 3,000 guesses got 3,000 401s at thousands a second.
 func TestClientAuthTokenGuessingLimited(t *testing.T) {
 	t.Parallel()
-	reg := registrytest.New(t, registrytest.NoAuth)
-	reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
-	static := caRandom("static-")
-	rc := startRegcache(t, caConfig(reg, "auth:\n  tokens: [\""+static+"\"]\n"))
+	rc, static, _ := caStaticToken(t, "")
 	const manifest = "/v2/team/app/manifests/v1"
 	guesser := caFrom(rc, "127.0.0.3")
 	codes := map[int]int{}
@@ -588,10 +592,7 @@ func TestClientAuthTokenGuessingLimited(t *testing.T) {
 // latency (before, its median went from a few ms to 0.3-0.4 s), and the storm's logins get
 // 401 or, beyond the bound, 429.
 func TestClientAuthLoginStorm(t *testing.T) {
-	reg := registrytest.New(t, registrytest.NoAuth)
-	reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
-	static := caRandom("static-")
-	rc := startRegcache(t, caConfig(reg, "auth:\n  htpasswd: "+caHtpasswd(t, "alice", caRandom("pw-"))+"\n  tokens: [\""+static+"\"]\n"))
+	rc, static, _ := caStaticToken(t, "  htpasswd: "+caHtpasswd(t, "alice", caRandom("pw-"))+"\n")
 	const manifest = "/v2/team/app/manifests/v1"
 	median := func(n int) time.Duration {
 		var took []time.Duration
