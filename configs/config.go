@@ -35,6 +35,10 @@ type Config struct {
 	Auth                  Auth `yaml:"auth"`
 	// Server holds the client-facing limits: timeouts, header and body sizes, connections.
 	Server Server `yaml:"server"`
+	// MetricsListen, when set, serves /metrics on this address too, without client auth
+	// (for a scraper that holds no credentials; keep the address off clients' reach). On
+	// listen, /metrics stays behind auth.
+	MetricsListen string `yaml:"metrics_listen"`
 }
 
 // Auth is client-facing authentication. With neither htpasswd nor tokens it is off: any
@@ -186,6 +190,9 @@ const (
 	defaultTokenTTL       = 5 * time.Minute
 	// minSecretLength keeps a shared HMAC key out of guessing range (openssl rand -hex 16).
 	minSecretLength = 32
+	// minTokenLength keeps a static token out of guessing range even at the failure
+	// limiter's pace (a client that guesses is also blocked after a few tries).
+	minTokenLength = 16
 )
 
 // Load reads and validates the config at path; an empty path means the embedded default.
@@ -334,6 +341,14 @@ func (c *Config) validate() error {
 	if c.Lookup(c.DefaultUpstream) == nil {
 		return fmt.Errorf("default_upstream: %q is no upstream name or alias", c.DefaultUpstream)
 	}
+	if c.MetricsListen != "" {
+		if err := validListen(c.MetricsListen); err != nil {
+			return fmt.Errorf("metrics_listen: %v", err)
+		}
+		if _, port, _ := net.SplitHostPort(c.Listen); c.MetricsListen == c.Listen && port != "0" { // port 0: each its own
+			return fmt.Errorf("metrics_listen: must differ from listen (e.g. \":9090\")")
+		}
+	}
 	if c.PublicURL != "" {
 		if err := validPublicURL(c.PublicURL); err != nil {
 			return fmt.Errorf("public_url: %v", err)
@@ -389,6 +404,9 @@ func (a *Auth) validate() error {
 		if t.Reveal() == "" {
 			return fmt.Errorf("auth.tokens[%d]: must not be empty", i)
 		}
+		if len(t.Reveal()) < minTokenLength {
+			return fmt.Errorf("auth.tokens[%d]: must be at least %d characters (e.g. the output of openssl rand -hex 16)", i, minTokenLength)
+		}
 	}
 	if s := a.Secret.Reveal(); s != "" && len(s) < minSecretLength {
 		return fmt.Errorf("auth.secret: must be at least %d characters (e.g. the output of openssl rand -hex 32)", minSecretLength)
@@ -397,6 +415,23 @@ func (a *Auth) validate() error {
 		return fmt.Errorf("auth.token_ttl: must be above zero (e.g. 5m)")
 	}
 	return nil
+}
+
+// Warnings are settings that load but are likely mistakes, for the log at start. They name
+// keys, never values.
+func (c *Config) Warnings() []string {
+	var w []string
+	secret := c.Auth.Secret.Reveal() != ""
+	switch {
+	case c.Auth.Enabled() && !secret:
+		w = append(w, "auth.secret is not set: issued tokens are valid on this process only (set it when replicas share a name)")
+	case !c.Auth.Enabled() && secret:
+		// Replicas with auth on refuse anonymous tokens, but the key is better kept off
+		// processes that sign for anyone.
+		w = append(w, "auth.secret is set but auth is off: this process signs anonymous tokens with it for any client; "+
+			"set it only where htpasswd or tokens are set too")
+	}
+	return w
 }
 
 // Lookup finds the upstream whose name or alias is name (case-insensitive, as host names
@@ -412,6 +447,18 @@ func (c *Config) Lookup(name string) *Upstream {
 				return u
 			}
 		}
+	}
+	return nil
+}
+
+// validListen accepts a listen address: [host]:port.
+func validListen(s string) error {
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port (e.g. \":9090\" or 127.0.0.1:9090)", s)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("%q: port must be a number from 0 to 65535", s)
 	}
 	return nil
 }

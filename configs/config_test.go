@@ -211,7 +211,7 @@ func TestDefaultIsEmbeddedTextAndACopy(t *testing.T) {
 func TestParseFullFile(t *testing.T) {
 	ca := writeFile(t, "ca.pem", "-----BEGIN CERTIFICATE-----\n")
 	htpasswd := writeFile(t, "htpasswd", "alice:"+bcryptHash(t, "pw")+"\n")
-	t.Setenv("REGCACHE_TEST_TOKEN", "tok-from-env")
+	t.Setenv("REGCACHE_TEST_TOKEN", "tok-from-env-0123456789")
 	text := `
 listen: "127.0.0.1:5050"
 default_upstream: mirror            # an alias
@@ -219,7 +219,7 @@ public_url: https://regcache.example.com
 trust_forwarded_headers: true
 auth:
   htpasswd: ` + htpasswd + `
-  tokens: ["static-one", "${REGCACHE_TEST_TOKEN}"]
+  tokens: ["static-one-0123456789", "${REGCACHE_TEST_TOKEN}"]
   secret: 0123456789abcdef0123456789abcdef
   token_ttl: 15m
 cache:
@@ -281,7 +281,7 @@ upstreams:
 	for _, tok := range cfg.Auth.Tokens {
 		tokens = append(tokens, reveal(tok))
 	}
-	if !slices.Equal(tokens, []string{"static-one", "tok-from-env"}) {
+	if !slices.Equal(tokens, []string{"static-one-0123456789", "tok-from-env-0123456789"}) {
 		t.Errorf("Auth.Tokens = %q", tokens)
 	}
 	if reveal(cfg.Auth.Secret) != "0123456789abcdef0123456789abcdef" || cfg.Auth.TokenTTL.D() != 15*time.Minute {
@@ -403,7 +403,7 @@ func TestParseFillsDefaults(t *testing.T) {
 		},
 		{
 			name: "tokens alone turn auth on; token_ttl keeps its default",
-			text: "auth:\n  tokens: [abc]\n" + minimalUpstream,
+			text: "auth:\n  tokens: [static-token-0123456789]\n" + minimalUpstream,
 			check: func(t *testing.T, c *Config) {
 				if !c.Auth.Enabled() || c.Auth.TokenTTL.D() != 5*time.Minute || reveal(c.Auth.Secret) != "" {
 					t.Errorf("Auth = %+v (ttl %v)", c.Auth, c.Auth.TokenTTL.D())
@@ -416,6 +416,24 @@ func TestParseFillsDefaults(t *testing.T) {
 			check: func(t *testing.T, c *Config) {
 				if c.Auth.Enabled() || c.Auth.TokenTTL.D() != time.Minute || c.PublicURL != "http://10.0.0.1:5000/" {
 					t.Errorf("Auth = %+v, PublicURL %q", c.Auth, c.PublicURL)
+				}
+			},
+		},
+		{
+			name: "metrics_listen is off unless set",
+			text: minimalUpstream,
+			check: func(t *testing.T, c *Config) {
+				if c.MetricsListen != "" {
+					t.Errorf("MetricsListen = %q, want off", c.MetricsListen)
+				}
+			},
+		},
+		{
+			name: "metrics_listen",
+			text: "metrics_listen: \":9090\"\n" + minimalUpstream,
+			check: func(t *testing.T, c *Config) {
+				if c.MetricsListen != ":9090" {
+					t.Errorf("MetricsListen = %q", c.MetricsListen)
 				}
 			},
 		},
@@ -668,10 +686,17 @@ func TestParseRefusals(t *testing.T) {
 		{"negative concurrency", "server:\n  concurrency: -5\n" + minimalUpstream, []string{"server.concurrency: must not be negative"}, nil},
 		{"concurrency is a list", "server:\n  concurrency: [1]\n" + minimalUpstream, []string{"server.concurrency: expected a single value"}, nil},
 
+		{"metrics_listen not host:port", "metrics_listen: 9090\n" + minimalUpstream, []string{"metrics_listen: \"9090\" is not host:port"}, nil},
+		{"metrics_listen bad port", "metrics_listen: \":99999\"\n" + minimalUpstream, []string{"metrics_listen:", "port must be a number from 0 to 65535"}, nil},
+		{"metrics_listen is listen", "listen: \":5000\"\nmetrics_listen: \":5000\"\n" + minimalUpstream, []string{"metrics_listen: must differ from listen"}, nil},
+
 		{"unknown auth key", auth("  users: x\n"), []string{"auth.users: unknown key", "htpasswd, tokens, secret, token_ttl"}, nil},
 		{"auth is a scalar", "auth: on\n" + minimalUpstream, []string{"auth: expected a mapping of keys"}, nil},
 		{"tokens is a scalar", auth("  tokens: abc\n"), []string{"auth.tokens: expected a list"}, nil},
-		{"empty static token", auth("  tokens: [abc, \"\"]\n"), []string{"auth.tokens[1]: must not be empty"}, nil},
+		{"empty static token", auth("  tokens: [static-token-0123456789, \"\"]\n"), []string{"auth.tokens[1]: must not be empty"}, nil},
+		{"short static token", auth("  tokens: [static-token-0123456789, Hunter2Short]\n"),
+			[]string{"auth.tokens[1]: must be at least 16 characters", "openssl rand"}, []string{"Hunter2Short"}},
+		{"one-character static token", auth("  tokens: [a]\n"), []string{"auth.tokens[0]: must be at least 16 characters"}, nil},
 		{"unset variable in a token", auth("  tokens: [\"${REGCACHE_TEST_SURELY_UNSET}\"]\n"),
 			[]string{"auth.tokens[0]", "REGCACHE_TEST_SURELY_UNSET is not set"}, nil},
 		{"short secret", auth("  secret: Hunter2Short\n"), []string{"auth.secret: must be at least 32 characters"}, []string{"Hunter2Short"}},
@@ -1383,5 +1408,33 @@ func TestAuthSecretsNeverPrinted(t *testing.T) {
 				t.Errorf("fmt.Sprintf(%q, %T) leaks an auth secret: %s", verb, v, out)
 			}
 		}
+	}
+}
+
+// TestWarnings: settings that load but are likely mistakes are reported at start, by key and
+// without their values.
+func TestWarnings(t *testing.T) {
+	const key = "HmacKey-0123456789abcdef0123456789"
+	for _, tc := range []struct {
+		name, text string
+		want       []string // substrings, one warning each; none when empty
+	}{
+		{"auth off, no secret", minimalUpstream, nil},
+		{"auth on with a secret", "auth:\n  tokens: [static-token-0123456789]\n  secret: " + key + "\n" + minimalUpstream, nil},
+		// An auth-off replica issues anonymous tokens under the shared key.
+		{"secret with auth off", "auth:\n  secret: " + key + "\n" + minimalUpstream, []string{"auth.secret is set but auth is off"}},
+		{"auth on without a secret", "auth:\n  tokens: [static-token-0123456789]\n" + minimalUpstream, []string{"auth.secret is not set"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := mustParse(t, tc.text).Warnings()
+			if len(got) != len(tc.want) {
+				t.Fatalf("warnings %q, want %d", got, len(tc.want))
+			}
+			for i, w := range tc.want {
+				if !strings.Contains(got[i], w) || strings.Contains(got[i], key) {
+					t.Errorf("warning %q, want it to say %q (and not the key)", got[i], w)
+				}
+			}
+		})
 	}
 }

@@ -170,13 +170,6 @@ func TestKubernetesExample(t *testing.T) {
 	if c.str("readinessProbe", "httpGet", "path") != "/readyz" || c.str("livenessProbe", "httpGet", "path") != "/healthz" {
 		t.Fatal("readiness must be /readyz and liveness /healthz")
 	}
-	if ports[c.str("readinessProbe", "httpGet", "port")] == "" {
-		t.Fatal("the readiness probe's port names no container port")
-	}
-	ann := dep.sub("spec", "template", "metadata", "annotations")
-	if ann["prometheus.io/scrape"] != "true" || ann["prometheus.io/path"] != "/metrics" || ann["prometheus.io/port"] != ports["http"] {
-		t.Fatalf("Prometheus annotations %v do not point at /metrics on the http port %s", ann, ports["http"])
-	}
 
 	// The config file regcache is told to read is the ConfigMap's key, mounted.
 	args := c.get("args").([]any)
@@ -205,6 +198,25 @@ func TestKubernetesExample(t *testing.T) {
 	_, listenPort, _ := net.SplitHostPort(cfg.Listen)
 	if listenPort != ports["http"] {
 		t.Fatalf("regcache listens on %s, the container port is %s", listenPort, ports["http"])
+	}
+	// The probes reach the listener that serves them open (/healthz and /readyz need no
+	// credentials even with auth on); Prometheus scrapes metrics_listen, which needs none
+	// either (on listen, /metrics is behind auth when auth is on).
+	for _, probe := range []string{"readinessProbe", "livenessProbe"} {
+		if p := containerPort(ports, c.str(probe, "httpGet", "port")); p != listenPort {
+			t.Fatalf("the %s's port %q is container port %q, regcache listens on %s", probe, c.str(probe, "httpGet", "port"), p, listenPort)
+		}
+	}
+	if cfg.MetricsListen == "" {
+		t.Fatal("the example sets no metrics_listen: with auth on, Prometheus would scrape 401s")
+	}
+	_, metricsPort, _ := net.SplitHostPort(cfg.MetricsListen)
+	ann := dep.sub("spec", "template", "metadata", "annotations")
+	if ann["prometheus.io/scrape"] != "true" || ann["prometheus.io/path"] != "/metrics" || ann["prometheus.io/port"] != metricsPort {
+		t.Fatalf("Prometheus annotations %v do not point at /metrics on metrics_listen's port %s", ann, metricsPort)
+	}
+	if containerPort(ports, metricsPort) != metricsPort {
+		t.Fatalf("metrics_listen's port %s is no container port (%v)", metricsPort, ports)
 	}
 
 	// cache.redis.addr is the Valkey Service, whose selector finds the StatefulSet's pods
@@ -240,6 +252,20 @@ func TestKubernetesExample(t *testing.T) {
 	if !strings.Contains(valkeyArgs, "allkeys-lru") || !strings.Contains(valkeyArgs, "--maxmemory") {
 		t.Fatalf("Valkey runs without a memory cap and LRU eviction: %s", valkeyArgs)
 	}
+}
+
+// containerPort resolves a probe's port, a name or a number, to a container port number;
+// "" if the container has no such port.
+func containerPort(ports map[string]string, port string) string {
+	if n, ok := ports[port]; ok {
+		return n
+	}
+	for _, n := range ports {
+		if n == port {
+			return n
+		}
+	}
+	return ""
 }
 
 func toString(v any) string {

@@ -8,22 +8,26 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+	"golang.org/x/crypto/bcrypt"
 )
 
 // A failed Basic check costs a bcrypt comparison (~50 ms of CPU at the default cost), and
-// so does an unknown user (compared against a dummy hash so that names cannot be probed).
-// failureLimiter rations those comparisons per client: each client (an IPv4 address, or an
-// IPv6 /64) may spend failureLimit of them per failureWindow on credentials that turn out
-// wrong. Beyond that, requests that would need a comparison are answered 429
-// TOOMANYREQUESTS with Retry-After, without one, for a block that doubles with each
-// repeat (1, 2, 4, 8 minutes, then 15 at most) and is forgotten after 15 quiet minutes.
+// so does an unknown user (compared against a dummy hash so that names cannot be probed);
+// a wrong Bearer token costs nothing but is a guess all the same. failureLimiter rations
+// those checks per client: each client (an IPv4 address, or an IPv6 /64) may spend
+// failureLimit of them per failureWindow on credentials that turn out wrong. Beyond that,
+// requests that would need a check are answered 429 TOOMANYREQUESTS with Retry-After,
+// unchecked, for a block that doubles with each repeat (1, 2, 4, 8 minutes, then 15 at
+// most) and is forgotten after 15 quiet minutes.
 //
-// Only comparisons are rationed: a remembered verification, a static token or an issued
-// token never needs one and passes while its address is blocked, and a request without
-// credentials (a client's first ping) still gets its 401 challenge. Attempts are counted
-// before the comparison and refunded when it succeeds, so concurrent guesses cannot race
-// past the limit. The table is an LRU of failureMaxClients entries (~200 B each); an
-// attacker with more addresses than that can push entries out, but also spends them.
+// Only checks are rationed: a remembered verification (any credentials that verified in
+// the last minute, a token until it expires) passes while its address is blocked, a
+// request without credentials (a client's first ping) still gets its 401 challenge, and an
+// expired token this process signed is a client's stale token rather than a guess.
+// Attempts are counted before the check and refunded when it succeeds, so concurrent
+// guesses cannot race past the limit. The table is an LRU of failureMaxClients entries
+// (~200 B each); an attacker with more addresses than that can push entries out, but also
+// spends them.
 type failureLimiter struct {
 	limit     int
 	window    time.Duration
@@ -38,7 +42,7 @@ type failureLimiter struct {
 type failureEntry struct {
 	key          netip.Addr
 	windowStart  time.Time
-	count        int // comparisons spent on failures in this window (in-flight ones included)
+	count        int // checks spent on failures in this window (in-flight ones included)
 	strikes      int // blocks in a row
 	blockedUntil time.Time
 	last         time.Time // the last counted attempt, or the end of the last block
@@ -56,7 +60,7 @@ func newFailureLimiter() *failureLimiter {
 		entries: map[netip.Addr]*list.Element{}}
 }
 
-// acquire asks to spend one comparison for key. Zero means go ahead (the attempt is
+// acquire asks to spend one check for key. Zero means go ahead (the attempt is
 // counted as a failure until refunded); otherwise key is blocked for the duration returned.
 func (l *failureLimiter) acquire(key netip.Addr, now time.Time) time.Duration {
 	l.mu.Lock()
@@ -121,41 +125,72 @@ func (l *failureLimiter) size() int {
 }
 
 // attempt is one request's credential check, as far as the limiter is concerned. With a
-// nil ctx (check, the unlimited form) comparisons are always allowed.
+// nil ctx (check, the unlimited form) checks are always allowed.
 type attempt struct {
 	a   *ClientAuth
 	ctx *fasthttp.RequestCtx
 	key netip.Addr
-	// hashed: the check needed a bcrypt comparison; wait > 0: it was refused one.
-	hashed bool
-	wait   time.Duration
+	// counted: begin spent one of the client's attempts (given back on success);
+	// wait > 0: the client is blocked and the check was refused; busy: no bcrypt slot came
+	// free in time (hashlimit.go).
+	counted bool
+	wait    time.Duration
+	busy    bool
 }
 
-// mayHash is asked right before a bcrypt comparison.
-func (t *attempt) mayHash() bool {
-	t.hashed = true
+// begin is asked right before a check that could succeed (a token or a password to
+// compare); a remembered verification needs none. It counts the attempt as a failure until
+// done refunds it, and refuses it while the client is blocked: from there not even a right
+// token is checked, or its answer would tell it apart from the wrong ones.
+func (t *attempt) begin() bool {
 	if t.ctx == nil {
 		return true
 	}
 	t.key = t.a.clientKey(t.ctx)
 	t.wait = t.a.failures.acquire(t.key, t.a.now())
-	return t.wait == 0
+	t.counted = t.wait == 0
+	return t.counted
 }
 
-// done settles the attempt: a success refunds its comparison. It reports whether the
-// request was refused for too many failures, and answers 429 then.
-func (t *attempt) done(ok bool) (refused bool) {
-	if t.ctx == nil || !t.hashed {
+// forgive gives back the attempt: it failed, but was no guess.
+func (t *attempt) forgive() {
+	if t.counted {
+		t.a.failures.refund(t.key)
+		t.counted = false
+	}
+}
+
+// compare is one bcrypt comparison of pass against hash, within the global bound; false
+// too when no slot came free in time (done answers 429 then).
+func (t *attempt) compare(hash, pass []byte) bool {
+	if !t.a.hashes.acquire() {
+		t.busy = true
 		return false
 	}
-	if t.wait > 0 {
+	defer t.a.hashes.release()
+	return bcrypt.CompareHashAndPassword(hash, pass) == nil
+}
+
+// done settles the attempt: a success refunds it. It reports whether the request was
+// refused for too many failures, and answers 429 then.
+func (t *attempt) done(ok bool) (refused bool) {
+	if t.ctx == nil {
+		return false
+	}
+	switch {
+	case t.wait > 0:
 		e := newError(fasthttp.StatusTooManyRequests, codeTooManyRequests, "too many failed authentication attempts from this address; retry later")
 		e.retryAfter = t.wait
 		writeError(t.ctx, e)
 		return true
-	}
-	if ok {
-		t.a.failures.refund(t.key)
+	case t.busy:
+		t.forgive() // nothing was checked: no failure of this client's
+		e := newError(fasthttp.StatusTooManyRequests, codeTooManyRequests, "too many logins at once; retry shortly")
+		e.retryAfter = time.Second
+		writeError(t.ctx, e)
+		return true
+	case ok:
+		t.forgive()
 	}
 	return false
 }

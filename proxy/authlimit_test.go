@@ -110,8 +110,11 @@ func TestFailedAuthLimited(t *testing.T) {
 	const attacker = "198.51.100.9"
 	issued, _ := a.issueToken("alice")
 	rememberedRight := caBasic("alice", "alice-pw")
-	if !a.authorize(limitedCtx(path, "203.0.113.1", rememberedRight), []byte(path)) {
-		t.Fatal("right password refused")
+	remembered := []string{rememberedRight, "Bearer " + issued, "Bearer static-token-1", caBasic("ci", "static-token-1")}
+	for _, h := range remembered {
+		if !a.authorize(limitedCtx(path, "203.0.113.1", h), []byte(path)) {
+			t.Fatalf("%.24q refused", h)
+		}
 	}
 	status := func(addr, authz string) (int, *fasthttp.RequestCtx) {
 		t.Helper()
@@ -142,14 +145,14 @@ func TestFailedAuthLimited(t *testing.T) {
 	if code, _ := status(attacker, unremembered); code != 429 {
 		t.Errorf("right, unremembered password while blocked: %d, want 429", code)
 	}
-	// ...but nothing that costs none: remembered credentials, tokens, the bare challenge,
-	// malformed headers.
-	for _, h := range []string{rememberedRight, "Bearer " + issued, "Bearer static-token-1", caBasic("ci", "static-token-1")} {
+	// ...but nothing that needs no check: credentials remembered from the last minute, the
+	// bare challenge, malformed headers.
+	for _, h := range remembered {
 		if code, _ := status(attacker, h); code != 200 {
-			t.Errorf("%.24q while blocked: %d, want 200 (no comparison needed)", h, code)
+			t.Errorf("%.24q while blocked: %d, want 200 (remembered)", h, code)
 		}
 	}
-	for _, h := range []string{"", "Bearer wrong", "Basic !!!"} {
+	for _, h := range []string{"", "Bearer", "Basic !!!"} {
 		if code, _ := status(attacker, h); code != 401 {
 			t.Errorf("%q while blocked: %d, want 401", h, code)
 		}
@@ -227,5 +230,74 @@ func TestFailedAuthForwardedFor(t *testing.T) {
 	a.authorize(other, []byte("/v2/"))
 	if other.Response.StatusCode() != 401 {
 		t.Errorf("another forwarded client through the same proxy: %d, want 401", other.Response.StatusCode())
+	}
+}
+
+// limitedStatus is the status authorize answers a request from addr with authz.
+func limitedStatus(a *ClientAuth, addr, authz string) (int, *fasthttp.RequestCtx) {
+	const path = "/v2/library/nginx/manifests/latest"
+	ctx := limitedCtx(path, addr, authz)
+	if a.authorize(ctx, []byte(path)) {
+		ctx.SetStatusCode(fasthttp.StatusOK)
+	}
+	return ctx.Response.StatusCode(), ctx
+}
+
+// TestFailedBearerTokensLimited: wrong Bearer tokens cost no bcrypt but are guesses all the
+// same, so they count toward the failure limit as failed logins do; once an address is
+// blocked no token from it is checked (a right one would otherwise tell itself apart).
+func TestFailedBearerTokensLimited(t *testing.T) {
+	const static = "static-token-0123456789"
+	a, now := caAuth(t, ClientAuthOptions{
+		Users:  map[string]string{"alice": caHash(t, "alice-pw")},
+		Tokens: []string{static},
+		Secret: []byte("k-0123456789abcdef0123456789abcdef"),
+	})
+	const attacker = "198.51.100.40"
+	for i := range failureLimit {
+		if code, _ := limitedStatus(a, attacker, fmt.Sprint("Bearer guess-", i)); code != 401 {
+			t.Fatalf("wrong token %d: %d, want 401", i+1, code)
+		}
+	}
+	code, ctx := limitedStatus(a, attacker, "Bearer guess-x")
+	if code != fasthttp.StatusTooManyRequests || string(ctx.Response.Header.Peek("Retry-After")) != "60" {
+		t.Fatalf("wrong token %d: %d, Retry-After %q; want 429 after 60", failureLimit+1, code, ctx.Response.Header.Peek("Retry-After"))
+	}
+	// Blocked: the right token is not even checked from there...
+	issued, _ := a.issueToken("alice")
+	for _, h := range []string{"Bearer " + static, "Bearer " + issued} {
+		if code, _ := limitedStatus(a, attacker, h); code != 429 {
+			t.Errorf("%.20q... from the blocked address: %d, want 429 unchecked", h, code)
+		}
+	}
+	// ...unless it is remembered, having verified in the last minute (from anywhere).
+	for _, h := range []string{"Bearer " + static, "Bearer " + issued} {
+		if code, _ := limitedStatus(a, "203.0.113.5", h); code != 200 {
+			t.Fatalf("%.20q... from another address: %d, want 200", h, code)
+		}
+		if code, _ := limitedStatus(a, attacker, h); code != 200 {
+			t.Errorf("remembered %.20q... from the blocked address: %d, want 200", h, code)
+		}
+	}
+
+	// An expired token this replica signed is no guess: clients send one at each expiry.
+	stale, _ := a.issueToken("alice")
+	*now = now.Add(DefaultTokenTTL + time.Second)
+	for i := range 3 * failureLimit {
+		if code, _ := limitedStatus(a, "203.0.113.6", "Bearer "+stale); code != 401 {
+			t.Fatalf("expired token %d: %d, want 401 (not counted)", i+1, code)
+		}
+	}
+
+	// With static tokens only there is no bcrypt at all; a Basic password guessing at one
+	// counts the same.
+	tokensOnly, _ := caAuth(t, ClientAuthOptions{Tokens: []string{static}})
+	for i := range failureLimit {
+		if code, _ := limitedStatus(tokensOnly, attacker, caBasic("ci", fmt.Sprint("guess-", i))); code != 401 {
+			t.Fatalf("Basic guess %d: %d, want 401", i+1, code)
+		}
+	}
+	if code, _ := limitedStatus(tokensOnly, attacker, caBasic("ci", "guess-x")); code != 429 {
+		t.Errorf("Basic guess %d with tokens only: %d, want 429", failureLimit+1, code)
 	}
 }

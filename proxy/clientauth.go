@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"hash"
 	"net/url"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -65,9 +66,11 @@ type ClientAuth struct {
 	// as long as a wrong password and names cannot be probed by timing.
 	dummyHash []byte
 	verified  verifiedCache
-	// failures rations bcrypt comparisons on credentials that turn out wrong (authlimit.go).
+	// failures rations checks of credentials that turn out wrong (authlimit.go).
 	failures *failureLimiter
-	now      func() time.Time
+	// hashes bounds the bcrypt comparisons of all clients together (hashlimit.go).
+	hashes *hashSlots
+	now    func() time.Time
 }
 
 // DefaultTokenTTL is the lifetime of an issued token when none is configured.
@@ -80,12 +83,16 @@ func NewClientAuth(opts ClientAuthOptions) (*ClientAuth, error) {
 		ttl:            opts.TokenTTL,
 		trustForwarded: opts.TrustForwardedHeaders,
 		failures:       newFailureLimiter(),
+		hashes:         newHashSlots(runtime.GOMAXPROCS(0), hashWait),
 		now:            time.Now,
 	}
 	if a.ttl <= 0 {
 		a.ttl = DefaultTokenTTL
 	}
 	for user, h := range opts.Users {
+		if user == anonymous {
+			return nil, fmt.Errorf("client auth: user %q is reserved for the tokens of replicas with auth off; rename it in auth.htpasswd", user)
+		}
 		if _, err := bcrypt.Cost([]byte(h)); err != nil {
 			return nil, fmt.Errorf("client auth: user %q: not a bcrypt hash", user)
 		}
@@ -99,10 +106,10 @@ func NewClientAuth(opts ClientAuthOptions) (*ClientAuth, error) {
 	}
 	a.required = len(a.users) > 0 || len(a.tokens) > 0
 	if len(a.users) > 0 {
-		// Not a secret: a hash of random bytes no one knows, at the default cost.
+		// Not a secret: a hash of random bytes no one knows, at the users' cost.
 		var pw [16]byte
 		_, _ = rand.Read(pw[:])
-		h, err := bcrypt.GenerateFromPassword(pw[:], bcrypt.DefaultCost)
+		h, err := bcrypt.GenerateFromPassword(pw[:], commonCost(a.users))
 		if err != nil {
 			return nil, err
 		}
@@ -125,6 +132,23 @@ func NewClientAuth(opts ClientAuthOptions) (*ClientAuth, error) {
 	return a, nil
 }
 
+// commonCost is the bcrypt cost most users' hashes have (the higher one on a tie): the dummy
+// hash must cost what a wrong password costs, or an unknown name answers faster or slower
+// than a known one (htpasswd -B writes cost 5, a twentieth of the default's time). Users
+// of another cost remain distinguishable; one cost for all files is the common case.
+func commonCost(users map[string][]byte) int {
+	count := map[int]int{}
+	best := bcrypt.DefaultCost
+	for _, h := range users {
+		c, _ := bcrypt.Cost(h) // checked by the caller
+		count[c]++
+		if count[c] > count[best] || count[c] == count[best] && c > best {
+			best = c
+		}
+	}
+	return best
+}
+
 // Required reports whether clients must authenticate.
 func (a *ClientAuth) Required() bool { return a.required }
 
@@ -135,8 +159,8 @@ var (
 	strXForwardedHost  = []byte("X-Forwarded-Host")
 )
 
-// authorize is the check in front of every endpoint but /healthz and /token. It answers 401
-// itself and returns false when the request may not go on.
+// authorize is the check in front of every endpoint but /healthz, /readyz and /token. It
+// answers 401 itself and returns false when the request may not go on.
 func (a *ClientAuth) authorize(ctx *fasthttp.RequestCtx, path []byte) bool {
 	h := ctx.Request.Header.Peek(fasthttp.HeaderAuthorization)
 	if !a.required {
@@ -230,32 +254,13 @@ func (a *ClientAuth) check(h []byte) (string, bool) {
 	return a.checkAt(h, &attempt{a: a})
 }
 
-// checkAt is check for one request: at rations the bcrypt comparisons it may need.
+// checkAt is check for one request: at rations the checks it may make.
 func (a *ClientAuth) checkAt(h []byte, at *attempt) (string, bool) {
 	scheme, cred, _ := bytes.Cut(h, []byte(" "))
 	cred = bytes.TrimSpace(cred)
 	switch {
 	case asciiEqualFold(scheme, "Bearer"):
-		if a.isStaticToken(cred) {
-			return "token", true
-		}
-		// An issued token is checked once, then remembered until it expires (at most
-		// verifiedTTL), which keeps the cache-hit path free of allocations.
-		key := sha256.Sum256(h)
-		now := a.now()
-		if sub, ok := a.verified.get(key, now); ok {
-			return sub, true
-		}
-		c, err := a.verifyToken(cred)
-		if err != nil {
-			return "", false
-		}
-		expires := now.Add(verifiedTTL)
-		if exp := time.Unix(c.Exp, 0); exp.Before(expires) {
-			expires = exp
-		}
-		a.verified.put(key, c.Sub, expires, now)
-		return c.Sub, true
+		return a.checkBearerAt(h, cred, at)
 	case asciiEqualFold(scheme, "Basic"):
 		return a.checkBasicAt(h, cred, at)
 	}
@@ -276,9 +281,44 @@ func (a *ClientAuth) isStaticToken(t []byte) bool {
 	return found == 1
 }
 
-// checkBasicAt verifies Basic credentials for one request; a bcrypt comparison happens only
-// if at allows it. A success is remembered for verifiedTTL under a hash of the whole header,
-// because bcrypt costs ~50ms and clients that use Basic send it on every request.
+// checkBearerAt verifies a static or issued token for one request. A token that verified is
+// remembered until it expires (at most verifiedTTL), which keeps the cache-hit path free of
+// allocations and lets it pass from an address the limiter blocks; any other token is a
+// guess as far as the limiter is concerned.
+func (a *ClientAuth) checkBearerAt(header, cred []byte, at *attempt) (string, bool) {
+	key := sha256.Sum256(header)
+	now := a.now()
+	if sub, ok := a.verified.get(key, now); ok {
+		return sub, true
+	}
+	if len(cred) == 0 || !at.begin() {
+		return "", false
+	}
+	if a.isStaticToken(cred) {
+		a.verified.put(key, "token", now.Add(verifiedTTL), now)
+		return "token", true
+	}
+	c, err := a.verifyToken(cred)
+	if err == nil && c.Sub == anonymous {
+		err = errTokenAnonymous
+	}
+	if err != nil {
+		if err == errTokenExpired || err == errTokenAnonymous {
+			at.forgive() // signed with our secret: a client's stale token, not a guess
+		}
+		return "", false
+	}
+	expires := now.Add(verifiedTTL)
+	if exp := time.Unix(c.Exp, 0); exp.Before(expires) {
+		expires = exp
+	}
+	a.verified.put(key, c.Sub, expires, now)
+	return c.Sub, true
+}
+
+// checkBasicAt verifies Basic credentials for one request. A success is remembered for
+// verifiedTTL under a hash of the whole header, because bcrypt costs ~50ms and clients that
+// use Basic send it on every request.
 func (a *ClientAuth) checkBasicAt(header, cred []byte, at *attempt) (string, bool) {
 	key := sha256.Sum256(header)
 	now := a.now()
@@ -294,18 +334,18 @@ func (a *ClientAuth) checkBasicAt(header, cred []byte, at *attempt) (string, boo
 		return "", false
 	}
 	user, pass, ok := bytes.Cut(buf[:n], []byte(":"))
-	if !ok {
+	if !ok || !at.begin() {
 		return "", false
 	}
 	sub := ""
 	if a.isStaticToken(pass) {
 		sub = "token"
 	} else if h, known := a.users[string(user)]; known {
-		if at.mayHash() && bcrypt.CompareHashAndPassword(h, pass) == nil {
+		if at.compare(h, pass) {
 			sub = string(user)
 		}
-	} else if a.dummyHash != nil && at.mayHash() {
-		_ = bcrypt.CompareHashAndPassword(a.dummyHash, pass)
+	} else if a.dummyHash != nil {
+		_ = at.compare(a.dummyHash, pass)
 	}
 	if sub == "" {
 		return "", false
@@ -313,6 +353,10 @@ func (a *ClientAuth) checkBasicAt(header, cred []byte, at *attempt) (string, boo
 	a.verified.put(key, sub, now.Add(verifiedTTL), now)
 	return sub, true
 }
+
+// anonymous is the subject of tokens issued with auth off. They grant nothing where auth is
+// on, even signed with a shared secret: a replica with auth off signs them for anyone.
+const anonymous = "anonymous"
 
 // tokenClaims is what an issued token says.
 type tokenClaims struct {
@@ -325,6 +369,7 @@ var (
 	errTokenMalformed = errors.New("token malformed")
 	errTokenSignature = errors.New("token signature invalid")
 	errTokenExpired   = errors.New("token expired")
+	errTokenAnonymous = errors.New("token issued with auth off")
 )
 
 // issueToken signs a token for sub that expires after the TTL.
@@ -397,7 +442,7 @@ func (a *ClientAuth) serveToken(ctx *fasthttp.RequestCtx) {
 		writeError(ctx, newError(fasthttp.StatusNotFound, codeUnsupported, "regcache issues tokens by GET /token only"))
 		return
 	}
-	sub := "anonymous"
+	sub := anonymous
 	if a.required {
 		h := ctx.Request.Header.Peek(fasthttp.HeaderAuthorization)
 		scheme, cred, _ := bytes.Cut(h, []byte(" "))

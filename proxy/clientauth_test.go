@@ -483,6 +483,11 @@ func BenchmarkAuthorizeIssuedToken(b *testing.B) {
 	benchAuthorize(b, a, "Bearer "+tok)
 }
 
+func BenchmarkAuthorizeStaticToken(b *testing.B) {
+	a, _ := caAuth(b, ClientAuthOptions{Tokens: []string{"static-token-0123456789"}})
+	benchAuthorize(b, a, "Bearer static-token-0123456789")
+}
+
 func BenchmarkAuthorizeBasicCached(b *testing.B) {
 	a, _ := caAuth(b, ClientAuthOptions{Users: map[string]string{"alice": caHash(b, "alice-pw")}})
 	benchAuthorize(b, a, caBasic("alice", "alice-pw"))
@@ -505,5 +510,94 @@ func benchAuthorize(b *testing.B, a *ClientAuth, authz string) {
 		if !a.authorize(ctx, path) {
 			b.Fatal("refused")
 		}
+	}
+}
+
+// caHashCost is caHash at a chosen bcrypt cost (htpasswd -B writes cost 5).
+func caHashCost(t testing.TB, pw string, cost int) string {
+	t.Helper()
+	h, err := bcrypt.GenerateFromPassword([]byte(pw), cost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(h)
+}
+
+// TestUnknownUserCostsWhatUsersCost: an unknown user is compared against a dummy hash of the
+// cost the htpasswd file's users have, so that a wrong password and an unknown name take
+// the same time (with a default-cost dummy, names of cost-5 users showed by a 20x gap).
+func TestUnknownUserCostsWhatUsersCost(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		costs []int
+		want  int
+	}{
+		{"htpasswd -B", []int{5}, 5},
+		{"the most common cost", []int{4, 5, 5}, 5},
+		{"a tie goes to the higher cost", []int{4, 6}, 6},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			users := map[string]string{}
+			for i, c := range tc.costs {
+				users[fmt.Sprint("user", i)] = caHashCost(t, "pw", c)
+			}
+			a, _ := caAuth(t, ClientAuthOptions{Users: users})
+			if got, err := bcrypt.Cost(a.dummyHash); err != nil || got != tc.want {
+				t.Fatalf("dummy hash cost %d (%v), want %d", got, err, tc.want)
+			}
+		})
+	}
+
+	// And coarsely by the clock: the fastest of a few unknown-user checks is within a wide
+	// factor of the fastest wrong-password check.
+	a, _ := caAuth(t, ClientAuthOptions{Users: map[string]string{"alice": caHashCost(t, "alice-pw", 5)}})
+	fastest := func(user string) time.Duration {
+		best := time.Duration(1 << 62)
+		for i := range 3 {
+			start := time.Now()
+			if _, ok := a.check([]byte(caBasic(user, fmt.Sprint("wrong-", i)))); ok {
+				t.Fatal("a wrong password passed")
+			}
+			best = min(best, time.Since(start))
+		}
+		return best
+	}
+	known, unknown := fastest("alice"), fastest("mallory")
+	if unknown > 4*known+20*time.Millisecond {
+		t.Errorf("unknown user takes %v, a wrong password %v: names can be told apart by timing", unknown, known)
+	}
+}
+
+// TestAnonymousTokensRefusedWithAuthOn: a replica with auth off signs "anonymous" tokens for
+// anyone; a replica with auth on that shares its secret must not take them as credentials.
+func TestAnonymousTokensRefusedWithAuthOn(t *testing.T) {
+	shared := []byte("shared-secret-0123456789abcdef0123")
+	off, _ := caAuth(t, ClientAuthOptions{Secret: shared})
+	on, _ := caAuth(t, ClientAuthOptions{Secret: shared, Tokens: []string{"static-token-0123456789"}})
+	ctx := caCtx("GET", "/token?service=regcache", "regcache.lan")
+	off.serveToken(ctx)
+	var tj struct{ Token string }
+	if err := json.Unmarshal(ctx.Response.Body(), &tj); err != nil || tj.Token == "" {
+		t.Fatalf("auth-off /token: %s (%v)", ctx.Response.Body(), err)
+	}
+	const path = "/v2/library/nginx/manifests/latest"
+	for range 2 { // the second time from the verification cache, if it wrongly held it
+		req := caCtx("GET", path, "regcache.lan", "Authorization", "Bearer "+tj.Token)
+		if on.authorize(req, []byte(path)) {
+			t.Fatal("an auth-on replica accepted an anonymous token from an auth-off replica sharing its secret")
+		}
+		caWant401(t, req, `Bearer realm="http://regcache.lan/token",service="regcache"`)
+	}
+	// Its own tokens, for a user or a static token, still pass.
+	for _, sub := range []string{"alice", "token"} {
+		tok, _ := on.issueToken(sub)
+		if !on.authorize(caCtx("GET", path, "regcache.lan", "Authorization", "Bearer "+tok), []byte(path)) {
+			t.Errorf("own token for %s refused", sub)
+		}
+	}
+	// So no user may be called anonymous: their tokens would be refused.
+	if _, err := NewClientAuth(ClientAuthOptions{Users: map[string]string{"anonymous": caHash(t, "pw")}}); err == nil ||
+		!strings.Contains(err.Error(), "anonymous") {
+		t.Errorf("htpasswd user anonymous: err %v, want it refused by name", err)
 	}
 }

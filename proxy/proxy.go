@@ -139,6 +139,24 @@ func (p *Proxy) Server() *fasthttp.Server {
 	}
 }
 
+// MetricsServer is a server for metrics_listen: /metrics alone, without client auth (a
+// scraper holds no credentials), with Server's limits.
+func (p *Proxy) MetricsServer() *fasthttp.Server {
+	s := p.Server()
+	s.Handler = p.metricsOnly
+	return s
+}
+
+func (p *Proxy) metricsOnly(ctx *fasthttp.RequestCtx) {
+	if string(ctx.URI().PathOriginal()) != "/metrics" || p.metrics == nil {
+		writeError(ctx, newError(fasthttp.StatusNotFound, codeUnsupported, "not found: this address serves /metrics only"))
+		return
+	}
+	start := ctx.Time()
+	p.metrics.handler(ctx)
+	p.metrics.observe(routeMetrics, ctx.Method(), ctx.Response.StatusCode(), noStatus, time.Since(start))
+}
+
 // zapPrintf lets fasthttp's own error messages reach the structured log.
 type zapPrintf struct{ log *zap.Logger }
 
@@ -173,6 +191,10 @@ func (p *Proxy) Handler(ctx *fasthttp.RequestCtx) {
 		r = routeHealth
 		ctx.SetContentType("text/plain; charset=utf-8")
 		ctx.SetBodyString("ok\n")
+	case string(path) == "/readyz":
+		// Open like /healthz, or a probe would need credentials: it shows categories only.
+		r = routeHealth
+		p.serveReady(ctx)
 	case string(path) == "/token":
 		r = routeToken
 		p.auth.serveToken(ctx)
@@ -182,9 +204,6 @@ func (p *Proxy) Handler(ctx *fasthttp.RequestCtx) {
 		rt, st = p.serveV2(ctx, path, start)
 		r = routeOf(rt.Kind)
 		defer rt.release()
-	case string(path) == "/readyz":
-		r = routeHealth
-		p.serveReady(ctx)
 	case string(path) == "/metrics" && p.metrics != nil:
 		r = routeMetrics
 		p.metrics.handler(ctx)

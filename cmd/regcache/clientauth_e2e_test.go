@@ -2,10 +2,10 @@ package main
 
 // End-to-end tests of client-facing auth: the /v2/ challenge and /token with auth off (what
 // docker login, Renovate, Watchtower, Diun and What's Up Docker need), and with htpasswd
-// users or static tokens on: every endpoint but /healthz closed, Basic and issued tokens
-// accepted, forged and expired tokens refused, nothing the client sends reaching the
-// upstream or the logs. Finally go-containerregistry's own client walks the challenge ->
-// token flow. Helpers in this file are prefixed "ca".
+// users or static tokens on: every endpoint but /healthz and /readyz closed, Basic and
+// issued tokens accepted, forged and expired tokens refused, nothing the client sends
+// reaching the upstream or the logs. Finally go-containerregistry's own client walks the
+// challenge -> token flow. Helpers in this file are prefixed "ca".
 
 import (
 	"crypto/hmac"
@@ -14,12 +14,16 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -54,6 +58,15 @@ func caHtpasswd(t *testing.T, user, pass string) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// caFrom is in as a client at another loopback address (127.0.0.0/8 is all local) sees
+// it: the failure limiter counts per address.
+func caFrom(in *instance, ip string) *instance {
+	from := *in
+	dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 5 * time.Second}
+	from.Client = &http.Client{Timeout: in.Client.Timeout, Transport: &http.Transport{Proxy: nil, DialContext: dialer.DialContext}}
+	return &from
 }
 
 // caConfig is a config with one upstream (the default) and extra top-level lines.
@@ -267,7 +280,7 @@ func TestClientAuthHtpasswd(t *testing.T) {
 	basic := caBasic(user, pass)
 	const manifest = "/v2/team/app/manifests/v1"
 
-	// Closed without credentials: every endpoint but /healthz.
+	// Closed without credentials: every endpoint but the probes.
 	for _, path := range []string{"/v2/", manifest, "/v2/reg.test/team/app/manifests/v1", "/v2/team/app/tags/list",
 		"/v2/team/app/blobs/" + d, "/api/v1/digest?image=reg.test/team/app:v1", "/nope"} {
 		for _, method := range []string{http.MethodHead, http.MethodGet} {
@@ -318,6 +331,9 @@ func TestClientAuthHtpasswd(t *testing.T) {
 	}
 	payload, sig, _ := strings.Cut(tok, ".")
 	longer, _ := json.Marshal(map[string]any{"sub": user, "exp": time.Now().Add(time.Hour).Unix()})
+	// Wrong tokens count toward the failure limit, which the wrong credentials above have
+	// mostly spent for 127.0.0.1: these come from another address.
+	other := caFrom(rc, "127.0.0.2")
 	for name, bad := range map[string]string{
 		"expired":             caForge(user, time.Now().Add(-time.Second)),
 		"payload swapped":     base64.RawURLEncoding.EncodeToString(longer) + "." + sig,
@@ -326,7 +342,7 @@ func TestClientAuthHtpasswd(t *testing.T) {
 		"not a token":         "not-a-token",
 		"token re-encoded":    base64.StdEncoding.EncodeToString([]byte(tok)),
 	} {
-		caWant401(t, name+" token", rc.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+bad), challenge)
+		caWant401(t, name+" token", other.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+bad), challenge)
 	}
 
 	caUpstreamSawOnlyItsOwnTokens(t, reg, pass, basic[len("Basic "):], tok)
@@ -505,4 +521,123 @@ func TestClientAuthCLIs(t *testing.T) {
 	}
 	caUpstreamSawOnlyItsOwnTokens(t, reg, pass)
 	caNoSecretsLogged(t, rc, pass)
+}
+
+// caStaticToken starts a regcache with a random static token (returned) and the auth: lines
+// extra, in front of a registry holding team/app:v1.
+func caStaticToken(t *testing.T, extra string) (*instance, string, *registrytest.Registry) {
+	t.Helper()
+	reg := registrytest.New(t, registrytest.NoAuth)
+	reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
+	static := caRandom("static-")
+	return startRegcache(t, caConfig(reg, "auth:\n  tokens: [\""+static+"\"]\n"+extra)), static, reg
+}
+
+// TestClientAuthAnonymousTokensAcrossReplicas: a replica with auth off but the fleet's
+// auth.secret hands anyone a signed "anonymous" token; a replica with auth on sharing the
+// secret must refuse it, and the auth-off replica warns about its secret at start.
+func TestClientAuthAnonymousTokensAcrossReplicas(t *testing.T) {
+	t.Parallel()
+	on, static, reg := caStaticToken(t, "  secret: "+caSecret+"\n")
+	off := startRegcache(t, caConfig(reg, "auth:\n  secret: "+caSecret+"\n"))
+	const manifest = "/v2/team/app/manifests/v1"
+
+	anon, _ := caToken(t, off)
+	if r := off.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+anon); r.Status != http.StatusOK {
+		t.Fatalf("the auth-off replica: %d %s", r.Status, r.Body)
+	}
+	caWant401(t, "anonymous token on the auth-on replica", on.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+anon), caChallenge(on.URL))
+	// A token the auth-on replica issued passes on it, as one forged for a user does.
+	tok, _ := caToken(t, on, "Authorization", caBasic("ci", static))
+	for _, bearer := range []string{tok, caForge("bob", time.Now().Add(time.Minute))} {
+		if r := on.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+bearer); r.Status != http.StatusOK {
+			t.Fatalf("the auth-on replica's own kind of token: %d %s", r.Status, r.Body)
+		}
+	}
+	if !strings.Contains(off.Logs.String(), "auth.secret is set but auth is off") {
+		t.Error("the auth-off replica did not warn about its auth.secret")
+	}
+	if strings.Contains(off.Logs.String(), caSecret) {
+		t.Error("the warning shows the secret")
+	}
+}
+
+// TestClientAuthTokenGuessingLimited: wrong Bearer tokens are rationed like wrong passwords.
+// Before, 3,000 guesses got 3,000 401s at thousands a second.
+func TestClientAuthTokenGuessingLimited(t *testing.T) {
+	t.Parallel()
+	rc, static, _ := caStaticToken(t, "")
+	const manifest = "/v2/team/app/manifests/v1"
+	guesser := caFrom(rc, "127.0.0.3")
+	codes := map[int]int{}
+	var last response
+	for i := range 50 {
+		last = guesser.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+caRandom(fmt.Sprint("guess-", i, "-")))
+		codes[last.Status]++
+	}
+	if codes[http.StatusUnauthorized] != 10 || codes[http.StatusTooManyRequests] != 40 {
+		t.Fatalf("50 wrong tokens: statuses %v, want 10x401 then 40x429", codes)
+	}
+	if last.Header.Get("Retry-After") == "" || !strings.Contains(string(last.Body), "TOOMANYREQUESTS") {
+		t.Errorf("429 without Retry-After or TOOMANYREQUESTS: %v %s", last.Header, last.Body)
+	}
+	// Other addresses are not affected.
+	if r := rc.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+static); r.Status != http.StatusOK {
+		t.Errorf("the right token from another address: %d %s", r.Status, r.Body)
+	}
+}
+
+// TestClientAuthLoginStorm: 32 addresses x 10 failed logins, each address under its own
+// failure limit. bcrypt work is bounded globally, so a client with a static token keeps its
+// latency (before, its median went from a few ms to 0.3-0.4 s), and the storm's logins get
+// 401 or, beyond the bound, 429.
+func TestClientAuthLoginStorm(t *testing.T) {
+	rc, static, _ := caStaticToken(t, "  htpasswd: "+caHtpasswd(t, "alice", caRandom("pw-"))+"\n")
+	const manifest = "/v2/team/app/manifests/v1"
+	median := func(n int) time.Duration {
+		var took []time.Duration
+		for range n {
+			start := time.Now()
+			if r := rc.do(t, http.MethodHead, manifest, "Authorization", "Bearer "+static); r.Status != http.StatusOK {
+				t.Fatalf("static token: %d", r.Status)
+			}
+			took = append(took, time.Since(start))
+			time.Sleep(20 * time.Millisecond)
+		}
+		slices.Sort(took)
+		return took[len(took)/2]
+	}
+	before := median(10)
+
+	var mu sync.Mutex
+	codes := map[int]int{}
+	var wg sync.WaitGroup
+	stormDone := make(chan struct{})
+	for c := range 32 {
+		from := caFrom(rc, fmt.Sprintf("127.0.1.%d", c+1))
+		wg.Go(func() {
+			for i := range 10 {
+				r := from.do(t, http.MethodGet, manifest, "Authorization", caBasic("alice", fmt.Sprint("guess-", i)))
+				mu.Lock()
+				codes[r.Status]++
+				mu.Unlock()
+			}
+		})
+	}
+	go func() { wg.Wait(); close(stormDone) }()
+	time.Sleep(100 * time.Millisecond) // let the storm start
+	during := median(15)
+	select {
+	case <-stormDone:
+		t.Log("the storm ended while the static-token client was measured")
+	default:
+	}
+	<-stormDone
+	t.Logf("static-token median %v before the storm, %v during; storm statuses %v", before, during, codes)
+	if codes[http.StatusUnauthorized]+codes[http.StatusTooManyRequests] != 320 {
+		t.Errorf("storm statuses %v, want only 401 and 429", codes)
+	}
+	if during > before+150*time.Millisecond {
+		t.Errorf("static-token median %v during the storm, %v before: bcrypt starves other requests", during, before)
+	}
 }

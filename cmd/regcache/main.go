@@ -76,9 +76,6 @@ func run(args []string) error {
 	}
 	log.Info("regcache listening", zap.String("listen", ln.Addr().String()), zap.Int("upstreams", len(cfg.Upstreams)),
 		zap.String("default_upstream", cfg.DefaultUpstream), zap.Bool("client_auth", cfg.Auth.Enabled()))
-	if cfg.Auth.Enabled() && cfg.Auth.Secret.Reveal() == "" {
-		log.Warn("auth.secret is not set: issued tokens are valid on this process only (set it when replicas share a name)")
-	}
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -123,19 +120,35 @@ type app struct {
 	// upstreams are closed on shutdown: their idle keep-alive connections (and the
 	// transport goroutines that read them) would otherwise outlive the server.
 	upstreams []*upstream.Registry
+	// metrics serves /metrics on metrics_listen (open since build); nil without one.
+	metrics   *fasthttp.Server
+	metricsLn net.Listener
+	log       *zap.Logger
 }
 
-// Serve marks the proxy ready and serves ln until shut down.
+// Serve marks the proxy ready and serves ln (and metrics_listen) until shut down.
 func (a *app) Serve(ln net.Listener) error {
+	if a.metrics != nil {
+		go func() {
+			if err := a.metrics.Serve(a.metricsLn); err != nil && !errors.Is(err, net.ErrClosed) {
+				a.log.Error("metrics server stopped", zap.Error(err))
+			}
+		}()
+	}
 	a.proxy.SetReady(true)
 	return a.server.Serve(ln)
 }
 
 // ShutdownWithContext stops taking requests (readyz turns 503 first), drains those in
-// flight until ctx ends, stops the cache and closes upstream idle connections.
+// flight until ctx ends, stops metrics_listen and the cache, and closes upstream idle
+// connections.
 func (a *app) ShutdownWithContext(ctx context.Context) error {
 	a.proxy.SetReady(false)
 	err := a.server.ShutdownWithContext(ctx)
+	if a.metrics != nil {
+		_ = a.metrics.ShutdownWithContext(ctx)
+		_ = a.metricsLn.Close() // in case Serve never ran
+	}
 	a.cache.Close()
 	for _, r := range a.upstreams {
 		r.Close()
@@ -145,6 +158,9 @@ func (a *app) ShutdownWithContext(ctx context.Context) error {
 
 // build turns a validated config into a ready server.
 func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err error) {
+	for _, w := range cfg.Warnings() {
+		log.Warn(w)
+	}
 	metrics := proxy.NewMetrics()
 	shared, err := redisConfig(cfg.Cache.Redis)
 	if err != nil {
@@ -204,7 +220,16 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err
 	}
 	metrics.WatchCache(c)
 	metrics.WatchUpstreams(ups)
-	return &app{proxy: p, server: p.Server(), cache: c, upstreams: regs}, nil
+	a := &app{proxy: p, server: p.Server(), cache: c, upstreams: regs, log: log}
+	if cfg.MetricsListen != "" {
+		// Opened here, so that a taken port fails the start rather than a goroutine later.
+		if a.metricsLn, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
+			return nil, fmt.Errorf("metrics_listen %s: %w", cfg.MetricsListen, err)
+		}
+		a.metrics = p.MetricsServer()
+		log.Info("metrics listening", zap.String("listen", a.metricsLn.Addr().String()))
+	}
+	return a, nil
 }
 
 // limits carries the server: block to the proxy.

@@ -3,10 +3,13 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
@@ -90,4 +93,66 @@ func TestMetricsMoveAndProbes(t *testing.T) {
 	if _, ok := m["go_goroutines"]; !ok {
 		t.Fatal("no Go runtime metrics")
 	}
+}
+
+// TestProbesAndMetricsWithAuth: with client auth on, the probes stay open (/readyz shows a
+// category, never a secret), /metrics stays behind auth on the main listener, and
+// metrics_listen serves it without auth on an address of its own, which stops with the
+// main one. Before, /readyz and /metrics answered 401, so a Kubernetes readiness probe never
+// passed and Prometheus scraped 401s.
+func TestProbesAndMetricsWithAuth(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t, registrytest.NoAuth)
+	static := "static-token-" + strings.Repeat("x", 16)
+	authYAML := "auth:\n  tokens: [\"" + static + "\"]\n"
+
+	t.Run("probes are open", func(t *testing.T) {
+		rc := startRegcache(t, configYAML("", upstreamYAML("ghcr.io", reg.URL))+authYAML)
+		for _, path := range []string{"/healthz", "/readyz"} {
+			if r := rc.do(t, http.MethodGet, path); r.Status != http.StatusOK {
+				t.Errorf("%s without credentials: %d %s, want 200", path, r.Status, r.Body)
+			}
+		}
+		if r := rc.do(t, http.MethodGet, "/metrics"); r.Status != http.StatusUnauthorized {
+			t.Errorf("/metrics on the main listener without credentials: %d, want 401", r.Status)
+		}
+		if r := rc.do(t, http.MethodGet, "/metrics", "Authorization", "Bearer "+static); r.Status != http.StatusOK {
+			t.Errorf("/metrics on the main listener with the token: %d, want 200", r.Status)
+		}
+	})
+
+	t.Run("metrics_listen", func(t *testing.T) {
+		rc := startRegcache(t, configYAML("", upstreamYAML("ghcr.io", reg.URL))+authYAML+"metrics_listen: 127.0.0.1:0\n")
+		addr := metricsAddr(t, rc)
+		if r := rc.do(t, http.MethodGet, "/metrics"); r.Status != http.StatusUnauthorized {
+			t.Errorf("/metrics on the main listener without credentials: %d, want 401", r.Status)
+		}
+		m := &instance{URL: "http://" + addr, Client: rc.Client}
+		r := m.do(t, http.MethodGet, "/metrics")
+		if r.Status != http.StatusOK || !strings.Contains(string(r.Body), "regcache_requests_total") {
+			t.Fatalf("/metrics on metrics_listen: %d %.200s", r.Status, r.Body)
+		}
+		// Only metrics there: not the registry API, not a way around auth.
+		if r := m.do(t, http.MethodGet, "/v2/"); r.Status != http.StatusNotFound {
+			t.Errorf("/v2/ on metrics_listen: %d, want 404", r.Status)
+		}
+		rc.stop()
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			t.Error("metrics_listen still accepts connections after shutdown")
+		}
+	})
+}
+
+// metricsAddr is the address metrics_listen opened, from the start-up log.
+func metricsAddr(t *testing.T, rc *instance) string {
+	t.Helper()
+	for _, line := range strings.Split(rc.Logs.String(), "\n") {
+		var l struct{ Msg, Listen string }
+		if json.Unmarshal([]byte(line), &l) == nil && l.Msg == "metrics listening" && l.Listen != "" {
+			return l.Listen
+		}
+	}
+	t.Fatalf("no \"metrics listening\" log line in:\n%s", rc.Logs.String())
+	return ""
 }
