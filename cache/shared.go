@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"mime"
 	"net"
 	"net/url"
 	"strconv"
@@ -309,14 +308,9 @@ func decodeManifest(data []byte, d digest.Digest) (e *ManifestEntry, why string)
 	if !d.Algorithm().Available() || d.Algorithm().FromBytes(body) != d {
 		return nil, "manifest body does not match its digest"
 	}
-	// The checks upstream's answers pass: a JSON object, whose own mediaType, when it
+	// The check upstream's answers pass: a JSON object, whose own mediaType, when it
 	// names one, is the type stored beside it.
-	var probe struct {
-		MediaType string `json:"mediaType"`
-	}
-	trimmed := bytes.TrimLeft(body, " \t\r\n")
-	if len(trimmed) == 0 || trimmed[0] != '{' || json.Unmarshal(body, &probe) != nil ||
-		(probe.MediaType != "" && probe.MediaType != string(mt)) {
+	if got, why := upstream.ManifestType(body, string(mt)); why != "" || got != string(mt) {
 		return nil, "manifest body is not a JSON object or contradicts its media type"
 	}
 	b := bytes.Clone(body)
@@ -442,14 +436,9 @@ func (s *shared) drop(key, why string) {
 	s.remove(key)
 }
 
-// validMediaType accepts what may go out as a Content-Type: type/subtype, nothing else.
-func validMediaType(mt string) bool {
-	if mt == "" || len(mt) > 255 {
-		return false
-	}
-	parsed, params, err := mime.ParseMediaType(mt)
-	return err == nil && len(params) == 0 && parsed == strings.ToLower(mt)
-}
+// validMediaType accepts what may go out as a Content-Type: the rule upstream's answers
+// pass, so that whatever regcache stores reads back.
+func validMediaType(mt string) bool { return upstream.ValidMediaType(mt) }
 
 var (
 	unlockScript = redis.NewScript(`if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) else return 0 end`)
