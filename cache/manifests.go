@@ -184,7 +184,15 @@ func (c *Cache) Hit(o *Origin, repo, ref string, wantBody bool, now time.Time) (
 		return Answer{}, false
 	}
 	if !wantBody {
-		return answer(te.Descriptor, nil, false, Hit, te.FetchedAt), true
+		d := te.Descriptor
+		if !te.Verified {
+			// A HEAD named the digest; a body fetched since (by digest, or by a GET of the
+			// tag) says what its type and size really are.
+			if e := c.cachedBody(up, repo, te.Digest); e != nil {
+				d = e.Descriptor
+			}
+		}
+		return answer(d, nil, false, Hit, te.FetchedAt), true
 	}
 	if e := c.cachedBody(up, repo, te.Digest); e != nil {
 		// The body's own descriptor: it was verified, the tag entry's type and size were not.
@@ -370,14 +378,16 @@ func (c *Cache) resolveTag(ctx context.Context, o *Origin, repo, tag string, wan
 			}
 			// The entry names a digest; a verified body for it, here or shared, says what its
 			// type and size are, as askTag does for upstream's HEADs.
-			d := te.Descriptor
+			d, verified := te.Descriptor, true
 			if e := c.cachedBody(up, repo, d.Digest); e != nil {
 				d = e.Descriptor
 			} else if e := c.shared.getManifest(up, repo, d.Digest); e != nil {
 				c.putManifest(up, repo, upstream.Manifest{Descriptor: e.Descriptor, Body: e.Body})
 				d = e.Descriptor
+			} else {
+				verified = false
 			}
-			c.putTag(o, key, d, te.FetchedAt, te.Previous)
+			c.putTag(o, key, d, te.FetchedAt, te.Previous, verified)
 			return upstream.Manifest{Descriptor: d}, true
 		}
 		ask := func() (upstream.Manifest, error) { return c.askTag(o, repo, tag, wantBody, seen) }
@@ -410,12 +420,13 @@ func (c *Cache) askTag(o *Origin, repo, tag string, wantBody bool, shared *TagEn
 		return m, err // the flight remembers a "no"
 	}
 	c.putManifest(up, repo, m)
-	if m.Body == nil {
+	verified := m.Body != nil
+	if !verified {
 		// A HEAD names the digest; for a manifest whose body was verified, its size and
 		// type are what that body showed, whatever this answer's Content-Length claims.
 		// (A lie here would otherwise be every HEAD's answer until tag_ttl passes.)
 		if e := c.cachedBody(up, repo, m.Digest); e != nil {
-			m.Descriptor = e.Descriptor
+			m.Descriptor, verified = e.Descriptor, true
 		}
 	}
 	if c.shared != nil {
@@ -428,20 +439,21 @@ func (c *Cache) askTag(o *Origin, repo, tag string, wantBody bool, shared *TagEn
 			prev = shared.Descriptor
 		}
 	}
-	if e := c.putTag(o, key, m.Descriptor, c.now(), prev); e != nil && c.shared != nil {
+	if e := c.putTag(o, key, m.Descriptor, c.now(), prev, verified); e != nil && c.shared != nil {
 		c.shared.setTag(up, repo, tag, e, o.TagTTL+c.cfg.MaxStale)
 	}
 	return m, nil
 }
 
 // putTag stores where a tag points as of at, keeping where it pointed before it last moved
-// (prev, from another replica, unless this one saw a later move). It returns the entry,
-// or nil when tags are not kept at all (tag_ttl and max_stale both 0).
-func (c *Cache) putTag(o *Origin, key string, d upstream.Descriptor, at time.Time, prev upstream.Descriptor) *TagEntry {
+// (prev, from another replica, unless this one saw a later move); verified says d's type
+// and size came from a verified body. It returns the entry, or nil when tags are not kept
+// at all (tag_ttl and max_stale both 0).
+func (c *Cache) putTag(o *Origin, key string, d upstream.Descriptor, at time.Time, prev upstream.Descriptor, verified bool) *TagEntry {
 	if o.TagTTL+c.cfg.MaxStale <= 0 {
 		return nil
 	}
-	e := &TagEntry{Descriptor: d, FetchedAt: at, Previous: prev}
+	e := &TagEntry{Descriptor: d, FetchedAt: at, Previous: prev, Verified: verified}
 	if old := c.store.tag(key); old != nil {
 		if old.Digest != d.Digest {
 			e.Previous = old.Descriptor
@@ -486,11 +498,16 @@ func (c *Cache) cachedBody(up, repo string, d digest.Digest) *ManifestEntry {
 // withBody completes an answer: the body comes from what was just fetched, from the
 // manifest store, or from one upstream GET by digest.
 func (c *Cache) withBody(ctx context.Context, o *Origin, repo string, d upstream.Descriptor, body []byte, wantBody bool, st Status, at time.Time) (Answer, error) {
-	if !wantBody || body != nil {
+	if body != nil {
 		return answer(d, body, wantBody, st, at), nil
 	}
-	if e := c.store.manifest(manifestKey(o.Registry.Name(), repo, string(d.Digest))); e != nil && e.Body != nil {
-		return answer(e.Descriptor, e.Body, true, st, at), nil
+	// A verified body, when there is one, says what d's type and size are: d may be what
+	// a HEAD claimed.
+	if e := c.cachedBody(o.Registry.Name(), repo, d.Digest); e != nil {
+		return answer(e.Descriptor, e.Body, wantBody, st, at), nil
+	}
+	if !wantBody {
+		return answer(d, nil, false, st, at), nil
 	}
 	m, err := c.fetchDigest(ctx, o, repo, d.Digest, true)
 	if err != nil {

@@ -20,6 +20,9 @@ type TagEntry struct {
 	// Previous is where the tag pointed before it last moved (zero if it never did), so
 	// that a client can still be served the old manifest if the new one cannot be fetched.
 	Previous upstream.Descriptor
+	// Verified is set when the type and size came from a verified body, not from the
+	// headers of upstream's HEAD (which may claim anything about them).
+	Verified bool
 }
 
 // ManifestEntry is a manifest by digest. Body is nil when only a HEAD has been seen.
