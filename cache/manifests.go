@@ -70,8 +70,10 @@ type Cache struct {
 	now         func() time.Time
 	// shared is the Redis tier, nil without one. Only misses consult it.
 	shared *shared
-	stop   chan struct{}
-	bg     sync.WaitGroup
+	// credLog spaces out the log lines for upstreams refusing our credentials.
+	credLog logEvery
+	stop    chan struct{}
+	bg      sync.WaitGroup
 }
 
 // New builds a Cache.
@@ -392,8 +394,9 @@ func (c *Cache) resolveTag(ctx context.Context, o *Origin, repo, tag string, wan
 		}
 		ask := func() (upstream.Manifest, error) { return c.askTag(o, repo, tag, wantBody, seen) }
 		m, err := fleet(c.shared, "tag:"+up+"/"+repo+":"+tag, look, ask)
-		if err != nil && c.remember(up, repo, tag, err) {
+		if c.remember(up, repo, tag, err) && upstream.KindOf(err) == upstream.KindNotFound {
 			// The tag is gone upstream (this replica's answer or the fleet's): stop serving it.
+			// A denial is not a deletion: the stale tag stays for when access returns.
 			c.store.del(key)
 			if c.shared != nil {
 				c.shared.delTag(up, repo, tag)
@@ -532,6 +535,7 @@ func (c *Cache) putManifest(up, repo string, m upstream.Manifest) {
 
 // remember keeps upstream's authoritative "no" (not found, denied) for negative_ttl, so a
 // client retrying a typo does not spend the rate limit. It reports whether err was one.
+// Our own credentials refused at the token endpoint is no answer, only logged.
 func (c *Cache) remember(up, repo, ref string, err error) bool {
 	switch upstream.KindOf(err) {
 	case upstream.KindNotFound, upstream.KindDenied:
@@ -539,6 +543,12 @@ func (c *Cache) remember(up, repo, ref string, err error) bool {
 			c.store.set(negativeKey(up, repo, ref), &negativeEntry{err: err}, 0, c.cfg.NegativeTTL)
 		}
 		return true
+	case upstream.KindUnavailable:
+		if upstream.CredentialsRejected(err) && c.credLog.due(up) {
+			c.log.Warn("upstream refused regcache's credentials at its token endpoint; serving stale answers where the cache has them "+
+				"(logged once per 30s per upstream; regcache_upstream_auth_failures_total counts them)",
+				zap.String("upstream", up), zap.Error(err))
+		}
 	}
 	return false
 }

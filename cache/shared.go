@@ -572,6 +572,8 @@ type sharedFailure struct {
 	Message    string        `json:"message"`
 	RetryAfter int64         `json:"retryAfterMs,omitempty"`
 	Timeout    bool          `json:"timeout,omitempty"`
+	// Credentials: the holder's credentials were refused at the token endpoint.
+	Credentials bool `json:"credentials,omitempty"`
 }
 
 // setFailure tells the waiters on key why upstream gave no answer, so that a fleet facing
@@ -583,7 +585,7 @@ func (s *shared) setFailure(key string, err error) {
 		return
 	}
 	data, _ := json.Marshal(sharedFailure{Kind: ue.Kind, Upstream: ue.Upstream, Status: ue.Status, Code: ue.Code,
-		Message: ue.Message, RetryAfter: ue.RetryAfter.Milliseconds(), Timeout: ue.Timeout})
+		Message: ue.Message, RetryAfter: ue.RetryAfter.Milliseconds(), Timeout: ue.Timeout, Credentials: ue.Credentials})
 	s.write(s.prefix+"failed:"+key, data, failureTTL)
 }
 
@@ -603,7 +605,7 @@ func (s *shared) failure(key string) error {
 		return nil
 	}
 	return &upstream.Error{Kind: f.Kind, Upstream: f.Upstream, Status: f.Status, Code: f.Code, Message: f.Message,
-		RetryAfter: time.Duration(f.RetryAfter) * time.Millisecond, Timeout: f.Timeout}
+		RetryAfter: time.Duration(f.RetryAfter) * time.Millisecond, Timeout: f.Timeout, Credentials: f.Credentials && f.Kind == upstream.KindUnavailable}
 }
 
 // delTag removes a tag upstream said is gone, so that no replica serves it from Redis.

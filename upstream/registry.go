@@ -63,6 +63,7 @@ type Registry struct {
 	client    *http.Client
 	observer  Observer
 	auth      authState
+	creds     credentialState
 	rl        rateGuard
 	// life ends at Close: work detached from any one caller (a shared token request)
 	// stops there rather than running on after shutdown.
@@ -127,6 +128,9 @@ func New(opts Options) (*Registry, error) {
 
 // Name is the configured name of the upstream.
 func (r *Registry) Name() string { return r.name }
+
+// Timeout bounds one whole operation with this upstream (Options.Timeout).
+func (r *Registry) Timeout() time.Duration { return r.timeout }
 
 // Close ends detached work and releases idle connections.
 func (r *Registry) Close() {
