@@ -246,7 +246,7 @@ func (c *Cache) fetchDigest(ctx context.Context, o *Origin, repo string, d diges
 		var m upstream.Manifest
 		var err error
 		if wantBody {
-			m, err = fleet(c.shared, "manifest:"+up+"/"+repo+"@"+string(d), look, ask)
+			m, err = fleet(c.shared, "manifest:"+up+"/"+repo+"@"+string(d), c.fleetWait(o), look, ask)
 		} else {
 			// Only bodies are shared, and a HEAD by digest is one cheap request: no wait.
 			if c.shared != nil {
@@ -393,7 +393,7 @@ func (c *Cache) resolveTag(ctx context.Context, o *Origin, repo, tag string, wan
 			return upstream.Manifest{Descriptor: d}, true
 		}
 		ask := func() (upstream.Manifest, error) { return c.askTag(o, repo, tag, wantBody, seen) }
-		m, err := fleet(c.shared, "tag:"+up+"/"+repo+":"+tag, look, ask)
+		m, err := fleet(c.shared, "tag:"+up+"/"+repo+":"+tag, c.fleetWait(o), look, ask)
 		if c.remember(up, repo, tag, err) && upstream.KindOf(err) == upstream.KindNotFound {
 			// The tag is gone upstream (this replica's answer or the fleet's): stop serving it.
 			// A denial is not a deletion: the stale tag stays for when access returns.
@@ -405,6 +405,12 @@ func (c *Cache) resolveTag(ctx context.Context, o *Origin, repo, tag string, wan
 		return m, err
 	})
 	return m, err
+}
+
+// fleetWait bounds how long a request waits on another replica's upstream request for
+// o: revalidate_wait plus the upstream timeout, by when the holder's own request has ended.
+func (c *Cache) fleetWait(o *Origin) time.Duration {
+	return c.cfg.RevalidateWait + o.Registry.Timeout()
 }
 
 // askTag asks upstream where tag points now and caches the answer in both tiers. The
