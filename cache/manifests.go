@@ -186,15 +186,9 @@ func (c *Cache) Hit(o *Origin, repo, ref string, wantBody bool, now time.Time) (
 		return Answer{}, false
 	}
 	if !wantBody {
-		d := te.Descriptor
-		if !te.Verified {
-			// A HEAD named the digest; a body fetched since (by digest, or by a GET of the
-			// tag) says what its type and size really are.
-			if e := c.cachedBody(up, repo, te.Digest); e != nil {
-				d = e.Descriptor
-			}
-		}
-		return answer(d, nil, false, Hit, te.FetchedAt), true
+		// A HEAD named the digest; a body fetched since (by digest, or by a GET of the tag)
+		// says what its type and size really are.
+		return answer(te.descriptor(), nil, false, Hit, te.FetchedAt), true
 	}
 	if e := c.cachedBody(up, repo, te.Digest); e != nil {
 		// The body's own descriptor: it was verified, the tag entry's type and size were not.
@@ -380,16 +374,14 @@ func (c *Cache) resolveTag(ctx context.Context, o *Origin, repo, tag string, wan
 			}
 			// The entry names a digest; a verified body for it, here or shared, says what its
 			// type and size are, as askTag does for upstream's HEADs.
-			d, verified := te.Descriptor, true
-			if e := c.cachedBody(up, repo, d.Digest); e != nil {
-				d = e.Descriptor
-			} else if e := c.shared.getManifest(up, repo, d.Digest); e != nil {
-				c.putManifest(up, repo, upstream.Manifest{Descriptor: e.Descriptor, Body: e.Body})
-				d = e.Descriptor
-			} else {
-				verified = false
+			d, claim := c.claimed(up, repo, te.Descriptor)
+			if claim != nil {
+				if e := c.shared.getManifest(up, repo, d.Digest); e != nil {
+					c.putManifest(up, repo, upstream.Manifest{Descriptor: e.Descriptor, Body: e.Body})
+					d, claim = e.Descriptor, nil
+				}
 			}
-			c.putTag(o, key, d, te.FetchedAt, te.Previous, verified)
+			c.putTag(o, key, d, te.FetchedAt, te.Previous, claim)
 			return upstream.Manifest{Descriptor: d}, true
 		}
 		ask := func() (upstream.Manifest, error) { return c.askTag(o, repo, tag, wantBody, seen) }
@@ -428,15 +420,14 @@ func (c *Cache) askTag(o *Origin, repo, tag string, wantBody bool, shared *TagEn
 	if err != nil {
 		return m, err // the flight remembers a "no"
 	}
-	c.putManifest(up, repo, m)
-	verified := m.Body != nil
-	if !verified {
+	var claim *ManifestEntry
+	if m.Body != nil {
+		c.putManifest(up, repo, m)
+	} else {
 		// A HEAD names the digest; for a manifest whose body was verified, its size and
 		// type are what that body showed, whatever this answer's Content-Length claims.
 		// (A lie here would otherwise be every HEAD's answer until tag_ttl passes.)
-		if e := c.cachedBody(up, repo, m.Digest); e != nil {
-			m.Descriptor, verified = e.Descriptor, true
-		}
+		m.Descriptor, claim = c.claimed(up, repo, m.Descriptor)
 	}
 	if c.shared != nil {
 		c.shared.setManifest(up, repo, m)
@@ -448,21 +439,21 @@ func (c *Cache) askTag(o *Origin, repo, tag string, wantBody bool, shared *TagEn
 			prev = shared.Descriptor
 		}
 	}
-	if e := c.putTag(o, key, m.Descriptor, c.now(), prev, verified); e != nil && c.shared != nil {
+	if e := c.putTag(o, key, m.Descriptor, c.now(), prev, claim); e != nil && c.shared != nil {
 		c.shared.setTag(up, repo, tag, e, o.TagTTL+c.cfg.MaxStale)
 	}
 	return m, nil
 }
 
 // putTag stores where a tag points as of at, keeping where it pointed before it last moved
-// (prev, from another replica, unless this one saw a later move); verified says d's type
-// and size came from a verified body. It returns the entry, or nil when tags are not kept
-// at all (tag_ttl and max_stale both 0).
-func (c *Cache) putTag(o *Origin, key string, d upstream.Descriptor, at time.Time, prev upstream.Descriptor, verified bool) *TagEntry {
+// (prev, from another replica, unless this one saw a later move); claim is nil when d's
+// type and size came from a verified body (see claimed). It returns the entry, or nil when
+// tags are not kept at all (tag_ttl and max_stale both 0).
+func (c *Cache) putTag(o *Origin, key string, d upstream.Descriptor, at time.Time, prev upstream.Descriptor, claim *ManifestEntry) *TagEntry {
 	if o.TagTTL+c.cfg.MaxStale <= 0 {
 		return nil
 	}
-	e := &TagEntry{Descriptor: d, FetchedAt: at, Previous: prev, Verified: verified}
+	e := &TagEntry{Descriptor: d, FetchedAt: at, Previous: prev, claim: claim}
 	if old := c.store.tag(key); old != nil {
 		if old.Digest != d.Digest {
 			e.Previous = old.Descriptor
@@ -528,15 +519,37 @@ func (c *Cache) withBody(ctx context.Context, o *Origin, repo string, d upstream
 	return answer(m.Descriptor, m.Body, true, st, at), nil
 }
 
-// putManifest caches a verified manifest, never replacing a full entry with a bodiless one.
-func (c *Cache) putManifest(up, repo string, m upstream.Manifest) {
+// putManifest caches a verified manifest, never replacing a full entry with a bodiless one,
+// and returns the entry now standing for the digest (the one kept, when m has no body).
+// A body replacing a bodiless entry tells it its verified descriptor first, for the tag
+// entries that took their type and size from a HEAD.
+func (c *Cache) putManifest(up, repo string, m upstream.Manifest) *ManifestEntry {
 	key := manifestKey(up, repo, string(m.Digest))
-	if m.Body == nil {
-		if e := c.store.manifest(key); e != nil {
-			return
-		}
+	old := c.store.manifest(key)
+	if m.Body == nil && old != nil {
+		return old
 	}
-	c.store.set(key, &ManifestEntry{Descriptor: m.Descriptor, Body: m.Body}, int64(len(m.Body)), 0)
+	if old != nil && old.Body == nil && old.verified.Load() == nil {
+		d := m.Descriptor
+		old.verified.Store(&d)
+	}
+	e := &ManifestEntry{Descriptor: m.Descriptor, Body: m.Body}
+	c.store.set(key, e, int64(len(m.Body)), 0)
+	return e
+}
+
+// claimed is what to store for a tag that a HEAD (or another replica's entry) says points
+// at d: a verified body's descriptor when one is known (claim nil), or d with the bodiless
+// entry that will learn the verified one (claim).
+func (c *Cache) claimed(up, repo string, d upstream.Descriptor) (upstream.Descriptor, *ManifestEntry) {
+	e := c.putManifest(up, repo, upstream.Manifest{Descriptor: d})
+	if e.Body != nil {
+		return e.Descriptor, nil
+	}
+	if v := e.verified.Load(); v != nil {
+		return *v, nil
+	}
+	return d, e
 }
 
 // remember keeps upstream's authoritative "no" (not found, denied) for negative_ttl, so a
