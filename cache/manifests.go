@@ -70,8 +70,10 @@ type Cache struct {
 	now         func() time.Time
 	// shared is the Redis tier, nil without one. Only misses consult it.
 	shared *shared
-	stop   chan struct{}
-	bg     sync.WaitGroup
+	// credLog spaces out the log lines for upstreams refusing our credentials.
+	credLog logEvery
+	stop    chan struct{}
+	bg      sync.WaitGroup
 }
 
 // New builds a Cache.
@@ -184,7 +186,9 @@ func (c *Cache) Hit(o *Origin, repo, ref string, wantBody bool, now time.Time) (
 		return Answer{}, false
 	}
 	if !wantBody {
-		return answer(te.Descriptor, nil, false, Hit, te.FetchedAt), true
+		// A HEAD named the digest; a body fetched since (by digest, or by a GET of the tag)
+		// says what its type and size really are.
+		return answer(te.descriptor(), nil, false, Hit, te.FetchedAt), true
 	}
 	if e := c.cachedBody(up, repo, te.Digest); e != nil {
 		// The body's own descriptor: it was verified, the tag entry's type and size were not.
@@ -236,7 +240,7 @@ func (c *Cache) fetchDigest(ctx context.Context, o *Origin, repo string, d diges
 		var m upstream.Manifest
 		var err error
 		if wantBody {
-			m, err = fleet(c.shared, "manifest:"+up+"/"+repo+"@"+string(d), look, ask)
+			m, err = fleet(c.shared, "manifest:"+up+"/"+repo+"@"+string(d), c.fleetWait(o), look, ask)
 		} else {
 			// Only bodies are shared, and a HEAD by digest is one cheap request: no wait.
 			if c.shared != nil {
@@ -370,20 +374,21 @@ func (c *Cache) resolveTag(ctx context.Context, o *Origin, repo, tag string, wan
 			}
 			// The entry names a digest; a verified body for it, here or shared, says what its
 			// type and size are, as askTag does for upstream's HEADs.
-			d := te.Descriptor
-			if e := c.cachedBody(up, repo, d.Digest); e != nil {
-				d = e.Descriptor
-			} else if e := c.shared.getManifest(up, repo, d.Digest); e != nil {
-				c.putManifest(up, repo, upstream.Manifest{Descriptor: e.Descriptor, Body: e.Body})
-				d = e.Descriptor
+			d, claim := c.claimed(up, repo, te.Descriptor)
+			if claim != nil {
+				if e := c.shared.getManifest(up, repo, d.Digest); e != nil {
+					c.putManifest(up, repo, upstream.Manifest{Descriptor: e.Descriptor, Body: e.Body})
+					d, claim = e.Descriptor, nil
+				}
 			}
-			c.putTag(o, key, d, te.FetchedAt, te.Previous)
+			c.putTag(o, key, d, te.FetchedAt, te.Previous, claim)
 			return upstream.Manifest{Descriptor: d}, true
 		}
 		ask := func() (upstream.Manifest, error) { return c.askTag(o, repo, tag, wantBody, seen) }
-		m, err := fleet(c.shared, "tag:"+up+"/"+repo+":"+tag, look, ask)
-		if err != nil && c.remember(up, repo, tag, err) {
+		m, err := fleet(c.shared, "tag:"+up+"/"+repo+":"+tag, c.fleetWait(o), look, ask)
+		if c.remember(up, repo, tag, err) && upstream.KindOf(err) == upstream.KindNotFound {
 			// The tag is gone upstream (this replica's answer or the fleet's): stop serving it.
+			// A denial is not a deletion: the stale tag stays for when access returns.
 			c.store.del(key)
 			if c.shared != nil {
 				c.shared.delTag(up, repo, tag)
@@ -392,6 +397,12 @@ func (c *Cache) resolveTag(ctx context.Context, o *Origin, repo, tag string, wan
 		return m, err
 	})
 	return m, err
+}
+
+// fleetWait bounds how long a request waits on another replica's upstream request for
+// o: revalidate_wait plus the upstream timeout, by when the holder's own request has ended.
+func (c *Cache) fleetWait(o *Origin) time.Duration {
+	return c.cfg.RevalidateWait + o.Registry.Timeout()
 }
 
 // askTag asks upstream where tag points now and caches the answer in both tiers. The
@@ -409,14 +420,14 @@ func (c *Cache) askTag(o *Origin, repo, tag string, wantBody bool, shared *TagEn
 	if err != nil {
 		return m, err // the flight remembers a "no"
 	}
-	c.putManifest(up, repo, m)
-	if m.Body == nil {
+	var claim *ManifestEntry
+	if m.Body != nil {
+		c.putManifest(up, repo, m)
+	} else {
 		// A HEAD names the digest; for a manifest whose body was verified, its size and
 		// type are what that body showed, whatever this answer's Content-Length claims.
 		// (A lie here would otherwise be every HEAD's answer until tag_ttl passes.)
-		if e := c.cachedBody(up, repo, m.Digest); e != nil {
-			m.Descriptor = e.Descriptor
-		}
+		m.Descriptor, claim = c.claimed(up, repo, m.Descriptor)
 	}
 	if c.shared != nil {
 		c.shared.setManifest(up, repo, m)
@@ -428,20 +439,21 @@ func (c *Cache) askTag(o *Origin, repo, tag string, wantBody bool, shared *TagEn
 			prev = shared.Descriptor
 		}
 	}
-	if e := c.putTag(o, key, m.Descriptor, c.now(), prev); e != nil && c.shared != nil {
+	if e := c.putTag(o, key, m.Descriptor, c.now(), prev, claim); e != nil && c.shared != nil {
 		c.shared.setTag(up, repo, tag, e, o.TagTTL+c.cfg.MaxStale)
 	}
 	return m, nil
 }
 
 // putTag stores where a tag points as of at, keeping where it pointed before it last moved
-// (prev, from another replica, unless this one saw a later move). It returns the entry,
-// or nil when tags are not kept at all (tag_ttl and max_stale both 0).
-func (c *Cache) putTag(o *Origin, key string, d upstream.Descriptor, at time.Time, prev upstream.Descriptor) *TagEntry {
+// (prev, from another replica, unless this one saw a later move); claim is nil when d's
+// type and size came from a verified body (see claimed). It returns the entry, or nil when
+// tags are not kept at all (tag_ttl and max_stale both 0).
+func (c *Cache) putTag(o *Origin, key string, d upstream.Descriptor, at time.Time, prev upstream.Descriptor, claim *ManifestEntry) *TagEntry {
 	if o.TagTTL+c.cfg.MaxStale <= 0 {
 		return nil
 	}
-	e := &TagEntry{Descriptor: d, FetchedAt: at, Previous: prev}
+	e := &TagEntry{Descriptor: d, FetchedAt: at, Previous: prev, claim: claim}
 	if old := c.store.tag(key); old != nil {
 		if old.Digest != d.Digest {
 			e.Previous = old.Descriptor
@@ -486,11 +498,16 @@ func (c *Cache) cachedBody(up, repo string, d digest.Digest) *ManifestEntry {
 // withBody completes an answer: the body comes from what was just fetched, from the
 // manifest store, or from one upstream GET by digest.
 func (c *Cache) withBody(ctx context.Context, o *Origin, repo string, d upstream.Descriptor, body []byte, wantBody bool, st Status, at time.Time) (Answer, error) {
-	if !wantBody || body != nil {
+	if body != nil {
 		return answer(d, body, wantBody, st, at), nil
 	}
-	if e := c.store.manifest(manifestKey(o.Registry.Name(), repo, string(d.Digest))); e != nil && e.Body != nil {
-		return answer(e.Descriptor, e.Body, true, st, at), nil
+	// A verified body, when there is one, says what d's type and size are: d may be what
+	// a HEAD claimed.
+	if e := c.cachedBody(o.Registry.Name(), repo, d.Digest); e != nil {
+		return answer(e.Descriptor, e.Body, wantBody, st, at), nil
+	}
+	if !wantBody {
+		return answer(d, nil, false, st, at), nil
 	}
 	m, err := c.fetchDigest(ctx, o, repo, d.Digest, true)
 	if err != nil {
@@ -502,19 +519,42 @@ func (c *Cache) withBody(ctx context.Context, o *Origin, repo string, d upstream
 	return answer(m.Descriptor, m.Body, true, st, at), nil
 }
 
-// putManifest caches a verified manifest, never replacing a full entry with a bodiless one.
-func (c *Cache) putManifest(up, repo string, m upstream.Manifest) {
+// putManifest caches a verified manifest, never replacing a full entry with a bodiless one,
+// and returns the entry now standing for the digest (the one kept, when m has no body).
+// A body replacing a bodiless entry tells it its verified descriptor first, for the tag
+// entries that took their type and size from a HEAD.
+func (c *Cache) putManifest(up, repo string, m upstream.Manifest) *ManifestEntry {
 	key := manifestKey(up, repo, string(m.Digest))
-	if m.Body == nil {
-		if e := c.store.manifest(key); e != nil {
-			return
-		}
+	old := c.store.manifest(key)
+	if m.Body == nil && old != nil {
+		return old
 	}
-	c.store.set(key, &ManifestEntry{Descriptor: m.Descriptor, Body: m.Body}, int64(len(m.Body)), 0)
+	if old != nil && old.Body == nil && old.verified.Load() == nil {
+		d := m.Descriptor
+		old.verified.Store(&d)
+	}
+	e := &ManifestEntry{Descriptor: m.Descriptor, Body: m.Body}
+	c.store.set(key, e, int64(len(m.Body)), 0)
+	return e
+}
+
+// claimed is what to store for a tag that a HEAD (or another replica's entry) says points
+// at d: a verified body's descriptor when one is known (claim nil), or d with the bodiless
+// entry that will learn the verified one (claim).
+func (c *Cache) claimed(up, repo string, d upstream.Descriptor) (upstream.Descriptor, *ManifestEntry) {
+	e := c.putManifest(up, repo, upstream.Manifest{Descriptor: d})
+	if e.Body != nil {
+		return e.Descriptor, nil
+	}
+	if v := e.verified.Load(); v != nil {
+		return *v, nil
+	}
+	return d, e
 }
 
 // remember keeps upstream's authoritative "no" (not found, denied) for negative_ttl, so a
 // client retrying a typo does not spend the rate limit. It reports whether err was one.
+// Our own credentials refused at the token endpoint is no answer, only logged.
 func (c *Cache) remember(up, repo, ref string, err error) bool {
 	switch upstream.KindOf(err) {
 	case upstream.KindNotFound, upstream.KindDenied:
@@ -522,6 +562,12 @@ func (c *Cache) remember(up, repo, ref string, err error) bool {
 			c.store.set(negativeKey(up, repo, ref), &negativeEntry{err: err}, 0, c.cfg.NegativeTTL)
 		}
 		return true
+	case upstream.KindUnavailable:
+		if upstream.CredentialsRejected(err) && c.credLog.due(up) {
+			c.log.Warn("upstream refused regcache's credentials at its token endpoint; serving stale answers where the cache has them "+
+				"(logged once per 30s per upstream; regcache_upstream_auth_failures_total counts them)",
+				zap.String("upstream", up), zap.Error(err))
+		}
 	}
 	return false
 }

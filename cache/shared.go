@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"mime"
 	"net"
 	"net/url"
 	"strconv"
@@ -51,7 +50,6 @@ const (
 	lockPollFirst     = 2 * time.Millisecond
 	lockPollMax       = 25 * time.Millisecond
 	maxSkew           = time.Minute
-	maxLockWait       = 2 * time.Minute
 	sharedManifestTTL = 7 * 24 * time.Hour
 )
 
@@ -309,14 +307,9 @@ func decodeManifest(data []byte, d digest.Digest) (e *ManifestEntry, why string)
 	if !d.Algorithm().Available() || d.Algorithm().FromBytes(body) != d {
 		return nil, "manifest body does not match its digest"
 	}
-	// The checks upstream's answers pass: a JSON object, whose own mediaType, when it
+	// The check upstream's answers pass: a JSON object, whose own mediaType, when it
 	// names one, is the type stored beside it.
-	var probe struct {
-		MediaType string `json:"mediaType"`
-	}
-	trimmed := bytes.TrimLeft(body, " \t\r\n")
-	if len(trimmed) == 0 || trimmed[0] != '{' || json.Unmarshal(body, &probe) != nil ||
-		(probe.MediaType != "" && probe.MediaType != string(mt)) {
+	if got, why := upstream.ManifestType(body, string(mt)); why != "" || got != string(mt) {
 		return nil, "manifest body is not a JSON object or contradicts its media type"
 	}
 	b := bytes.Clone(body)
@@ -442,19 +435,51 @@ func (s *shared) drop(key, why string) {
 	s.remove(key)
 }
 
-// validMediaType accepts what may go out as a Content-Type: type/subtype, nothing else.
-func validMediaType(mt string) bool {
-	if mt == "" || len(mt) > 255 {
-		return false
-	}
-	parsed, params, err := mime.ParseMediaType(mt)
-	return err == nil && len(params) == 0 && parsed == strings.ToLower(mt)
+// validMediaType accepts what may go out as a Content-Type: the rule upstream's answers
+// pass, so that whatever regcache stores reads back.
+func validMediaType(mt string) bool { return upstream.ValidMediaType(mt) }
+
+// A lock's value is "<token>:<unix milliseconds of its last renewal>". The holder rewrites
+// it at every renewal, so a waiter can tell a holder that stopped renewing (it died, or
+// hangs) from a slow one, whatever lifetime the key was given. The scripts act only on a
+// value that starts with the caller's own token.
+var (
+	unlockScript = redis.NewScript(`local v = redis.call("get", KEYS[1])
+if v and string.sub(v, 1, string.len(ARGV[1])) == ARGV[1] then return redis.call("del", KEYS[1]) end
+return 0`)
+	renewScript = redis.NewScript(`local v = redis.call("get", KEYS[1])
+if v and string.sub(v, 1, string.len(ARGV[1])) == ARGV[1] then return redis.call("set", KEYS[1], ARGV[2], "PX", ARGV[3]) end
+return 0`)
+	// takeOverScript replaces a lock whose holder stopped renewing, if it is still the
+	// value the waiter saw: of several waiters, one takes it and the others wait for it.
+	takeOverScript = redis.NewScript(`if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("set", KEYS[1], ARGV[2], "PX", ARGV[3]) end
+return 0`)
+)
+
+// lockValue is a lock's value for token, renewed at t.
+func lockValue(token string, t time.Time) string {
+	return token + ":" + strconv.FormatInt(t.UnixMilli(), 10)
 }
 
-var (
-	unlockScript = redis.NewScript(`if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) else return 0 end`)
-	renewScript  = redis.NewScript(`if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("pexpire", KEYS[1], ARGV[2]) else return 0 end`)
-)
+// lockRenewedAt reads the renewal time out of a lock's value; ok is false for a value in
+// another format (an older regcache's bare token, or garbage).
+func lockRenewedAt(v string) (t time.Time, ok bool) {
+	i := strings.LastIndexByte(v, ':')
+	if i < 0 {
+		return time.Time{}, false
+	}
+	ms, err := strconv.ParseInt(v[i+1:], 10, 64)
+	if err != nil || ms <= 0 {
+		return time.Time{}, false
+	}
+	return time.UnixMilli(ms), true
+}
+
+// renewEvery is how often a holder renews its lock; stallAfter is how long a lock may go
+// unrenewed before its waiters go around its holder: a renewal missed and the next one as
+// slow as a Redis call may be.
+func (s *shared) renewEvery() time.Duration { return s.lockTTL / 3 }
+func (s *shared) stallAfter() time.Duration { return 2*s.renewEvery() + s.opTime }
 
 // lock takes the fleet-wide lock on key for at most lockTTL. mine false means another
 // replica holds it. Without Redis there is no fleet to wait for: mine is true.
@@ -463,33 +488,59 @@ func (s *shared) lock(key string) (release func(), mine bool) {
 	if !s.usable() {
 		return noop, true
 	}
-	var tok [16]byte
-	_, _ = rand.Read(tok[:])
-	token := hex.EncodeToString(tok[:])
+	token := newLockToken()
 	lk := s.prefix + "lock:" + key
 	ctx, cancel := s.ctx()
 	defer cancel()
-	got, err := s.rdb.SetNX(ctx, lk, token, s.lockTTL).Result()
+	got, err := s.rdb.SetNX(ctx, lk, lockValue(token, time.Now()), s.lockTTL).Result()
 	if s.result(err) != nil {
 		return noop, true
 	}
 	if !got {
 		return nil, false
 	}
-	// Renew while we hold it: an upstream slower than lockTTL must not let the others
-	// think we died. A holder that dies stops renewing, and the lock expires.
+	return s.hold(lk, token), true
+}
+
+// takeOver takes key's lock from a holder that stopped renewing it, if its value is still
+// seen; mine false means Redis failed or another waiter took it first.
+func (s *shared) takeOver(key, seen string) (release func(), mine bool) {
+	if !s.usable() {
+		return nil, false
+	}
+	token := newLockToken()
+	lk := s.prefix + "lock:" + key
+	ctx, cancel := s.ctx()
+	defer cancel()
+	n, err := takeOverScript.Run(ctx, s.rdb, []string{lk}, seen, lockValue(token, time.Now()), s.lockTTL.Milliseconds()).Result()
+	if s.result(err) != nil || n == int64(0) {
+		return nil, false
+	}
+	return s.hold(lk, token), true
+}
+
+func newLockToken() string {
+	var tok [16]byte
+	_, _ = rand.Read(tok[:])
+	return hex.EncodeToString(tok[:])
+}
+
+// hold renews the lock lk, ours under token, until the returned release: an upstream
+// slower than lockTTL must not let the others think we died. A holder that dies stops
+// renewing, which its waiters notice within stallAfter, and the lock expires.
+func (s *shared) hold(lk, token string) (release func()) {
 	stop, done := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
-		t := time.NewTicker(s.lockTTL / 3)
+		t := time.NewTicker(s.renewEvery())
 		defer t.Stop()
 		for {
 			select {
 			case <-stop:
 				return
-			case <-t.C:
+			case now := <-t.C:
 				ctx, cancel := s.ctx()
-				_ = s.result(renewScript.Run(ctx, s.rdb, []string{lk}, token, s.lockTTL.Milliseconds()).Err())
+				_ = s.result(renewScript.Run(ctx, s.rdb, []string{lk}, token+":", lockValue(token, now), s.lockTTL.Milliseconds()).Err())
 				cancel()
 			}
 		}
@@ -500,27 +551,44 @@ func (s *shared) lock(key string) (release func(), mine bool) {
 		// Only our own token is deleted: past lockTTL the lock may be another replica's.
 		ctx, cancel := s.ctx()
 		defer cancel()
-		_ = s.result(unlockScript.Run(ctx, s.rdb, []string{lk}, token).Err())
-	}, true
+		_ = s.result(unlockScript.Run(ctx, s.rdb, []string{lk}, token+":").Err())
+	}
 }
 
-// locked reports whether another replica still holds key's lock; a failing Redis says no.
-func (s *shared) locked(key string) bool {
+// holder is the value of key's lock while another replica holds it; held is false when
+// it is free, or Redis fails.
+func (s *shared) holder(key string) (value string, held bool) {
 	if !s.usable() {
-		return false
+		return "", false
 	}
 	ctx, cancel := s.ctx()
 	defer cancel()
-	n, err := s.rdb.Exists(ctx, s.prefix+"lock:"+key).Result()
-	return s.result(err) == nil && n > 0
+	v, err := s.rdb.Get(ctx, s.prefix+"lock:"+key).Result()
+	if s.result(err) != nil || err != nil {
+		return "", false
+	}
+	return v, true
+}
+
+// stalled reports a holder that stopped renewing: its value (which every renewal changes)
+// has not changed for stallAfter by this replica's clock, or the renewal time it carries
+// is older than that by more than the clock skew replicas are allowed.
+func (s *shared) stalled(value string, seenSince, now time.Time) bool {
+	if now.Sub(seenSince) > s.stallAfter() {
+		return true
+	}
+	at, ok := lockRenewedAt(value)
+	return ok && now.Sub(at) > s.stallAfter()+maxSkew
 }
 
 // fleet makes one replica of a fleet ask upstream for key while the others wait for the
 // answer it shares: look reads the shared tier, fetch asks upstream and shares the answer.
 // Without a shared tier (s nil) it is fetch alone.
 // A waiter asks upstream itself when the lock goes without an answer appearing (the holder
-// failed or died) or lockTTL passes.
-func fleet[V any](s *shared, key string, look func() (V, bool), fetch func() (V, error)) (V, error) {
+// failed), takes the lock over when its holder stops renewing it (died or hung), and in
+// any case stops waiting after wait (revalidate_wait plus the upstream timeout: longer,
+// a live holder's own request has timed out).
+func fleet[V any](s *shared, key string, wait time.Duration, look func() (V, bool), fetch func() (V, error)) (V, error) {
 	if s == nil {
 		return fetch() // no shared tier: no fleet to coalesce with
 	}
@@ -528,6 +596,16 @@ func fleet[V any](s *shared, key string, look func() (V, bool), fetch func() (V,
 		return v, nil
 	}
 	release, mine := s.lock(key)
+	if !mine {
+		s.lockWaits.Add(1)
+		var v V
+		var done bool
+		var err error
+		if v, release, done, err = await(s, key, wait, look); done {
+			return v, err
+		}
+		mine = release != nil
+	}
 	if mine {
 		defer release()
 		// The replica that held the lock before may have shared its answer and let go
@@ -535,39 +613,52 @@ func fleet[V any](s *shared, key string, look func() (V, bool), fetch func() (V,
 		if v, ok := look(); ok {
 			return v, nil
 		}
-		v, err := fetch()
-		if err != nil {
-			s.setFailure(key, err) // before the lock goes: the waiters read it then
-		}
-		return v, err
 	}
-	s.lockWaits.Add(1)
-	// While the lock is there its holder is alive (it renews the lock, and its upstream
-	// request has its own timeout); maxLockWait only guards against a holder stuck for
-	// ever without dying.
-	deadline := time.Now().Add(maxLockWait)
-	for wait := lockPollFirst; !s.closed.Load(); wait = min(wait*3/2, lockPollMax) {
-		time.Sleep(wait)
+	v, err := fetch()
+	if err != nil && mine {
+		s.setFailure(key, err) // before the lock goes: the waiters read it then
+	}
+	return v, err
+}
+
+// await waits for key's holder: done with its answer or its failure, or not done, with
+// the lock taken over (release) or none, for the caller to fetch itself.
+func await[V any](s *shared, key string, wait time.Duration, look func() (V, bool)) (v V, release func(), done bool, err error) {
+	deadline := time.Now().Add(wait)
+	var seen string
+	var seenSince time.Time
+	for poll := lockPollFirst; !s.closed.Load(); poll = min(poll*3/2, lockPollMax) {
+		time.Sleep(poll)
 		if v, ok := look(); ok {
-			return v, nil
+			return v, nil, true, nil
 		}
-		if !s.locked(key) {
+		value, held := s.holder(key)
+		if !held {
 			// The holder is done: its answer may have landed between the two calls, or it
 			// failed and said why.
 			if v, ok := look(); ok {
-				return v, nil
+				return v, nil, true, nil
 			}
 			if err := s.failure(key); err != nil {
-				var zero V
-				return zero, err
+				return v, nil, true, err
 			}
-			break
+			return v, nil, false, nil
 		}
-		if time.Now().After(deadline) {
+		now := time.Now()
+		if value != seen {
+			seen, seenSince = value, now
+		}
+		if s.stalled(value, seenSince, now) {
+			if release, mine := s.takeOver(key, value); mine {
+				return v, release, false, nil
+			}
+			seen = "" // another waiter took it over: wait for that one afresh
+		}
+		if now.After(deadline) {
 			break
 		}
 	}
-	return fetch()
+	return v, nil, false, nil
 }
 
 // failureTTL is how long a holder's upstream failure answers the replicas that waited for
@@ -583,6 +674,8 @@ type sharedFailure struct {
 	Message    string        `json:"message"`
 	RetryAfter int64         `json:"retryAfterMs,omitempty"`
 	Timeout    bool          `json:"timeout,omitempty"`
+	// Credentials: the holder's credentials were refused at the token endpoint.
+	Credentials bool `json:"credentials,omitempty"`
 }
 
 // setFailure tells the waiters on key why upstream gave no answer, so that a fleet facing
@@ -594,7 +687,7 @@ func (s *shared) setFailure(key string, err error) {
 		return // a full concurrency bound is this replica's state: the others may ask
 	}
 	data, _ := json.Marshal(sharedFailure{Kind: ue.Kind, Upstream: ue.Upstream, Status: ue.Status, Code: ue.Code,
-		Message: ue.Message, RetryAfter: ue.RetryAfter.Milliseconds(), Timeout: ue.Timeout})
+		Message: ue.Message, RetryAfter: ue.RetryAfter.Milliseconds(), Timeout: ue.Timeout, Credentials: ue.Credentials})
 	s.write(s.prefix+"failed:"+key, data, failureTTL)
 }
 
@@ -614,7 +707,7 @@ func (s *shared) failure(key string) error {
 		return nil
 	}
 	return &upstream.Error{Kind: f.Kind, Upstream: f.Upstream, Status: f.Status, Code: f.Code, Message: f.Message,
-		RetryAfter: time.Duration(f.RetryAfter) * time.Millisecond, Timeout: f.Timeout}
+		RetryAfter: time.Duration(f.RetryAfter) * time.Millisecond, Timeout: f.Timeout, Credentials: f.Credentials && f.Kind == upstream.KindUnavailable}
 }
 
 // delTag removes a tag upstream said is gone, so that no replica serves it from Redis.

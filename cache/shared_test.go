@@ -534,11 +534,11 @@ func TestLockOnlyReleasesItsOwn(t *testing.T) {
 		t.Fatal("s2 did not get the lock after s1's expired")
 	}
 	release1()
-	if !s1.locked("k") {
+	if _, held := s1.holder("k"); !held {
 		t.Fatal("s1's release deleted s2's lock")
 	}
 	release2()
-	if s1.locked("k") {
+	if _, held := s1.holder("k"); held {
 		t.Fatal("s2's release left its lock behind")
 	}
 }

@@ -6,6 +6,7 @@ package cache
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/ristretto/v2"
@@ -20,12 +21,30 @@ type TagEntry struct {
 	// Previous is where the tag pointed before it last moved (zero if it never did), so
 	// that a client can still be served the old manifest if the new one cannot be fetched.
 	Previous upstream.Descriptor
+	// claim is set when Descriptor's type and size are what upstream's HEAD claimed (it may
+	// claim anything), not what a verified body showed: it is the bodiless manifest entry
+	// for the digest, which learns the verified descriptor once the body is fetched.
+	claim *ManifestEntry
+}
+
+// descriptor is what to answer for the tag: its body's verified type and size once known.
+// On the hit path: a nil check and an atomic load, no look-up.
+func (e *TagEntry) descriptor() upstream.Descriptor {
+	if e.claim != nil {
+		if v := e.claim.verified.Load(); v != nil {
+			return *v
+		}
+	}
+	return e.Descriptor
 }
 
 // ManifestEntry is a manifest by digest. Body is nil when only a HEAD has been seen.
 type ManifestEntry struct {
 	upstream.Descriptor
 	Body []byte
+	// verified is set, on an entry without a body, when the body has been fetched and
+	// verified since: the tag entries whose claim this is answer with it from then on.
+	verified atomic.Pointer[upstream.Descriptor]
 }
 
 // negativeEntry is an upstream "no" worth remembering (404, denied).

@@ -95,7 +95,7 @@ func (c *Cache) Tags(ctx context.Context, o *Origin, repo string, req TagsReques
 		return *p, true
 	}
 	fetch := func() (TagPage, error) {
-		p, err := fleet(c.shared, "tags:"+up+"/"+repo+"?"+tagsQuery(req), look, ask)
+		p, err := fleet(c.shared, "tags:"+up+"/"+repo+"?"+tagsQuery(req), c.fleetWait(o), look, ask)
 		if err != nil && c.remember(up, "", key, err) {
 			c.store.del(key)
 			if c.shared != nil {

@@ -219,6 +219,9 @@ func (m *Metrics) WatchUpstreams(ups []*Upstream) {
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "regcache_upstream_ratelimit_limit", ConstLabels: labels,
 				Help: "RateLimit-Limit last sent by the upstream; NaN until seen."},
 				func() float64 { return rateValue(reg.RateLimit(), true) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_upstream_auth_failures_total", ConstLabels: labels,
+				Help: "Token requests the upstream's token endpoint refused (401/403): regcache's own credentials rejected; stale answers are served meanwhile."},
+				func() float64 { return float64(reg.Credentials().Failures) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "regcache_upstream_held_back", ConstLabels: labels,
 				Help: "1 while regcache holds requests back after a 429 from the upstream."},
 				func() float64 {

@@ -51,6 +51,7 @@ type Options struct {
 // Proxy answers registry requests. Its Handler is safe for concurrent use.
 type Proxy struct {
 	names     map[string]*Upstream // lower-cased names and aliases
+	upstreams []*Upstream          // as configured, for /readyz
 	def       *Upstream
 	cache     *cache.Cache
 	log       *zap.Logger
@@ -63,7 +64,7 @@ type Proxy struct {
 
 // New builds a Proxy.
 func New(opts Options) (*Proxy, error) {
-	p := &Proxy{names: map[string]*Upstream{}, cache: opts.Cache, log: opts.Logger, accessLog: opts.AccessLog, auth: opts.Auth, metrics: opts.Metrics, limits: opts.Limits.withDefaults()}
+	p := &Proxy{names: map[string]*Upstream{}, upstreams: opts.Upstreams, cache: opts.Cache, log: opts.Logger, accessLog: opts.AccessLog, auth: opts.Auth, metrics: opts.Metrics, limits: opts.Limits.withDefaults()}
 	if p.log == nil {
 		p.log = zap.NewNop()
 	}
@@ -249,6 +250,15 @@ func (p *Proxy) serveReady(ctx *fasthttp.RequestCtx) {
 		} else {
 			fmt.Fprintf(ctx, "redis: down since %s (%s); serving from memory and upstream\n",
 				rs.DownSince.UTC().Format(time.RFC3339), rs.Reason)
+		}
+	}
+	// An upstream refusing regcache's credentials is detail too: the other upstreams, and
+	// this one's stale answers, are still served. Only its name, the refusal's category
+	// and status show: never the credentials, nor the token endpoint's URL or text.
+	for _, u := range p.upstreams {
+		if cs := u.Origin.Registry.Credentials(); !cs.FailingSince.IsZero() {
+			fmt.Fprintf(ctx, "upstream %s: %s since %s (HTTP %d); serving stale answers where cached\n",
+				u.Name, cs.Reason, cs.FailingSince.UTC().Format(time.RFC3339), cs.Status)
 		}
 	}
 }

@@ -356,9 +356,17 @@ func (r *Registry) fetchToken(ctx context.Context, c Challenge, scope string) (s
 	if err := r.checkResponse(resp); err != nil {
 		if e, ok := err.(*Error); ok {
 			e.Message = "token endpoint: " + e.Message
-			if e.Kind == KindNotFound || e.Kind == KindInvalid {
+			switch e.Kind {
+			case KindNotFound, KindInvalid:
 				// A broken token endpoint is an upstream failure, not a missing image.
 				e.Kind = KindUnavailable
+			case KindDenied:
+				// Our own credentials refused (expired, revoked, or a one-off): an outage of
+				// the whole upstream, served around with stale answers, never an answer about
+				// the image. Only a denial of the manifest itself, with a token, is one.
+				e.Kind, e.Credentials = KindUnavailable, true
+				e.Message = r.credentialReason() + ": " + strings.TrimPrefix(e.Message, "token endpoint: ")
+				r.creds.rejected(e.Status)
 			}
 		}
 		return "", err
@@ -385,6 +393,7 @@ func (r *Registry) fetchToken(ctx context.Context, c Challenge, scope string) (s
 	}
 	life -= min(life/10, 30*time.Second)
 	r.auth.storeToken(scope, token{value: value, expires: time.Now().Add(life)})
+	r.creds.accepted()
 	return value, nil
 }
 

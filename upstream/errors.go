@@ -19,7 +19,7 @@ type Kind int
 // The kinds of upstream failure.
 const (
 	KindNotFound    Kind = iota + 1 // 404: the repository or reference does not exist
-	KindDenied                      // 401/403 after the token exchange
+	KindDenied                      // 401/403 for the manifest itself, after a token was issued
 	KindRateLimited                 // 429
 	KindUnavailable                 // 5xx, timeouts, refused or broken connections
 	KindInvalid                     // an answer we must not trust: digest mismatch, bad JSON, too large
@@ -55,6 +55,9 @@ type Error struct {
 	Timeout bool
 	// TooLarge is set when an answer exceeded a size limit.
 	TooLarge bool
+	// Credentials is set (with KindUnavailable) when the token endpoint refused regcache's
+	// own credentials: an outage to serve stale through, not a denial of one image.
+	Credentials bool
 	// HeldBack is set (with KindRateLimited) when the request was never sent because
 	// upstream's rate limit is in force (see ratelimit.go); RetryAfter is what is left of it.
 	HeldBack bool

@@ -1,12 +1,14 @@
 package upstream
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
 	"mime"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -127,20 +129,49 @@ func (r *Registry) verifyManifest(ref string, h http.Header, body []byte) (Manif
 	if got == "" {
 		got = digest.Canonical.FromBytes(body)
 	}
+	mt, why := ManifestType(body, contentType(h.Get("Content-Type")))
+	if why != "" {
+		return Manifest{}, r.invalid("%s", why)
+	}
+	return Manifest{Descriptor: Descriptor{MediaType: mt, Digest: got, Size: int64(len(body))}, Body: body}, nil
+}
+
+// ManifestType is the check every manifest body passes, from upstream or read back from a
+// shared tier: a JSON object (not null, an array or a scalar: those would be cached and
+// served as a manifest), whose own mediaType, when it names one, agrees with mt, the type
+// it came with. A generic or empty mt defers to the body's mediaType. It returns the type
+// to serve the body as (one that may go out as a Content-Type), or why the body is none.
+func ManifestType(body []byte, mt string) (string, string) {
 	var probe struct {
 		MediaType string `json:"mediaType"`
 	}
-	if err := json.Unmarshal(body, &probe); err != nil {
-		return Manifest{}, r.invalid("manifest is not valid JSON")
+	trimmed := bytes.TrimLeft(body, " \t\r\n")
+	if len(trimmed) == 0 || trimmed[0] != '{' || json.Unmarshal(body, &probe) != nil {
+		return "", "manifest is not a JSON object"
 	}
-	mt := contentType(h.Get("Content-Type"))
-	if genericType(mt) {
+	switch {
+	case genericType(mt):
 		mt = probe.MediaType
+	case probe.MediaType != "" && probe.MediaType != mt:
+		return "", "manifest's own mediaType contradicts its Content-Type " + mt
 	}
 	if mt == "" {
-		return Manifest{}, r.invalid("manifest has no media type")
+		return "", "manifest has no media type"
 	}
-	return Manifest{Descriptor: Descriptor{MediaType: mt, Digest: got, Size: int64(len(body))}, Body: body}, nil
+	if !ValidMediaType(mt) {
+		return "", "manifest's mediaType is not a type/subtype"
+	}
+	return mt, ""
+}
+
+// ValidMediaType accepts what may go out as a Content-Type: type/subtype in lower case,
+// no parameters, nothing else.
+func ValidMediaType(mt string) bool {
+	if mt == "" || len(mt) > 255 {
+		return false
+	}
+	parsed, params, err := mime.ParseMediaType(mt)
+	return err == nil && len(params) == 0 && parsed == strings.ToLower(mt)
 }
 
 func (r *Registry) tooLarge(n int64) error {

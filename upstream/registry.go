@@ -72,6 +72,7 @@ type Registry struct {
 	client    *http.Client
 	observer  Observer
 	auth      authState
+	creds     credentialState
 	rl        rateGuard
 	slots     slots
 	// proxy is Options.Proxy or the environment's; proxies holds the (lower-case) hosts
@@ -165,6 +166,9 @@ func (r *Registry) proxyFor(req *http.Request) (*url.URL, error) {
 
 // Name is the configured name of the upstream.
 func (r *Registry) Name() string { return r.name }
+
+// Timeout bounds one whole operation with this upstream (Options.Timeout).
+func (r *Registry) Timeout() time.Duration { return r.timeout }
 
 // Close ends detached work and releases idle connections.
 func (r *Registry) Close() {

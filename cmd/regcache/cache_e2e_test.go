@@ -741,7 +741,8 @@ func TestCacheE2EOversizedManifest(t *testing.T) {
 }
 
 // 9. Upstream's 404 is remembered for negative_ttl, then asked again; an upstream that
-// refuses our credentials is 403 DENIED.
+// refuses our credentials for a manifest is 403 DENIED (its token endpoint refusing them
+// is 502 UNAVAILABLE, TestCacheE2EDenied).
 func TestCacheE2ENegativeCache(t *testing.T) {
 	t.Parallel()
 	reg := registrytest.New(t, registrytest.Bearer)
@@ -803,7 +804,7 @@ func TestCacheE2EDenied(t *testing.T) {
 		upstreamYAML("token-wrong.test", tokenReg.URL, "credentials:", "  username: robot", "  password: not-it"),
 	))
 	ceExpect(t, "right credentials", rc.do(t, "GET", "/v2/right.test/private/app/manifests/v1"), "MISS", p, "GET")
-	for _, name := range []string{"anon.test", "wrong.test", "token-anon.test", "token-wrong.test"} {
+	for _, name := range []string{"anon.test", "wrong.test"} {
 		path := "/v2/" + name + "/private/app/manifests/v1"
 		r := rc.do(t, "GET", path)
 		if code := ceError(t, name, r, "GET", 403); code != "DENIED" {
@@ -821,6 +822,24 @@ func TestCacheE2EDenied(t *testing.T) {
 		ceError(t, name+" again", rc.do(t, "GET", path), "GET", 403)
 		if after := basic.Total() + tokenReg.Total(); after != before {
 			t.Fatalf("%s: a remembered denial cost %d upstream requests", name, after-before)
+		}
+	}
+	// A token endpoint refusing regcache's own credentials (or anonymous access) is not a
+	// denial of the image: it is an outage of the upstream, 502, and never remembered.
+	for _, name := range []string{"token-anon.test", "token-wrong.test"} {
+		path := "/v2/" + name + "/private/app/manifests/v1"
+		for i := range 2 {
+			before := tokenReg.Count("GET", "token")
+			r := rc.do(t, "GET", path)
+			if code := ceError(t, name, r, "GET", 502); code != "UNAVAILABLE" || !strings.Contains(string(r.Body), "by the token endpoint") {
+				t.Fatalf("%s: code %s, want UNAVAILABLE naming the token endpoint: %s", name, code, r.Body)
+			}
+			if strings.Contains(string(r.Body), "not-it") || strings.Contains(string(r.Body), tokenReg.Password) {
+				t.Fatalf("%s: error leaks a password: %s", name, r.Body)
+			}
+			if tokenReg.Count("GET", "token") == before {
+				t.Fatalf("%s, request %d: the token endpoint was not asked: the refusal was remembered", name, i)
+			}
 		}
 	}
 }

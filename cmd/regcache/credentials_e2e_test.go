@@ -1,0 +1,76 @@
+package main
+
+import (
+	"bytes"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"regcache/upstream/registrytest"
+)
+
+// TestCredentialsRejectedIsAnOutage: an upstream whose token endpoint stops taking
+// regcache's credentials (401) is an outage: stale tags are served, a cold tag is 502
+// UNAVAILABLE (never 403, never remembered), the failure is logged, counted per upstream
+// and shown on /readyz without secrets or URLs, and it all clears when upstream recovers.
+func TestCredentialsRejectedIsAnOutage(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t, registrytest.BearerBasic)
+	img := reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
+	reg.PutManifest(t, "team/app", "cold", img.MediaType, img.Body)
+	rc := startRegcache(t, configYAML("  max_stale: 1h\n  negative_ttl: 1m\n", upstreamYAML("reg.test", reg.URL,
+		"tag_ttl: 100ms", "credentials:", "  username: "+reg.Username, "  password: "+reg.Password)))
+	const path = "/v2/reg.test/team/app/manifests/"
+	if r := rc.do(t, "GET", path+"v1"); r.Status != 200 || r.Header.Get("X-Cache") != "MISS" {
+		t.Fatalf("first GET: %d %s", r.Status, r.Header.Get("X-Cache"))
+	}
+	time.Sleep(150 * time.Millisecond)
+	reg.RevokeTokens()
+	reg.SetFault(registrytest.OnToken(registrytest.Status(http.StatusUnauthorized)))
+
+	r := rc.do(t, "GET", path+"v1")
+	if r.Status != 200 || r.Header.Get("X-Cache") != "STALE" || !bytes.Equal(r.Body, img.Body) {
+		t.Fatalf("stale tag while credentials are refused: %d %s %s", r.Status, r.Header.Get("X-Cache"), r.Body)
+	}
+	for range 2 {
+		r = rc.do(t, "GET", path+"cold")
+		if code := ceError(t, "cold tag while credentials are refused", r, "GET", 502); code != "UNAVAILABLE" {
+			t.Fatalf("cold tag: code %s, want UNAVAILABLE: %s", code, r.Body)
+		}
+	}
+	ready := rc.do(t, "GET", "/readyz")
+	if ready.Status != 200 || !strings.Contains(string(ready.Body), "upstream reg.test: credentials rejected by the token endpoint") {
+		t.Fatalf("/readyz while credentials are refused: %d %q", ready.Status, ready.Body)
+	}
+	m := scrape(t, rc)
+	if n := m[`regcache_upstream_auth_failures_total{upstream="reg.test"}`]; n < 1 {
+		t.Fatalf("regcache_upstream_auth_failures_total{upstream=\"reg.test\"} = %v, want at least 1", n)
+	}
+	logs := rc.Logs.String()
+	if !strings.Contains(logs, "credentials rejected by the token endpoint") {
+		t.Fatalf("the refused credentials were not logged:\n%s", logs)
+	}
+	for what, text := range map[string]string{"/readyz": string(ready.Body), "logs": logs, "error body": string(r.Body)} {
+		if strings.Contains(text, reg.Password) {
+			t.Fatalf("%s leak the upstream password", what)
+		}
+	}
+	if strings.Contains(string(ready.Body), "http") {
+		t.Fatalf("/readyz shows a URL: %q", ready.Body)
+	}
+
+	// Upstream takes the credentials again: answered at once, nothing remembered.
+	reg.SetFault(nil)
+	if r := rc.do(t, "GET", path+"v1"); r.Status != 200 || r.Header.Get("X-Cache") != "REVALIDATED" {
+		t.Fatalf("after recovery: %d %s", r.Status, r.Header.Get("X-Cache"))
+	}
+	if r := rc.do(t, "GET", path+"cold"); r.Status != 200 {
+		t.Fatalf("cold tag after recovery: %d %s", r.Status, r.Body)
+	}
+	if ready := rc.do(t, "GET", "/readyz"); strings.Contains(string(ready.Body), "reg.test") {
+		t.Fatalf("/readyz after recovery still shows the failure: %q", ready.Body)
+	}
+}
