@@ -361,11 +361,17 @@ func (r *Registry) fetchToken(ctx context.Context, c Challenge, scope string) (s
 				// A broken token endpoint is an upstream failure, not a missing image.
 				e.Kind = KindUnavailable
 			case KindDenied:
+				if r.username == "" {
+					// Anonymous access refused for this scope: an answer about the repository
+					// (ghcr.io answers 401 here for a private or missing package), kept as a
+					// denial like a manifest-level one.
+					break
+				}
 				// Our own credentials refused (expired, revoked, or a one-off): an outage of
 				// the whole upstream, served around with stale answers, never an answer about
 				// the image. Only a denial of the manifest itself, with a token, is one.
 				e.Kind, e.Credentials = KindUnavailable, true
-				e.Message = r.credentialReason() + ": " + strings.TrimPrefix(e.Message, "token endpoint: ")
+				e.Message = "credentials rejected by the token endpoint: " + strings.TrimPrefix(e.Message, "token endpoint: ")
 				r.creds.rejected(e.Status)
 			}
 		}

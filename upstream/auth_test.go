@@ -192,9 +192,14 @@ func TestBearerBasicCredentials(t *testing.T) {
 		}
 	}
 
+	// Without credentials there are none to reject: the token endpoint refusing anonymous
+	// access to a scope is an answer about that repository (ghcr.io's for a private one).
 	anon := newTestRegistry(t, reg.URL, "", "")
-	if _, err := anon.GetManifest(ctx, "private/app", "v1"); !errors.Is(err, ErrUnavailable) || !CredentialsRejected(err) {
-		t.Fatalf("anonymous: %v, want unavailable, credentials rejected", err)
+	if _, err := anon.GetManifest(ctx, "private/app", "v1"); !errors.Is(err, ErrDenied) || CredentialsRejected(err) {
+		t.Fatalf("anonymous: %v, want ErrDenied", err)
+	}
+	if cs := anon.Credentials(); cs.Failures != 0 {
+		t.Fatalf("anonymous: state %+v, want no credential failures", cs)
 	}
 }
 

@@ -50,16 +50,7 @@ func (r *Registry) Credentials() CredentialState {
 	c := &r.creds
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return CredentialState{Failures: c.failures.Load(), FailingSince: c.since, Status: c.status, Reason: r.credentialReason()}
-}
-
-// credentialReason names the refusal: configured credentials, or anonymous access to a
-// token endpoint that wants some.
-func (r *Registry) credentialReason() string {
-	if r.username == "" {
-		return "anonymous access refused by the token endpoint"
-	}
-	return "credentials rejected by the token endpoint"
+	return CredentialState{Failures: c.failures.Load(), FailingSince: c.since, Status: c.status, Reason: "credentials rejected by the token endpoint"}
 }
 
 // CredentialsRejected reports an error that is the token endpoint refusing regcache's
