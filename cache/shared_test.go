@@ -620,3 +620,35 @@ func TestSharedTagsPages(t *testing.T) {
 		}
 	}
 }
+
+// TestSharedTagsWalkAcrossReplicas: a client whose requests land on one replica after
+// another, following Links through a listing longer than one request may read, costs
+// upstream that one listing between the replicas: each goes on from the listing the
+// fleet shares.
+func TestSharedTagsWalkAcrossReplicas(t *testing.T) {
+	rs := redistest.Start(t)
+	reg := registrytest.New(t, registrytest.NoAuth)
+	want := numberedTags(300)
+	reg.PushTags(t, "team/app", want)
+	reg.SetPaging(registrytest.PagingLink, 10) // 30 upstream pages
+	var reps []*replica
+	for range 3 {
+		rp := newReplica(t, reg, rs.Addr, 5*time.Second)
+		rp.c.cfg.TagsMaxPages = 4
+		reps = append(reps, rp)
+	}
+	i := 0
+	got, worst := walkTags(t, func(r TagsRequest) TagPage {
+		rp := reps[i%3]
+		i++
+		p, _, err := rp.c.Tags(context.Background(), rp.o, "team/app", r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}, reg, 25)
+	sameTags(t, got, want)
+	if n := reg.Count("GET", "tags"); n != 30 || worst > 4 {
+		t.Fatalf("the walk cost %d upstream pages (at most %d per request), want 30 (at most 4)", n, worst)
+	}
+}

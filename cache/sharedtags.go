@@ -27,8 +27,8 @@ type sharedTagList struct {
 	FetchedAt   int64    `json:"fetchedAt"` // unix nanoseconds
 }
 
-// maxPageToken bounds an upstream continuation kept in a listing (the proxy refuses
-// longer page tokens from clients too).
+// maxPageToken bounds an upstream continuation shared in a listing; real ones (ECR's,
+// Quay's) are a few hundred bytes.
 const maxPageToken = 4096
 
 // maxSharedTagList bounds a stored listing: cfg's count of tags of up to 128 characters,
