@@ -138,7 +138,10 @@ func (c *Cache) advanceTags(o *Origin, repo string, req TagsRequest) (*tagList, 
 		// The furthest listing known here: ours (another request's step may have landed
 		// since this request looked) or the fleet's.
 		base := c.furtherTags(o, c.store.tagList(key), seen)
-		if base != nil && !c.tagsFresh(o, base) && !base.beyond(req) {
+		switch {
+		case base != nil && c.tagsFresh(o, base) && base.covers(req):
+			return base, nil // another request's step, landed since this one looked
+		case base != nil && !c.tagsFresh(o, base) && !base.beyond(req):
 			base = nil // stale: list anew, unless req walks on past its end
 		}
 		l, err := c.extend(o, repo, base)

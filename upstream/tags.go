@@ -10,8 +10,8 @@ import (
 	"strings"
 )
 
-// MaxTagsBody bounds a tags page; 10,000 tags of 128 bytes fit well inside it.
-const MaxTagsBody = 8 << 20
+// maxTagsBody bounds a tags page; 10,000 tags of 128 bytes fit well inside it.
+const maxTagsBody = 8 << 20
 
 // TagPage is one page of a repository's tags.
 type TagPage struct {
@@ -32,7 +32,7 @@ type PageRequest struct {
 	N        int // 0: upstream's default
 	Last     string
 	NextPage string // Quay's token, from a previous TagPage
-	// MaxBytes bounds this page's body (0 or above MaxTagsBody: MaxTagsBody); a larger body
+	// MaxBytes bounds this page's body (0 or above maxTagsBody: maxTagsBody); a larger body
 	// is an error with TooLarge set, read no further than the bound.
 	MaxBytes int
 }
@@ -64,8 +64,8 @@ func (r *Registry) Tags(ctx context.Context, repo string, p PageRequest) (TagPag
 		return TagPage{}, err
 	}
 	limit := p.MaxBytes
-	if limit <= 0 || limit > MaxTagsBody {
-		limit = MaxTagsBody
+	if limit <= 0 || limit > maxTagsBody {
+		limit = maxTagsBody
 	}
 	data, err := io.ReadAll(io.LimitReader(resp.Body, int64(limit)+1))
 	if err != nil {

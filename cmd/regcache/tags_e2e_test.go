@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -44,23 +45,6 @@ func tagsLinkLast(t *testing.T, r response) string {
 	return last
 }
 
-// metricValue reads one unlabelled sample from regcache's /metrics.
-func metricValue(t *testing.T, rc *instance, name string) float64 {
-	t.Helper()
-	r := rc.do(t, http.MethodGet, "/metrics")
-	for _, line := range strings.Split(string(r.Body), "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				t.Fatalf("%s: %v", line, err)
-			}
-			return f
-		}
-	}
-	t.Fatalf("/metrics has no %s", name)
-	return 0
-}
-
 // An upstream whose Link continues with an opaque last= token (ECR's way): following
 // regcache's Links reaches every tag, exactly once, in each routing form, and no Link
 // regcache sends carries the token.
@@ -78,31 +62,7 @@ func TestTagsListOpaqueContinuationAllForms(t *testing.T) {
 		{"/v2/team/app/tags/list?n=70&ns=ecr.test", "/v2/team/app/tags/list?"},
 		{"/v2/team/app/tags/list?n=1000", "/v2/team/app/tags/list?"},
 	} {
-		var got []string
-		next := form.start
-		for pages := 0; next != ""; pages++ {
-			if pages > 60 {
-				t.Fatalf("%s: Link never ends", form.start)
-			}
-			r := rc.do(t, http.MethodGet, next)
-			if r.Status != 200 {
-				t.Fatalf("%s: GET %s: %d %s", form.start, next, r.Status, r.Body)
-			}
-			var body struct{ Tags []string }
-			if err := json.Unmarshal(r.Body, &body); err != nil {
-				t.Fatal(err)
-			}
-			got = append(got, body.Tags...)
-			tagsLinkLast(t, r)
-			next = ""
-			if link := r.Header.Get("Link"); link != "" {
-				target, _, _ := strings.Cut(link, ";")
-				next = strings.Trim(strings.TrimSpace(target), "<>")
-				if !strings.HasPrefix(next, form.prefix) {
-					t.Fatalf("Link %q is not in the client's form %q", next, form.prefix)
-				}
-			}
-		}
+		got, _ := followTags(t, rc, form.start, form.prefix)
 		assertExactlyOnce(t, got, want)
 	}
 }
@@ -147,6 +107,67 @@ func TestTagsListOneUpstreamListingPerTTL(t *testing.T) {
 	if n := reg.Count(http.MethodGet, "tags"); n != 100 {
 		t.Fatalf("five walks cost %d upstream pages, want 100 (one listing)", n)
 	}
+
+	// At once, on a cold repository: 24 clients walking with four n values share the one
+	// listing too (coalesced), and every walk sees every tag once.
+	reg.PushTags(t, "team/other", want)
+	reg.ResetCounts()
+	var wg sync.WaitGroup
+	errs := make(chan error, 24)
+	for i := range 24 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- walkTagsConcurrently(rc, fmt.Sprintf("/v2/reg.test/team/other/tags/list?n=%d", []int{100, 150, 250, 400}[i%4]), len(want))
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := reg.Count(http.MethodGet, "tags"); n != 100 {
+		t.Fatalf("24 concurrent walks cost %d upstream pages, want 100 (one listing)", n)
+	}
+}
+
+// walkTagsConcurrently follows Links from start and checks the walk saw want distinct
+// tags, in order, each once; it reports rather than fails, for use off the test goroutine.
+func walkTagsConcurrently(rc *instance, start string, want int) error {
+	next, prev, count := start, "", 0
+	for pages := 0; next != ""; pages++ {
+		if pages > 60 {
+			return fmt.Errorf("%s: Link never ends", start)
+		}
+		resp, err := http.Get(rc.URL + next)
+		if err != nil {
+			return err
+		}
+		var body struct{ Tags []string }
+		err = json.NewDecoder(resp.Body).Decode(&body)
+		_ = resp.Body.Close()
+		if resp.StatusCode != 200 || err != nil {
+			return fmt.Errorf("GET %s: %d %v", next, resp.StatusCode, err)
+		}
+		for _, tag := range body.Tags {
+			if tag <= prev {
+				return fmt.Errorf("%s: %q after %q", start, tag, prev)
+			}
+			prev = tag
+			count++
+		}
+		next = ""
+		if link := resp.Header.Get("Link"); link != "" {
+			target, _, _ := strings.Cut(link, ";")
+			next = strings.Trim(strings.TrimSpace(target), "<>")
+		}
+	}
+	if count != want {
+		return fmt.Errorf("%s: %d tags, want %d", start, count, want)
+	}
+	return nil
 }
 
 // A 429 earned by a tags listing holds tags listings back, not manifests, unless upstream
@@ -254,7 +275,7 @@ func TestTagsListHostileUpstreamBounded(t *testing.T) {
 	if bodies > 64<<10 || len(got) == 0 {
 		t.Fatalf("clients got %d bytes, %d tags", bodies, len(got))
 	}
-	if d := metricValue(t, rc, "regcache_tags_dropped_total"); d < float64(2*len(got)) {
+	if d := metricFrom(t, rc.do(t, http.MethodGet, "/metrics").Body, "regcache_tags_dropped_total"); d < float64(2*len(got)) {
 		t.Fatalf("regcache_tags_dropped_total = %v, want at least %d", d, 2*len(got))
 	}
 }
