@@ -652,3 +652,22 @@ func TestSharedTagsWalkAcrossReplicas(t *testing.T) {
 		t.Fatalf("the walk cost %d upstream pages (at most %d per request), want 30 (at most 4)", n, worst)
 	}
 }
+
+// TestFleetKeepsBusyToItself: a replica whose upstream concurrency bound is full says so
+// to its own clients only. The waiters on its lock are not told "unavailable": their own
+// bounds may have room, so they ask upstream themselves.
+func TestFleetKeepsBusyToItself(t *testing.T) {
+	rs := redistest.Start(t)
+	reg := registrytest.New(t, registrytest.NoAuth)
+	a := newReplica(t, reg, rs.Addr, time.Second)
+	busy := &upstream.Error{Kind: upstream.KindUnavailable, Upstream: "reg.test", Busy: true, RetryAfter: time.Second, Message: "busy"}
+	a.c.shared.setFailure("k-busy", busy)
+	if err := a.c.shared.failure("k-busy"); err != nil {
+		t.Fatalf("a full bound was shared with the fleet: %v", err)
+	}
+	down := &upstream.Error{Kind: upstream.KindUnavailable, Upstream: "reg.test", Message: "connection refused"}
+	a.c.shared.setFailure("k-down", down)
+	if err := a.c.shared.failure("k-down"); !errors.Is(err, upstream.ErrUnavailable) {
+		t.Fatalf("an upstream failure was not shared: %v", err)
+	}
+}

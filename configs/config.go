@@ -120,6 +120,13 @@ type Upstream struct {
 	Timeout        Duration     `yaml:"timeout"`
 	ConnectTimeout Duration     `yaml:"connect_timeout"`
 	TLS            TLS          `yaml:"tls"`
+	// AllowedHosts are exact host names this upstream's redirects and token realm may name
+	// although regcache cannot resolve them itself: behind an HTTP(S) proxy that alone
+	// resolves outside names. Names that do resolve are checked as always.
+	AllowedHosts []string `yaml:"allowed_hosts"`
+	// MaxConcurrent bounds the requests open to this upstream at once; misses beyond it
+	// wait briefly, then get 503. 0 is the default (upstream.DefaultMaxConcurrent, 64).
+	MaxConcurrent int `yaml:"max_concurrent"`
 }
 
 // Credentials authenticate regcache to an upstream, either at its token endpoint or as
@@ -335,6 +342,14 @@ func (c *Config) validate() error {
 				return fmt.Errorf("%s.tls.ca_file: %v", key, err)
 			}
 		}
+		if u.MaxConcurrent < 0 {
+			return fmt.Errorf("%s.max_concurrent: must not be negative (0 is the default, 64)", key)
+		}
+		for j, h := range u.AllowedHosts {
+			if err := validHostName(h); err != nil {
+				return fmt.Errorf("%s.allowed_hosts[%d]: %v", key, j, err)
+			}
+		}
 	}
 	if c.Lookup(c.DefaultUpstream) == nil {
 		return fmt.Errorf("default_upstream: %q is no upstream name or alias", c.DefaultUpstream)
@@ -447,6 +462,30 @@ func validName(s string) error {
 		if !ok {
 			return fmt.Errorf("%q: use a host name, host:port or a plain word (letters, digits, . - _ :)", s)
 		}
+	}
+	return nil
+}
+
+// validHostName accepts an exact DNS host name: no scheme, port, path or wildcard, and no
+// IP address (an address is checked as an address, never waved through by name).
+func validHostName(s string) error {
+	const eg = "an exact host name such as auth.docker.io"
+	name := strings.TrimSuffix(s, ".")
+	if name == "" || len(name) > 253 {
+		return fmt.Errorf("%q: give %s", s, eg)
+	}
+	labels := strings.Split(name, ".")
+	for _, l := range labels {
+		ok := l != "" && len(l) <= 63 && l[0] != '-' && l[len(l)-1] != '-'
+		for _, r := range l {
+			ok = ok && (r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-')
+		}
+		if !ok {
+			return fmt.Errorf("%q: give %s (letters, digits and -, no scheme, port, path or *)", s, eg)
+		}
+	}
+	if strings.Trim(labels[len(labels)-1], "0123456789") == "" || strings.HasPrefix(strings.ToLower(labels[len(labels)-1]), "0x") {
+		return fmt.Errorf("%q: an IP address or number is no host name; give %s", s, eg)
 	}
 	return nil
 }

@@ -247,6 +247,8 @@ upstreams:
       password: "s3cret"
     timeout: 45s
     connect_timeout: 3s
+    allowed_hosts: [auth.docker.io, production.cloudflare.docker.com.]
+    max_concurrent: 16
   - name: registry.internal:5443
     url: http://10.0.0.7:5443
     tls:
@@ -321,6 +323,12 @@ upstreams:
 	}
 	if hub.Timeout.D() != 45*time.Second || hub.ConnectTimeout.D() != 3*time.Second {
 		t.Errorf("hub timeouts = %v / %v, want 45s / 3s", hub.Timeout.D(), hub.ConnectTimeout.D())
+	}
+	if !slices.Equal(hub.AllowedHosts, []string{"auth.docker.io", "production.cloudflare.docker.com."}) {
+		t.Errorf("hub AllowedHosts = %q", hub.AllowedHosts)
+	}
+	if hub.MaxConcurrent != 16 {
+		t.Errorf("hub MaxConcurrent = %d, want 16", hub.MaxConcurrent)
 	}
 
 	internal := &cfg.Upstreams[1]
@@ -586,6 +594,18 @@ func TestParseRefusals(t *testing.T) {
 		{"negative upstream tag_ttl", up("    tag_ttl: -5m\n"), []string{"upstreams[0].tag_ttl: must not be negative"}, nil},
 		{"negative timeout", up("    timeout: -1s\n"), []string{"upstreams[0].timeout: must be above zero"}, nil},
 		{"negative connect_timeout", up("    connect_timeout: -1s\n"), []string{"upstreams[0].connect_timeout: must be above zero"}, nil},
+		{"negative max_concurrent", up("    max_concurrent: -1\n"), []string{"upstreams[0].max_concurrent: must not be negative"}, nil},
+		{"max_concurrent not a number", up("    max_concurrent: many\n"), []string{"upstreams[0].max_concurrent"}, nil},
+		{"allowed_hosts is a scalar", up("    allowed_hosts: auth.docker.io\n"), []string{"upstreams[0].allowed_hosts: expected a list"}, nil},
+		{"allowed_hosts empty entry", up("    allowed_hosts: [\"\"]\n"), []string{"upstreams[0].allowed_hosts[0]", "exact host name"}, nil},
+		{"allowed_hosts URL", up("    allowed_hosts: [auth.docker.io, \"https://auth.docker.io\"]\n"), []string{"upstreams[0].allowed_hosts[1]", "no scheme, port, path or *"}, nil},
+		{"allowed_hosts port", up("    allowed_hosts: [\"auth.docker.io:443\"]\n"), []string{"upstreams[0].allowed_hosts[0]", "no scheme, port"}, nil},
+		{"allowed_hosts wildcard", up("    allowed_hosts: [\"*.docker.io\"]\n"), []string{"upstreams[0].allowed_hosts[0]", "*"}, nil},
+		{"allowed_hosts IP", up("    allowed_hosts: [169.254.169.254]\n"), []string{"upstreams[0].allowed_hosts[0]", "IP address or number is no host name"}, nil},
+		{"allowed_hosts decimal IP", up("    allowed_hosts: [\"2852039166\"]\n"), []string{"upstreams[0].allowed_hosts[0]", "IP address or number"}, nil},
+		{"allowed_hosts hex IP", up("    allowed_hosts: [0xa9fea9fe]\n"), []string{"upstreams[0].allowed_hosts[0]", "IP address or number"}, nil},
+		{"allowed_hosts IPv6", up("    allowed_hosts: [\"::1\"]\n"), []string{"upstreams[0].allowed_hosts[0]"}, nil},
+		{"allowed_hosts bad label", up("    allowed_hosts: [-auth.docker.io]\n"), []string{"upstreams[0].allowed_hosts[0]"}, nil},
 
 		{"bad bool", up("    strict_accept: maybe\n"), []string{"upstreams[0].strict_accept", `"maybe" is not true or false`}, nil},
 		{"empty listen", "listen: \"\"\n" + minimalUpstream, []string{"listen: must not be empty"}, nil},

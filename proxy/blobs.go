@@ -17,7 +17,8 @@ var strAcceptRanges = []byte("Accept-Ranges")
 
 // serveBlob answers GET/HEAD /v2/<name>/blobs/<digest>. Small blobs (configs) come from
 // the cache, verified; larger ones stream from upstream (CDN redirects followed there),
-// verified as they pass, with Range passed through.
+// verified as they pass, with Range passed through (a part is answered 206 without the
+// digest header, which names only the whole blob).
 func (p *Proxy) serveBlob(ctx *fasthttp.RequestCtx, rt *Route) cache.Status {
 	d := digest.Digest(rt.Ref)
 	rangeHeader := string(ctx.Request.Header.Peek("Range"))
@@ -64,7 +65,7 @@ func (p *Proxy) serveBlob(ctx *fasthttp.RequestCtx, rt *Route) cache.Status {
 	}
 	var body io.Reader = b.Body
 	if !ctx.IsHead() {
-		if b.Status == fasthttp.StatusOK {
+		if b.Status == fasthttp.StatusOK { // a whole blob, even when a Range was ignored
 			body = upstream.NewVerifyingReader(b.Body, d, b.Size)
 		}
 		// Wait for the first byte before the status line goes out: a stream that fails
@@ -88,7 +89,10 @@ func (p *Proxy) serveBlob(ctx *fasthttp.RequestCtx, rt *Route) cache.Status {
 	h.SetContentType("application/octet-stream")
 	h.SetBytesKV(strXCache, cacheStatusStrings[cache.Miss])
 	h.SetBytesKV(strAcceptRanges, []byte("bytes"))
-	if b.ContentRange != "" {
+	if b.Status == fasthttp.StatusPartialContent {
+		// Only a client's own Range gets here (upstream refuses a 206 to anything else). A
+		// part cannot be verified, and the digest header would claim it is the blob.
+		h.DelBytes(strDigestHeader)
 		h.Set("Content-Range", b.ContentRange)
 	}
 	if ctx.IsHead() {

@@ -103,7 +103,7 @@ func fromUpstream(err error, notFoundCode string) *apiError {
 		switch {
 		case ue.Timeout:
 			status = fasthttp.StatusGatewayTimeout
-		case ue.Status == fasthttp.StatusServiceUnavailable:
+		case ue.Status == fasthttp.StatusServiceUnavailable, ue.Busy:
 			status = fasthttp.StatusServiceUnavailable
 		}
 		e := newError(status, codeUnavailable, ue.Error())

@@ -332,7 +332,7 @@ func (r *Registry) fetchToken(ctx context.Context, c Challenge, scope string) (s
 	}
 	// The realm is where upstream sends our credentials, so it obeys the redirect rules:
 	// TLS stays TLS, and no realm leads into a network the upstream does not live in.
-	if why := r.refuseTarget(realm); why != "" {
+	if why := r.refuseTarget(ctx, realm); why != "" {
 		return "", r.invalid("token realm refused: %s", why)
 	}
 	q := realm.Query()

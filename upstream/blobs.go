@@ -23,10 +23,11 @@ type Blob struct {
 }
 
 // OpenBlob asks for blob d of repo with method (GET or HEAD), passing a client's Range
-// through. Redirects to CDNs are followed here, so clients never see them. A layer may
-// take long to stream, so the upstream timeout bounds the wait for answer headers and then
-// each silence in the body (any period that brings less than minStreamProgress bytes), not
-// the whole transfer; ctx can end it early. Close the body.
+// through; a 206 is an error unless rangeHeader asked for one. Redirects to CDNs are
+// followed here, so clients never see them. A layer may take long to stream, so the
+// upstream timeout bounds the wait for answer headers and then each silence in the body
+// (any period that brings less than minStreamProgress bytes), not the whole transfer; ctx
+// can end it early. Close the body.
 func (r *Registry) OpenBlob(ctx context.Context, method, repo string, d digest.Digest, rangeHeader string) (*Blob, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	resp, err := r.doWith(ctx, method, repo, "blobs/"+string(d), func(req *http.Request) {
@@ -46,11 +47,12 @@ func (r *Registry) OpenBlob(ctx context.Context, method, repo string, d digest.D
 		}
 		return nil, err
 	}
-	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusPartialContent {
+	if msg := blobStatusProblem(resp, rangeHeader); msg != "" {
 		drainClose(resp)
 		cancel()
-		return nil, &Error{Kind: KindInvalid, Upstream: r.name, Status: resp.StatusCode, Message: "unexpected answer to a blob request"}
+		return nil, &Error{Kind: KindInvalid, Upstream: r.name, Status: resp.StatusCode, Message: msg}
 	}
+	streamOutsideBound(resp) // the body may stream for minutes: see slots.go
 	return &Blob{
 		Body:         newIdleReader(resp.Body, r.timeout, cancel),
 		Size:         resp.ContentLength,
@@ -58,6 +60,26 @@ func (r *Registry) OpenBlob(ctx context.Context, method, repo string, d digest.D
 		ContentType:  resp.Header.Get("Content-Type"),
 		ContentRange: resp.Header.Get("Content-Range"),
 	}, nil
+}
+
+// blobStatusProblem says what is wrong with a blob answer's status, "" when nothing is.
+// A whole blob is 200. A 206 is a part, which no digest can verify, so it is only taken as
+// the answer to a Range the client asked for, and only with the Content-Range that says
+// which part it is: a 206 to a request for the whole blob (a CDN handing back a part, or
+// other bytes) would otherwise pass as the blob its digest names. A multipart/byteranges
+// answer (no Content-Range) is refused too: it is not passed through intact.
+func blobStatusProblem(resp *http.Response, rangeHeader string) string {
+	switch {
+	case resp.StatusCode == http.StatusOK:
+		return ""
+	case resp.StatusCode != http.StatusPartialContent:
+		return "unexpected answer to a blob request"
+	case rangeHeader == "":
+		return "partial content (206) answered to a request for the whole blob"
+	case resp.Header.Get("Content-Range") == "":
+		return "partial content (206) without a Content-Range"
+	}
+	return ""
 }
 
 // FetchBlob reads a whole blob of at most limit bytes and verifies it against d: the path

@@ -58,6 +58,9 @@ type Error struct {
 	// HeldBack is set (with KindRateLimited) when the request was never sent because
 	// upstream's rate limit is in force (see ratelimit.go); RetryAfter is what is left of it.
 	HeldBack bool
+	// Busy is set (with KindUnavailable) when the request was never sent because the
+	// upstream's concurrency bound stayed full (see slots.go); RetryAfter says when to retry.
+	Busy bool
 }
 
 func (e *Error) Error() string {

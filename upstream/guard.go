@@ -2,11 +2,10 @@ package upstream
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
-	"net/url"
-	"os"
 	"strings"
 )
 
@@ -19,47 +18,97 @@ type Resolver interface {
 type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
 
 // guardDial wraps dial so that no connection reaches an internal address the upstream did
-// not name itself. allowRedirect and the realm check see only URLs; a host name that
-// resolves to 169.254.169.254 (metadata.google.internal, a rebinding DNS name) is caught
-// here, where the address is known. The name is resolved once, checked, and the checked
-// address dialled, so DNS cannot change its answer in between.
+// not name itself. refuseTarget sees only URLs; a host name that resolves to
+// 169.254.169.254 (metadata.google.internal, a rebinding DNS name) is caught here, where
+// the address is known, by the same rule refuseTarget applies through a proxy (allowName).
+// The name is resolved once, checked, and the checked addresses dialled, so DNS cannot
+// change its answer in between.
 //
-// The upstream's own host and the HTTP(S) proxy from the environment are dialled as named:
-// an operator who configured an internal registry or proxy meant it.
+// The upstream's own host and the HTTP(S) proxies the transport was given are dialled as
+// named: an operator who configured an internal registry or proxy meant it.
 func (r *Registry) guardDial(next dialFunc, resolver Resolver) dialFunc {
-	trusted := map[string]bool{strings.ToLower(r.base.Hostname()): true}
-	for _, v := range []string{"HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"} {
-		if u, err := url.Parse(os.Getenv(v)); err == nil && u.Hostname() != "" {
-			trusted[strings.ToLower(u.Hostname())] = true
-		}
-	}
+	own := strings.ToLower(r.base.Hostname())
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		host, port, err := net.SplitHostPort(addr)
 		if err != nil {
 			return nil, err
 		}
-		if trusted[strings.ToLower(host)] {
+		if h := strings.ToLower(host); h == own {
+			return next(ctx, network, addr)
+		} else if _, proxy := r.proxies.Load(h); proxy {
 			return next(ctx, network, addr)
 		}
-		var ips []netip.Addr
-		if ip, err := netip.ParseAddr(host); err == nil {
-			ips = []netip.Addr{ip}
-		} else if ips, err = resolver.LookupNetIP(ctx, "ip", host); err != nil {
+		ips, err := r.checkedAddrs(ctx, resolver, host)
+		if err != nil {
 			return nil, err
 		}
-		var refused error
+		// Every address passed; try them in order, as net.Dialer would.
+		var last error
 		for _, ip := range ips {
-			if err := r.allowAddr(ip); err != nil {
-				refused = fmt.Errorf("connection to %s (%s) refused: %w", host, ip, err)
-				continue
+			conn, err := next(ctx, network, net.JoinHostPort(ip.String(), port))
+			if err == nil {
+				return conn, nil
 			}
-			return next(ctx, network, net.JoinHostPort(ip.String(), port))
+			last = err
 		}
-		if refused == nil {
-			refused = fmt.Errorf("%s has no address", host)
-		}
-		return nil, refused
+		return nil, last
 	}
+}
+
+// checkedAddrs is host's addresses, each allowed by allowAddr, or why host is refused: an
+// IP literal is checked as it is, a numeric spelling of one is refused, and a name
+// resolves to addresses that must all pass. One refused address refuses the name: a
+// proxy, or the next dial, may well pick that one.
+func (r *Registry) checkedAddrs(ctx context.Context, resolver Resolver, host string) ([]netip.Addr, error) {
+	if ip, ok := parseIP(host); ok {
+		if err := r.allowAddr(ip); err != nil {
+			return nil, fmt.Errorf("connection to %s refused: %w", host, err)
+		}
+		return []netip.Addr{ip}, nil
+	}
+	if numericHost(host) {
+		return nil, fmt.Errorf("connection to %s refused: a numeric host that is no IP address", host)
+	}
+	ips, err := resolver.LookupNetIP(ctx, "ip", host)
+	if err != nil || len(ips) == 0 {
+		return nil, &unresolvedError{host: host, err: err}
+	}
+	for _, ip := range ips {
+		if err := r.allowAddr(ip); err != nil {
+			return nil, fmt.Errorf("connection to %s (%s) refused: %w", host, ip, err)
+		}
+	}
+	return ips, nil
+}
+
+// unresolvedError is a name regcache could not resolve itself.
+type unresolvedError struct {
+	host string
+	err  error
+}
+
+func (e *unresolvedError) Error() string {
+	if e.err == nil {
+		return e.host + " has no address"
+	}
+	return e.host + " does not resolve here: " + e.err.Error()
+}
+
+func (e *unresolvedError) Unwrap() error { return e.err }
+
+// allowName applies checkedAddrs to a target the HTTP(S) proxy will resolve and dial. A
+// name regcache cannot resolve itself (only the proxy can) passes only when the operator
+// listed it in AllowedHosts; a listed name that does resolve is still checked.
+func (r *Registry) allowName(ctx context.Context, host string) error {
+	_, err := r.checkedAddrs(ctx, r.resolver, host)
+	var unresolved *unresolvedError
+	if errors.As(err, &unresolved) {
+		if r.allowed[strings.ToLower(strings.TrimSuffix(host, "."))] {
+			return nil
+		}
+		return fmt.Errorf("%w, and it is not in allowed_hosts", err)
+	}
+	return err
 }
 
 // allowAddr applies refuseTarget's rule to a resolved address: public addresses are fine;

@@ -50,7 +50,13 @@ func TestGuardDialRefusesNamesThatResolveInside(t *testing.T) {
 		{"https://ghcr.io", "rebind.example:443", ""},
 		{"https://ghcr.io", "169.254.169.254:80", ""},
 		{"https://ghcr.io", "[::]:443", ""},
-		{"https://ghcr.io", "mixed.example:443", "203.0.113.9:443"},
+		// One internal address refuses the name: through a proxy, regcache cannot choose
+		// which address gets dialled, and the policy is the same with and without one.
+		{"https://ghcr.io", "mixed.example:443", ""},
+		// Numeric spellings of 169.254.169.254 are no names to look up.
+		{"https://ghcr.io", "2852039166:80", ""},
+		{"https://ghcr.io", "0xa9fea9fe:80", ""},
+		{"https://ghcr.io", "169.254.169.254.:80", ""},
 		{"https://ghcr.io", "cdn.example:443", "203.0.113.10:443"},
 		// The upstream's own host is dialled as named, whatever it resolves to.
 		{"https://registry.internal", "registry.internal:443", "registry.internal:443"},

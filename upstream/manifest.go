@@ -49,7 +49,9 @@ func (r *Registry) HeadManifest(ctx context.Context, repo, ref string) (Manifest
 	if err != nil {
 		return Manifest{}, err
 	}
-	defer drainClose(resp)
+	// Closed before a fallback GET: that needs a slot of its own (slots.go), and this answer
+	// must not hold one meanwhile.
+	drainClose(resp)
 	if err := r.checkResponse(resp); err != nil {
 		return Manifest{}, err
 	}

@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -16,7 +17,18 @@ const maxRedirects = 5
 // send performs req, following redirects itself so that HEAD stays HEAD, Authorization is
 // dropped the moment the host changes, and no redirect leads into a network the upstream
 // itself does not live in.
-func (r *Registry) send(req *http.Request) (*http.Response, error) {
+//
+// The exchange holds one of the upstream's slots (slots.go) from before the first hop
+// until the returned body is read or closed; on error it is given back here.
+func (r *Registry) send(req *http.Request) (_ *http.Response, err error) {
+	if err := r.acquire(req.Context()); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			r.release()
+		}
+	}()
 	first := req.URL
 	for hops := 0; ; hops++ {
 		start := time.Now()
@@ -36,6 +48,7 @@ func (r *Registry) send(req *http.Request) (*http.Response, error) {
 				// It never gets our Authorization anyway, so its challenge is of no use.
 				resp.Header.Del("WWW-Authenticate")
 			}
+			r.holdSlot(resp)
 			return resp, nil
 		}
 		loc, err := resp.Location()
@@ -46,7 +59,7 @@ func (r *Registry) send(req *http.Request) (*http.Response, error) {
 		if hops >= maxRedirects {
 			return nil, &Error{Kind: KindUnavailable, Upstream: r.name, Message: fmt.Sprintf("more than %d redirects", maxRedirects)}
 		}
-		if err := r.allowRedirect(loc); err != nil {
+		if err := r.allowRedirect(req.Context(), loc); err != nil {
 			return nil, err
 		}
 		next := req.Clone(req.Context())
@@ -66,19 +79,25 @@ func sameOrigin(a, b *url.URL) bool {
 }
 
 // allowRedirect refuses redirects that refuseTarget refuses.
-func (r *Registry) allowRedirect(to *url.URL) error {
-	if why := r.refuseTarget(to); why != "" {
+func (r *Registry) allowRedirect(ctx context.Context, to *url.URL) error {
+	if why := r.refuseTarget(ctx, to); why != "" {
 		return &Error{Kind: KindUnavailable, Upstream: r.name, Message: "redirect refused: " + why}
 	}
 	return nil
 }
 
-// refuseTarget says why upstream may not send us to (a redirect, a token realm), or "".
-// It refuses non-http(s) URLs, https to plain http, cloud metadata services, and internal
-// addresses of another kind than the upstream's own: a registry on loopback may send us to
-// loopback and one in a private network to that network, but neither to 169.254.169.254,
-// and a public registry nowhere internal at all.
-func (r *Registry) refuseTarget(to *url.URL) string {
+// refuseTarget is the one policy for where upstream may send us (a redirect, a token
+// realm): it says why to may not be contacted, or "". It refuses non-http(s) URLs, https
+// to plain http, numeric host spellings other than a plain IP literal, cloud metadata
+// services, and internal addresses of another kind than the upstream's own: a registry on
+// loopback may send us to loopback and one in a private network to that network, but
+// neither to 169.254.169.254, and a public registry nowhere internal at all.
+//
+// A host name is checked where its addresses are known. Dialled directly, that is
+// guardDial, at connect time; through an HTTP(S) proxy the proxy resolves and dials, so
+// the name is resolved here with the same resolver and held to the same rule (allowName).
+// The upstream's own host is exempt: the operator named it.
+func (r *Registry) refuseTarget(ctx context.Context, to *url.URL) string {
 	if to.Scheme != "http" && to.Scheme != "https" {
 		return "not an http(s) URL"
 	}
@@ -86,10 +105,56 @@ func (r *Registry) refuseTarget(to *url.URL) string {
 		return "plain http while the registry is https"
 	}
 	host := to.Hostname()
+	switch {
+	case host == "":
+		return "no host"
+	case strings.EqualFold(host, r.base.Hostname()):
+		return ""
+	case numericHost(host):
+		// 2852039166, 0xa9fea9fe, 0251.0376.0251.0376, 169.254.43518: a proxy or libc reads
+		// these as 169.254.169.254; no registry is named so.
+		return "numeric host " + host
+	}
 	if c := hostClass(host); c != classPublic && (c != hostClass(r.base.Hostname()) || c == classNowhere || metadataHost(host)) {
 		return "internal address " + host
 	}
+	if _, literal := parseIP(host); literal || InternalHost(host) || !r.viaProxy(to) {
+		return ""
+	}
+	if err := r.allowName(ctx, host); err != nil {
+		return err.Error()
+	}
 	return ""
+}
+
+// viaProxy reports whether a request to u goes through an HTTP(S) proxy (a proxy that
+// cannot be determined counts as one: the name is checked either way).
+func (r *Registry) viaProxy(u *url.URL) bool {
+	p, err := r.proxy(&http.Request{Method: http.MethodGet, URL: u, Host: u.Host, Header: http.Header{}})
+	return err != nil || p != nil
+}
+
+// numericHost reports a host that is no IP literal netip accepts but that ends in a
+// number, which URL parsers, proxies and inet_aton take for an IPv4 address in decimal,
+// octal or hex, whole or in fewer than four parts. A real top-level domain is never
+// numeric, so no registry name is refused.
+func numericHost(host string) bool {
+	if _, ok := parseIP(host); ok {
+		return false
+	}
+	host = strings.TrimSuffix(host, ".") // "169.254.169.254." is numeric too
+	last := host[strings.LastIndexByte(host, '.')+1:]
+	if len(last) > 1 && (last[:2] == "0x" || last[:2] == "0X") {
+		last = last[2:]
+		return strings.Trim(last, "0123456789abcdefABCDEF") == ""
+	}
+	return last != "" && strings.Trim(last, "0123456789") == ""
+}
+
+// parseIP parses an IP literal as a URL host writes it (brackets optional).
+func parseIP(host string) (netip.Addr, bool) {
+	ip, err := netip.ParseAddr(strings.Trim(host, "[]"))
+	return ip, err == nil
 }
 
 // netClass sorts hosts by the network they are in, for allowRedirect.

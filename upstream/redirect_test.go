@@ -100,6 +100,18 @@ func TestAllowRedirect(t *testing.T) {
 		{"https://registry-1.docker.io", "https://[::ffff:127.0.0.1]/x", false},
 		{"https://registry-1.docker.io", "https://0.0.0.0/x", false},
 		{"https://registry-1.docker.io", "https://100.100.100.200/latest/meta-data/", false}, // Alibaba metadata
+		// numeric spellings of 169.254.169.254 that proxies and inet_aton accept
+		{"https://registry-1.docker.io", "https://2852039166/latest/meta-data/", false},
+		{"https://registry-1.docker.io", "https://0xa9fea9fe/latest/meta-data/", false},
+		{"https://registry-1.docker.io", "https://0XA9FEA9FE/latest/meta-data/", false},
+		{"https://registry-1.docker.io", "https://0251.0376.0251.0376/latest/meta-data/", false},
+		{"https://registry-1.docker.io", "https://169.254.43518/latest/meta-data/", false},
+		{"https://registry-1.docker.io", "https://169.16689662/latest/meta-data/", false},
+		{"https://registry-1.docker.io", "https://169.254.169.254./latest/meta-data/", false},
+		{"https://registry-1.docker.io", "https://cdn.123/x", false}, // no top-level domain is numeric
+		{"https://registry-1.docker.io", "https://cdn.0x1f/x", false},
+		{"https://registry-1.docker.io", "https://1e100.net/x", true}, // digits inside a name are fine
+		{"https://registry-1.docker.io", "https://0x.example/x", true},
 		// nor anywhere but http(s), nor from https down to http
 		{"https://registry-1.docker.io", "http://production.cloudflare.docker.com/x", false},
 		{"https://registry-1.docker.io", "ftp://example.com/x", false},
@@ -125,7 +137,9 @@ func TestAllowRedirect(t *testing.T) {
 		// a registry reached by name is treated as public: it may not reach internal literals
 		{"https://registry.corp.example", "https://10.0.0.8/x", false},
 	} {
-		r, err := New(Options{Name: "t", URL: tc.base})
+		// No proxy: names are then checked where they are dialled (guard_test.go), and
+		// nothing here may ask DNS.
+		r, err := New(Options{Name: "t", URL: tc.base, Proxy: noProxy})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -133,7 +147,7 @@ func TestAllowRedirect(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		err = r.allowRedirect(to)
+		err = r.allowRedirect(context.Background(), to)
 		if (err == nil) != tc.ok {
 			t.Errorf("from %s to %s: %v, want allowed=%v", tc.base, tc.to, err, tc.ok)
 		}
@@ -142,6 +156,8 @@ func TestAllowRedirect(t *testing.T) {
 		}
 	}
 }
+
+func noProxy(*http.Request) (*url.URL, error) { return nil, nil }
 
 // seen is what a test server recorded about one request.
 type seen struct {

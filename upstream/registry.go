@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -41,6 +42,11 @@ type Options struct {
 	// DialContext replaces the network dialer; nil means net.Dialer. Proxies from
 	// HTTPS_PROXY/NO_PROXY are honoured either way.
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Proxy picks the HTTP(S) proxy for a request; nil is http.ProxyFromEnvironment.
+	Proxy func(*http.Request) (*url.URL, error)
+	// AllowedHosts are exact host names a redirect or token realm may name although
+	// regcache cannot resolve them itself (only the HTTP(S) proxy can); see refuseTarget.
+	AllowedHosts []string
 	// Resolver looks up host names for the dial guard (guard.go); nil is net.DefaultResolver.
 	Resolver Resolver
 	// UserAgent is sent on every request.
@@ -50,6 +56,9 @@ type Options struct {
 	RateLimitHold time.Duration
 	// Observer, when set, is told of every exchange with the upstream.
 	Observer Observer
+	// MaxConcurrent bounds the exchanges open at once (slots.go); 0 means
+	// DefaultMaxConcurrent.
+	MaxConcurrent int
 }
 
 // Registry is one upstream registry. It is safe for concurrent use.
@@ -64,6 +73,15 @@ type Registry struct {
 	observer  Observer
 	auth      authState
 	rl        rateGuard
+	slots     slots
+	// proxy is Options.Proxy or the environment's; proxies holds the (lower-case) hosts
+	// it has named, which guardDial dials as named: the operator chose them.
+	proxy   func(*http.Request) (*url.URL, error)
+	proxies sync.Map
+	// resolver looks names up for the target policy (guard.go); allowed is AllowedHosts,
+	// lower-cased.
+	resolver Resolver
+	allowed  map[string]bool
 	// life ends at Close: work detached from any one caller (a shared token request)
 	// stops there rather than running on after shutdown.
 	life context.Context
@@ -91,7 +109,6 @@ func New(opts Options) (*Registry, error) {
 		resolver = opts.Resolver
 	}
 	transport := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
 		DialContext:           dial,
 		TLSClientConfig:       opts.TLS,
 		TLSHandshakeTimeout:   opts.ConnectTimeout,
@@ -120,9 +137,30 @@ func New(opts Options) (*Registry, error) {
 		},
 	}
 	r.rl.hold = opts.RateLimitHold
+	r.slots = newSlots(opts.MaxConcurrent, opts.Timeout)
+	r.proxy = opts.Proxy
+	if r.proxy == nil {
+		r.proxy = http.ProxyFromEnvironment
+	}
+	transport.Proxy = r.proxyFor
+	r.resolver = resolver
+	r.allowed = map[string]bool{}
+	for _, h := range opts.AllowedHosts {
+		r.allowed[strings.ToLower(h)] = true
+	}
 	r.life, r.stop = context.WithCancel(context.Background())
 	transport.DialContext = r.guardDial(dial, resolver)
 	return r, nil
+}
+
+// proxyFor is the transport's Proxy: r.proxy, remembering which proxies it named so that
+// guardDial lets their connections through.
+func (r *Registry) proxyFor(req *http.Request) (*url.URL, error) {
+	u, err := r.proxy(req)
+	if u != nil {
+		r.proxies.Store(strings.ToLower(u.Hostname()), true)
+	}
+	return u, err
 }
 
 // Name is the configured name of the upstream.

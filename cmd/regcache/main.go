@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	_ "net/http/pprof" // served only with -pprof
+	"net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -110,6 +111,8 @@ type buildOptions struct {
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Resolver replaces DNS for the upstream dial guard (tests: no query leaves the host).
 	Resolver upstream.Resolver
+	// Proxy replaces the HTTP(S) proxy from the environment (tests: an in-process proxy).
+	Proxy func(*http.Request) (*url.URL, error)
 }
 
 // app is a wired regcache: the proxy and its fasthttp server.
@@ -178,6 +181,7 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err
 		opts := upstream.Options{
 			Name: u.Name, URL: u.URL, Timeout: u.Timeout.D(), ConnectTimeout: u.ConnectTimeout.D(),
 			TLS: tlsCfg, UserAgent: "regcache/1", DialContext: bo.Dial, Resolver: bo.Resolver, Observer: metrics,
+			Proxy: bo.Proxy, AllowedHosts: u.AllowedHosts, MaxConcurrent: u.MaxConcurrent,
 		}
 		if u.Credentials != nil {
 			opts.Username, opts.Password = u.Credentials.Username, u.Credentials.Password.Reveal()
