@@ -16,7 +16,9 @@ import (
 // sorted, without duplicates, each inside the tag grammar. There is one per repository
 // and tag TTL, whatever n and last clients ask; every page regcache answers is a slice of
 // it, with a Link of regcache's own (its last= is always one of these tags). A tagList is
-// never changed once stored: a step builds a new one.
+// never changed once stored: a step builds a new one. The spec has upstreams list in
+// lexical order; one that does not is still listed whole, but a client walking while its
+// listing is being read may miss a tag that arrives below the client's last.
 type tagList struct {
 	Tags []string
 	// Complete is set once upstream's last page is in, or the listing stopped at a bound.
