@@ -108,50 +108,78 @@ func FuzzDecodeManifest(f *testing.F) {
 	})
 }
 
-// FuzzDecodeTags feeds tags pages: what is accepted is for the repository and page asked,
-// holds only tags the grammar allows, becomes a body regcache builds itself, and survives
-// its own encoding.
+// FuzzDecodeTags feeds tags listings as Redis might hold them: what is accepted is for the
+// repository asked, holds only tags the grammar allows, sorted and unique, within the
+// bounds, with a continuation exactly when incomplete; every page served from it is a body
+// regcache builds itself; and it survives its own encoding.
 func FuzzDecodeTags(f *testing.F) {
 	now := time.Unix(1_800_000_000, 0)
+	cfg := Config{TagsMaxCount: 1000, TagsMaxBytes: 1 << 20}
 	for _, seed := range []string{
-		`{"n":100,"name":"team/app","tags":["v1","latest"],"fetchedAt":1799999999000000000}`,
-		`{"n":100,"name":"team/app","tags":[],"more":true,"nextLast":"v9","nextPage":"abc","fetchedAt":1}`,
-		`{"n":100,"name":"team/app","tags":["a b"],"fetchedAt":1}`,
-		`{"n":100,"name":"team/other","tags":["v1"],"fetchedAt":1}`,
-		`{"n":100,"name":"team/app","tags":null,"fetchedAt":1}`,
-		`{"n":100,"name":"team/app","tags":["` + "\u2028" + `"],"fetchedAt":1}`,
-		`{"n":100,"last":"v1","name":"team/app","tags":["v2"],"fetchedAt":1}`,
+		`{"name":"team/app","tags":["latest","v1"],"complete":true,"received":2,"bytes":40,"fetchedAt":1799999999000000000}`,
+		`{"name":"team/app","tags":["a"],"nextLast":"++9wYWdlOjEw","received":1,"bytes":9,"fetchedAt":1}`,
+		`{"name":"team/app","tags":[],"nextPage":"abc","received":0,"bytes":0,"fetchedAt":1}`,
+		`{"name":"team/app","tags":["a"],"complete":true,"truncatedBy":"cache.tags_max_bytes","received":1,"bytes":9,"fetchedAt":1}`,
+		`{"name":"team/app","tags":["v2","v1"],"complete":true,"received":2,"fetchedAt":1}`,
+		`{"name":"team/app","tags":["a b"],"complete":true,"received":1,"fetchedAt":1}`,
+		`{"name":"team/other","tags":["v1"],"complete":true,"received":1,"fetchedAt":1}`,
+		`{"name":"team/app","tags":null,"complete":true,"fetchedAt":1}`,
+		`{"name":"team/app","tags":["` + "\u2028" + `"],"complete":true,"received":1,"fetchedAt":1}`,
 		`[]`, `null`,
 	} {
 		f.Add([]byte(seed), 100)
 	}
 	f.Fuzz(func(t *testing.T, data []byte, n int) {
-		req := TagsRequest{N: n % (MaxTagsPage + 1)}
-		p, why := decodeTags(data, "team/app", req, now)
-		if p == nil {
+		l, why := decodeTagList(data, "team/app", cfg, now)
+		if l == nil {
 			if why == "" {
 				t.Fatal("refused without a reason")
 			}
 			return
 		}
+		if len(l.Tags) > cfg.TagsMaxCount || l.Complete == (l.Next != upstream.PageRequest{}) || l.FetchedAt.After(now) {
+			t.Fatalf("accepted %+v", l)
+		}
+		for i, tag := range l.Tags {
+			if !upstream.ValidTag(tag) || (i > 0 && l.Tags[i-1] >= tag) {
+				t.Fatalf("accepted tag %q at %d", tag, i)
+			}
+		}
+		// Pages from the start, after a tag it holds, and after a name between two.
+		last := ""
+		if len(l.Tags) > 0 && n%3 != 0 {
+			last = l.Tags[abs(n)%len(l.Tags)]
+			if n%3 == 1 || n%3 == -1 {
+				last += "0"
+			}
+		}
+		req := TagsRequest{N: 1 + abs(n)%MaxTagsPage, Last: last}
+		p := l.page("team/app", req)
 		var body struct {
 			Name string   `json:"name"`
 			Tags []string `json:"tags"`
 		}
-		if err := json.Unmarshal(p.Body, &body); err != nil || body.Name != "team/app" || body.Tags == nil || len(body.Tags) > max(req.N, 0) {
-			t.Fatalf("accepted page builds body %q (%v)", p.Body, err)
+		if err := json.Unmarshal(p.Body, &body); err != nil || body.Name != "team/app" || body.Tags == nil || len(body.Tags) > req.N {
+			t.Fatalf("accepted listing builds body %q (%v)", p.Body, err)
 		}
 		for _, tag := range body.Tags {
-			if !upstream.ValidTag(tag) {
-				t.Fatalf("accepted tag %q", tag)
+			if last != "" && tag <= last {
+				t.Fatalf("page after %q holds %q", last, tag)
 			}
 		}
-		if p.FetchedAt.After(now.Add(maxSkew)) {
-			t.Fatalf("accepted a fetch time %v ahead of %v", p.FetchedAt, now)
+		if p.More && p.NextLast != last && !upstream.ValidTag(p.NextLast) {
+			t.Fatalf("next page after %q, no tag", p.NextLast)
 		}
-		again, why := decodeTags(encodeTags("team/app", req, p), "team/app", req, now)
-		if again == nil || !reflect.DeepEqual(again, p) {
-			t.Fatalf("round trip changed %+v into %+v (%s)", p, again, why)
+		again, why := decodeTagList(encodeTagList("team/app", l), "team/app", cfg, now)
+		if again == nil || !reflect.DeepEqual(again, l) {
+			t.Fatalf("round trip changed %+v into %+v (%s)", l, again, why)
 		}
 	})
+}
+
+func abs(n int) int {
+	if n < 0 {
+		return -(n + 1)
+	}
+	return n
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -44,7 +45,11 @@ type Config struct {
 	// MaxBlobSize is the largest blob (an image config, typically) kept in memory; larger
 	// blobs stream through. 0 means 1 MiB.
 	MaxBlobSize int64
-	Logger      *zap.Logger
+	// TagsMaxPages bounds the upstream pages one tags request may cost; TagsMaxCount and
+	// TagsMaxBytes bound a repository's whole listing. 0 means DefaultTagsMaxPages,
+	// DefaultTagsMaxCount, DefaultTagsMaxBytes.
+	TagsMaxPages, TagsMaxCount, TagsMaxBytes int
+	Logger                                   *zap.Logger
 	// Redis, when set, is the second tier the replicas of a fleet share.
 	Redis *RedisConfig
 }
@@ -64,10 +69,13 @@ type Cache struct {
 	log     *zap.Logger
 	store   *store
 	flights Group[upstream.Manifest]
-	// tagFlights and blobFlights coalesce tags pages and small-blob fetches.
-	tagFlights  Group[TagPage]
+	// tagFlights and blobFlights coalesce tags listings and small-blob fetches.
+	tagFlights  Group[*tagList]
 	blobFlights Group[BlobInfo]
-	now         func() time.Time
+	// tagsDropped counts tags upstream listed outside the tag grammar (never served);
+	// tagsTruncated counts listings cut at their bound.
+	tagsDropped, tagsTruncated atomic.Int64
+	now                        func() time.Time
 	// shared is the Redis tier, nil without one. Only misses consult it.
 	shared *shared
 	// credLog spaces out the log lines for upstreams refusing our credentials.
@@ -88,6 +96,15 @@ func New(cfg Config) (*Cache, error) {
 	}
 	if cfg.MaxBlobSize <= 0 {
 		cfg.MaxBlobSize = 1 << 20
+	}
+	if cfg.TagsMaxPages <= 0 {
+		cfg.TagsMaxPages = DefaultTagsMaxPages
+	}
+	if cfg.TagsMaxCount <= 0 {
+		cfg.TagsMaxCount = DefaultTagsMaxCount
+	}
+	if cfg.TagsMaxBytes <= 0 {
+		cfg.TagsMaxBytes = DefaultTagsMaxBytes
 	}
 	c := &Cache{cfg: cfg, log: log, store: s, now: time.Now, stop: make(chan struct{})}
 	if cfg.Redis != nil {

@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"net"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -328,99 +327,6 @@ func (s *shared) setManifest(up, repo string, m upstream.Manifest) {
 		s.write(s.manifestKey(up, repo, m.Digest), encodeManifest(m), sharedManifestTTL)
 	}
 }
-
-// Tags pages: <prefix>tags:<upstream>/<repo>?n=..&last=..&page=.., JSON.
-func (s *shared) tagsKey(up, repo string, r TagsRequest) string {
-	return s.prefix + "tags:" + up + "/" + repo + "?" + tagsQuery(r)
-}
-
-// tagsQuery spells a page request for a key; url.Values keeps it unambiguous whatever the
-// last tag or page token holds.
-func tagsQuery(r TagsRequest) string {
-	return url.Values{"n": {strconv.Itoa(r.N)}, "last": {r.Last}, "page": {r.NextPage}}.Encode()
-}
-
-// sharedTags is a TagPage as stored in Redis.
-type sharedTags struct {
-	// N, Last and Page are the request the page answers (also in the key; checked again).
-	N         int      `json:"n"`
-	Last      string   `json:"last,omitempty"`
-	Page      string   `json:"page,omitempty"`
-	Name      string   `json:"name"`
-	Tags      []string `json:"tags"`
-	More      bool     `json:"more,omitempty"`
-	NextLast  string   `json:"nextLast,omitempty"`
-	NextPage  string   `json:"nextPage,omitempty"`
-	FetchedAt int64    `json:"fetchedAt"`
-}
-
-func (s *shared) getTags(up, repo string, r TagsRequest) *TagPage {
-	return readEntry(s, s.tagsKey(up, repo, r), func(data []byte) (*TagPage, string) { return decodeTags(data, repo, r, time.Now()) })
-}
-
-// decodeTags reads a tags page as Redis holds it, for repo and the page r asked for; the
-// answer regcache sends is rebuilt from the parsed tags, never passed through.
-func decodeTags(data []byte, repo string, r TagsRequest, now time.Time) (*TagPage, string) {
-	var st sharedTags
-	if len(data) > maxSharedTags || json.Unmarshal(data, &st) != nil {
-		return nil, "not a tags page"
-	}
-	if st.Name != repo || st.N != r.N || st.Last != r.Last || st.Page != r.NextPage || len(st.Tags) > max(r.N, 0) ||
-		st.FetchedAt <= 0 || st.FetchedAt > now.Add(maxSkew).UnixNano() {
-		return nil, "tags page for another repository or request, or with a bad time"
-	}
-	for _, t := range st.Tags {
-		if !upstream.ValidTag(t) {
-			return nil, "tags page with an invalid tag"
-		}
-	}
-	// NextLast and NextPage are upstream's continuation (ECR's last= is opaque), sent on only
-	// inside an escaped Link URL: bounded, not parsed.
-	if len(st.NextLast) > maxPageToken || len(st.NextPage) > maxPageToken {
-		return nil, "tags page with an oversized continuation"
-	}
-	if st.Tags == nil {
-		st.Tags = []string{}
-	}
-	body, err := json.Marshal(struct {
-		Name string   `json:"name"`
-		Tags []string `json:"tags"`
-	}{st.Name, st.Tags})
-	if err != nil {
-		return nil, "tags page that does not encode"
-	}
-	return &TagPage{Body: body, More: st.More, NextLast: st.NextLast, NextPage: st.NextPage, FetchedAt: time.Unix(0, st.FetchedAt)}, ""
-}
-
-// maxSharedTags bounds a stored page: 10,000 tags of up to 128 characters, quoted, and
-// the request and continuation; maxPageToken is the proxy's own bound on a page token.
-const (
-	maxPageToken  = 4096
-	maxSharedTags = MaxTagsPage*131 + 6*maxPageToken
-)
-
-func encodeTags(repo string, r TagsRequest, p *TagPage) []byte {
-	var parsed struct {
-		Tags []string `json:"tags"`
-	}
-	_ = json.Unmarshal(p.Body, &parsed)
-	data, _ := json.Marshal(sharedTags{N: r.N, Last: r.Last, Page: r.NextPage, Name: repo, Tags: parsed.Tags,
-		More: p.More, NextLast: p.NextLast, NextPage: p.NextPage, FetchedAt: p.FetchedAt.UnixNano()})
-	return data
-}
-
-func (s *shared) setTags(up, repo string, r TagsRequest, p *TagPage, ttl time.Duration) {
-	data := encodeTags(repo, r, p)
-	if e, _ := decodeTags(data, repo, r, time.Now()); e == nil {
-		// A page other replicas would refuse (a tag outside the grammar, more tags than n
-		// from a token-paged upstream): kept in this replica's memory only, so that Redis
-		// holds nothing that reads back as garbage.
-		return
-	}
-	s.write(s.tagsKey(up, repo, r), data, ttl)
-}
-
-func (s *shared) delTags(up, repo string, r TagsRequest) { s.remove(s.tagsKey(up, repo, r)) }
 
 // drop deletes an entry that did not decode or verify, so that it is fetched anew and
 // stored right, and counts it: garbage in Redis is worth an operator's look.

@@ -543,9 +543,10 @@ func TestLockOnlyReleasesItsOwn(t *testing.T) {
 	}
 }
 
-// TestSharedTagsPages: tags lists are shared too. Replicas asking for the same page at
-// once ask upstream once between them; a new replica answers from Redis; a page in Redis
-// for another repository, or with a tag the grammar forbids, is refused.
+// TestSharedTagsPages: tags listings are shared too. Replicas asking for the same listing
+// at once ask upstream once between them; a new replica answers from Redis; a listing in
+// Redis for another repository, with a tag the grammar forbids, out of order, or with a
+// continuation that contradicts it, is refused.
 func TestSharedTagsPages(t *testing.T) {
 	rs := redistest.Start(t)
 	reg := registrytest.New(t, registrytest.NoAuth)
@@ -578,7 +579,7 @@ func TestSharedTagsPages(t *testing.T) {
 	wg.Wait()
 	reg.SetFault(nil)
 	if n := reg.Count("GET", "tags"); n != 1 {
-		t.Fatalf("%d upstream tags requests for one page across 3 replicas, want 1", n)
+		t.Fatalf("%d upstream tags requests for one listing across 3 replicas, want 1", n)
 	}
 	for i, b := range bodies {
 		if !bytes.Equal(b, bodies[0]) || !strings.Contains(string(b), `"v249"`) {
@@ -586,20 +587,23 @@ func TestSharedTagsPages(t *testing.T) {
 		}
 	}
 	fresh := newReplica(t, reg, rs.Addr, time.Second)
-	if p, _, err := fresh.c.Tags(context.Background(), fresh.o, "team/app", req); err != nil || !bytes.Equal(p.Body, bodies[0]) {
+	if p, _, err := fresh.c.Tags(context.Background(), fresh.o, "team/app", TagsRequest{N: 10, Last: "v100"}); err != nil ||
+		!strings.Contains(string(p.Body), `["v101","v102"`) || !p.More || p.NextLast != "v110" {
 		t.Fatalf("a new replica: %v %.100s", err, p.Body)
 	}
 	if n := reg.Count("GET", "tags"); n != 1 {
 		t.Fatalf("a new replica asked upstream for tags (%d requests in all)", n)
 	}
 
-	key := "rc-test:tags:reg.test/team/app?" + tagsQuery(req)
+	key := "rc-test:tags:reg.test/team/app"
 	now := time.Now().UnixNano()
 	for _, bad := range []string{
-		fmt.Sprintf(`{"n":10000,"name":"team/other","tags":["v1"],"fetchedAt":%d}`, now),
-		fmt.Sprintf(`{"n":10000,"name":"team/app","tags":["v1","<script>"],"fetchedAt":%d}`, now),
-		fmt.Sprintf(`{"n":10000,"name":"team/app","tags":["v1"],"fetchedAt":%d}`, time.Now().AddDate(1, 0, 0).UnixNano()),
-		fmt.Sprintf(`{"n":50,"name":"team/app","tags":["v1"],"fetchedAt":%d}`, now),
+		fmt.Sprintf(`{"name":"team/other","tags":["v1"],"complete":true,"received":1,"fetchedAt":%d}`, now),
+		fmt.Sprintf(`{"name":"team/app","tags":["v1","<script>"],"complete":true,"received":2,"fetchedAt":%d}`, now),
+		fmt.Sprintf(`{"name":"team/app","tags":["v2","v1"],"complete":true,"received":2,"fetchedAt":%d}`, now),
+		fmt.Sprintf(`{"name":"team/app","tags":["v1"],"complete":true,"received":1,"fetchedAt":%d}`, time.Now().AddDate(1, 0, 0).UnixNano()),
+		fmt.Sprintf(`{"name":"team/app","tags":["v1"],"received":1,"fetchedAt":%d}`, now),
+		fmt.Sprintf(`{"name":"team/app","tags":["v1"],"complete":true,"nextLast":"v1","received":1,"fetchedAt":%d}`, now),
 		`{"name":"team/app","tags":"v1"}`,
 	} {
 		if _, err := rs.Do("SET", key, bad); err != nil {
@@ -614,6 +618,38 @@ func TestSharedTagsPages(t *testing.T) {
 		if rp.c.RedisStats().Garbage != garbage+1 {
 			t.Fatalf("%s was not counted as garbage", bad)
 		}
+	}
+}
+
+// TestSharedTagsWalkAcrossReplicas: a client whose requests land on one replica after
+// another, following Links through a listing longer than one request may read, costs
+// upstream that one listing between the replicas: each goes on from the listing the
+// fleet shares.
+func TestSharedTagsWalkAcrossReplicas(t *testing.T) {
+	rs := redistest.Start(t)
+	reg := registrytest.New(t, registrytest.NoAuth)
+	want := numberedTags(300)
+	reg.PushTags(t, "team/app", want)
+	reg.SetPaging(registrytest.PagingLink, 10) // 30 upstream pages
+	var reps []*replica
+	for range 3 {
+		rp := newReplica(t, reg, rs.Addr, 5*time.Second)
+		rp.c.cfg.TagsMaxPages = 4
+		reps = append(reps, rp)
+	}
+	i := 0
+	got, worst := walkTags(t, func(r TagsRequest) TagPage {
+		rp := reps[i%3]
+		i++
+		p, _, err := rp.c.Tags(context.Background(), rp.o, "team/app", r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}, reg, 25)
+	sameTags(t, got, want)
+	if n := reg.Count("GET", "tags"); n != 30 || worst > 4 {
+		t.Fatalf("the walk cost %d upstream pages (at most %d per request), want 30 (at most 4)", n, worst)
 	}
 }
 

@@ -13,6 +13,9 @@ type Stats struct {
 	Coalesced int64
 	// InFlight is upstream work under way now.
 	InFlight int
+	// TagsDropped counts tags upstream listed outside the tag grammar, never served;
+	// TagsTruncated counts tags listings cut at cache.tags_max_count or tags_max_bytes.
+	TagsDropped, TagsTruncated int64
 }
 
 // Stats reads the cache's counters.
@@ -24,5 +27,8 @@ func (c *Cache) Stats() Stats {
 		Evictions: m.KeysEvicted(),
 		Coalesced: c.flights.Joined() + c.tagFlights.Joined() + c.blobFlights.Joined(),
 		InFlight:  c.flights.InFlight() + c.tagFlights.InFlight() + c.blobFlights.InFlight(),
+
+		TagsDropped:   c.tagsDropped.Load(),
+		TagsTruncated: c.tagsTruncated.Load(),
 	}
 }

@@ -2,9 +2,7 @@ package cache
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"strconv"
 	"strings"
 	"time"
 
@@ -16,153 +14,190 @@ import (
 // MaxTagsPage is the most tags one answer carries; Renovate asks for 10,000.
 const MaxTagsPage = 10_000
 
-// maxUpstreamPages bounds how many upstream pages one answer may gather, so an upstream
-// whose Link never ends cannot keep a request going forever.
-const maxUpstreamPages = 200
+// Bounds of a tags listing (cache.tags_max_pages_per_request, tags_max_count and
+// tags_max_bytes), for zero Config fields.
+const (
+	// DefaultTagsMaxPages bounds the upstream pages one client request may cost; the rest
+	// of a long listing is read on the requests that follow regcache's Links.
+	DefaultTagsMaxPages = 20
+	// DefaultTagsMaxCount and DefaultTagsMaxBytes bound a whole listing: the tags and the
+	// page bytes upstream sends for one repository.
+	DefaultTagsMaxCount = 100_000
+	DefaultTagsMaxBytes = 8 << 20
+)
+
+// minTagsKeep is the least time a listing is kept, whatever tag_ttl and max_stale say, so
+// that a client following Links through a long listing finishes its walk.
+const minTagsKeep = time.Minute
 
 // TagPage is a page of tags as regcache answers it.
 type TagPage struct {
 	// Body is the JSON answer, {"name":...,"tags":[...]}, ready to send.
 	Body []byte
-	// More is set when tags remain after this page; NextLast (and NextPage, for Quay-style
-	// upstreams) continue from here.
-	More      bool
-	NextLast  string
-	NextPage  string
-	FetchedAt time.Time
+	// More is set when tags remain after this page; the next page starts after NextLast,
+	// always a tag (or the request's own last, when this page came back empty).
+	More     bool
+	NextLast string
+	// TruncatedBy names the setting that cut the listing short, on its last page.
+	TruncatedBy string
+	FetchedAt   time.Time
 }
 
-// TagsRequest names a page: up to N tags after Last (or from upstream's NextPage token).
+// TagsRequest names a page: up to N tags after Last.
 type TagsRequest struct {
-	N        int
-	Last     string
-	NextPage string
+	N    int
+	Last string
 }
 
-func tagsKey(up, repo string, r TagsRequest) string {
-	return "l\x00" + up + "\x00" + repo + "\x00" + strconv.Itoa(r.N) + "\x00" + r.Last + "\x00" + r.NextPage
+func tagsKey(up, repo string) string { return "l\x00" + up + "\x00" + repo }
+
+func (s *store) tagList(key string) *tagList {
+	v, ok := s.rc.Get(key)
+	if !ok {
+		return nil
+	}
+	l, _ := v.(*tagList)
+	return l
 }
 
-// Tags answers a page of repo's tags, gathering upstream pages as needed. Pages are cached
-// for the upstream's tag TTL and served stale while upstream fails, like tag lookups.
+// tagsFresh reports whether l is within o's tag TTL.
+func (c *Cache) tagsFresh(o *Origin, l *tagList) bool {
+	return l != nil && c.now().Sub(l.FetchedAt) < o.TagTTL
+}
+
+// Tags answers a page of repo's tags from the repository's one listing, assembling it
+// from upstream as far as the page needs and one request may go. The listing is
+// coalesced and shared (within the process, and through Redis across a fleet); it is
+// served stale while upstream fails, like tag lookups.
 func (c *Cache) Tags(ctx context.Context, o *Origin, repo string, req TagsRequest) (TagPage, Status, error) {
 	repo = strings.Clone(repo) // may alias the caller's request buffer
 	up := o.Registry.Name()
-	key := tagsKey(up, repo, req)
-	now := c.now()
-	var cached *TagPage
-	if v, ok := c.store.rc.Get(key); ok {
-		cached, _ = v.(*TagPage)
+	key := tagsKey(up, repo)
+	local := c.store.tagList(key)
+	if c.tagsFresh(o, local) && local.covers(req) {
+		return local.page(repo, req), Hit, nil
 	}
-	if cached != nil && now.Sub(cached.FetchedAt) < o.TagTTL {
-		return *cached, Hit, nil
-	}
-	if cached == nil {
+	if local == nil {
 		if err := c.store.negative(negativeKey(up, "", key)); err != nil {
 			return TagPage{}, Miss, err
 		}
 	}
-	ask := func() (TagPage, error) {
-		p, err := c.gatherTags(o, repo, req)
+	fetch := func() (*tagList, error) { return c.advanceTags(o, repo, req) }
+	if local == nil {
+		l, err, _ := c.tagFlights.Do(ctx, key, fetch)
 		if err != nil {
-			return p, err
+			return TagPage{}, Miss, err
 		}
-		if ttl := o.TagTTL + c.cfg.MaxStale; ttl > 0 {
-			c.store.set(key, &p, int64(len(p.Body)), ttl)
-			if c.shared != nil {
-				c.shared.setTags(up, repo, req, &p, ttl)
-			}
-		}
-		return p, nil
-	}
-	// With a shared tier the fleet asks upstream once per page: another replica's fresh page
-	// is taken as it is (with its fetch time), else one replica gathers it while the others
-	// wait.
-	look := func() (TagPage, bool) {
-		p := c.shared.getTags(up, repo, req)
-		if p == nil {
-			return TagPage{}, false
-		}
-		if now := c.now(); p.FetchedAt.After(now) {
-			p.FetchedAt = now
-		}
-		if c.now().Sub(p.FetchedAt) >= o.TagTTL {
-			return TagPage{}, false
-		}
-		if ttl := o.TagTTL + c.cfg.MaxStale; ttl > 0 {
-			c.store.set(key, p, int64(len(p.Body)), ttl)
-		}
-		return *p, true
-	}
-	fetch := func() (TagPage, error) {
-		p, err := fleet(c.shared, "tags:"+up+"/"+repo+"?"+tagsQuery(req), c.fleetWait(o), look, ask)
-		if err != nil && c.remember(up, "", key, err) {
-			c.store.del(key)
-			if c.shared != nil {
-				c.shared.delTags(up, repo, req)
-			}
-		}
-		return p, err
-	}
-	if cached == nil {
-		p, err, _ := c.tagFlights.Do(ctx, key, fetch)
-		return p, Miss, err
+		return l.page(repo, req), Miss, nil
 	}
 	wctx, cancel := context.WithTimeout(ctx, c.cfg.RevalidateWait)
 	defer cancel()
-	p, err, _ := c.tagFlights.Do(wctx, key, fetch)
+	l, err, _ := c.tagFlights.Do(wctx, key, fetch)
 	switch {
 	case err == nil:
-		return p, Miss, nil
+		return l.page(repo, req), Miss, nil
 	case ctx.Err() != nil:
 		return TagPage{}, Miss, ctx.Err()
 	case errors.Is(err, context.DeadlineExceeded) || serveStaleOn(err):
-		c.log.Warn("serving stale tags", zap.String("upstream", up), zap.String("repository", repo), zap.Error(err))
-		return *cached, Stale, nil
+		if c.tagsFresh(o, local) {
+			return local.page(repo, req), Hit, nil // what there is, with a Link to go on
+		}
+		if c.now().Sub(local.FetchedAt) < o.TagTTL+c.cfg.MaxStale {
+			c.log.Warn("serving stale tags", zap.String("upstream", up), zap.String("repository", repo), zap.Error(err))
+			return local.page(repo, req), Stale, nil
+		}
+		return TagPage{}, Miss, err
 	default:
 		return TagPage{}, Miss, err
 	}
 }
 
-// gatherTags collects up to req.N tags, following upstream's pages: registries cap their
-// page size (often at 100 or 1,000) below what a client may ask for.
-func (c *Cache) gatherTags(o *Origin, repo string, req TagsRequest) (TagPage, error) {
-	want := req.N
-	tags := []string{}
-	page := upstream.PageRequest{N: want, Last: req.Last, NextPage: req.NextPage}
-	out := TagPage{}
-	for i := 0; ; i++ {
-		p, err := o.Registry.Tags(context.Background(), repo, page)
+// advanceTags moves repo's listing forward for req, at most one step (cfg.TagsMaxPages
+// upstream pages): with a shared tier, a listing another replica stored that answers req
+// (or that moved on while this one waited for its lock) is taken as it is.
+func (c *Cache) advanceTags(o *Origin, repo string, req TagsRequest) (*tagList, error) {
+	up := o.Registry.Name()
+	key := tagsKey(up, repo)
+	var seen *tagList
+	looks := 0
+	look := func() (*tagList, bool) {
+		l := c.shared.getTagList(up, repo, c.cfg, c.now())
+		looks++
+		if looks == 1 {
+			seen = l
+		}
+		if l == nil {
+			return nil, false
+		}
+		moved := looks > 1 && (seen == nil || !l.FetchedAt.Equal(seen.FetchedAt) || len(l.Tags) != len(seen.Tags) || l.Complete != seen.Complete)
+		if !(c.tagsFresh(o, l) && l.covers(req)) && !moved {
+			return nil, false
+		}
+		c.keepTags(o, key, l)
+		return l, true
+	}
+	ask := func() (*tagList, error) {
+		// The furthest listing known here: ours (another request's step may have landed
+		// since this request looked) or the fleet's.
+		base := c.furtherTags(o, c.store.tagList(key), seen)
+		switch {
+		case base != nil && c.tagsFresh(o, base) && base.covers(req):
+			return base, nil // another request's step, landed since this one looked
+		case base != nil && !c.tagsFresh(o, base) && !base.beyond(req):
+			base = nil // stale: list anew, unless req walks on past its end
+		}
+		l, err := c.extend(o, repo, base)
 		if err != nil {
-			return TagPage{}, err
+			return nil, err
 		}
-		tags = append(tags, p.Tags...)
-		if len(tags) > want && page.NextPage == "" && p.NextPage == "" {
-			// Upstream gave more than asked; cut, and continue from the cut next time.
-			tags = tags[:want]
-			out.More, out.NextLast = true, tags[want-1]
-			break
+		c.keepTags(o, key, l)
+		if c.shared != nil {
+			c.shared.setTagList(up, repo, l, c.tagsKeep(o))
 		}
-		if !p.More || len(p.Tags) == 0 {
-			break
-		}
-		if len(tags) >= want || i+1 >= maxUpstreamPages {
-			out.More, out.NextLast, out.NextPage = true, p.NextLast, p.NextPage
-			if out.NextLast == "" {
-				out.NextLast = tags[len(tags)-1]
-			}
-			break
-		}
-		page = upstream.PageRequest{N: want - len(tags), Last: p.NextLast, NextPage: p.NextPage}
+		return l, nil
 	}
-	body, err := json.Marshal(struct {
-		Name string   `json:"name"`
-		Tags []string `json:"tags"`
-	}{repo, tags})
-	if err != nil {
-		return TagPage{}, err
+	l, err := fleet(c.shared, "tags:"+up+"/"+repo, c.fleetWait(o), look, ask)
+	if c.remember(up, "", key, err) && upstream.KindOf(err) == upstream.KindNotFound {
+		// The repository is gone upstream: stop serving its tags. A denial is not a
+		// deletion (as for tags in manifests.go): the listing stays for when access returns.
+		c.store.del(key)
+		if c.shared != nil {
+			c.shared.delTagList(up, repo)
+		}
 	}
-	out.Body = body
-	out.FetchedAt = c.now()
-	return out, nil
+	return l, err
+}
+
+// furtherTags picks the listing to go on from: a fresh one over a stale one, then a
+// complete one, then the longer.
+func (c *Cache) furtherTags(o *Origin, a, b *tagList) *tagList {
+	switch {
+	case a == nil:
+		return b
+	case b == nil:
+		return a
+	case c.tagsFresh(o, a) != c.tagsFresh(o, b):
+		if c.tagsFresh(o, a) {
+			return a
+		}
+		return b
+	case a.Complete != b.Complete:
+		if a.Complete {
+			return a
+		}
+		return b
+	case len(b.Tags) > len(a.Tags):
+		return b
+	}
+	return a
+}
+
+// tagsKeep is how long a listing is kept: while it may be served, stale included, and at
+// least minTagsKeep.
+func (c *Cache) tagsKeep(o *Origin) time.Duration {
+	return max(o.TagTTL+c.cfg.MaxStale, minTagsKeep)
+}
+
+func (c *Cache) keepTags(o *Origin, key string, l *tagList) {
+	c.store.set(key, l, l.cost(), c.tagsKeep(o))
 }

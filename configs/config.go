@@ -67,6 +67,15 @@ type Cache struct {
 	RevalidateWait Duration `yaml:"revalidate_wait"`
 	// MaxBlobSize is the largest blob (an image config, typically) kept in memory.
 	MaxBlobSize Size `yaml:"max_blob_size"`
+	// TagsMaxPagesPerRequest bounds the upstream pages one client's tags request may cost;
+	// a longer listing is read on, this many pages at a time, by the requests that follow
+	// regcache's Links (or any client's).
+	TagsMaxPagesPerRequest int `yaml:"tags_max_pages_per_request"`
+	// TagsMaxCount and TagsMaxBytes bound one repository's whole tags listing: the tags and
+	// the page bytes upstream sends. A listing that reaches either stops there and is
+	// served as it is, marked with X-Regcache-Truncated.
+	TagsMaxCount int  `yaml:"tags_max_count"`
+	TagsMaxBytes Size `yaml:"tags_max_bytes"`
 	// Redis is the optional second tier that replicas share; nil without one.
 	Redis *Redis `yaml:"redis"`
 }
@@ -188,6 +197,10 @@ const (
 	defaultTimeout        = 30 * time.Second
 	defaultConnectTimeout = 5 * time.Second
 	defaultTokenTTL       = 5 * time.Minute
+	// Tags listing bounds (cache.Default* hold the same for zero fields).
+	defaultTagsMaxPages = 20
+	defaultTagsMaxCount = 100_000
+	defaultTagsMaxBytes = 8 << 20
 	// minSecretLength keeps a shared HMAC key out of guessing range (openssl rand -hex 16).
 	minSecretLength = 32
 	// minTokenLength keeps a static token out of guessing range even at the failure
@@ -226,6 +239,10 @@ func Parse(data []byte) (*Config, error) {
 			NegativeTTL:    Duration(10 * time.Second),
 			RevalidateWait: Duration(2 * time.Second),
 			MaxBlobSize:    1 << 20,
+
+			TagsMaxPagesPerRequest: defaultTagsMaxPages,
+			TagsMaxCount:           defaultTagsMaxCount,
+			TagsMaxBytes:           defaultTagsMaxBytes,
 		},
 		Auth:   Auth{TokenTTL: Duration(defaultTokenTTL)},
 		Server: defaultServer(),
@@ -265,6 +282,9 @@ func (c *Config) validate() error {
 	}
 	if c.Cache.MaxBlobSize <= 0 {
 		return fmt.Errorf("cache.max_blob_size: must be above zero (e.g. 1MiB)")
+	}
+	if err := c.Cache.validateTags(); err != nil {
+		return err
 	}
 	for key, d := range map[string]Duration{
 		"cache.tag_ttl": c.Cache.TagTTL, "cache.max_stale": c.Cache.MaxStale,
@@ -358,6 +378,21 @@ func (c *Config) validate() error {
 		return err
 	}
 	return c.Auth.validate()
+}
+
+// validateTags checks the tags listing bounds. Each has a floor (a listing must be able to
+// make progress) and a ceiling (it is held in memory whole).
+func (c *Cache) validateTags() error {
+	if c.TagsMaxPagesPerRequest < 1 || c.TagsMaxPagesPerRequest > 1000 {
+		return fmt.Errorf("cache.tags_max_pages_per_request: must be from 1 to 1000 (e.g. %d)", defaultTagsMaxPages)
+	}
+	if c.TagsMaxCount < 1 || c.TagsMaxCount > 10_000_000 {
+		return fmt.Errorf("cache.tags_max_count: must be from 1 to 10000000 (e.g. %d)", defaultTagsMaxCount)
+	}
+	if c.TagsMaxBytes < 1<<10 || c.TagsMaxBytes > 1<<30 {
+		return fmt.Errorf("cache.tags_max_bytes: must be between 1KiB and 1GiB (e.g. 8MiB); a listing is held in memory whole")
+	}
+	return nil
 }
 
 func (r *Redis) validate() error {

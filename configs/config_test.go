@@ -86,6 +86,10 @@ func TestLoadEmbeddedDefault(t *testing.T) {
 		NegativeTTL:    Duration(10 * time.Second),
 		RevalidateWait: Duration(2 * time.Second),
 		MaxBlobSize:    1 << 20,
+
+		TagsMaxPagesPerRequest: 20,
+		TagsMaxCount:           100_000,
+		TagsMaxBytes:           8 << 20,
 	}
 	if cfg.Cache != wantCache {
 		t.Errorf("Cache = %+v, want %+v", cfg.Cache, wantCache)
@@ -229,6 +233,9 @@ cache:
   negative_ttl: 0s
   revalidate_wait: 500ms
   max_blob_size: 4MiB
+  tags_max_pages_per_request: 5
+  tags_max_count: 5000
+  tags_max_bytes: 2MiB
 upstreams:
   - name: docker.io
     url: https://registry-1.docker.io/
@@ -267,6 +274,10 @@ upstreams:
 		NegativeTTL:    0,
 		RevalidateWait: Duration(500 * time.Millisecond),
 		MaxBlobSize:    4 << 20,
+
+		TagsMaxPagesPerRequest: 5,
+		TagsMaxCount:           5000,
+		TagsMaxBytes:           2 << 20,
 	}
 	if cfg.Cache != wantCache {
 		t.Errorf("Cache = %+v, want %+v", cfg.Cache, wantCache)
@@ -376,7 +387,7 @@ func TestParseFillsDefaults(t *testing.T) {
 				if c.Listen != ":5000" || c.DefaultUpstream != "docker.io" {
 					t.Errorf("Listen/DefaultUpstream = %q/%q", c.Listen, c.DefaultUpstream)
 				}
-				want := Cache{256 << 20, Duration(time.Minute), Duration(24 * time.Hour), Duration(10 * time.Second), Duration(2 * time.Second), 1 << 20, nil}
+				want := Cache{256 << 20, Duration(time.Minute), Duration(24 * time.Hour), Duration(10 * time.Second), Duration(2 * time.Second), 1 << 20, 20, 100_000, 8 << 20, nil}
 				if c.Cache != want {
 					t.Errorf("Cache = %+v, want %+v", c.Cache, want)
 				}
@@ -653,6 +664,12 @@ func TestParseRefusals(t *testing.T) {
 
 		{"zero max_blob_size", "cache:\n  max_blob_size: 0\n" + minimalUpstream, []string{"cache.max_blob_size: must be above zero"}, nil},
 		{"bad max_blob_size", "cache:\n  max_blob_size: big\n" + minimalUpstream, []string{"cache.max_blob_size", `"big" is not a size`}, nil},
+		{"zero tags_max_pages_per_request", "cache:\n  tags_max_pages_per_request: 0\n" + minimalUpstream, []string{"cache.tags_max_pages_per_request: must be from 1 to 1000"}, nil},
+		{"huge tags_max_pages_per_request", "cache:\n  tags_max_pages_per_request: 5000\n" + minimalUpstream, []string{"cache.tags_max_pages_per_request: must be from 1 to 1000"}, nil},
+		{"bad tags_max_pages_per_request", "cache:\n  tags_max_pages_per_request: many\n" + minimalUpstream, []string{"cache.tags_max_pages_per_request", `"many" is not a whole number`}, nil},
+		{"negative tags_max_count", "cache:\n  tags_max_count: -1\n" + minimalUpstream, []string{"cache.tags_max_count: must be from 1 to 10000000"}, nil},
+		{"tiny tags_max_bytes", "cache:\n  tags_max_bytes: 100\n" + minimalUpstream, []string{"cache.tags_max_bytes: must be between 1KiB and 1GiB"}, nil},
+		{"huge tags_max_bytes", "cache:\n  tags_max_bytes: 2GiB\n" + minimalUpstream, []string{"cache.tags_max_bytes: must be between 1KiB and 1GiB"}, nil},
 
 		{"public_url without scheme", "public_url: regcache.example.com\n" + minimalUpstream,
 			[]string{"public_url", "scheme must be http or https"}, nil},

@@ -178,6 +178,10 @@ func (m *Metrics) WatchCache(c *cache.Cache) {
 			func() float64 { return float64(c.Stats().Coalesced) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "regcache_upstream_inflight", Help: "Upstream fetches under way."},
 			func() float64 { return float64(c.Stats().InFlight) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_tags_dropped_total", Help: "Tags upstreams listed outside the tag grammar, dropped and never served."},
+			func() float64 { return float64(c.Stats().TagsDropped) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_tags_truncated_total", Help: "Tags listings cut at cache.tags_max_count or cache.tags_max_bytes."},
+			func() float64 { return float64(c.Stats().TagsTruncated) }),
 	)
 	if c.RedisStats() == nil {
 		return
@@ -227,7 +231,7 @@ func (m *Metrics) WatchUpstreams(ups []*Upstream) {
 				func() float64 {
 					s := reg.RateLimit()
 					now := time.Now()
-					if s.GETBlockedUntil.After(now) || s.AllBlockedUntil.After(now) {
+					if s.GETBlockedUntil.After(now) || s.TagsBlockedUntil.After(now) || s.AllBlockedUntil.After(now) {
 						return 1
 					}
 					return 0

@@ -16,7 +16,9 @@ var strLink = []byte("Link")
 
 // serveTags answers /v2/<name>/tags/list?n=&last=. The next-page Link is relative and in
 // the client's own path form (prefix, ns= kept), and absent on the last page: What's Up
-// Docker loops for as long as a Link is present.
+// Docker loops for as long as a Link is present. Its last= is always a tag of regcache's
+// own listing, never an upstream's page token (ECR's are opaque); a next_page a client
+// sends is no longer regcache's and is ignored.
 func (p *Proxy) serveTags(ctx *fasthttp.RequestCtx, rt *Route, rawPath []byte) cache.Status {
 	args := ctx.QueryArgs()
 	req := cache.TagsRequest{N: cache.MaxTagsPage}
@@ -36,13 +38,6 @@ func (p *Proxy) serveTags(ctx *fasthttp.RequestCtx, rt *Route, rawPath []byte) c
 		}
 		req.Last = string(last)
 	}
-	if np := args.Peek("next_page"); len(np) > 0 {
-		if len(np) > 4096 {
-			writeError(ctx, newError(fasthttp.StatusBadRequest, codePaginationInvalid, "next_page token too long"))
-			return noStatus
-		}
-		req.NextPage = string(np)
-	}
 	if req.N == 0 {
 		// The spec: n=0 asks for an empty list.
 		ctx.SetContentType("application/json")
@@ -60,9 +55,8 @@ func (p *Proxy) serveTags(ctx *fasthttp.RequestCtx, rt *Route, rawPath []byte) c
 		if nGiven {
 			q.Set("n", strconv.Itoa(req.N))
 		}
-		q.Set("last", page.NextLast)
-		if page.NextPage != "" {
-			q.Set("next_page", page.NextPage)
+		if page.NextLast != "" {
+			q.Set("last", page.NextLast)
 		}
 		if ns := args.PeekBytes(strNS); len(ns) > 0 {
 			q.Set("ns", string(ns))
@@ -72,6 +66,10 @@ func (p *Proxy) serveTags(ctx *fasthttp.RequestCtx, rt *Route, rawPath []byte) c
 	ctx.SetContentType("application/json")
 	setAPIVersion(ctx)
 	ctx.Response.Header.SetBytesKV(strXCache, cacheStatusStrings[st])
+	if page.TruncatedBy != "" {
+		// The listing stopped at a bound: this is all regcache will list, not all there is.
+		ctx.Response.Header.Set("X-Regcache-Truncated", page.TruncatedBy)
+	}
 	ctx.Response.SetBodyRaw(page.Body)
 	return st
 }

@@ -182,7 +182,7 @@ func FuzzParseRetryAfter(f *testing.F) {
 		// What the guard makes of a 429 with this header.
 		for _, ra := range []string{v, strconv.FormatInt(secs, 10)} {
 			g := rateGuard{now: func() time.Time { return now }}
-			g.observe(http.MethodHead, false, http.StatusTooManyRequests, http.Header{"Retry-After": {ra}})
+			g.observe(http.MethodHead, targetOther, http.StatusTooManyRequests, http.Header{"Retry-After": {ra}})
 			hold := parseRetryAfter(ra, now)
 			if hold <= 0 {
 				hold = DefaultRateLimitHold

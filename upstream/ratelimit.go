@@ -10,8 +10,12 @@ package upstream
 //   - 429 to a manifest GET: the pull limit. Manifest GETs are held back until the retry
 //     time; HEADs, tags pages and blobs go on (Docker Hub's pull limit spares them: a
 //     tags page is no pull, and a blob is only fetched for a manifest we already have).
-//   - 429 to a HEAD, or to a tags page or blob GET: upstream limits requests that are not
-//     pulls, so no request of any kind is known to be spared. Everything is held back.
+//   - 429 to a tags page: tags pages are held back, nothing else, unless the answer says
+//     the limit is the account's or the address's (RateLimit-Remaining: 0, Docker Hub's
+//     way), when everything is. A registry throttling one costly listing must not stop
+//     every other client's manifests for as long as it asks (an hour, seen from ECR).
+//   - 429 to a HEAD, or to a blob GET: upstream limits requests that are not pulls, so no
+//     request of any kind is known to be spared. Everything is held back.
 //   - The retry time is Retry-After (seconds or HTTP-date), capped at maxRateLimitHold; a
 //     429 that names none (absent, unparsable, zero, in the past) holds for
 //     Options.RateLimitHold (default DefaultRateLimitHold, 60 s): one probe a minute is
@@ -58,11 +62,33 @@ type RateLimitState struct {
 	Window time.Duration
 	// Updated is when the headers were last seen.
 	Updated time.Time
-	// GETBlockedUntil is when manifest GETs may go again after a 429 to one; AllBlockedUntil
+	// GETBlockedUntil is when manifest GETs may go again after a 429 to one;
+	// TagsBlockedUntil is when tags pages may go again after a 429 to one; AllBlockedUntil
 	// is when anything may go again after a 429 to anything else. Times in the past (or
 	// zero) block nothing.
-	GETBlockedUntil time.Time
-	AllBlockedUntil time.Time
+	GETBlockedUntil  time.Time
+	TagsBlockedUntil time.Time
+	AllBlockedUntil  time.Time
+}
+
+// target is what a guarded request asks for: the holds differ by it.
+type target uint8
+
+const (
+	targetOther    target = iota // blobs
+	targetManifest               // manifests/<ref>
+	targetTags                   // tags/list
+)
+
+// targetOf tells a doWith path ("manifests/<ref>", "tags/list?n=..") for the guard.
+func targetOf(path string) target {
+	switch {
+	case strings.HasPrefix(path, "manifests/"):
+		return targetManifest
+	case strings.HasPrefix(path, "tags/list"):
+		return targetTags
+	}
+	return targetOther
 }
 
 // rateGuard is the per-Registry guard state. The zero value is ready for use.
@@ -72,11 +98,11 @@ type rateGuard struct {
 	now  func() time.Time
 	hold time.Duration
 
-	known              bool
-	limit, remaining   int
-	window             time.Duration
-	updated            time.Time
-	getUntil, allUntil time.Time
+	known                         bool
+	limit, remaining              int
+	window                        time.Duration
+	updated                       time.Time
+	getUntil, tagsUntil, allUntil time.Time
 }
 
 func (g *rateGuard) clock() time.Time {
@@ -93,24 +119,30 @@ func (g *rateGuard) defaultHold() time.Duration {
 	return DefaultRateLimitHold
 }
 
-// held reports whether a request of method (to a manifest or not) must not be sent now:
-// until when, and whether it is held by the hold on everything (rather than the one on
-// manifest GETs alone).
-func (g *rateGuard) held(method string, manifest bool) (until, now time.Time, all, ok bool) {
+// held reports whether a request of method for t must not be sent now: until when, and
+// whether it is held by the hold on everything (rather than the one on its own kind).
+func (g *rateGuard) held(method string, t target) (until, now time.Time, all, ok bool) {
 	now = g.clock()
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if now.Before(g.allUntil) {
 		until, all = g.allUntil, true
 	}
-	if method == http.MethodGet && manifest && now.Before(g.getUntil) && g.getUntil.After(until) {
-		until = g.getUntil
+	own := time.Time{}
+	switch {
+	case method == http.MethodGet && t == targetManifest:
+		own = g.getUntil
+	case t == targetTags:
+		own = g.tagsUntil
+	}
+	if now.Before(own) && own.After(until) {
+		until = own
 	}
 	return until, now, all, !until.IsZero()
 }
 
 // observe records one counted answer: its rate-limit headers, and a 429's hold.
-func (g *rateGuard) observe(method string, manifest bool, status int, h http.Header) {
+func (g *rateGuard) observe(method string, t target, status int, h http.Header) {
 	now := g.clock()
 	limit, lw, limitOK := parseRateLimit(h.Get("RateLimit-Limit"))
 	remaining, rw, remainingOK := parseRateLimit(h.Get("RateLimit-Remaining"))
@@ -144,9 +176,12 @@ func (g *rateGuard) observe(method string, manifest bool, status int, h http.Hea
 	}
 	if hold > 0 {
 		until := now.Add(hold)
-		if method == http.MethodGet && manifest {
+		switch {
+		case method == http.MethodGet && t == targetManifest:
 			g.getUntil = later(g.getUntil, until)
-		} else {
+		case t == targetTags && !(remainingOK && remaining == 0):
+			g.tagsUntil = later(g.tagsUntil, until)
+		default:
 			g.allUntil = later(g.allUntil, until)
 		}
 	}
@@ -156,7 +191,7 @@ func (g *rateGuard) state() RateLimitState {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	s := RateLimitState{Known: g.known, Limit: -1, Remaining: -1, Window: g.window, Updated: g.updated,
-		GETBlockedUntil: g.getUntil, AllBlockedUntil: g.allUntil}
+		GETBlockedUntil: g.getUntil, TagsBlockedUntil: g.tagsUntil, AllBlockedUntil: g.allUntil}
 	if g.known {
 		s.Limit, s.Remaining = g.limit, g.remaining
 	}
@@ -173,18 +208,19 @@ func later(a, b time.Time) time.Time {
 // RateLimit returns what is known of the upstream's rate limit and any hold in force.
 func (r *Registry) RateLimit() RateLimitState { return r.rl.state() }
 
-// isManifestPath tells a doWith path ("manifests/<ref>") for a manifest request.
-func isManifestPath(path string) bool { return strings.HasPrefix(path, "manifests/") }
-
 // holdBack refuses, without any network traffic, a request the guard holds back.
 func (r *Registry) holdBack(method, path string) error {
-	until, now, all, ok := r.rl.held(method, isManifestPath(path))
+	t := targetOf(path)
+	until, now, all, ok := r.rl.held(method, t)
 	if !ok {
 		return nil
 	}
 	what := "manifest GETs"
-	if all {
+	switch {
+	case all:
 		what = "all requests"
+	case t == targetTags:
+		what = "tags listings"
 	}
 	return &Error{Kind: KindRateLimited, Upstream: r.name, HeldBack: true, RetryAfter: until.Sub(now),
 		Message: "holding back " + what + ": upstream rate limit until " + until.UTC().Format(time.RFC3339)}
@@ -193,11 +229,11 @@ func (r *Registry) holdBack(method, path string) error {
 // observeRateLimit feeds the answer to a doWith request to the guard, if it counts (see the
 // top of this file).
 func (r *Registry) observeRateLimit(method, path string, resp *http.Response) {
-	manifest := isManifestPath(path)
-	if !manifest && (resp.Request == nil || !sameOrigin(r.base, resp.Request.URL)) {
+	t := targetOf(path)
+	if t != targetManifest && (resp.Request == nil || !sameOrigin(r.base, resp.Request.URL)) {
 		return
 	}
-	r.rl.observe(method, manifest, resp.StatusCode, resp.Header)
+	r.rl.observe(method, t, resp.StatusCode, resp.Header)
 }
 
 // parseRateLimit reads a RateLimit-Limit or RateLimit-Remaining value: a count, optionally

@@ -87,16 +87,17 @@ func hdr(pairs ...string) http.Header {
 func guardAllows(g *rateGuard) map[string]bool {
 	out := map[string]bool{}
 	for _, k := range []struct {
-		name     string
-		method   string
-		manifest bool
+		name   string
+		method string
+		t      target
 	}{
-		{"GET manifest", http.MethodGet, true},
-		{"HEAD manifest", http.MethodHead, true},
-		{"GET other", http.MethodGet, false},
-		{"HEAD other", http.MethodHead, false},
+		{"GET manifest", http.MethodGet, targetManifest},
+		{"HEAD manifest", http.MethodHead, targetManifest},
+		{"GET tags", http.MethodGet, targetTags},
+		{"GET other", http.MethodGet, targetOther},
+		{"HEAD other", http.MethodHead, targetOther},
 	} {
-		_, _, _, held := g.held(k.method, k.manifest)
+		_, _, _, held := g.held(k.method, k.t)
 		out[k.name] = !held
 	}
 	return out
@@ -116,7 +117,7 @@ func expectAllows(t *testing.T, what string, g *rateGuard, allowed ...string) {
 	}
 }
 
-var everything = []string{"GET manifest", "HEAD manifest", "GET other", "HEAD other"}
+var everything = []string{"GET manifest", "HEAD manifest", "GET tags", "GET other", "HEAD other"}
 
 func TestRateGuardDecisionsOverTime(t *testing.T) {
 	clk := newFakeClock()
@@ -127,54 +128,68 @@ func TestRateGuardDecisionsOverTime(t *testing.T) {
 	}
 
 	// A 429 to a manifest GET holds manifest GETs back, and nothing else.
-	g.observe(http.MethodGet, true, http.StatusTooManyRequests, hdr("Retry-After", "30"))
-	expectAllows(t, "after GET 429", g, "HEAD manifest", "GET other", "HEAD other")
-	until, now, all, _ := g.held(http.MethodGet, true)
+	g.observe(http.MethodGet, targetManifest, http.StatusTooManyRequests, hdr("Retry-After", "30"))
+	expectAllows(t, "after GET 429", g, "HEAD manifest", "GET tags", "GET other", "HEAD other")
+	until, now, all, _ := g.held(http.MethodGet, targetManifest)
 	if until.Sub(now) != 30*time.Second || all {
 		t.Fatalf("GET hold: %v left, all=%v; want 30s, false", until.Sub(now), all)
 	}
 	clk.Advance(29 * time.Second)
-	expectAllows(t, "29 s later", g, "HEAD manifest", "GET other", "HEAD other")
+	expectAllows(t, "29 s later", g, "HEAD manifest", "GET tags", "GET other", "HEAD other")
 	clk.Advance(time.Second)
 	expectAllows(t, "at the retry time", g, everything...)
 
 	// A 429 to a HEAD holds everything back.
-	g.observe(http.MethodHead, true, http.StatusTooManyRequests, hdr("Retry-After", "10"))
+	g.observe(http.MethodHead, targetManifest, http.StatusTooManyRequests, hdr("Retry-After", "10"))
 	expectAllows(t, "after HEAD 429", g)
-	if _, _, all, _ := g.held(http.MethodHead, true); !all {
+	if _, _, all, _ := g.held(http.MethodHead, targetManifest); !all {
 		t.Fatal("HEAD hold is not reported as a hold on everything")
 	}
 	clk.Advance(10 * time.Second)
 	expectAllows(t, "after the HEAD hold", g, everything...)
 
-	// A 429 to a tags page or blob GET: upstream limits more than pulls.
-	g.observe(http.MethodGet, false, http.StatusTooManyRequests, hdr("Retry-After", "5"))
-	expectAllows(t, "after a tags/blob GET 429", g)
+	// A 429 to a blob GET: upstream limits more than pulls.
+	g.observe(http.MethodGet, targetOther, http.StatusTooManyRequests, hdr("Retry-After", "5"))
+	expectAllows(t, "after a blob GET 429", g)
+	clk.Advance(5 * time.Second)
+	expectAllows(t, "after that hold", g, everything...)
+
+	// A 429 to a tags page holds tags pages alone (an hour here, as ECR asked)...
+	g.observe(http.MethodGet, targetTags, http.StatusTooManyRequests, hdr("Retry-After", "3600", "RateLimit-Remaining", "12"))
+	expectAllows(t, "after a tags 429", g, "GET manifest", "HEAD manifest", "GET other", "HEAD other")
+	if until, now, all, _ := g.held(http.MethodGet, targetTags); until.Sub(now) != time.Hour || all {
+		t.Fatalf("tags hold: %v left, all=%v; want 1h, false", until.Sub(now), all)
+	}
+	clk.Advance(time.Hour)
+	expectAllows(t, "after the tags hold", g, everything...)
+	// ...unless upstream says the account or address has nothing left: then everything.
+	g.observe(http.MethodGet, targetTags, http.StatusTooManyRequests, hdr("Retry-After", "5", "RateLimit-Remaining", "0;w=21600"))
+	expectAllows(t, "after a tags 429 with RateLimit-Remaining: 0", g)
 	clk.Advance(5 * time.Second)
 	expectAllows(t, "after that hold", g, everything...)
 
 	// A shorter later hold never shortens a longer one.
-	g.observe(http.MethodGet, true, http.StatusTooManyRequests, hdr("Retry-After", "100"))
-	g.observe(http.MethodGet, true, http.StatusTooManyRequests, hdr("Retry-After", "1"))
+	g.observe(http.MethodGet, targetManifest, http.StatusTooManyRequests, hdr("Retry-After", "100"))
+	g.observe(http.MethodGet, targetManifest, http.StatusTooManyRequests, hdr("Retry-After", "1"))
 	clk.Advance(50 * time.Second)
-	expectAllows(t, "longer hold kept", g, "HEAD manifest", "GET other", "HEAD other")
+	expectAllows(t, "longer hold kept", g, "HEAD manifest", "GET tags", "GET other", "HEAD other")
 	// Both holds at once: a manifest GET waits for the later one.
-	g.observe(http.MethodHead, true, http.StatusTooManyRequests, hdr("Retry-After", "10"))
-	until, now, all, _ = g.held(http.MethodGet, true)
+	g.observe(http.MethodHead, targetManifest, http.StatusTooManyRequests, hdr("Retry-After", "10"))
+	until, now, all, _ = g.held(http.MethodGet, targetManifest)
 	if until.Sub(now) != 50*time.Second || !all {
 		t.Fatalf("GET under both holds: %v left, all=%v; want 50s, true", until.Sub(now), all)
 	}
-	if until, now, _, _ := g.held(http.MethodHead, true); until.Sub(now) != 10*time.Second {
+	if until, now, _, _ := g.held(http.MethodHead, targetManifest); until.Sub(now) != 10*time.Second {
 		t.Fatalf("HEAD under both holds: %v left, want 10s", until.Sub(now))
 	}
 	clk.Advance(10 * time.Second)
-	expectAllows(t, "HEAD hold over, GET hold on", g, "HEAD manifest", "GET other", "HEAD other")
+	expectAllows(t, "HEAD hold over, GET hold on", g, "HEAD manifest", "GET tags", "GET other", "HEAD other")
 	clk.Advance(40 * time.Second)
 	expectAllows(t, "all over", g, everything...)
 
 	// Answers other than 429 never hold anything back, whatever their headers say.
-	g.observe(http.MethodGet, true, http.StatusOK, hdr("RateLimit-Remaining", "0;w=21600", "Retry-After", "60"))
-	g.observe(http.MethodGet, true, http.StatusServiceUnavailable, hdr("Retry-After", "60"))
+	g.observe(http.MethodGet, targetManifest, http.StatusOK, hdr("RateLimit-Remaining", "0;w=21600", "Retry-After", "60"))
+	g.observe(http.MethodGet, targetManifest, http.StatusServiceUnavailable, hdr("Retry-After", "60"))
 	expectAllows(t, "200 with remaining 0, 503 with Retry-After", g, everything...)
 }
 
@@ -201,8 +216,8 @@ func TestRateGuardRetryAfterForms(t *testing.T) {
 			if tc.retryAfter != "" {
 				h.Set("Retry-After", tc.retryAfter)
 			}
-			g.observe(http.MethodGet, true, http.StatusTooManyRequests, h)
-			until, now, _, ok := g.held(http.MethodGet, true)
+			g.observe(http.MethodGet, targetManifest, http.StatusTooManyRequests, h)
+			until, now, _, ok := g.held(http.MethodGet, targetManifest)
 			if !ok || until.Sub(now) != tc.want {
 				t.Fatalf("held %v for %v, want %v", ok, until.Sub(now), tc.want)
 			}
@@ -216,26 +231,26 @@ func TestRateGuardRetryAfterForms(t *testing.T) {
 func TestRateGuardRecordsHeaders(t *testing.T) {
 	clk := newFakeClock()
 	g := &rateGuard{now: clk.Now}
-	g.observe(http.MethodHead, true, http.StatusOK, hdr("ratelimit-limit", "100;w=21600", "ratelimit-remaining", "76;w=21600"))
+	g.observe(http.MethodHead, targetManifest, http.StatusOK, hdr("ratelimit-limit", "100;w=21600", "ratelimit-remaining", "76;w=21600"))
 	s := g.state()
 	if !s.Known || s.Limit != 100 || s.Remaining != 76 || s.Window != 6*time.Hour || !s.Updated.Equal(clk.Now()) {
 		t.Fatalf("state %+v", s)
 	}
 	clk.Advance(time.Minute)
 	// Only one of the two headers: the other keeps its last value.
-	g.observe(http.MethodGet, true, http.StatusOK, hdr("RateLimit-Remaining", "75"))
+	g.observe(http.MethodGet, targetManifest, http.StatusOK, hdr("RateLimit-Remaining", "75"))
 	if s := g.state(); s.Limit != 100 || s.Remaining != 75 || s.Window != 6*time.Hour || !s.Updated.Equal(clk.Now()) {
 		t.Fatalf("after remaining 75: %+v", s)
 	}
 	// No headers, or garbage: nothing changes.
-	g.observe(http.MethodGet, true, http.StatusOK, http.Header{})
-	g.observe(http.MethodGet, true, http.StatusOK, hdr("RateLimit-Remaining", "many"))
+	g.observe(http.MethodGet, targetManifest, http.StatusOK, http.Header{})
+	g.observe(http.MethodGet, targetManifest, http.StatusOK, hdr("RateLimit-Remaining", "many"))
 	if s := g.state(); s.Remaining != 75 {
 		t.Fatalf("after garbage: %+v", s)
 	}
 	// A registry that sends only Remaining, plain.
 	g2 := &rateGuard{now: clk.Now}
-	g2.observe(http.MethodGet, true, http.StatusOK, hdr("RateLimit-Remaining", "9"))
+	g2.observe(http.MethodGet, targetManifest, http.StatusOK, hdr("RateLimit-Remaining", "9"))
 	if s := g2.state(); !s.Known || s.Limit != -1 || s.Remaining != 9 || s.Window != 0 {
 		t.Fatalf("remaining only: %+v", s)
 	}
@@ -372,7 +387,7 @@ func TestRateLimitHeldBackBeforeAuth(t *testing.T) {
 	reg := registrytest.New(t, registrytest.Bearer)
 	clk := newFakeClock()
 	r := newGuardedRegistry(t, reg, clk, 0)
-	r.rl.observe(http.MethodHead, true, http.StatusTooManyRequests, hdr("Retry-After", "30"))
+	r.rl.observe(http.MethodHead, targetManifest, http.StatusTooManyRequests, hdr("Retry-After", "30"))
 	_, err := r.GetManifest(context.Background(), "a/b", "latest")
 	expectHeldBack(t, "fresh registry under a hold", err, 30*time.Second)
 	if n := reg.Total(); n != 0 {

@@ -23,6 +23,8 @@ type TagPage struct {
 	NextLast string
 	// NextPage is Quay's opaque `next_page` token, when upstream pages that way.
 	NextPage string
+	// Bytes is the size of the page's body, for callers that bound a whole listing.
+	Bytes int
 }
 
 // PageRequest says which page to ask for.
@@ -30,6 +32,9 @@ type PageRequest struct {
 	N        int // 0: upstream's default
 	Last     string
 	NextPage string // Quay's token, from a previous TagPage
+	// MaxBytes bounds this page's body (0 or above maxTagsBody: maxTagsBody); a larger body
+	// is an error with TooLarge set, read no further than the bound.
+	MaxBytes int
 }
 
 // Tags fetches one page of repo's tags.
@@ -58,12 +63,16 @@ func (r *Registry) Tags(ctx context.Context, repo string, p PageRequest) (TagPag
 	if err := r.checkResponse(resp); err != nil {
 		return TagPage{}, err
 	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxTagsBody+1))
+	limit := p.MaxBytes
+	if limit <= 0 || limit > maxTagsBody {
+		limit = maxTagsBody
+	}
+	data, err := io.ReadAll(io.LimitReader(resp.Body, int64(limit)+1))
 	if err != nil {
 		return TagPage{}, r.unavailable(err, "reading tags")
 	}
-	if len(data) > maxTagsBody {
-		return TagPage{}, &Error{Kind: KindInvalid, Upstream: r.name, TooLarge: true, Message: "tags page exceeds 8 MiB"}
+	if len(data) > limit {
+		return TagPage{}, &Error{Kind: KindInvalid, Upstream: r.name, TooLarge: true, Message: "tags page exceeds " + strconv.Itoa(limit) + " bytes"}
 	}
 	var body struct {
 		Tags []string `json:"tags"`
@@ -71,7 +80,7 @@ func (r *Registry) Tags(ctx context.Context, repo string, p PageRequest) (TagPag
 	if err := json.Unmarshal(data, &body); err != nil {
 		return TagPage{}, r.invalid("tags page is not valid JSON")
 	}
-	page := TagPage{Tags: body.Tags}
+	page := TagPage{Tags: body.Tags, Bytes: len(data)}
 	if page.Tags == nil {
 		page.Tags = []string{}
 	}

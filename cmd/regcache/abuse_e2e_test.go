@@ -114,6 +114,12 @@ func (r *abRunning) metric(t testing.TB, name string) float64 {
 	if code != 200 {
 		t.Fatalf("/metrics: %d", code)
 	}
+	return metricFrom(t, body, name)
+}
+
+// metricFrom reads one unlabelled value from a /metrics body.
+func metricFrom(t testing.TB, body []byte, name string) float64 {
+	t.Helper()
 	for _, line := range strings.Split(string(body), "\n") {
 		if v, ok := strings.CutPrefix(line, name+" "); ok {
 			f, err := strconv.ParseFloat(v, 64)

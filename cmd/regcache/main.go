@@ -172,6 +172,9 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err
 		NegativeTTL:    cfg.Cache.NegativeTTL.D(),
 		RevalidateWait: cfg.Cache.RevalidateWait.D(),
 		MaxBlobSize:    int64(cfg.Cache.MaxBlobSize),
+		TagsMaxPages:   cfg.Cache.TagsMaxPagesPerRequest,
+		TagsMaxCount:   cfg.Cache.TagsMaxCount,
+		TagsMaxBytes:   int(cfg.Cache.TagsMaxBytes),
 		Logger:         log,
 		Redis:          shared,
 	})

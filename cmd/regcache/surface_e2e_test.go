@@ -28,7 +28,7 @@ func tagNames(n int) []string {
 }
 
 // followTags lists every tag by following Link headers from start, as What's Up Docker
-// does, checking each Link is relative and keeps the client's path form.
+// does, checking each Link is relative, keeps the client's path form and names a tag.
 func followTags(t *testing.T, rc *instance, start, wantPrefix string) (tags []string, pages int) {
 	t.Helper()
 	next := start
@@ -48,6 +48,7 @@ func followTags(t *testing.T, rc *instance, start, wantPrefix string) (tags []st
 			t.Fatal(err)
 		}
 		tags = append(tags, body.Tags...)
+		tagsLinkLast(t, r)
 		next = ""
 		if link := r.Header.Get("Link"); link != "" {
 			target, rel, _ := strings.Cut(link, ";")

@@ -1,6 +1,7 @@
 package registrytest
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -25,7 +26,26 @@ const (
 	PagingLink
 	// PagingQuay is Quay's: Link with an opaque next_page token; last is ignored.
 	PagingQuay
+	// PagingOpaque is ECR's: the Link's last= is an opaque token (base64, with '=' and
+	// '+' in it), not a tag; a last= that is no token of ours is refused with 400.
+	PagingOpaque
 )
+
+// opaqueToken is PagingOpaque's continuation for the page starting at index i: not a tag
+// ('=' and '+' are outside the tag grammar), like ECR's.
+func opaqueToken(i int) string {
+	return base64.StdEncoding.EncodeToString([]byte(fmt.Sprintf("\xfb\xefpage:%d", i)))
+}
+
+func parseOpaqueToken(tok string) (int, bool) {
+	raw, err := base64.StdEncoding.DecodeString(tok)
+	rest, ok := strings.CutPrefix(string(raw), "\xfb\xefpage:")
+	if err != nil || !ok {
+		return 0, false
+	}
+	n, err := strconv.Atoi(rest)
+	return n, err == nil && n >= 0
+}
 
 // SetPaging makes tags/list page in style, with pages of at most maxPage tags whatever n
 // asks (registries cap page sizes), 0 meaning no cap.
@@ -80,6 +100,15 @@ func (r *Registry) servePagedTags(w http.ResponseWriter, req *http.Request) bool
 				start++
 			}
 		}
+	case PagingOpaque:
+		if last := q.Get("last"); last != "" {
+			n, ok := parseOpaqueToken(last)
+			if !ok {
+				http.Error(w, `{"errors":[{"code":"PAGINATION_NUMBER_INVALID","message":"bad last token"}]}`, http.StatusBadRequest)
+				return true
+			}
+			start = n
+		}
 	case PagingQuay:
 		if np := q.Get("next_page"); np != "" {
 			n, err := strconv.Atoi(strings.TrimPrefix(np, "tok"))
@@ -103,9 +132,12 @@ func (r *Registry) servePagedTags(w http.ResponseWriter, req *http.Request) bool
 	if end < len(list.Tags) {
 		next := url.Values{}
 		next.Set("n", strconv.Itoa(n))
-		if style == PagingQuay {
+		switch style {
+		case PagingQuay:
 			next.Set("next_page", fmt.Sprintf("tok%d", end))
-		} else {
+		case PagingOpaque:
+			next.Set("last", opaqueToken(end))
+		default:
 			next.Set("last", page[len(page)-1])
 		}
 		w.Header().Set("Link", fmt.Sprintf(`<%s?%s>; rel="next"`, req.URL.Path, next.Encode()))

@@ -1,0 +1,115 @@
+package cache
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"regcache/upstream"
+	"regcache/upstream/registrytest"
+)
+
+// tagsCache is a Cache without a shared tier in front of reg, with cfg's tags bounds.
+func tagsCache(t *testing.T, reg *registrytest.Registry, ttl time.Duration, cfg Config) (*Cache, *Origin) {
+	t.Helper()
+	r, err := upstream.New(upstream.Options{Name: "reg.test", URL: reg.URL, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxSize, cfg.RevalidateWait = 8<<20, 5*time.Second
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); r.Close() })
+	return c, &Origin{Registry: r, TagTTL: ttl}
+}
+
+// walkTags follows NextLast from the start with pages of n, as a client follows Links,
+// returning every tag and the most upstream pages one request cost.
+func walkTags(t *testing.T, next func(TagsRequest) TagPage, reg *registrytest.Registry, n int) (tags []string, worst int) {
+	t.Helper()
+	req := TagsRequest{N: n}
+	for range 200 {
+		before := reg.Count("GET", "tags")
+		p := next(req)
+		worst = max(worst, reg.Count("GET", "tags")-before)
+		var body struct{ Tags []string }
+		if err := json.Unmarshal(p.Body, &body); err != nil {
+			t.Fatal(err)
+		}
+		tags = append(tags, body.Tags...)
+		if !p.More {
+			return tags, worst
+		}
+		req.Last = p.NextLast
+	}
+	t.Fatal("the walk never ends")
+	return nil, 0
+}
+
+func numberedTags(n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("v%04d", i)
+	}
+	return out
+}
+
+func sameTags(t *testing.T, got, want []string) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("got %d tags, want %d", len(got), len(want))
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("tag %d: %q, want %q", i, got[i], want[i])
+		}
+	}
+}
+
+// With tag_ttl 0 (and no max_stale) every listing is stale as soon as it is made, yet a
+// client following the Links of a long listing still reaches its end, each request within
+// the page bound: a walk past the end of a listing goes on with it instead of starting over.
+func TestTagsWalkEndsUnderZeroTTL(t *testing.T) {
+	reg := registrytest.New(t, registrytest.NoAuth)
+	want := numberedTags(200)
+	reg.PushTags(t, "team/app", want)
+	reg.SetPaging(registrytest.PagingLink, 10)
+	c, o := tagsCache(t, reg, 0, Config{TagsMaxPages: 3})
+	got, worst := walkTags(t, func(r TagsRequest) TagPage {
+		p, _, err := c.Tags(context.Background(), o, "team/app", r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}, reg, 100)
+	sameTags(t, got, want)
+	if worst > 3 {
+		t.Fatalf("one request cost %d upstream pages, want at most tags_max_pages_per_request (3)", worst)
+	}
+}
+
+// A listing stops at cache.tags_max_count: the tags read so far are served, the last page
+// says which setting cut it, and the cut is counted.
+func TestTagsListingCutAtMaxCount(t *testing.T) {
+	reg := registrytest.New(t, registrytest.NoAuth)
+	reg.PushTags(t, "team/app", numberedTags(300))
+	reg.SetPaging(registrytest.PagingLink, 20)
+	c, o := tagsCache(t, reg, time.Minute, Config{TagsMaxCount: 50})
+	p, _, err := c.Tags(context.Background(), o, "team/app", TagsRequest{N: MaxTagsPage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var body struct{ Tags []string }
+	_ = json.Unmarshal(p.Body, &body)
+	sameTags(t, body.Tags, numberedTags(50))
+	if p.More || p.TruncatedBy != "cache.tags_max_count" || c.Stats().TagsTruncated != 1 {
+		t.Fatalf("More=%v TruncatedBy=%q truncated=%d", p.More, p.TruncatedBy, c.Stats().TagsTruncated)
+	}
+	if n := reg.Count("GET", "tags"); n != 3 {
+		t.Fatalf("%d upstream pages for 50 tags in pages of 20, want 3", n)
+	}
+}
