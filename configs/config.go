@@ -55,6 +55,25 @@ type Auth struct {
 	TokenTTL Duration `yaml:"token_ttl"`
 }
 
+// CheckListeners refuses a metrics_listen that would take listen's port: the same port
+// on the same host, or on every address (":5000" and "0.0.0.0:5000" collide). Load calls
+// it; call it again after overriding Listen (the -listen flag).
+func (c *Config) CheckListeners() error {
+	if c.MetricsListen == "" {
+		return nil
+	}
+	h1, p1, err1 := net.SplitHostPort(c.Listen)
+	h2, p2, err2 := net.SplitHostPort(c.MetricsListen)
+	if err1 != nil || err2 != nil || p1 != p2 || p1 == "0" { // port 0: each its own
+		return nil
+	}
+	wildcard := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
+	if h1 == h2 || wildcard(h1) || wildcard(h2) {
+		return fmt.Errorf("metrics_listen: %q takes listen's port (%q); use another, e.g. \":9090\"", c.MetricsListen, c.Listen)
+	}
+	return nil
+}
+
 // Enabled reports whether clients must authenticate.
 func (a *Auth) Enabled() bool { return a.Htpasswd != "" || len(a.Tokens) > 0 }
 
@@ -365,8 +384,8 @@ func (c *Config) validate() error {
 		if err := validListen(c.MetricsListen); err != nil {
 			return fmt.Errorf("metrics_listen: %v", err)
 		}
-		if _, port, _ := net.SplitHostPort(c.Listen); c.MetricsListen == c.Listen && port != "0" { // port 0: each its own
-			return fmt.Errorf("metrics_listen: must differ from listen (e.g. \":9090\")")
+		if err := c.CheckListeners(); err != nil {
+			return err
 		}
 	}
 	if c.PublicURL != "" {

@@ -705,7 +705,8 @@ func TestParseRefusals(t *testing.T) {
 
 		{"metrics_listen not host:port", "metrics_listen: 9090\n" + minimalUpstream, []string{"metrics_listen: \"9090\" is not host:port"}, nil},
 		{"metrics_listen bad port", "metrics_listen: \":99999\"\n" + minimalUpstream, []string{"metrics_listen:", "port must be a number from 0 to 65535"}, nil},
-		{"metrics_listen is listen", "listen: \":5000\"\nmetrics_listen: \":5000\"\n" + minimalUpstream, []string{"metrics_listen: must differ from listen"}, nil},
+		{"metrics_listen is listen", "listen: \":5000\"\nmetrics_listen: \":5000\"\n" + minimalUpstream, []string{"metrics_listen:", "takes listen's port"}, nil},
+		{"metrics_listen on listen's port, every address", "listen: \":5000\"\nmetrics_listen: \"0.0.0.0:5000\"\n" + minimalUpstream, []string{"metrics_listen:", "takes listen's port"}, nil},
 
 		{"unknown auth key", auth("  users: x\n"), []string{"auth.users: unknown key", "htpasswd, tokens, secret, token_ttl"}, nil},
 		{"auth is a scalar", "auth: on\n" + minimalUpstream, []string{"auth: expected a mapping of keys"}, nil},

@@ -289,6 +289,20 @@ func TestFailedBearerTokensLimited(t *testing.T) {
 		}
 	}
 
+	// Tokens signed with another key (this replica restarted without auth.secret, or
+	// another replica issued them) are no guesses either: no one can forge an HMAC, and
+	// counting them would block every client behind one address after a restart.
+	before, _ := caAuth(t, ClientAuthOptions{Users: map[string]string{"alice": caHash(t, "alice-pw")}, Secret: []byte("another-key-0123456789abcdef0123456789")})
+	foreign, _ := before.issueToken("alice")
+	for i := range 3 * failureLimit {
+		if code, _ := limitedStatus(a, "203.0.113.7", "Bearer "+foreign); code != 401 {
+			t.Fatalf("token signed with another key %d: %d, want 401 (not counted)", i+1, code)
+		}
+	}
+	if code, _ := limitedStatus(a, "203.0.113.7", caBasic("alice", "alice-pw")); code != 200 {
+		t.Errorf("the right password after old tokens from one address: %d, want 200", code)
+	}
+
 	// With static tokens only there is no bcrypt at all; a Basic password guessing at one
 	// counts the same.
 	tokensOnly, _ := caAuth(t, ClientAuthOptions{Tokens: []string{static}})

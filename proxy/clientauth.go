@@ -102,6 +102,11 @@ func NewClientAuth(opts ClientAuthOptions) (*ClientAuth, error) {
 		if t == "" {
 			return nil, fmt.Errorf("client auth: static token %d is empty", i)
 		}
+		if _, _, ok := issuedShape([]byte(t)); ok {
+			// A wrong token of that shape is forgiven by the limiter (see checkBearerAt), so
+			// a static token of that shape could be guessed without limit.
+			return nil, fmt.Errorf("auth.tokens[%d]: has the shape of a token regcache issues (payload.signature); use one without a '.', e.g. openssl rand -hex 16", i)
+		}
 		a.tokens = append(a.tokens, sha256.Sum256([]byte(t)))
 	}
 	a.required = len(a.users) > 0 || len(a.tokens) > 0
@@ -303,8 +308,15 @@ func (a *ClientAuth) checkBearerAt(header, cred []byte, at *attempt) (string, bo
 		err = errTokenAnonymous
 	}
 	if err != nil {
-		if err == errTokenExpired || err == errTokenAnonymous {
+		switch err {
+		case errTokenExpired, errTokenAnonymous:
 			at.forgive() // signed with our secret: a client's stale token, not a guess
+		case errTokenSignature:
+			// A token of the issued shape signed with another key: issued before a restart
+			// without auth.secret, by another replica, or before the secret changed. No one
+			// can guess an HMAC, and counting these would block every client behind one
+			// address after a restart (static tokens never have this shape).
+			at.forgive()
 		}
 		return "", false
 	}
@@ -399,17 +411,11 @@ func (a *ClientAuth) sign(payload []byte) []byte {
 // verifyToken checks an issued token's signature, then its expiry.
 func (a *ClientAuth) verifyToken(tok []byte) (tokenClaims, error) {
 	var c tokenClaims
-	payload, sig, ok := bytes.Cut(tok, []byte("."))
+	payload, got, ok := issuedShape(tok)
+	if !ok {
+		return c, errTokenMalformed
+	}
 	enc := base64.RawURLEncoding
-	if !ok || len(payload) == 0 || len(payload) > 512 || enc.DecodedLen(len(sig)) != sha256.Size {
-		return c, errTokenMalformed
-	}
-	var got [sha256.Size]byte
-	// Strict: without it, the unused low bits of the last character are ignored, and each
-	// signature had four spellings that all verified.
-	if n, err := enc.Strict().Decode(got[:], sig); err != nil || n != sha256.Size {
-		return c, errTokenMalformed
-	}
 	if !hmac.Equal(got[:], a.sign(payload)) {
 		return c, errTokenSignature
 	}
@@ -422,6 +428,22 @@ func (a *ClientAuth) verifyToken(tok []byte) (tokenClaims, error) {
 		return c, errTokenExpired
 	}
 	return c, nil
+}
+
+// issuedShape splits tok as issueToken writes it, payload "." signature, and decodes the
+// signature; ok is false for anything of another shape.
+func issuedShape(tok []byte) (payload []byte, sig [sha256.Size]byte, ok bool) {
+	payload, enc64, found := bytes.Cut(tok, []byte("."))
+	enc := base64.RawURLEncoding
+	if !found || len(payload) == 0 || len(payload) > 512 || enc.DecodedLen(len(enc64)) != sha256.Size {
+		return nil, sig, false
+	}
+	// Strict: without it, the unused low bits of the last character are ignored, and each
+	// signature had four spellings that all verified.
+	if n, err := enc.Strict().Decode(sig[:], enc64); err != nil || n != sha256.Size {
+		return nil, sig, false
+	}
+	return payload, sig, true
 }
 
 // tokenResponse is the registry token answer (distribution's token spec). Clients differ in
@@ -475,7 +497,8 @@ func (a *ClientAuth) serveToken(ctx *fasthttp.RequestCtx) {
 // (never the header itself), until their entry expires. It is bounded: when full, expired
 // entries go, and if none had, everything does (the cost is one check per client, once).
 type verifiedCache struct {
-	mu sync.Mutex
+	// Every request with credentials reads it, on the cache-hit path: readers share.
+	mu sync.RWMutex
 	m  map[[sha256.Size]byte]verifiedEntry
 }
 
@@ -490,8 +513,8 @@ const (
 )
 
 func (c *verifiedCache) get(key [sha256.Size]byte, now time.Time) (string, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	c.mu.RLock()
+	defer c.mu.RUnlock()
 	e, ok := c.m[key]
 	if !ok || !now.Before(e.expires) {
 		return "", false

@@ -9,7 +9,7 @@ import (
 // number of CPUs. The failure limiter rations each address, but many addresses each under
 // their limit (32 x 10 failed logins) would otherwise run hundreds of comparisons at once
 // and starve every other request of CPU. A comparison beyond the bound waits up to wait
-// for a slot; past that its request is answered 429 TOOMANYREQUESTS (hashBusy), unchecked.
+// for a slot; past that its request is answered 429 TOOMANYREQUESTS, unchecked.
 type hashSlots struct {
 	slots chan struct{}
 	wait  time.Duration

@@ -49,10 +49,14 @@ func TestLifecycle(t *testing.T) {
 
 	bad := filepath.Join(dir, "bad.yaml")
 	_ = os.WriteFile(bad, []byte("listen: 127.0.0.1:0\ncache:\n  tag_tll: 60s\n"), 0o644)
+	metrics := filepath.Join(dir, "metrics.yaml")
+	_ = os.WriteFile(metrics, []byte("listen: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:9091\nupstreams:\n  - name: docker.io\n    url: https://registry-1.docker.io\n"), 0o644)
 	for name, args := range map[string][]string{
 		"unknown key":    {"-config", bad},
 		"missing config": {"-config", filepath.Join(dir, "nope.yaml")},
 		"bad flag":       {"-log-level", "loud"},
+		// -listen is applied after the file is checked: it is checked against metrics_listen too.
+		"listen on metrics port": {"-config", metrics, "-listen", "127.0.0.1:9091"},
 	} {
 		cmd := exec.Command(bin, args...)
 		out, err := cmd.CombinedOutput()
@@ -64,7 +68,8 @@ func TestLifecycle(t *testing.T) {
 		if len(lines) != 1 || !strings.HasPrefix(lines[0], "regcache: ") {
 			t.Fatalf("%s: want one line starting 'regcache: ', got:\n%s", name, out)
 		}
-		want := map[string]string{"unknown key": "cache.tag_tll", "missing config": "does not exist", "bad flag": "-log-level"}[name]
+		want := map[string]string{"unknown key": "cache.tag_tll", "missing config": "does not exist", "bad flag": "-log-level",
+			"listen on metrics port": "metrics_listen"}[name]
 		if !strings.Contains(lines[0], want) {
 			t.Fatalf("%s: %q does not mention %q", name, lines[0], want)
 		}

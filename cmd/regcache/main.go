@@ -53,6 +53,9 @@ func run(args []string) error {
 	}
 	if *listen != "" {
 		cfg.Listen = *listen
+		if err := cfg.CheckListeners(); err != nil {
+			return fmt.Errorf("-listen %s: %w", *listen, err)
+		}
 	}
 	log, err := newLogger(*logLevel, *logFormat)
 	if err != nil {
