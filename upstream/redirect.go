@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"regcache/internal/hostname"
 )
 
 // maxRedirects bounds redirect chains; registries use one hop (CDN, regional backend).
@@ -140,20 +142,11 @@ func (r *Registry) viaProxy(u *url.URL) bool {
 }
 
 // numericHost reports a host that is no IP literal netip accepts but that ends in a
-// number, which URL parsers, proxies and inet_aton take for an IPv4 address in decimal,
-// octal or hex, whole or in fewer than four parts. A real top-level domain is never
-// numeric, so no registry name is refused.
+// number (hostname.EndsInNumber), which URL parsers, proxies and inet_aton take for an
+// IPv4 address. A real top-level domain is never numeric, so no registry name is refused.
 func numericHost(host string) bool {
-	if _, ok := parseIP(host); ok {
-		return false
-	}
-	host = strings.TrimSuffix(host, ".") // "169.254.169.254." is numeric too
-	last := host[strings.LastIndexByte(host, '.')+1:]
-	if len(last) > 1 && (last[:2] == "0x" || last[:2] == "0X") {
-		last = last[2:]
-		return strings.Trim(last, "0123456789abcdefABCDEF") == ""
-	}
-	return last != "" && strings.Trim(last, "0123456789") == ""
+	_, literal := parseIP(host)
+	return !literal && hostname.EndsInNumber(host)
 }
 
 // parseIP parses an IP literal as a URL host writes it (brackets optional).
