@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"regcache/internal/hostname"
 )
 
 //go:embed regcache.yaml
@@ -550,7 +552,7 @@ func validHostName(s string) error {
 			return fmt.Errorf("%q: give %s (letters, digits and -, no scheme, port, path or *)", s, eg)
 		}
 	}
-	if strings.Trim(labels[len(labels)-1], "0123456789") == "" || strings.HasPrefix(strings.ToLower(labels[len(labels)-1]), "0x") {
+	if hostname.EndsInNumber(name) { // what the upstream address policy refuses as numeric
 		return fmt.Errorf("%q: an IP address or number is no host name; give %s", s, eg)
 	}
 	return nil

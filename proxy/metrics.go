@@ -226,6 +226,9 @@ func (m *Metrics) WatchUpstreams(ups []*Upstream) {
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_upstream_auth_failures_total", ConstLabels: labels,
 				Help: "Token requests the upstream's token endpoint refused (401/403): regcache's own credentials rejected; stale answers are served meanwhile."},
 				func() float64 { return float64(reg.Credentials().Failures) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_upstream_busy_total", ConstLabels: labels,
+				Help: "Requests turned away because all max_concurrent connections to the upstream stayed busy (answered 503, or served stale)."},
+				func() float64 { return float64(reg.TurnedAway()) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "regcache_upstream_held_back", ConstLabels: labels,
 				Help: "1 while regcache holds requests back after a 429 from the upstream."},
 				func() float64 {

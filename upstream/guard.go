@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"strings"
 )
 
 // Resolver looks host names up; net.DefaultResolver is one. Tests inject their own.
@@ -24,18 +23,19 @@ type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
 // The name is resolved once, checked, and the checked addresses dialled, so DNS cannot
 // change its answer in between.
 //
-// The upstream's own host and the HTTP(S) proxies the transport was given are dialled as
-// named: an operator who configured an internal registry or proxy meant it.
+// The upstream's own host and the HTTP(S) proxies the transport was given (each on its
+// own port only) are dialled as named: an operator who configured an internal registry or
+// proxy meant it.
 func (r *Registry) guardDial(next dialFunc, resolver Resolver) dialFunc {
-	own := strings.ToLower(r.base.Hostname())
+	own := hostKey(r.base.Hostname())
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		host, port, err := net.SplitHostPort(addr)
 		if err != nil {
 			return nil, err
 		}
-		if h := strings.ToLower(host); h == own {
+		if hostKey(host) == own {
 			return next(ctx, network, addr)
-		} else if _, proxy := r.proxies.Load(h); proxy {
+		} else if _, proxy := r.proxies.Load(proxyKey(host, port)); proxy {
 			return next(ctx, network, addr)
 		}
 		ips, err := r.checkedAddrs(ctx, resolver, host)
@@ -103,7 +103,7 @@ func (r *Registry) allowName(ctx context.Context, host string) error {
 	_, err := r.checkedAddrs(ctx, r.resolver, host)
 	var unresolved *unresolvedError
 	if errors.As(err, &unresolved) {
-		if r.allowed[strings.ToLower(strings.TrimSuffix(host, "."))] {
+		if r.allowed[hostKey(host)] {
 			return nil
 		}
 		return fmt.Errorf("%w, and it is not in allowed_hosts", err)
@@ -115,11 +115,11 @@ func (r *Registry) allowName(ctx context.Context, host string) error {
 // metadata services, unspecified and multicast addresses never; other internal addresses
 // only in the same class as the upstream's own (an IP literal in its URL).
 func (r *Registry) allowAddr(ip netip.Addr) error {
-	c := hostClass(ip.String())
+	c := netClassOf(ip)
 	switch {
 	case c == classPublic:
 		return nil
-	case c == classNowhere || metadataHost(ip.String()):
+	case c == classNowhere || metadataAddr(ip):
 		return fmt.Errorf("%s is never a registry", ip)
 	case c != hostClass(r.base.Hostname()):
 		return fmt.Errorf("%s is internal and the upstream is not", ip)

@@ -3,6 +3,7 @@ package upstream
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -32,8 +33,9 @@ func newForwardProxy(t *testing.T, sites map[string]http.HandlerFunc) *forwardPr
 	p.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		host := r.URL.Hostname()
 		if r.Method == http.MethodConnect {
-			host, _, _ = strings.Cut(r.Host, ":")
+			host, _, _ = net.SplitHostPort(r.Host)
 		}
+		host = hostKey(host) // as DNS: any case, absolute or not
 		p.mu.Lock()
 		p.asked = append(p.asked, seenAt{host, r.Header.Get("Authorization")})
 		p.mu.Unlock()
@@ -76,8 +78,21 @@ func TestProxiedTargetsObeyTheAddressPolicy(t *testing.T) {
 		"rebind.example",       // resolves to a private address
 		"mixed.example",        // one of its addresses is loopback
 		"unresolvable.example", // only the proxy could resolve it, and it is not listed
+		"METADATA.Google.Internal.",
+		"Unresolvable.Example.",
+		"169.254.169.254.",
+		"[::169.254.169.254]", // IPv6 forms that carry 169.254.169.254
+		"[::ffff:169.254.169.254]",
+		"[::ffff:0:a9fe:a9fe]",
+		"[64:ff9b::a9fe:a9fe]",
+		"[64:ff9b:1::a9fe:a9fe]",
+		"[2002:a9fe:a9fe::1]",
+		"[fd00:ec2::254]",
+		"[::1]",
+		"x.localhost",
 	}
-	allowed := []string{"cdn.example", "allowed.example"}
+	allowed := []string{"cdn.example", "allowed.example", "CDN.Example", "cdn.example.", "ALLOWED.EXAMPLE.",
+		"listed.example", "Listed.Example"} // listed as "Listed.Example." below
 
 	tokenSite := func(w http.ResponseWriter, r *http.Request) {
 		if u, p, ok := r.BasicAuth(); !ok || u != "user" || p != "pass" {
@@ -95,7 +110,7 @@ func TestProxiedTargetsObeyTheAddressPolicy(t *testing.T) {
 	}
 	sites := map[string]http.HandlerFunc{}
 	for _, h := range append(append([]string{}, refused...), allowed...) {
-		sites[h] = site // a refused host that was reached anyway answers, so the test sees it
+		sites[hostKey(strings.Trim(h, "[]"))] = site // a refused host that was reached anyway answers, so the test sees it
 	}
 
 	for _, mode := range []string{"redirect", "realm"} {
@@ -132,7 +147,7 @@ func TestProxiedTargetsObeyTheAddressPolicy(t *testing.T) {
 					Name: "t", URL: "http://registry.example", Username: "user", Password: "pass",
 					Timeout: 5 * time.Second, DialContext: dial.DialContext, Resolver: resolver,
 					Proxy:        func(*http.Request) (*url.URL, error) { return proxyURL, nil },
-					AllowedHosts: []string{"Allowed.Example"},
+					AllowedHosts: []string{"Allowed.Example", "Listed.Example."},
 				})
 				if err != nil {
 					t.Fatal(err)
@@ -142,7 +157,7 @@ func TestProxiedTargetsObeyTheAddressPolicy(t *testing.T) {
 				wantRefused := slices.Contains(refused, target)
 				reached := false
 				for _, s := range proxy.seen() {
-					if s.host == target {
+					if s.host == hostKey(strings.Trim(target, "[]")) {
 						reached = true
 						if wantRefused {
 							t.Errorf("the proxy was asked for refused host %s (Authorization %q)", target, s.auth)

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"regcache/internal/hostname"
 )
 
 // maxRedirects bounds redirect chains; registries use one hop (CDN, regional backend).
@@ -96,7 +98,8 @@ func (r *Registry) allowRedirect(ctx context.Context, to *url.URL) error {
 // A host name is checked where its addresses are known. Dialled directly, that is
 // guardDial, at connect time; through an HTTP(S) proxy the proxy resolves and dials, so
 // the name is resolved here with the same resolver and held to the same rule (allowName).
-// The upstream's own host is exempt: the operator named it.
+// The upstream's own host is exempt: the operator named it. Other localhost names are
+// refused through a proxy, which would answer them from its own loopback.
 func (r *Registry) refuseTarget(ctx context.Context, to *url.URL) string {
 	if to.Scheme != "http" && to.Scheme != "https" {
 		return "not an http(s) URL"
@@ -108,7 +111,7 @@ func (r *Registry) refuseTarget(ctx context.Context, to *url.URL) string {
 	switch {
 	case host == "":
 		return "no host"
-	case strings.EqualFold(host, r.base.Hostname()):
+	case hostKey(host) == hostKey(r.base.Hostname()):
 		return ""
 	case numericHost(host):
 		// 2852039166, 0xa9fea9fe, 0251.0376.0251.0376, 169.254.43518: a proxy or libc reads
@@ -118,8 +121,12 @@ func (r *Registry) refuseTarget(ctx context.Context, to *url.URL) string {
 	if c := hostClass(host); c != classPublic && (c != hostClass(r.base.Hostname()) || c == classNowhere || metadataHost(host)) {
 		return "internal address " + host
 	}
-	if _, literal := parseIP(host); literal || InternalHost(host) || !r.viaProxy(to) {
+	if _, literal := parseIP(host); literal || !r.viaProxy(to) {
 		return ""
+	}
+	if localhostName(host) {
+		// The proxy would resolve it to its own loopback, not the upstream's.
+		return "internal name " + host + " through a proxy"
 	}
 	if err := r.allowName(ctx, host); err != nil {
 		return err.Error()
@@ -135,20 +142,11 @@ func (r *Registry) viaProxy(u *url.URL) bool {
 }
 
 // numericHost reports a host that is no IP literal netip accepts but that ends in a
-// number, which URL parsers, proxies and inet_aton take for an IPv4 address in decimal,
-// octal or hex, whole or in fewer than four parts. A real top-level domain is never
-// numeric, so no registry name is refused.
+// number (hostname.EndsInNumber), which URL parsers, proxies and inet_aton take for an
+// IPv4 address. A real top-level domain is never numeric, so no registry name is refused.
 func numericHost(host string) bool {
-	if _, ok := parseIP(host); ok {
-		return false
-	}
-	host = strings.TrimSuffix(host, ".") // "169.254.169.254." is numeric too
-	last := host[strings.LastIndexByte(host, '.')+1:]
-	if len(last) > 1 && (last[:2] == "0x" || last[:2] == "0X") {
-		last = last[2:]
-		return strings.Trim(last, "0123456789abcdefABCDEF") == ""
-	}
-	return last != "" && strings.Trim(last, "0123456789") == ""
+	_, literal := parseIP(host)
+	return !literal && hostname.EndsInNumber(host)
 }
 
 // parseIP parses an IP literal as a URL host writes it (brackets optional).
@@ -171,14 +169,18 @@ const (
 // hostClass classifies an IP literal or localhost; other names count as public, since
 // what they resolve to is not known here.
 func hostClass(host string) netClass {
-	if !InternalHost(host) {
-		return classPublic
+	if ip, ok := parseIP(host); ok {
+		return netClassOf(ip)
 	}
-	ip, err := netip.ParseAddr(strings.Trim(host, "[]"))
-	if err != nil {
-		return classLoopback // localhost, *.localhost
+	if localhostName(host) {
+		return classLoopback
 	}
-	ip = ip.Unmap()
+	return classPublic
+}
+
+// netClassOf classifies the address a connection to ip reaches (reachedAddr).
+func netClassOf(ip netip.Addr) netClass {
+	ip, local := reachedAddr(ip)
 	switch {
 	case ip.IsLoopback():
 		return classLoopback
@@ -186,8 +188,12 @@ func hostClass(host string) netClass {
 		return classPrivate
 	case ip.IsLinkLocalUnicast():
 		return classLinkLocal
+	case ip.IsUnspecified() || ip.IsMulticast() || thisNetwork.Contains(ip):
+		return classNowhere
+	case local:
+		return classPrivate // local-use NAT64: the operator's own gateway
 	}
-	return classNowhere
+	return classPublic
 }
 
 // metadataAddrs are the cloud metadata services, refused even from a registry in the same
@@ -197,30 +203,35 @@ var metadataAddrs = []netip.Addr{
 }
 
 func metadataHost(host string) bool {
-	ip, err := netip.ParseAddr(strings.Trim(host, "[]"))
-	return err == nil && slices.Contains(metadataAddrs, ip.Unmap().WithZone(""))
+	ip, ok := parseIP(host)
+	return ok && metadataAddr(ip)
+}
+
+func metadataAddr(ip netip.Addr) bool {
+	ip, _ = reachedAddr(ip)
+	return slices.Contains(metadataAddrs, ip)
 }
 
 // InternalHost reports whether host is an IP literal (or localhost) in a loopback,
 // private, link-local, unspecified or otherwise non-public range.
 func InternalHost(host string) bool {
-	if strings.EqualFold(host, "localhost") || strings.HasSuffix(strings.ToLower(host), ".localhost") {
-		return true
-	}
-	ip, err := netip.ParseAddr(strings.Trim(host, "[]"))
-	if err != nil {
-		return false
-	}
-	return InternalAddr(ip)
+	return hostClass(host) != classPublic
 }
 
-// InternalAddr reports whether ip is not a public unicast address.
-func InternalAddr(ip netip.Addr) bool {
-	ip = ip.Unmap()
-	return ip.IsLoopback() || ip.IsPrivate() || ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() ||
-		ip.IsUnspecified() || ip.IsMulticast() || ip.IsInterfaceLocalMulticast() ||
-		sharedAddressSpace.Contains(ip)
+// localhostName reports localhost and *.localhost, which resolvers answer with loopback.
+func localhostName(host string) bool {
+	host = hostKey(host)
+	return host == "localhost" || strings.HasSuffix(host, ".localhost")
 }
+
+// InternalAddr reports whether ip is not a public unicast address, including the IPv4
+// address an IPv6 address carries (reachedAddr).
+func InternalAddr(ip netip.Addr) bool {
+	return netClassOf(ip) != classPublic
+}
+
+// thisNetwork is 0.0.0.0/8 (RFC 1122), never a host to send a request to.
+var thisNetwork = netip.MustParsePrefix("0.0.0.0/8")
 
 // sharedAddressSpace is RFC 6598 carrier-grade NAT space, internal in practice.
 var sharedAddressSpace = netip.MustParsePrefix("100.64.0.0/10")

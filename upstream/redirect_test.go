@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -41,6 +42,20 @@ func TestInternalHost(t *testing.T) {
 		{"224.0.0.1", true},
 		{"::ffff:127.0.0.1", true}, // IPv4-mapped loopback
 		{"::ffff:169.254.169.254", true},
+		// IPv6 forms that carry an IPv4 address reach that address
+		{"::169.254.169.254", true},                    // IPv4-compatible, ::/96
+		{"::ffff:0:a9fe:a9fe", true},                   // SIIT, ::ffff:0:0/96
+		{"64:ff9b::a9fe:a9fe", true},                   // NAT64, 64:ff9b::/96
+		{"64:ff9b::10.0.0.1", true},                    //
+		{"64:ff9b:1::a9fe:a9fe", true},                 // local-use NAT64, 64:ff9b:1::/48
+		{"64:ff9b:1::808:808", true},                   // local-use: the operator's own network whatever it embeds
+		{"2002:a9fe:a9fe::1", true},                    // 6to4, 2002::/16
+		{"2002:7f00:1::1", true},                       // 6to4 of 127.0.0.1
+		{"2001:0:4136:e378:8000:63bf:5601:5601", true}, // Teredo client 169.254.169.254 (inverted)
+		{"::2", true},                                  // 0.0.0.2: "this network", never a registry
+		{"0.1.2.3", true},
+		{"64:ff9b::808:808", false}, // NAT64 of 8.8.8.8: how an IPv6-only network reaches a public registry
+		{"2002:808:808::1", false},  // 6to4 of 8.8.8.8
 		{"8.8.8.8", false},
 		{"2606:4700::1111", false},
 		{"100.128.0.1", false}, // just past 100.64.0.0/10
@@ -100,6 +115,15 @@ func TestAllowRedirect(t *testing.T) {
 		{"https://registry-1.docker.io", "https://[::ffff:127.0.0.1]/x", false},
 		{"https://registry-1.docker.io", "https://0.0.0.0/x", false},
 		{"https://registry-1.docker.io", "https://100.100.100.200/latest/meta-data/", false}, // Alibaba metadata
+		// IPv6 forms that carry 169.254.169.254 reach it all the same
+		{"https://registry-1.docker.io", "https://[::169.254.169.254]/latest/meta-data/", false},
+		{"https://registry-1.docker.io", "https://[::ffff:0:a9fe:a9fe]/latest/meta-data/", false},
+		{"https://registry-1.docker.io", "https://[64:ff9b::a9fe:a9fe]/latest/meta-data/", false},
+		{"https://registry-1.docker.io", "https://[64:ff9b:1::a9fe:a9fe]/latest/meta-data/", false},
+		{"https://registry-1.docker.io", "https://[2002:a9fe:a9fe::1]/latest/meta-data/", false},
+		{"https://registry-1.docker.io", "https://[2001:0:4136:e378:8000:63bf:5601:5601]/latest/meta-data/", false},
+		{"https://registry-1.docker.io", "https://[64:ff9b::7f00:1]:2375/x", false},
+		{"https://registry-1.docker.io", "https://[64:ff9b::808:808]/x", true}, // NAT64 of a public address
 		// numeric spellings of 169.254.169.254 that proxies and inet_aton accept
 		{"https://registry-1.docker.io", "https://2852039166/latest/meta-data/", false},
 		{"https://registry-1.docker.io", "https://0xa9fea9fe/latest/meta-data/", false},
@@ -134,6 +158,11 @@ func TestAllowRedirect(t *testing.T) {
 		// even a registry on link-local addresses may not reach the metadata service
 		{"http://169.254.10.10:5000", "http://169.254.10.11/x", true},
 		{"http://169.254.10.10:5000", "http://169.254.169.254/latest/meta-data/", false},
+		{"http://169.254.10.10:5000", "http://[::169.254.169.254]/latest/meta-data/", false},
+		{"http://169.254.10.10:5000", "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/", false},
+		{"http://169.254.10.10:5000", "http://[2002:a9fe:a9fe::1]/latest/meta-data/", false},
+		{"http://10.1.2.3:5000", "http://[::ffff:0:a9fe:a9fe]/latest/meta-data/", false},
+		{"http://10.1.2.3:5000", "http://[64:ff9b:1::a9fe:a9fe]/latest/meta-data/", false},
 		// a registry reached by name is treated as public: it may not reach internal literals
 		{"https://registry.corp.example", "https://10.0.0.8/x", false},
 	} {
@@ -158,6 +187,37 @@ func TestAllowRedirect(t *testing.T) {
 }
 
 func noProxy(*http.Request) (*url.URL, error) { return nil, nil }
+
+// TestAllowRedirectThroughProxy: through an HTTP(S) proxy, the proxy resolves names, so
+// localhost and *.localhost would be the proxy's own loopback: refused even from a
+// registry on loopback, unless it is the upstream's own host.
+func TestAllowRedirectThroughProxy(t *testing.T) {
+	proxyURL, _ := url.Parse("http://127.0.0.1:3128")
+	resolver := fakeResolver{"cdn.example": {netip.MustParseAddr("203.0.113.10")}}
+	for _, tc := range []struct {
+		base, to string
+		ok       bool
+	}{
+		{"http://127.0.0.1:5000", "http://x.localhost:5001/blob", false},
+		{"http://127.0.0.1:5000", "http://localhost:6379/", false},
+		{"http://127.0.0.1:5000", "http://LOCALHOST./", false},
+		{"http://[::1]:5000", "http://admin.localhost/", false},
+		{"http://localhost:5000", "http://localhost:5000/moved", true}, // the upstream's own host
+		{"http://localhost:5000", "http://LocalHost./moved", true},
+		{"http://localhost:5000", "http://api.localhost/", false},
+		{"http://127.0.0.1:5000", "http://cdn.example/blob", true},
+	} {
+		r, err := New(Options{Name: "t", URL: tc.base, Resolver: resolver,
+			Proxy: func(*http.Request) (*url.URL, error) { return proxyURL, nil }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		to, _ := url.Parse(tc.to)
+		if err := r.allowRedirect(context.Background(), to); (err == nil) != tc.ok {
+			t.Errorf("from %s to %s through a proxy: %v, want allowed=%v", tc.base, tc.to, err, tc.ok)
+		}
+	}
+}
 
 // seen is what a test server recorded about one request.
 type seen struct {
@@ -341,6 +401,11 @@ func TestRedirectToMetadataServiceIsNeverDialled(t *testing.T) {
 		"http://[fd00:ec2::254]/latest/meta-data/",
 		"http://10.0.0.1:2375/containers/json",
 		"http://0.0.0.0:2375/containers/json",
+		"http://[::169.254.169.254]/latest/meta-data/",
+		"http://[::ffff:0:a9fe:a9fe]/latest/meta-data/",
+		"http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",
+		"http://[64:ff9b:1::a9fe:a9fe]/latest/meta-data/",
+		"http://[2002:a9fe:a9fe::1]/latest/meta-data/",
 	} {
 		t.Run(target, func(t *testing.T) {
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -75,8 +75,8 @@ type Registry struct {
 	creds     credentialState
 	rl        rateGuard
 	slots     slots
-	// proxy is Options.Proxy or the environment's; proxies holds the (lower-case) hosts
-	// it has named, which guardDial dials as named: the operator chose them.
+	// proxy is Options.Proxy or the environment's; proxies holds the host:port (proxyKey)
+	// of each proxy it has named, which guardDial dials as named: the operator chose them.
 	proxy   func(*http.Request) (*url.URL, error)
 	proxies sync.Map
 	// resolver looks names up for the target policy (guard.go); allowed is AllowedHosts,
@@ -147,11 +147,17 @@ func New(opts Options) (*Registry, error) {
 	r.resolver = resolver
 	r.allowed = map[string]bool{}
 	for _, h := range opts.AllowedHosts {
-		r.allowed[strings.ToLower(h)] = true
+		r.allowed[hostKey(h)] = true
 	}
 	r.life, r.stop = context.WithCancel(context.Background())
 	transport.DialContext = r.guardDial(dial, resolver)
 	return r, nil
+}
+
+// hostKey is host as names compare: lower case, without the trailing dot of an absolute
+// name ("Auth.Example." is auth.example).
+func hostKey(host string) string {
+	return strings.ToLower(strings.TrimSuffix(host, "."))
 }
 
 // proxyFor is the transport's Proxy: r.proxy, remembering which proxies it named so that
@@ -159,9 +165,22 @@ func New(opts Options) (*Registry, error) {
 func (r *Registry) proxyFor(req *http.Request) (*url.URL, error) {
 	u, err := r.proxy(req)
 	if u != nil {
-		r.proxies.Store(strings.ToLower(u.Hostname()), true)
+		port := u.Port()
+		if port == "" {
+			port = defaultProxyPorts[strings.ToLower(u.Scheme)]
+		}
+		r.proxies.Store(proxyKey(u.Hostname(), port), true)
 	}
 	return u, err
+}
+
+// defaultProxyPorts are the ports net/http dials for a proxy URL without one.
+var defaultProxyPorts = map[string]string{"http": "80", "https": "443", "socks5": "1080", "socks5h": "1080"}
+
+// proxyKey is how guardDial recognises a proxy's address: its host on its port only, so a
+// redirect to the proxy's name on another port is checked like any target.
+func proxyKey(host, port string) string {
+	return net.JoinHostPort(hostKey(host), port)
 }
 
 // Name is the configured name of the upstream.

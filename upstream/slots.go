@@ -19,7 +19,8 @@ package upstream
 // A request that finds every slot taken waits at most maxSlotWait, and at most a quarter
 // of the upstream timeout (the wait counts against the operation's timeout, and most of it
 // must be left for upstream's answer), then fails with a Busy *Error (KindUnavailable: the
-// cache serves stale, the proxy answers 503 with Retry-After). Hits never get here.
+// cache serves stale, the proxy answers 503 with Retry-After), counted in TurnedAway. Hits
+// never get here.
 
 import (
 	"context"
@@ -47,6 +48,8 @@ const maxSlotWait = 5 * time.Second
 type slots struct {
 	ch   chan struct{}
 	wait time.Duration
+	// turnedAway counts the requests that waited out s.wait without a slot.
+	turnedAway atomic.Int64
 }
 
 func newSlots(max int, timeout time.Duration) slots {
@@ -56,8 +59,10 @@ func newSlots(max int, timeout time.Duration) slots {
 	return slots{ch: make(chan struct{}, max), wait: min(maxSlotWait, timeout/4)}
 }
 
-// acquire takes a slot, waiting at most s.wait. A wait that ends without one (its time up,
-// or the caller's context ended meanwhile) is the bound's doing, so it is Busy either way.
+// acquire takes a slot, waiting at most s.wait. A wait whose time is up is the bound's
+// doing: Busy, and counted. One cut short by the caller's context (the client went away,
+// or the operation's deadline came first) is the caller's: it fails with the context's
+// error, as the exchange would have, and is neither Busy nor counted.
 func (r *Registry) acquire(ctx context.Context) error {
 	select {
 	case r.slots.ch <- struct{}{}:
@@ -69,12 +74,18 @@ func (r *Registry) acquire(ctx context.Context) error {
 	select {
 	case r.slots.ch <- struct{}{}:
 		return nil
-	case <-t.C:
 	case <-ctx.Done():
+		return r.unavailable(ctx.Err(), "waiting for a free upstream connection")
+	case <-t.C:
 	}
+	r.slots.turnedAway.Add(1)
 	return &Error{Kind: KindUnavailable, Upstream: r.name, Busy: true, RetryAfter: r.slots.wait,
 		Message: fmt.Sprintf("all %d upstream connections stayed busy (upstreams[].max_concurrent)", cap(r.slots.ch))}
 }
+
+// TurnedAway counts the requests the bound turned away since start: every slot stayed
+// busy for as long as they could wait (regcache_upstream_busy_total).
+func (r *Registry) TurnedAway() int64 { return r.slots.turnedAway.Load() }
 
 func (r *Registry) release() { <-r.slots.ch }
 

@@ -36,7 +36,6 @@ func TestBoundOfOneServesEverySequence(t *testing.T) {
 	blob := reg.PushBlob(t, "team/app", []byte(strings.Repeat("layer", 1000)))
 	r := boundedRegistry(t, reg)
 	ctx := context.Background()
-	start := time.Now()
 
 	reg.SetFault(reg.StripDigestOnHead()) // HEAD answers without a digest: GET follows
 	m, err := r.HeadManifest(ctx, "team/app", "v1")
@@ -61,8 +60,9 @@ func TestBoundOfOneServesEverySequence(t *testing.T) {
 	if _, err := r.GetManifest(ctx, "team/app", img.Digest); err != nil {
 		t.Fatalf("GET beside an open blob stream: %v", err)
 	}
-	if took := time.Since(start); took > time.Second {
-		t.Fatalf("the sequence took %v: something waited for a slot", took)
+	// A slot kept or asked for twice shows as a Busy failure above; none was turned away.
+	if n := r.TurnedAway(); n != 0 {
+		t.Fatalf("the bound turned %d requests of the sequence away", n)
 	}
 }
 
@@ -96,6 +96,27 @@ func TestBoundTurnsAwayWithBusy(t *testing.T) {
 	}
 	if took := time.Since(start); took < 1500*time.Millisecond || took > 5*time.Second {
 		t.Errorf("turned away after %v, want about 2s (a quarter of the 8s timeout)", took)
+	}
+	if n := r.TurnedAway(); n != 1 {
+		t.Errorf("TurnedAway() = %d, want 1", n)
+	}
+
+	// A caller that gives up while waiting was not turned away by the bound: its own
+	// context's end is what it gets, and it is not counted.
+	cctx, cancel := context.WithCancel(ctx)
+	time.AfterFunc(100*time.Millisecond, cancel)
+	_, err = r.GetManifest(cctx, "team/app", "v1")
+	if !errors.As(err, &ue) || ue.Busy || ue.Kind != KindUnavailable || !strings.Contains(err.Error(), "canceled") {
+		t.Errorf("cancelled wait: got %v (%+v), want unavailable from the context, not Busy", err, ue)
+	}
+	dctx, cancelD := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancelD()
+	_, err = r.GetManifest(dctx, "team/app", "v1")
+	if !errors.As(err, &ue) || ue.Busy || !ue.Timeout {
+		t.Errorf("wait past the caller's deadline: got %v (%+v), want a timeout, not Busy", err, ue)
+	}
+	if n := r.TurnedAway(); n != 1 {
+		t.Errorf("TurnedAway() = %d after the callers gave up, want still 1", n)
 	}
 	if n := reg.Count(http.MethodGet, "manifest"); n != 1 {
 		t.Errorf("%d manifest requests reached upstream, want only the slow one", n)

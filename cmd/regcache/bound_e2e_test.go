@@ -106,5 +106,9 @@ func TestPendingMissesAreBounded(t *testing.T) {
 	if busy == 0 || busy == clients {
 		t.Errorf("%d of %d misses got 503; want the bound to turn some, not all, away", busy, clients)
 	}
+	// Each 503 was counted, and so was the stale tag's revalidation if it found no slot.
+	if n := scrape(t, rc)[`regcache_upstream_busy_total{upstream="ghcr.io"}`]; n < float64(busy) || n > float64(busy+1) {
+		t.Errorf("regcache_upstream_busy_total = %v, want the %d misses turned away (and at most the revalidation)", n, busy)
+	}
 	t.Logf("most open at upstream %d, 503s %d of %d", most.Load(), busy, clients)
 }
