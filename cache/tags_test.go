@@ -92,6 +92,33 @@ func TestTagsWalkEndsUnderZeroTTL(t *testing.T) {
 	}
 }
 
+// A client at the end of an incomplete listing while upstream fails gets the failure, not
+// an empty page whose Link names the page itself (a loop for a client that follows Links
+// for as long as there are any, What's Up Docker): with upstream held back that loop would
+// cost nothing and never end. Before the end, what the listing holds is still served.
+func TestTagsEndOfIncompleteListingWhileUpstreamFails(t *testing.T) {
+	reg := registrytest.New(t, registrytest.NoAuth)
+	reg.PushTags(t, "team/app", numberedTags(200))
+	reg.SetPaging(registrytest.PagingLink, 10)
+	c, o := tagsCache(t, reg, time.Minute, Config{TagsMaxPages: 3})
+	first, _, err := c.Tags(context.Background(), o, "team/app", TagsRequest{N: 20})
+	if err != nil || !first.More || first.NextLast != "v0019" {
+		t.Fatalf("first page: more=%v next=%q err=%v", first.More, first.NextLast, err)
+	}
+	reg.SetFault(registrytest.RateLimited(time.Hour))
+	// Inside what the listing holds (30 tags): served.
+	if p, _, err := c.Tags(context.Background(), o, "team/app", TagsRequest{N: 5, Last: "v0019"}); err != nil || p.NextLast != "v0024" {
+		t.Fatalf("inside the listing: next=%q err=%v", p.NextLast, err)
+	}
+	// Past it: the rate limit, twice (the second time from the guard's hold).
+	for i := range 2 {
+		p, _, err := c.Tags(context.Background(), o, "team/app", TagsRequest{N: 100, Last: "v0029"})
+		if upstream.KindOf(err) != upstream.KindRateLimited {
+			t.Fatalf("request %d past the listing's end: page %s more=%v next=%q, err %v; want the rate limit", i, p.Body, p.More, p.NextLast, err)
+		}
+	}
+}
+
 // A listing stops at cache.tags_max_count: the tags read so far are served, the last page
 // says which setting cut it, and the cut is counted.
 func TestTagsListingCutAtMaxCount(t *testing.T) {
