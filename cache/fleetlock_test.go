@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -63,22 +64,26 @@ func TestFleetLockHolderStopsRenewing(t *testing.T) {
 		}
 	}
 	bound := revalidateWait + upstreamTimeout
+	// A waiter that goes around a dead holder does so within a renewal interval or two
+	// (stallAfter, ~0.65 s here), well before the bound, where any waiter gives up anyway:
+	// finishing under takeOver tells the two apart with a second and more of slack.
+	takeOver := bound - time.Second
 
 	// A holder that renewed last 10 minutes ago, its lock set to live 10 minutes more.
 	dead := fmt.Sprintf("%032x:%d", 0xdead, time.Now().Add(-10*time.Minute).UnixMilli())
 	if _, err := rs.Do("SET", lockKey("v1"), dead, "PX", "600000"); err != nil {
 		t.Fatal(err)
 	}
-	if took := headWithin("v1", 10*time.Second); took > bound {
-		t.Fatalf("a lock renewed 10 minutes ago held a cold HEAD %v (bound %v)", took, bound)
+	if took := headWithin("v1", 10*time.Second); took > takeOver {
+		t.Fatalf("a lock renewed 10 minutes ago held a cold HEAD %v (gone around by %v, bound %v)", took, takeOver, bound)
 	}
 
 	// A lock value with no renewal time in it (an older regcache, or garbage).
 	if _, err := rs.Do("SET", lockKey("v2"), "someone-else", "PX", "600000"); err != nil {
 		t.Fatal(err)
 	}
-	if took := headWithin("v2", 10*time.Second); took > bound {
-		t.Fatalf("a lock without a renewal time held a cold HEAD %v (bound %v)", took, bound)
+	if took := headWithin("v2", 10*time.Second); took > takeOver {
+		t.Fatalf("a lock without a renewal time held a cold HEAD %v (gone around by %v, bound %v)", took, takeOver, bound)
 	}
 
 	// A holder that keeps renewing and never answers: the waiter gives up at the bound.
@@ -103,4 +108,37 @@ func TestFleetLockHolderStopsRenewing(t *testing.T) {
 		t.Fatalf("a live holder's lock was gone around after %v, before the bound %v", took, bound)
 	}
 	t.Logf("bound %v: dead holder gone around, live holder waited %v", bound, took)
+}
+
+// TestFleetLockOneTakesOver: when several replicas find the same dead holder, one takes the
+// lock over (compare-and-set on the value they all saw) and the others wait for its
+// answer: the dead lock costs upstream one request, not one per replica.
+func TestFleetLockOneTakesOver(t *testing.T) {
+	rs := redistest.Start(t)
+	reg := registrytest.New(t, registrytest.NoAuth)
+	img := reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
+	// Slow enough that every replica is waiting before the one that took over is done.
+	reg.SetFault(registrytest.OnManifests(registrytest.Delay(500 * time.Millisecond)))
+	dead := fmt.Sprintf("%032x:%d", 0xdead, time.Now().Add(-10*time.Minute).UnixMilli())
+	if _, err := rs.Do("SET", "rc-test:lock:tag:reg.test/team/app:v1", dead, "PX", "600000"); err != nil {
+		t.Fatal(err)
+	}
+	var reps []*replica
+	for range 3 {
+		reps = append(reps, newReplica(t, reg, rs.Addr, 3*time.Second))
+	}
+	var wg sync.WaitGroup
+	for i := range 9 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if a := reps[i%3].get(t, "v1", false); string(a.Digest) != img.Digest {
+				t.Errorf("replica %d: %s, want %s", i%3, a.Digest, img.Digest)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := manifests(reg); n != 1 {
+		t.Fatalf("%d upstream requests from 3 replicas that found one dead holder, want 1", n)
+	}
 }

@@ -380,10 +380,13 @@ func TestFleetSlowUpstreamKeepsLock(t *testing.T) {
 	rs := redistest.Start(t)
 	reg := registrytest.New(t, registrytest.NoAuth)
 	reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
-	reg.SetFault(registrytest.OnManifests(registrytest.Delay(2 * time.Second)))
+	// The lock lives 1.5 s unless renewed (every 0.5 s), the upstream takes 3 s: only the
+	// renewals keep the others waiting. A renewal may come late by ~0.5 s on a loaded
+	// machine before a waiter takes the lock over.
+	reg.SetFault(registrytest.OnManifests(registrytest.Delay(3 * time.Second)))
 	var reps []*replica
 	for range 3 {
-		reps = append(reps, newReplica(t, reg, rs.Addr, 600*time.Millisecond))
+		reps = append(reps, newReplica(t, reg, rs.Addr, 1500*time.Millisecond))
 	}
 	var wg sync.WaitGroup
 	for i := range 9 {
@@ -395,7 +398,7 @@ func TestFleetSlowUpstreamKeepsLock(t *testing.T) {
 	}
 	wg.Wait()
 	if n := manifests(reg); n != 1 {
-		t.Fatalf("%d upstream requests from 3 replicas for one tag behind a 2 s upstream and a 600 ms lock, want 1", n)
+		t.Fatalf("%d upstream requests from 3 replicas for one tag behind a 3 s upstream and a 1.5 s lock, want 1", n)
 	}
 }
 
