@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"errors"
+	"hash/maphash"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,7 +18,7 @@ import (
 // Status says how an answer was obtained; the proxy sends it as X-Cache.
 type Status uint8
 
-// The answer statuses, as DESIGN.md §2 defines them.
+// The answer statuses, as the README's cost table names them.
 const (
 	Miss        Status = iota // upstream was asked for this answer
 	Hit                       // answered from memory, upstream not asked
@@ -80,8 +81,12 @@ type Cache struct {
 	shared *shared
 	// credLog spaces out the log lines for upstreams refusing our credentials.
 	credLog logEvery
-	stop    chan struct{}
-	bg      sync.WaitGroup
+	// putLocks make putManifest's look-then-store one step per manifest key: a HEAD's
+	// bodiless entry must not replace a body stored meanwhile, nor a body miss the claim
+	// it should tell its descriptor.
+	putLocks [64]sync.Mutex
+	stop     chan struct{}
+	bg       sync.WaitGroup
 }
 
 // New builds a Cache.
@@ -542,6 +547,9 @@ func (c *Cache) withBody(ctx context.Context, o *Origin, repo string, d upstream
 // entries that took their type and size from a HEAD.
 func (c *Cache) putManifest(up, repo string, m upstream.Manifest) *ManifestEntry {
 	key := manifestKey(up, repo, string(m.Digest))
+	mu := &c.putLocks[maphash.String(putSeed, key)%uint64(len(c.putLocks))]
+	mu.Lock()
+	defer mu.Unlock()
 	old := c.store.manifest(key)
 	if m.Body == nil && old != nil {
 		return old
@@ -554,6 +562,8 @@ func (c *Cache) putManifest(up, repo string, m upstream.Manifest) *ManifestEntry
 	c.store.set(key, e, int64(len(m.Body)), 0)
 	return e
 }
+
+var putSeed = maphash.MakeSeed()
 
 // claimed is what to store for a tag that a HEAD (or another replica's entry) says points
 // at d: a verified body's descriptor when one is known (claim nil), or d with the bodiless

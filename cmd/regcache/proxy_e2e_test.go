@@ -1,6 +1,6 @@
 package main
 
-// End-to-end tests of DESIGN.md §3–§5 as a client meets them: routing (ns=, path prefix,
+// End-to-end tests of routing, clients and upstreams as a client meets them (ns=, path prefix,
 // default upstream, library/), refusals that never reach a registry, the read-only API,
 // Accept handling, upstream auth, redirects and the access log. Every registry is a real
 // go-containerregistry registry on 127.0.0.1 (upstream/registrytest). Helpers in this file
