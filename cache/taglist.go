@@ -5,6 +5,8 @@ import (
 	"errors"
 	"slices"
 	"sort"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -35,6 +37,21 @@ type tagList struct {
 	Bytes    int
 	// FetchedAt is when the listing's first page was asked for; freshness counts from it.
 	FetchedAt time.Time
+	// rendered keeps pages already written from this listing (set by keepTags, before the
+	// listing is shared with other requests).
+	rendered *renderedPages
+}
+
+// renderedPages holds the last pages answered from one listing, a few slots by n and
+// last. Update checkers ask the same slice over and over (What's Up Docker n=1000 from
+// the start, Renovate n=10000): they get the bytes already written instead of a JSON
+// body of every tag built per request. The listing never changes, so neither do they.
+type renderedPages [4]atomic.Pointer[renderedPage]
+
+type renderedPage struct {
+	n    int
+	last string
+	page TagPage
 }
 
 // after is the index of the first tag after last (all of them for ""), in the spec's
@@ -69,6 +86,19 @@ func (l *tagList) cost() int64 {
 // page answers r from l: up to r.N tags after r.Last, and whether more remain (in l, or
 // upstream when l is incomplete).
 func (l *tagList) page(repo string, r TagsRequest) TagPage {
+	if l.rendered == nil {
+		return l.render(repo, r)
+	}
+	slot := &l.rendered[(r.N+len(r.Last))%len(l.rendered)]
+	if p := slot.Load(); p != nil && p.n == r.N && p.last == r.Last {
+		return p.page
+	}
+	p := l.render(repo, r)
+	slot.Store(&renderedPage{n: r.N, last: strings.Clone(r.Last), page: p})
+	return p
+}
+
+func (l *tagList) render(repo string, r TagsRequest) TagPage {
 	i := l.after(r.Last)
 	j := min(i+r.N, len(l.Tags))
 	p := TagPage{Body: tagsBody(repo, l.Tags[i:j]), More: j < len(l.Tags) || !l.Complete, NextLast: r.Last, FetchedAt: l.FetchedAt}
@@ -107,6 +137,7 @@ func (c *Cache) extend(o *Origin, repo string, base *tagList) (*tagList, error) 
 	if base != nil {
 		*l = *base
 		l.Tags = slices.Clone(base.Tags)
+		l.rendered = nil // base's pages; keepTags gives the new listing its own
 	}
 	sorted := len(l.Tags)
 	dropped := 0

@@ -205,5 +205,8 @@ func (c *Cache) tagsKeep(o *Origin) time.Duration {
 }
 
 func (c *Cache) keepTags(o *Origin, key string, l *tagList) {
+	if l.rendered == nil {
+		l.rendered = new(renderedPages)
+	}
 	c.store.set(key, l, l.cost(), c.tagsKeep(o))
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -14,8 +15,16 @@ import (
 
 // newBenchProxy wires a proxy in front of a real test registry holding one OCI index.
 func newBenchProxy(b *testing.B) (*Proxy, registrytest.Pushed) {
+	return newBenchProxySeeded(b, nil)
+}
+
+// newBenchProxySeeded is newBenchProxy with more pushed to the registry by seed.
+func newBenchProxySeeded(b *testing.B, seed func(*registrytest.Registry)) (*Proxy, registrytest.Pushed) {
 	reg := registrytest.New(b, registrytest.Bearer)
 	pushed := reg.PushIndex(b, "linuxserver/nginx", "latest", types.OCIImageIndex, "linux/amd64", "linux/arm64/v8")
+	if seed != nil {
+		seed(reg)
+	}
 	r, err := upstream.New(upstream.Options{Name: "lscr.io", URL: reg.URL})
 	if err != nil {
 		b.Fatal(err)
@@ -98,4 +107,37 @@ func BenchmarkHitHeadByTagParallel(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkHitTagsList is a tags list answered from memory: the same page over and over,
+// as update checkers ask it (300 tags, What's Up Docker's n=1000 from the start).
+func BenchmarkHitTagsList(b *testing.B) {
+	p, _ := newBenchProxySeeded(b, func(reg *registrytest.Registry) {
+		tags := make([]string, 300)
+		for i := range tags {
+			tags[i] = fmt.Sprintf("1.%d.%d", i/10, i%10)
+		}
+		reg.PushTags(b, "linuxserver/nginx", tags)
+	})
+	var ctx fasthttp.RequestCtx
+	var req fasthttp.Request
+	req.Header.SetMethod("GET")
+	req.SetRequestURI("/v2/lscr.io/linuxserver/nginx/tags/list?n=1000")
+	ctx.Init(&req, nil, nil)
+	p.Handler(&ctx)
+	ctx.Response.Reset()
+	p.Handler(&ctx)
+	if got := string(ctx.Response.Header.Peek("X-Cache")); got != "HIT" {
+		b.Fatalf("warm-up left X-Cache %q (status %d)", got, ctx.Response.StatusCode())
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		ctx.Response.Reset()
+		p.Handler(&ctx)
+	}
+	b.StopTimer()
+	if ctx.Response.StatusCode() != 200 {
+		b.Fatalf("status %d", ctx.Response.StatusCode())
+	}
 }
