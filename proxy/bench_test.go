@@ -44,6 +44,12 @@ func newBenchProxySeeded(b *testing.B, seed func(*registrytest.Registry)) (*Prox
 
 func benchHit(b *testing.B, method, uri string) {
 	p, pushed := newBenchProxy(b)
+	benchServe(b, p, method, uri, pushed.Digest)
+}
+
+// benchServe times p answering method uri from memory, after a warm-up that must leave
+// a HIT (carrying digest, when one is given).
+func benchServe(b *testing.B, p *Proxy, method, uri, digest string) {
 	var ctx fasthttp.RequestCtx
 	var req fasthttp.Request
 	req.Header.SetMethod(method)
@@ -56,8 +62,8 @@ func benchHit(b *testing.B, method, uri string) {
 	if got := string(ctx.Response.Header.Peek("X-Cache")); got != "HIT" {
 		b.Fatalf("warm-up left X-Cache %q (status %d)", got, ctx.Response.StatusCode())
 	}
-	if got := string(ctx.Response.Header.Peek("Docker-Content-Digest")); got != pushed.Digest {
-		b.Fatalf("digest %s, want %s", got, pushed.Digest)
+	if got := string(ctx.Response.Header.Peek("Docker-Content-Digest")); digest != "" && got != digest {
+		b.Fatalf("digest %s, want %s", got, digest)
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -119,25 +125,5 @@ func BenchmarkHitTagsList(b *testing.B) {
 		}
 		reg.PushTags(b, "linuxserver/nginx", tags)
 	})
-	var ctx fasthttp.RequestCtx
-	var req fasthttp.Request
-	req.Header.SetMethod("GET")
-	req.SetRequestURI("/v2/lscr.io/linuxserver/nginx/tags/list?n=1000")
-	ctx.Init(&req, nil, nil)
-	p.Handler(&ctx)
-	ctx.Response.Reset()
-	p.Handler(&ctx)
-	if got := string(ctx.Response.Header.Peek("X-Cache")); got != "HIT" {
-		b.Fatalf("warm-up left X-Cache %q (status %d)", got, ctx.Response.StatusCode())
-	}
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		ctx.Response.Reset()
-		p.Handler(&ctx)
-	}
-	b.StopTimer()
-	if ctx.Response.StatusCode() != 200 {
-		b.Fatalf("status %d", ctx.Response.StatusCode())
-	}
+	benchServe(b, p, "GET", "/v2/lscr.io/linuxserver/nginx/tags/list?n=1000", "")
 }
