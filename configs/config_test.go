@@ -753,23 +753,21 @@ func TestParseRefusals(t *testing.T) {
 }
 
 // TestURLErrorsNeverLeakPassword feeds URLs with a password in their user-info through every
-// branch of URL validation. The cases marked knownBug currently leak; they are skipped (not
-// failed) while the bug is present and start passing once validURL redacts in every branch.
+// branch of URL validation: none may echo it.
 func TestURLErrorsNeverLeakPassword(t *testing.T) {
 	const pw = "Pa55wordXYZ"
 	tests := []struct {
-		name     string
-		url      string
-		knownBug bool
+		name string
+		url  string
 	}{
-		{"valid otherwise", "https://bob:" + pw + "@registry.example", false},
-		{"with path", "https://bob:" + pw + "@registry.example/v2/", false},
-		{"with query", "https://bob:" + pw + "@registry.example?x=1", false},
-		{"wrong scheme", "ftp://bob:" + pw + "@registry.example", true},
-		{"no scheme", "bob:" + pw + "@registry.example", true},
-		{"no host", "https://bob:" + pw + "@", true},
-		{"unparseable port", "https://bob:" + pw + "@registry.example:port", true},
-		{"bad percent escape", "https://bob:" + pw + "%zz@registry.example", true},
+		{"valid otherwise", "https://bob:" + pw + "@registry.example"},
+		{"with path", "https://bob:" + pw + "@registry.example/v2/"},
+		{"with query", "https://bob:" + pw + "@registry.example?x=1"},
+		{"wrong scheme", "ftp://bob:" + pw + "@registry.example"},
+		{"no scheme", "bob:" + pw + "@registry.example"},
+		{"no host", "https://bob:" + pw + "@"},
+		{"unparseable port", "https://bob:" + pw + "@registry.example:port"},
+		{"bad percent escape", "https://bob:" + pw + "%zz@registry.example"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -782,9 +780,6 @@ func TestURLErrorsNeverLeakPassword(t *testing.T) {
 				t.Errorf("error %q does not name upstreams[0].url", err)
 			}
 			if strings.Contains(err.Error(), pw) {
-				if tc.knownBug {
-					t.Skipf("KNOWN BUG (validURL echoes the raw URL): password leaks in %q", err)
-				}
 				t.Fatalf("error leaks the URL password: %q", err)
 			}
 		})
@@ -1158,13 +1153,9 @@ func TestSecretNeverPrinted(t *testing.T) {
 					if !strings.Contains(out, leak) {
 						continue
 					}
-					// fmt's bad-verb path ("%!s(*configs.Credentials=&{...})") sets
-					// pp.erroring, which skips String/GoString/Format, so a string-kinded
-					// Secret reached that way prints raw. Skipped while that bug exists;
-					// any other leak fails.
-					if strings.Contains(out, "%!") {
-						t.Skipf("KNOWN BUG (Secret is a string kind; fmt bad-verb path ignores its String method): fmt.Sprintf(%q, %s) leaks: %s", verb, val.name, out)
-					}
+					// fmt's bad-verb path ("%!s(*configs.Credentials=&{...})") skips
+					// String/GoString/Format; Secret keeps its value behind a pointer so that
+					// even that path cannot print it.
 					t.Fatalf("fmt.Sprintf(%q, %s) leaks the secret: %s", verb, val.name, out)
 				}
 				if val.wantRedacted && (verb == "%v" || verb == "%s" || verb == "%+v" || verb == "%#v") &&
@@ -1300,17 +1291,17 @@ func TestLookup(t *testing.T) {
 	}
 }
 
-// TestKnownGaps documents behaviour that looks wrong; each subtest skips while the gap is
-// present and passes once it is fixed.
-func TestKnownGaps(t *testing.T) {
-	t.Run("duplicate mapping keys are accepted silently", func(t *testing.T) {
-		// A second upstreams: block (e.g. appended by a config-management tool) silently
-		// replaces the first one instead of being refused.
+// TestOnceKnownGaps: behaviour that was once wrong, now refused; each would pass silently
+// again if it came back, so each fails instead.
+func TestOnceKnownGaps(t *testing.T) {
+	t.Run("duplicate mapping keys are refused", func(t *testing.T) {
+		// A second upstreams: block (e.g. appended by a config-management tool) would
+		// silently replace the first one.
 		text := "listen: \":1\"\nlisten: \":2\"\n" +
 			"upstreams:\n  - name: ghcr.io\n    url: https://ghcr.io\n" + minimalUpstream
 		cfg, err := Parse([]byte(text))
 		if err == nil {
-			t.Skipf("KNOWN GAP: duplicate keys accepted, last wins (listen=%q, ghcr.io dropped: Lookup=%v)",
+			t.Fatalf("duplicate keys accepted, last wins (listen=%q, ghcr.io dropped: Lookup=%v)",
 				cfg.Listen, cfg.Lookup("ghcr.io"))
 		}
 		if !strings.Contains(err.Error(), "listen") {
@@ -1318,14 +1309,14 @@ func TestKnownGaps(t *testing.T) {
 		}
 	})
 
-	t.Run("literal ${ in a password is echoed in the error", func(t *testing.T) {
+	t.Run("literal ${ in a password is not echoed in the error", func(t *testing.T) {
 		const pw = "Abc${defSecret"
 		_, err := Parse([]byte(minimalUpstream + "    credentials:\n      username: u\n      password: \"" + pw + "\"\n"))
 		if err == nil {
 			t.Fatal("want an unclosed ${ error")
 		}
 		if strings.Contains(err.Error(), pw) {
-			t.Skipf("KNOWN GAP: literal password leaks in %q", err)
+			t.Fatalf("the literal password leaks in %q", err)
 		}
 	})
 }
