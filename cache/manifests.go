@@ -12,6 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"go.uber.org/zap"
 
+	"regcache/internal/flight"
 	"regcache/upstream"
 )
 
@@ -69,10 +70,10 @@ type Cache struct {
 	cfg     Config
 	log     *zap.Logger
 	store   *store
-	flights Group[upstream.Manifest]
+	flights flight.Group[upstream.Manifest]
 	// tagFlights and blobFlights coalesce tags listings and small-blob fetches.
-	tagFlights  Group[*tagList]
-	blobFlights Group[BlobInfo]
+	tagFlights  flight.Group[*tagList]
+	blobFlights flight.Group[BlobInfo]
 	// tagsDropped counts tags upstream listed outside the tag grammar (never served);
 	// tagsTruncated counts listings cut at their bound.
 	tagsDropped, tagsTruncated atomic.Int64

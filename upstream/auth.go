@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"regcache/internal/flight"
 )
 
 // Challenge is a parsed WWW-Authenticate header. Realms are never assumed: lscr.io, for
@@ -117,16 +119,9 @@ type authState struct {
 	soonest time.Time
 	// pingMu serializes the /v2/ ping that learns the challenge before the first request.
 	pingMu sync.Mutex
-	// fetching holds the token requests under way, by scope: a burst of cold requests for
-	// one repository asks the token endpoint once, not once per request.
-	fetching map[string]*tokenCall
-}
-
-// tokenCall is one token request that concurrent callers for the same scope share.
-type tokenCall struct {
-	done  chan struct{}
-	value string
-	err   error
+	// fetching coalesces the token requests under way, by scope: a burst of cold requests
+	// for one repository asks the token endpoint once, not once per request.
+	fetching flight.Group[string]
 }
 
 type scopeSeq struct {
@@ -250,38 +245,16 @@ func (r *Registry) authorize(ctx context.Context, req *http.Request, scope strin
 // bounded by the upstream timeout and by Close but not by the first caller's context, so a
 // client that gives up neither waits for it nor fails the others waiting on it.
 func (r *Registry) sharedToken(ctx context.Context, c Challenge, scope string) (string, error) {
-	a := &r.auth
-	a.mu.Lock()
-	call, joined := a.fetching[scope]
-	if !joined {
-		if a.fetching == nil {
-			a.fetching = map[string]*tokenCall{}
+	v, err, _ := r.auth.fetching.Do(ctx, scope, func() (string, error) {
+		life := r.life
+		if life == nil {
+			life = context.Background()
 		}
-		call = &tokenCall{done: make(chan struct{})}
-		a.fetching[scope] = call
-	}
-	a.mu.Unlock()
-	if !joined {
-		go func() {
-			life := r.life
-			if life == nil {
-				life = context.Background()
-			}
-			fctx, cancel := context.WithTimeout(life, r.timeout)
-			defer cancel()
-			call.value, call.err = r.fetchToken(fctx, c, scope)
-			a.mu.Lock()
-			delete(a.fetching, scope)
-			a.mu.Unlock()
-			close(call.done)
-		}()
-	}
-	select {
-	case <-call.done:
-		return call.value, call.err
-	case <-ctx.Done():
-		return "", ctx.Err()
-	}
+		fctx, cancel := context.WithTimeout(life, r.timeout)
+		defer cancel()
+		return r.fetchToken(fctx, c, scope)
+	})
+	return v, err
 }
 
 // ping asks /v2/ once which challenge the upstream uses, as Docker clients do, so that the

@@ -1,4 +1,6 @@
-package cache
+// Package flight coalesces concurrent calls that share a key, for the cache's upstream
+// fetches and upstream's token requests alike.
+package flight
 
 import (
 	"context"
@@ -50,8 +52,8 @@ func (g *Group[V]) Do(ctx context.Context, key string, fn func() (V, error)) (v 
 	}
 }
 
-// waiting is the number of callers that joined key's call in flight.
-func (g *Group[V]) waiting(key string) int {
+// Waiting is the number of callers that joined key's call in flight.
+func (g *Group[V]) Waiting(key string) int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if c, ok := g.calls[key]; ok {

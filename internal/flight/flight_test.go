@@ -1,4 +1,4 @@
-package cache
+package flight
 
 import (
 	"context"
@@ -36,9 +36,9 @@ func TestGroupCoalesces(t *testing.T) {
 		}()
 	}
 	// Wait until every caller has joined before releasing the one call.
-	for deadline := time.Now().Add(5 * time.Second); g.waiting("k")+1 < n; {
+	for deadline := time.Now().Add(5 * time.Second); g.Waiting("k")+1 < n; {
 		if time.Now().After(deadline) {
-			t.Fatalf("only %d callers joined", g.waiting("k"))
+			t.Fatalf("only %d callers joined", g.Waiting("k"))
 		}
 		time.Sleep(time.Millisecond)
 	}
