@@ -19,7 +19,7 @@ import (
 // Status says how an answer was obtained; the proxy sends it as X-Cache.
 type Status uint8
 
-// The answer statuses, as the README's cost table names them.
+// The answer statuses, as the cost table in docs/design.md names them.
 const (
 	Miss        Status = iota // upstream was asked for this answer
 	Hit                       // answered from memory, upstream not asked

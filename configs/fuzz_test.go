@@ -8,7 +8,7 @@ package configs
 //
 //	go test -run XXX -fuzz '^FuzzParse$' -fuzztime 60s ./configs
 //
-// docs/fuzz.sh runs them all in turn; checked-in seeds live in testdata/fuzz/<target>/.
+// scripts/fuzz.sh runs them all in turn; checked-in seeds live in testdata/fuzz/<target>/.
 
 import (
 	"fmt"

@@ -77,7 +77,7 @@ func benchServe(b *testing.B, p *Proxy, method, uri, digest string) {
 	}
 }
 
-// The cache-hit path as clients hit it; figures go in the README.
+// The cache-hit path as clients hit it; figures go in docs/performance.md.
 func BenchmarkHitHeadByTag(b *testing.B) {
 	benchHit(b, "HEAD", "/v2/linuxserver/nginx/manifests/latest")
 }

@@ -8,7 +8,7 @@ package proxy
 //
 //	go test -run XXX -fuzz '^FuzzParseRoute$' -fuzztime 60s ./proxy
 //
-// docs/fuzz.sh runs them all in turn; checked-in seeds live in testdata/fuzz/<target>/.
+// scripts/fuzz.sh runs them all in turn; checked-in seeds live in testdata/fuzz/<target>/.
 
 import (
 	"bytes"

@@ -8,7 +8,7 @@ package upstream
 //
 //	go test -run XXX -fuzz '^FuzzVerifyManifest$' -fuzztime 60s ./upstream
 //
-// docs/fuzz.sh runs them all in turn; checked-in seeds live in testdata/fuzz/<target>/.
+// scripts/fuzz.sh runs them all in turn; checked-in seeds live in testdata/fuzz/<target>/.
 
 import (
 	"bytes"

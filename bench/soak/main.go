@@ -3,7 +3,7 @@
 // timeout, healthy again), with mixed hits, misses, blobs, tag lists and bad requests at
 // high concurrency. It reports requests served, errors by kind, RSS and goroutines over
 // time, goroutines at the end, and checks every manifest and blob it receives against its
-// digest and against what upstream holds: one corrupt answer fails the run. docs/soak.sh
+// digest and against what upstream holds: one corrupt answer fails the run. scripts/soak.sh
 // is the way to run it.
 package main
 

@@ -1,6 +1,6 @@
 package main
 
-// End-to-end tests of what a lookup costs (README, "What a lookup costs upstream"): real go-containerregistry
+// End-to-end tests of what a lookup costs (docs/design.md, "What a lookup costs upstream"): real go-containerregistry
 // registries on 127.0.0.1 behind regcache, with every manifest request that reaches
 // upstream counted and recorded. Helpers in this file are prefixed "ce".
 

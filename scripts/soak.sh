@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# docs/soak.sh [duration, default 120s]: a bounded soak of regcache against an in-process
+# scripts/soak.sh [duration, default 120s]: a bounded soak of regcache against an in-process
 # upstream that keeps failing in turns, with mixed hits, misses, blobs, tag lists and bad
 # requests at high concurrency (bench/soak). Prints RSS and goroutines over time, requests
 # by kind/status/X-Cache, goroutines at the end, and fails if any answer was corrupt.

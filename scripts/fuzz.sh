@@ -3,10 +3,10 @@
 # each for the given number of seconds (default 600), at the lowest CPU priority, and prints
 # one summary line per target: target, seconds run, executions, result.
 #
-#   bash docs/fuzz.sh            # 600 s per target
-#   bash docs/fuzz.sh 60         # a quick pass
-#   FUZZ_ONLY='Route|Token' bash docs/fuzz.sh 300   # only targets matching a regexp
-#   FUZZ_LOGS=/tmp/fuzz bash docs/fuzz.sh           # where the per-target logs go
+#   bash scripts/fuzz.sh            # 600 s per target
+#   bash scripts/fuzz.sh 60         # a quick pass
+#   FUZZ_ONLY='Route|Token' bash scripts/fuzz.sh 300   # only targets matching a regexp
+#   FUZZ_LOGS=/tmp/fuzz bash scripts/fuzz.sh           # where the per-target logs go
 #
 # A target that finds a failing input stops early; go writes the input to
 # <package>/testdata/fuzz/<target>/<hash>, where it stays as a regression test that plain
