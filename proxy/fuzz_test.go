@@ -15,6 +15,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"net/url"
 	"regexp"
 	"strconv"
@@ -383,6 +384,14 @@ func FuzzDigestReference(f *testing.F) {
 			var pl ocispec.Platform
 			if pl, perr = platforms.Parse(platform); perr == nil {
 				pl = platforms.Normalize(pl)
+				// Numbered variants no architecture has (above maxVariant) are bad input
+				// too, refused with 400 before the image is looked at.
+				major, _, _ := strings.Cut(strings.TrimPrefix(pl.Variant, "v"), ".")
+				if n, err := strconv.Atoi(major); err == nil && (n < 0 || n > maxVariant) {
+					perr = fmt.Errorf("variant %s", pl.Variant)
+				}
+			}
+			if perr == nil {
 				plat = &pl
 				m := platforms.Only(pl)
 				if !m.Match(pl) && fuzzKnownVariant(pl) {
