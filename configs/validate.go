@@ -1,0 +1,331 @@
+package configs
+
+// Validation: every check a config passes once at start-up, with errors that name the key
+// and say how to fix it, and never echo a credential.
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"regcache/internal/hostname"
+)
+
+// CheckListeners refuses a metrics_listen that would take listen's port: the same port
+// on the same host, or on every address (":5000" and "0.0.0.0:5000" collide). Load calls
+// it; call it again after overriding Listen (the -listen flag).
+func (c *Config) CheckListeners() error {
+	if c.MetricsListen == "" {
+		return nil
+	}
+	h1, p1, err1 := net.SplitHostPort(c.Listen)
+	h2, p2, err2 := net.SplitHostPort(c.MetricsListen)
+	if err1 != nil || err2 != nil || p1 != p2 || p1 == "0" { // port 0: each its own
+		return nil
+	}
+	wildcard := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
+	if h1 == h2 || wildcard(h1) || wildcard(h2) {
+		return fmt.Errorf("metrics_listen: %q takes listen's port (%q); use another, e.g. \":9090\"", c.MetricsListen, c.Listen)
+	}
+	return nil
+}
+
+func (c *Config) validate() error {
+	if c.Listen == "" {
+		return fmt.Errorf("listen: must not be empty (e.g. \":5000\")")
+	}
+	if c.Cache.MaxSize <= 0 {
+		return fmt.Errorf("cache.max_size: must be above zero (e.g. 256MiB)")
+	}
+	if c.Cache.MaxBlobSize <= 0 {
+		return fmt.Errorf("cache.max_blob_size: must be above zero (e.g. 1MiB)")
+	}
+	if err := c.Cache.validateTags(); err != nil {
+		return err
+	}
+	for key, d := range map[string]Duration{
+		"cache.tag_ttl": c.Cache.TagTTL, "cache.max_stale": c.Cache.MaxStale,
+		"cache.negative_ttl": c.Cache.NegativeTTL, "cache.revalidate_wait": c.Cache.RevalidateWait,
+	} {
+		if d < 0 {
+			return fmt.Errorf("%s: must not be negative", key)
+		}
+	}
+	if r := c.Cache.Redis; r != nil {
+		if err := r.validate(); err != nil {
+			return err
+		}
+	}
+	if len(c.Upstreams) == 0 {
+		return fmt.Errorf("upstreams: at least one upstream is needed")
+	}
+	seen := map[string]string{}
+	claim := func(name, key string) error {
+		n := strings.ToLower(name)
+		if prev, dup := seen[n]; dup {
+			return fmt.Errorf("%s: %q is already used by %s", key, name, prev)
+		}
+		seen[n] = key
+		return nil
+	}
+	for i := range c.Upstreams {
+		u := &c.Upstreams[i]
+		key := fmt.Sprintf("upstreams[%d]", i)
+		if err := validName(u.Name); err != nil {
+			return fmt.Errorf("%s.name: %v", key, err)
+		}
+		if err := claim(u.Name, key+".name"); err != nil {
+			return err
+		}
+		for j, a := range u.Aliases {
+			akey := fmt.Sprintf("%s.aliases[%d]", key, j)
+			if err := validName(a); err != nil {
+				return fmt.Errorf("%s: %v", akey, err)
+			}
+			if err := claim(a, akey); err != nil {
+				return err
+			}
+		}
+		if err := validURL(u.URL); err != nil {
+			return fmt.Errorf("%s.url: %v", key, err)
+		}
+		if u.TagTTL != nil && *u.TagTTL < 0 {
+			return fmt.Errorf("%s.tag_ttl: must not be negative", key)
+		}
+		if u.Timeout <= 0 {
+			return fmt.Errorf("%s.timeout: must be above zero", key)
+		}
+		if u.ConnectTimeout <= 0 {
+			return fmt.Errorf("%s.connect_timeout: must be above zero", key)
+		}
+		if cr := u.Credentials; cr != nil && (cr.Username == "") != (cr.Password.Reveal() == "") {
+			return fmt.Errorf("%s.credentials: set both username and password, or neither", key)
+		}
+		if u.TLS.CAFile != "" {
+			if _, err := os.Stat(u.TLS.CAFile); err != nil {
+				return fmt.Errorf("%s.tls.ca_file: %v", key, err)
+			}
+		}
+		if u.MaxConcurrent < 0 {
+			return fmt.Errorf("%s.max_concurrent: must not be negative (0 is the default, 64)", key)
+		}
+		for j, h := range u.AllowedHosts {
+			if err := validHostName(h); err != nil {
+				return fmt.Errorf("%s.allowed_hosts[%d]: %v", key, j, err)
+			}
+		}
+	}
+	if c.Lookup(c.DefaultUpstream) == nil {
+		return fmt.Errorf("default_upstream: %q is no upstream name or alias", c.DefaultUpstream)
+	}
+	if c.MetricsListen != "" {
+		if err := validListen(c.MetricsListen); err != nil {
+			return fmt.Errorf("metrics_listen: %v", err)
+		}
+		if err := c.CheckListeners(); err != nil {
+			return err
+		}
+	}
+	if c.PublicURL != "" {
+		if err := validPublicURL(c.PublicURL); err != nil {
+			return fmt.Errorf("public_url: %v", err)
+		}
+	}
+	if err := c.Server.validate(); err != nil {
+		return err
+	}
+	return c.Auth.validate()
+}
+
+// validateTags checks the tags listing bounds. Each has a floor (a listing must be able to
+// make progress) and a ceiling (it is held in memory whole).
+func (c *Cache) validateTags() error {
+	if c.TagsMaxPagesPerRequest < 1 || c.TagsMaxPagesPerRequest > 1000 {
+		return fmt.Errorf("cache.tags_max_pages_per_request: must be from 1 to 1000 (e.g. %d)", defaultTagsMaxPages)
+	}
+	if c.TagsMaxCount < 1 || c.TagsMaxCount > 10_000_000 {
+		return fmt.Errorf("cache.tags_max_count: must be from 1 to 10000000 (e.g. %d)", defaultTagsMaxCount)
+	}
+	if c.TagsMaxBytes < 1<<10 || c.TagsMaxBytes > 1<<30 {
+		return fmt.Errorf("cache.tags_max_bytes: must be between 1KiB and 1GiB (e.g. 8MiB); a listing is held in memory whole")
+	}
+	return nil
+}
+
+func (r *Redis) validate() error {
+	if r.Addr == "" {
+		return fmt.Errorf("cache.redis.addr: must be set (host:port, e.g. valkey:6379); remove cache.redis to run without a shared tier")
+	}
+	host, port, err := net.SplitHostPort(r.Addr)
+	if err != nil || host == "" || port == "" || strings.ContainsAny(r.Addr, "/@") {
+		return fmt.Errorf("cache.redis.addr: %q is not host:port (e.g. valkey:6379)", redactRaw(r.Addr))
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("cache.redis.addr: %q: port must be a number from 1 to 65535", redactRaw(r.Addr))
+	}
+	if r.DB < 0 {
+		return fmt.Errorf("cache.redis.db: must not be negative")
+	}
+	if r.Username != "" && r.Password.Reveal() == "" {
+		return fmt.Errorf("cache.redis.username: set a password too (an ACL user needs one)")
+	}
+	if r.KeyPrefix == "" {
+		r.KeyPrefix = "regcache:"
+	}
+	if r.Timeout < 0 {
+		return fmt.Errorf("cache.redis.timeout: must not be negative (e.g. 250ms)")
+	}
+	if r.Timeout == 0 {
+		r.Timeout = Duration(250 * time.Millisecond)
+	}
+	if t := r.TLS; t != nil && t.CAFile != "" {
+		if _, err := os.Stat(t.CAFile); err != nil {
+			return fmt.Errorf("cache.redis.tls.ca_file: %v", err)
+		}
+	}
+	return nil
+}
+
+func (a *Auth) validate() error {
+	if a.Htpasswd != "" {
+		if _, err := ReadHtpasswd(a.Htpasswd); err != nil {
+			return fmt.Errorf("auth.htpasswd: %v", err)
+		}
+	}
+	for i, t := range a.Tokens {
+		if t.Reveal() == "" {
+			return fmt.Errorf("auth.tokens[%d]: must not be empty", i)
+		}
+		if len(t.Reveal()) < minTokenLength {
+			return fmt.Errorf("auth.tokens[%d]: must be at least %d characters (e.g. the output of openssl rand -hex 16)", i, minTokenLength)
+		}
+	}
+	if s := a.Secret.Reveal(); s != "" && len(s) < minSecretLength {
+		return fmt.Errorf("auth.secret: must be at least %d characters (e.g. the output of openssl rand -hex 32)", minSecretLength)
+	}
+	if a.TokenTTL <= 0 {
+		return fmt.Errorf("auth.token_ttl: must be above zero (e.g. 5m)")
+	}
+	return nil
+}
+
+// validListen accepts a listen address: [host]:port.
+func validListen(s string) error {
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port (e.g. \":9090\" or 127.0.0.1:9090)", s)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("%q: port must be a number from 0 to 65535", s)
+	}
+	return nil
+}
+
+// validName accepts what a client can write as the first path segment or ns= value:
+// a host, host:port, or a short alias such as "hub".
+func validName(s string) error {
+	if s == "" {
+		return fmt.Errorf("must not be empty")
+	}
+	for _, r := range s {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '-' || r == ':' || r == '_'
+		if !ok {
+			return fmt.Errorf("%q: use a host name, host:port or a plain word (letters, digits, . - _ :)", s)
+		}
+	}
+	return nil
+}
+
+// validHostName accepts an exact DNS host name: no scheme, port, path or wildcard, and no
+// IP address (an address is checked as an address, never waved through by name).
+func validHostName(s string) error {
+	const eg = "an exact host name such as auth.docker.io"
+	name := strings.TrimSuffix(s, ".")
+	if name == "" || len(name) > 253 {
+		return fmt.Errorf("%q: give %s", s, eg)
+	}
+	labels := strings.Split(name, ".")
+	for _, l := range labels {
+		ok := l != "" && len(l) <= 63 && l[0] != '-' && l[len(l)-1] != '-'
+		for _, r := range l {
+			ok = ok && (r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-')
+		}
+		if !ok {
+			return fmt.Errorf("%q: give %s (letters, digits and -, no scheme, port, path or *)", s, eg)
+		}
+	}
+	if hostname.EndsInNumber(name) { // what the upstream address policy refuses as numeric
+		return fmt.Errorf("%q: an IP address or number is no host name; give %s", s, eg)
+	}
+	return nil
+}
+
+func validURL(s string) error {
+	shown := redactRaw(s)
+	u, err := url.Parse(s)
+	if err != nil || s == "" {
+		return fmt.Errorf("%q is not a URL (e.g. https://registry-1.docker.io)", shown)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return fmt.Errorf("%q: scheme must be http or https", shown)
+	}
+	if u.Host == "" {
+		return fmt.Errorf("%q: no host", shown)
+	}
+	if u.User != nil {
+		return fmt.Errorf("%q: put credentials under credentials:, not in the URL", redactURL(u))
+	}
+	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+		return fmt.Errorf("%q: give the registry's base URL only, without path or query", s)
+	}
+	return nil
+}
+
+// validPublicURL accepts the base URL clients use for regcache: http or https, a host, no
+// credentials, path, query or fragment (registry clients always ask /v2/ at the root).
+func validPublicURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Errorf("%q is not a URL (e.g. https://regcache.example.com)", redactRaw(s))
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return fmt.Errorf("%q: scheme must be http or https", redactRaw(s))
+	}
+	if u.Host == "" {
+		return fmt.Errorf("%q: no host", redactRaw(s))
+	}
+	if u.User != nil {
+		return fmt.Errorf("%q: must not carry credentials", redactURL(u))
+	}
+	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.ForceQuery {
+		return fmt.Errorf("%q: give scheme and host only, without path or query (clients ask /v2/ at the root)", s)
+	}
+	return nil
+}
+
+func redactURL(u *url.URL) string {
+	c := *u
+	c.User = nil
+	return c.String()
+}
+
+// redactRaw hides user-info in s textually, so it works on text url.Parse refuses and on
+// opaque forms such as "user:pass@host".
+func redactRaw(s string) string {
+	prefix, rest := "", s
+	if i := strings.Index(s, "://"); i >= 0 {
+		prefix, rest = s[:i+3], s[i+3:]
+	}
+	authority := rest
+	if j := strings.IndexAny(rest, "/?#"); j >= 0 {
+		authority = rest[:j]
+	}
+	if k := strings.LastIndex(authority, "@"); k >= 0 {
+		return prefix + "REDACTED@" + rest[k+1:]
+	}
+	return s
+}
