@@ -1,168 +1,19 @@
 package cache
 
+// Manifests by tag: the hit path, and on a miss one road through coalescing, the fleet and
+// upstream, with revalidation by HEAD and stale answers while upstream fails.
+
 import (
 	"context"
 	"errors"
-	"hash/maphash"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 	"go.uber.org/zap"
 
-	"regcache/internal/flight"
 	"regcache/upstream"
 )
-
-// Status says how an answer was obtained; the proxy sends it as X-Cache.
-type Status uint8
-
-// The answer statuses, as the cost table in docs/design.md names them.
-const (
-	Miss        Status = iota // upstream was asked for this answer
-	Hit                       // answered from memory, upstream not asked
-	Revalidated               // a stale tag was confirmed unchanged by one HEAD
-	Stale                     // upstream failed or was slow; an expired answer was served
-)
-
-var statusNames = [...]string{Miss: "MISS", Hit: "HIT", Revalidated: "REVALIDATED", Stale: "STALE"}
-
-func (s Status) String() string { return statusNames[s] }
-
-// Origin is one upstream as the cache sees it.
-type Origin struct {
-	Registry *upstream.Registry
-	// TagTTL is how long a tag -> digest answer from this upstream stays fresh.
-	TagTTL time.Duration
-}
-
-// Config tunes a Cache.
-type Config struct {
-	MaxSize        int64
-	MaxStale       time.Duration
-	NegativeTTL    time.Duration
-	RevalidateWait time.Duration
-	// MaxBlobSize is the largest blob (an image config, typically) kept in memory; larger
-	// blobs stream through. 0 means 1 MiB.
-	MaxBlobSize int64
-	// TagsMaxPages bounds the upstream pages one tags request may cost; TagsMaxCount and
-	// TagsMaxBytes bound a repository's whole listing. 0 means DefaultTagsMaxPages,
-	// DefaultTagsMaxCount, DefaultTagsMaxBytes.
-	TagsMaxPages, TagsMaxCount, TagsMaxBytes int
-	Logger                                   *zap.Logger
-	// Redis, when set, is the second tier the replicas of a fleet share.
-	Redis *RedisConfig
-}
-
-// Answer is a resolved manifest lookup.
-type Answer struct {
-	upstream.Descriptor
-	// Body is set when the caller asked for it.
-	Body      []byte
-	Status    Status
-	FetchedAt time.Time
-}
-
-// Cache resolves manifest references through memory and upstream.
-type Cache struct {
-	cfg     Config
-	log     *zap.Logger
-	store   *store
-	flights flight.Group[upstream.Manifest]
-	// tagFlights and blobFlights coalesce tags listings and small-blob fetches.
-	tagFlights  flight.Group[*tagList]
-	blobFlights flight.Group[BlobInfo]
-	// tagsDropped counts tags upstream listed outside the tag grammar (never served);
-	// tagsTruncated counts listings cut at their bound.
-	tagsDropped, tagsTruncated atomic.Int64
-	now                        func() time.Time
-	// shared is the Redis tier, nil without one. Only misses consult it.
-	shared *shared
-	// credLog spaces out the log lines for upstreams refusing our credentials.
-	credLog logEvery
-	// putLocks make putManifest's look-then-store one step per manifest key: a HEAD's
-	// bodiless entry must not replace a body stored meanwhile, nor a body miss the claim
-	// it should tell its descriptor.
-	putLocks [64]sync.Mutex
-	stop     chan struct{}
-	bg       sync.WaitGroup
-}
-
-// New builds a Cache.
-func New(cfg Config) (*Cache, error) {
-	s, err := newStore(cfg.MaxSize)
-	if err != nil {
-		return nil, err
-	}
-	log := cfg.Logger
-	if log == nil {
-		log = zap.NewNop()
-	}
-	if cfg.MaxBlobSize <= 0 {
-		cfg.MaxBlobSize = 1 << 20
-	}
-	if cfg.TagsMaxPages <= 0 {
-		cfg.TagsMaxPages = DefaultTagsMaxPages
-	}
-	if cfg.TagsMaxCount <= 0 {
-		cfg.TagsMaxCount = DefaultTagsMaxCount
-	}
-	if cfg.TagsMaxBytes <= 0 {
-		cfg.TagsMaxBytes = DefaultTagsMaxBytes
-	}
-	c := &Cache{cfg: cfg, log: log, store: s, now: time.Now, stop: make(chan struct{})}
-	if cfg.Redis != nil {
-		c.shared = newShared(*cfg.Redis, log)
-		c.bg.Add(1)
-		go c.watchRedis()
-	}
-	return c, nil
-}
-
-// Close stops the cache's background work.
-func (c *Cache) Close() {
-	select {
-	case <-c.stop:
-	default:
-		close(c.stop)
-	}
-	c.bg.Wait()
-	if c.shared != nil {
-		c.shared.close()
-	}
-	c.store.close()
-}
-
-// watchRedis pings Redis every few seconds, so that /readyz and the metrics tell its
-// state even while every request is a first-tier hit, and so that a Redis that came back
-// is used again.
-func (c *Cache) watchRedis() {
-	defer c.bg.Done()
-	if err := c.shared.ping(); err != nil {
-		c.log.Warn("redis unreachable at start; serving from memory and upstream until it answers",
-			zap.String("addr", c.cfg.Redis.Addr), zap.Error(err))
-	}
-	t := time.NewTicker(2 * time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-c.stop:
-			return
-		case <-t.C:
-			_ = c.shared.ping()
-		}
-	}
-}
-
-// RedisStats is the shared tier's state, or nil without one.
-func (c *Cache) RedisStats() *RedisStats {
-	if c.shared == nil {
-		return nil
-	}
-	return c.shared.stats()
-}
 
 // Manifest resolves ref (a tag or a digest) in repo on o. With wantBody false only the
 // descriptor is needed (a client HEAD), and upstream is never asked with GET for it unless
@@ -218,87 +69,6 @@ func (c *Cache) Hit(o *Origin, repo, ref string, wantBody bool, now time.Time) (
 		return answer(e.Descriptor, e.Body, true, Hit, te.FetchedAt), true
 	}
 	return Answer{}, false
-}
-
-func (c *Cache) byDigest(ctx context.Context, o *Origin, repo string, d digest.Digest, wantBody bool) (Answer, error) {
-	up := o.Registry.Name()
-	repo, d = strings.Clone(repo), digest.Digest(strings.Clone(string(d)))
-	if err := c.store.negative(negativeKey(up, repo, string(d))); err != nil {
-		return Answer{}, err
-	}
-	m, err := c.fetchDigest(ctx, o, repo, d, wantBody)
-	if err != nil {
-		return Answer{}, err
-	}
-	return answer(m.Descriptor, m.Body, wantBody, Miss, time.Time{}), nil
-}
-
-// fetchDigest asks upstream for a manifest by digest, coalesced, and caches it for good:
-// content-addressed entries never go stale.
-func (c *Cache) fetchDigest(ctx context.Context, o *Origin, repo string, d digest.Digest, wantBody bool) (upstream.Manifest, error) {
-	up := o.Registry.Name()
-	verb := "head"
-	if wantBody {
-		verb = "get"
-	}
-	m, err, _ := c.flights.Do(ctx, verb+"\x00"+manifestKey(up, repo, string(d)), func() (upstream.Manifest, error) {
-		// The caller looked in the store before joining; a flight that finished in between
-		// may have stored the answer already, and upstream must not be asked twice.
-		if e := c.store.manifest(manifestKey(up, repo, string(d))); e != nil && (e.Body != nil || !wantBody) {
-			return upstream.Manifest{Descriptor: e.Descriptor, Body: e.Body}, nil
-		}
-		if err := c.store.negative(negativeKey(up, repo, string(d))); err != nil {
-			return upstream.Manifest{}, err
-		}
-		ask := func() (upstream.Manifest, error) { return c.askDigest(o, repo, d, wantBody) }
-		look := func() (upstream.Manifest, bool) {
-			e := c.shared.getManifest(up, repo, d)
-			if e == nil {
-				return upstream.Manifest{}, false
-			}
-			m := upstream.Manifest{Descriptor: e.Descriptor, Body: e.Body}
-			c.putManifest(up, repo, m)
-			return m, true
-		}
-		var m upstream.Manifest
-		var err error
-		if wantBody {
-			m, err = fleet(c.shared, "manifest:"+up+"/"+repo+"@"+string(d), c.fleetWait(o), look, ask)
-		} else {
-			// Only bodies are shared, and a HEAD by digest is one cheap request: no wait.
-			if c.shared != nil {
-				if m, ok := look(); ok {
-					return m, nil
-				}
-			}
-			m, err = ask()
-		}
-		if err != nil {
-			c.remember(up, repo, string(d), err)
-		}
-		return m, err
-	})
-	return m, err
-}
-
-// askDigest asks upstream for a manifest by digest and caches the answer in both tiers.
-func (c *Cache) askDigest(o *Origin, repo string, d digest.Digest, wantBody bool) (upstream.Manifest, error) {
-	up := o.Registry.Name()
-	var m upstream.Manifest
-	var err error
-	if wantBody {
-		m, err = o.Registry.GetManifest(context.Background(), repo, string(d))
-	} else {
-		m, err = o.Registry.HeadManifest(context.Background(), repo, string(d))
-	}
-	if err != nil {
-		return m, err
-	}
-	c.putManifest(up, repo, m)
-	if c.shared != nil {
-		c.shared.setManifest(up, repo, m)
-	}
-	return m, nil
 }
 
 func (c *Cache) byTag(ctx context.Context, o *Origin, repo, tag string, wantBody bool, now time.Time) (Answer, error) {
@@ -540,74 +310,6 @@ func (c *Cache) withBody(ctx context.Context, o *Origin, repo string, d upstream
 		st = Miss
 	}
 	return answer(m.Descriptor, m.Body, true, st, at), nil
-}
-
-// putManifest caches a verified manifest, never replacing a full entry with a bodiless one,
-// and returns the entry now standing for the digest (the one kept, when m has no body).
-// A body replacing a bodiless entry tells it its verified descriptor first, for the tag
-// entries that took their type and size from a HEAD.
-func (c *Cache) putManifest(up, repo string, m upstream.Manifest) *ManifestEntry {
-	key := manifestKey(up, repo, string(m.Digest))
-	mu := &c.putLocks[maphash.String(putSeed, key)%uint64(len(c.putLocks))]
-	mu.Lock()
-	defer mu.Unlock()
-	old := c.store.manifest(key)
-	if m.Body == nil && old != nil {
-		return old
-	}
-	if old != nil && old.Body == nil && old.verified.Load() == nil {
-		d := m.Descriptor
-		old.verified.Store(&d)
-	}
-	e := &ManifestEntry{Descriptor: m.Descriptor, Body: m.Body}
-	c.store.set(key, e, int64(len(m.Body)), 0)
-	return e
-}
-
-var putSeed = maphash.MakeSeed()
-
-// claimed is what to store for a tag that a HEAD (or another replica's entry) says points
-// at d: a verified body's descriptor when one is known (claim nil), or d with the bodiless
-// entry that will learn the verified one (claim).
-func (c *Cache) claimed(up, repo string, d upstream.Descriptor) (upstream.Descriptor, *ManifestEntry) {
-	e := c.putManifest(up, repo, upstream.Manifest{Descriptor: d})
-	if e.Body != nil {
-		return e.Descriptor, nil
-	}
-	if v := e.verified.Load(); v != nil {
-		return *v, nil
-	}
-	return d, e
-}
-
-// remember keeps upstream's authoritative "no" (not found, denied) for negative_ttl, so a
-// client retrying a typo does not spend the rate limit. It reports whether err was one.
-// Our own credentials refused at the token endpoint is no answer, only logged.
-func (c *Cache) remember(up, repo, ref string, err error) bool {
-	switch upstream.KindOf(err) {
-	case upstream.KindNotFound, upstream.KindDenied:
-		if c.cfg.NegativeTTL > 0 {
-			c.store.set(negativeKey(up, repo, ref), &negativeEntry{err: err}, 0, c.cfg.NegativeTTL)
-		}
-		return true
-	case upstream.KindUnavailable:
-		if upstream.CredentialsRejected(err) && c.credLog.due(up) {
-			c.log.Warn("upstream refused regcache's credentials at its token endpoint; serving stale answers where the cache has them "+
-				"(logged once per 30s per upstream; regcache_upstream_auth_failures_total counts them)",
-				zap.String("upstream", up), zap.Error(err))
-		}
-	}
-	return false
-}
-
-// serveStaleOn reports the failures that a stale answer may cover: upstream down, slow,
-// rate-limiting or answering garbage. Not found and denied are answers, not failures.
-func serveStaleOn(err error) bool {
-	switch upstream.KindOf(err) {
-	case upstream.KindUnavailable, upstream.KindRateLimited, upstream.KindInvalid:
-		return true
-	}
-	return false
 }
 
 func answer(d upstream.Descriptor, body []byte, wantBody bool, st Status, at time.Time) Answer {

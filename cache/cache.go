@@ -1,0 +1,194 @@
+package cache
+
+// The Cache: its configuration, construction and shutdown, the answer it gives, and what
+// every kind of lookup shares (upstream's authoritative no, kept for negative_ttl; which
+// failures a stale answer covers).
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"regcache/internal/flight"
+	"regcache/upstream"
+)
+
+// Status says how an answer was obtained; the proxy sends it as X-Cache.
+type Status uint8
+
+// The answer statuses, as the cost table in docs/design.md names them.
+const (
+	Miss        Status = iota // upstream was asked for this answer
+	Hit                       // answered from memory, upstream not asked
+	Revalidated               // a stale tag was confirmed unchanged by one HEAD
+	Stale                     // upstream failed or was slow; an expired answer was served
+)
+
+var statusNames = [...]string{Miss: "MISS", Hit: "HIT", Revalidated: "REVALIDATED", Stale: "STALE"}
+
+func (s Status) String() string { return statusNames[s] }
+
+// Origin is one upstream as the cache sees it.
+type Origin struct {
+	Registry *upstream.Registry
+	// TagTTL is how long a tag -> digest answer from this upstream stays fresh.
+	TagTTL time.Duration
+}
+
+// Config tunes a Cache.
+type Config struct {
+	MaxSize        int64
+	MaxStale       time.Duration
+	NegativeTTL    time.Duration
+	RevalidateWait time.Duration
+	// MaxBlobSize is the largest blob (an image config, typically) kept in memory; larger
+	// blobs stream through. 0 means 1 MiB.
+	MaxBlobSize int64
+	// TagsMaxPages bounds the upstream pages one tags request may cost; TagsMaxCount and
+	// TagsMaxBytes bound a repository's whole listing. 0 means DefaultTagsMaxPages,
+	// DefaultTagsMaxCount, DefaultTagsMaxBytes.
+	TagsMaxPages, TagsMaxCount, TagsMaxBytes int
+	Logger                                   *zap.Logger
+	// Redis, when set, is the second tier the replicas of a fleet share.
+	Redis *RedisConfig
+}
+
+// Answer is a resolved manifest lookup.
+type Answer struct {
+	upstream.Descriptor
+	// Body is set when the caller asked for it.
+	Body      []byte
+	Status    Status
+	FetchedAt time.Time
+}
+
+// Cache resolves manifest references through memory and upstream.
+type Cache struct {
+	cfg     Config
+	log     *zap.Logger
+	store   *store
+	flights flight.Group[upstream.Manifest]
+	// tagFlights and blobFlights coalesce tags listings and small-blob fetches.
+	tagFlights  flight.Group[*tagList]
+	blobFlights flight.Group[BlobInfo]
+	// tagsDropped counts tags upstream listed outside the tag grammar (never served);
+	// tagsTruncated counts listings cut at their bound.
+	tagsDropped, tagsTruncated atomic.Int64
+	now                        func() time.Time
+	// shared is the Redis tier, nil without one. Only misses consult it.
+	shared *shared
+	// credLog spaces out the log lines for upstreams refusing our credentials.
+	credLog logEvery
+	// putLocks make putManifest's look-then-store one step per manifest key: a HEAD's
+	// bodiless entry must not replace a body stored meanwhile, nor a body miss the claim
+	// it should tell its descriptor.
+	putLocks [64]sync.Mutex
+	stop     chan struct{}
+	bg       sync.WaitGroup
+}
+
+// New builds a Cache.
+func New(cfg Config) (*Cache, error) {
+	s, err := newStore(cfg.MaxSize)
+	if err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	if cfg.MaxBlobSize <= 0 {
+		cfg.MaxBlobSize = 1 << 20
+	}
+	if cfg.TagsMaxPages <= 0 {
+		cfg.TagsMaxPages = DefaultTagsMaxPages
+	}
+	if cfg.TagsMaxCount <= 0 {
+		cfg.TagsMaxCount = DefaultTagsMaxCount
+	}
+	if cfg.TagsMaxBytes <= 0 {
+		cfg.TagsMaxBytes = DefaultTagsMaxBytes
+	}
+	c := &Cache{cfg: cfg, log: log, store: s, now: time.Now, stop: make(chan struct{})}
+	if cfg.Redis != nil {
+		c.shared = newShared(*cfg.Redis, log)
+		c.bg.Add(1)
+		go c.watchRedis()
+	}
+	return c, nil
+}
+
+// Close stops the cache's background work.
+func (c *Cache) Close() {
+	select {
+	case <-c.stop:
+	default:
+		close(c.stop)
+	}
+	c.bg.Wait()
+	if c.shared != nil {
+		c.shared.close()
+	}
+	c.store.close()
+}
+
+// watchRedis pings Redis every few seconds, so that /readyz and the metrics tell its
+// state even while every request is a first-tier hit, and so that a Redis that came back
+// is used again.
+func (c *Cache) watchRedis() {
+	defer c.bg.Done()
+	if err := c.shared.ping(); err != nil {
+		c.log.Warn("redis unreachable at start; serving from memory and upstream until it answers",
+			zap.String("addr", c.cfg.Redis.Addr), zap.Error(err))
+	}
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+			_ = c.shared.ping()
+		}
+	}
+}
+
+// RedisStats is the shared tier's state, or nil without one.
+func (c *Cache) RedisStats() *RedisStats {
+	if c.shared == nil {
+		return nil
+	}
+	return c.shared.stats()
+}
+
+// remember keeps upstream's authoritative "no" (not found, denied) for negative_ttl, so a
+// client retrying a typo does not spend the rate limit. It reports whether err was one.
+// Our own credentials refused at the token endpoint is no answer, only logged.
+func (c *Cache) remember(up, repo, ref string, err error) bool {
+	switch upstream.KindOf(err) {
+	case upstream.KindNotFound, upstream.KindDenied:
+		if c.cfg.NegativeTTL > 0 {
+			c.store.set(negativeKey(up, repo, ref), &negativeEntry{err: err}, 0, c.cfg.NegativeTTL)
+		}
+		return true
+	case upstream.KindUnavailable:
+		if upstream.CredentialsRejected(err) && c.credLog.due(up) {
+			c.log.Warn("upstream refused regcache's credentials at its token endpoint; serving stale answers where the cache has them "+
+				"(logged once per 30s per upstream; regcache_upstream_auth_failures_total counts them)",
+				zap.String("upstream", up), zap.Error(err))
+		}
+	}
+	return false
+}
+
+// serveStaleOn reports the failures that a stale answer may cover: upstream down, slow,
+// rate-limiting or answering garbage. Not found and denied are answers, not failures.
+func serveStaleOn(err error) bool {
+	switch upstream.KindOf(err) {
+	case upstream.KindUnavailable, upstream.KindRateLimited, upstream.KindInvalid:
+		return true
+	}
+	return false
+}
