@@ -74,6 +74,12 @@ func (l *tagList) beyond(r TagsRequest) bool {
 	return !l.Complete && r.Last != "" && l.after(r.Last) == len(l.Tags)
 }
 
+// nothingFor reports whether l holds nothing to answer r with: r asks past all l holds
+// of a listing not yet complete.
+func (l *tagList) nothingFor(r TagsRequest) bool {
+	return !l.Complete && l.after(r.Last) == len(l.Tags)
+}
+
 // cost is what the listing holds in memory, for the cache's budget.
 func (l *tagList) cost() int64 {
 	n := int64(64 + len(l.Next.Last) + len(l.Next.NextPage))

@@ -83,7 +83,12 @@ func (c *Cache) Tags(ctx context.Context, o *Origin, repo string, req TagsReques
 		}
 	}
 	fetch := func() (*tagList, error) { return c.advanceTags(o, repo, req) }
-	if local == nil {
+	if local == nil || local.nothingFor(req) {
+		// Nothing here to answer with (a cold repository, or a client past the end of what
+		// the listing holds so far): wait for upstream as a cold request does. An empty page
+		// would carry a Link to itself, and What's Up Docker follows a Link for as long as
+		// there is one: while upstream failed (or a hold was on, costing nothing) that was a
+		// loop as fast as the client could ask. A failure is the answer.
 		l, err, _ := c.tagFlights.Do(ctx, key, fetch)
 		if err != nil {
 			return TagPage{}, Miss, err
@@ -98,12 +103,6 @@ func (c *Cache) Tags(ctx context.Context, o *Origin, repo string, req TagsReques
 		return l.page(repo, req), Miss, nil
 	case ctx.Err() != nil:
 		return TagPage{}, Miss, ctx.Err()
-	case local.beyond(req) || (req.Last == "" && len(local.Tags) == 0 && !local.Complete):
-		// Nothing to serve: the request is past all the listing holds. An empty page would
-		// carry a Link to itself, and What's Up Docker follows a Link for as long as there
-		// is one: while upstream fails (or a hold is on, costing nothing) that would be a
-		// loop as fast as the client can ask. The failure is the answer.
-		return TagPage{}, Miss, err
 	case errors.Is(err, context.DeadlineExceeded) || serveStaleOn(err):
 		if c.tagsFresh(o, local) {
 			return local.page(repo, req), Hit, nil // what there is, with a Link to go on

@@ -18,7 +18,10 @@ func tagsCache(t *testing.T, reg *registrytest.Registry, ttl time.Duration, cfg 
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.MaxSize, cfg.RevalidateWait = 8<<20, 5*time.Second
+	cfg.MaxSize = 8 << 20
+	if cfg.RevalidateWait == 0 {
+		cfg.RevalidateWait = 5 * time.Second
+	}
 	c, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -116,6 +119,24 @@ func TestTagsEndOfIncompleteListingWhileUpstreamFails(t *testing.T) {
 		if upstream.KindOf(err) != upstream.KindRateLimited {
 			t.Fatalf("request %d past the listing's end: page %s more=%v next=%q, err %v; want the rate limit", i, p.Body, p.More, p.NextLast, err)
 		}
+	}
+}
+
+// A client past the end of what the listing holds, while the step that goes on takes
+// longer than revalidate_wait, waits for it as a cold request does: there is nothing stale
+// to answer with instead (this was a 504 under a loaded machine's slow steps).
+func TestTagsEndOfListingWaitsForASlowStep(t *testing.T) {
+	reg := registrytest.New(t, registrytest.NoAuth)
+	reg.PushTags(t, "team/app", numberedTags(60))
+	reg.SetPaging(registrytest.PagingLink, 10)
+	c, o := tagsCache(t, reg, time.Minute, Config{TagsMaxPages: 2, RevalidateWait: 50 * time.Millisecond})
+	if _, _, err := c.Tags(context.Background(), o, "team/app", TagsRequest{N: 20}); err != nil {
+		t.Fatal(err)
+	}
+	reg.SetFault(registrytest.Delay(200 * time.Millisecond)) // each page; a step of 2 pages
+	p, _, err := c.Tags(context.Background(), o, "team/app", TagsRequest{N: 20, Last: "v0019"})
+	if err != nil || p.NextLast != "v0039" {
+		t.Fatalf("past the end during a slow step: next=%q err=%v; want the next 20 tags", p.NextLast, err)
 	}
 }
 
