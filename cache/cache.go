@@ -80,7 +80,7 @@ type Cache struct {
 	// shared is the Redis tier, nil without one. Only misses consult it.
 	shared *shared
 	// credLog spaces out the log lines for upstreams refusing our credentials.
-	credLog logEvery
+	credLog perUpstream
 	// putLocks make putManifest's look-then-store one step per manifest key: a HEAD's
 	// bodiless entry must not replace a body stored meanwhile, nor a body miss the claim
 	// it should tell its descriptor.
@@ -174,7 +174,7 @@ func (c *Cache) remember(up, repo, ref string, err error) bool {
 		}
 		return true
 	case upstream.KindUnavailable:
-		if upstream.CredentialsRejected(err) && c.credLog.due(up) {
+		if upstream.CredentialsRejected(err) && c.credLog.due(up, credentialLogInterval) {
 			c.log.Warn("upstream refused regcache's credentials at its token endpoint; serving stale answers where the cache has them "+
 				"(logged once per 30s per upstream; regcache_upstream_auth_failures_total counts them)",
 				zap.String("upstream", up), zap.Error(err))

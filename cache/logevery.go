@@ -2,31 +2,34 @@ package cache
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 )
+
+// every lets a thing happen at most once per interval: a warning that every failing
+// request would otherwise repeat, or a probe of a Redis that is down. Lock-free, because
+// failure paths run from many goroutines at once.
+type every struct{ last atomic.Int64 } // unix nanos of the last time it was due
+
+// due reports whether interval has passed since the last time, and if so counts now as
+// that time (for one caller only).
+func (e *every) due(interval time.Duration) bool {
+	now := time.Now().UnixNano()
+	last := e.last.Load()
+	return now-last >= int64(interval) && e.last.CompareAndSwap(last, now)
+}
+
+// mark counts now as the last time.
+func (e *every) mark() { e.last.Store(time.Now().UnixNano()) }
 
 // credentialLogInterval spaces out the warnings of an upstream refusing our credentials:
 // every request during such an outage fails the same way.
 const credentialLogInterval = 30 * time.Second
 
-// logEvery lets a warning through once per credentialLogInterval per upstream. It is on
-// failure paths only.
-type logEvery struct {
-	mu   sync.Mutex
-	last map[string]time.Time
-}
+// perUpstream is an every for each upstream.
+type perUpstream struct{ m sync.Map } // upstream name -> *every
 
-// due reports whether up's warning may be logged now, and if so counts it as logged.
-func (l *logEvery) due(up string) bool {
-	now := time.Now()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if t, ok := l.last[up]; ok && now.Sub(t) < credentialLogInterval {
-		return false
-	}
-	if l.last == nil {
-		l.last = map[string]time.Time{}
-	}
-	l.last[up] = now
-	return true
+func (p *perUpstream) due(up string, interval time.Duration) bool {
+	e, _ := p.m.LoadOrStore(up, new(every))
+	return e.(*every).due(interval)
 }

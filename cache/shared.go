@@ -63,9 +63,9 @@ type shared struct {
 	closed    atomic.Bool
 	up        atomic.Bool
 	fails     atomic.Int32 // failed calls in a row
-	lastDrop  atomic.Int64 // unix nanos of the last "entry refused" line
-	lastTry   atomic.Int64 // unix nanos of the last call tried while down
-	lastLog   atomic.Int64 // unix nanos of the last "Redis failing" line
+	dropLog   every        // the "entry refused" line
+	retry     every        // a call tried while down
+	failLog   every        // the "Redis failing" line
 	errMu     sync.Mutex
 	lastErr   error
 	downSince time.Time
@@ -127,9 +127,7 @@ func (s *shared) usable() bool {
 	if s.up.Load() {
 		return true
 	}
-	now := time.Now().UnixNano()
-	last := s.lastTry.Load()
-	return now-last >= int64(retryEvery) && s.lastTry.CompareAndSwap(last, now)
+	return s.retry.due(retryEvery)
 }
 
 // result records a call's outcome: failures are counted and logged once per interval;
@@ -151,7 +149,7 @@ func (s *shared) result(err error) error {
 	s.errMu.Lock()
 	s.lastErr = err
 	s.errMu.Unlock()
-	s.lastTry.Store(time.Now().UnixNano())
+	s.retry.mark()
 	if s.fails.Add(1) < tripAfter && s.up.Load() {
 		return err // one slow call is a miss, not an outage
 	}
@@ -160,8 +158,7 @@ func (s *shared) result(err error) error {
 		s.downSince = time.Now()
 		s.errMu.Unlock()
 	}
-	now := time.Now().UnixNano()
-	if last := s.lastLog.Load(); now-last >= int64(redisLogInterval) && s.lastLog.CompareAndSwap(last, now) {
+	if s.failLog.due(redisLogInterval) {
 		s.log.Warn("redis failing; serving from memory and upstream (logged once per 30s)", zap.Error(err))
 	}
 	return err
@@ -197,8 +194,7 @@ func (s *shared) remove(key string) {
 func (s *shared) drop(key, why string) {
 	s.garbage.Add(1)
 	s.misses.Add(1)
-	now := time.Now().UnixNano()
-	if last := s.lastDrop.Load(); now-last >= int64(redisLogInterval) && s.lastDrop.CompareAndSwap(last, now) {
+	if s.dropLog.due(redisLogInterval) {
 		s.log.Warn("redis entry refused and deleted (logged once per 30s; regcache_redis_garbage_total counts them)",
 			zap.String("key", key), zap.String("reason", why))
 	}
