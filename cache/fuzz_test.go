@@ -38,13 +38,13 @@ func FuzzDecodeTag(f *testing.F) {
 			}
 			return
 		}
-		if e.Digest.Validate() != nil || !validMediaType(e.MediaType) || e.Size < 0 || e.Size > upstream.MaxManifestSize {
+		if e.Digest.Validate() != nil || !upstream.ValidMediaType(e.MediaType) || e.Size < 0 || e.Size > upstream.MaxManifestSize {
 			t.Fatalf("accepted a bad descriptor %+v", e.Descriptor)
 		}
 		if e.FetchedAt.After(at.Add(maxSkew)) {
 			t.Fatalf("accepted a fetch time %v ahead of %v", e.FetchedAt, at)
 		}
-		if e.Previous.Digest != "" && (e.Previous.Digest.Validate() != nil || !validMediaType(e.Previous.MediaType) || e.Previous.Size < 0) {
+		if e.Previous.Digest != "" && (e.Previous.Digest.Validate() != nil || !upstream.ValidMediaType(e.Previous.MediaType) || e.Previous.Size < 0) {
 			t.Fatalf("accepted a bad previous descriptor %+v", e.Previous)
 		}
 		again, why := decodeTag(encodeTag(e), at)
@@ -95,7 +95,7 @@ func FuzzDecodeManifest(f *testing.F) {
 		if digest.FromBytes(e.Body) != d || e.Digest != d || e.Size != int64(len(e.Body)) {
 			t.Fatalf("accepted a body that is not %s", d)
 		}
-		if !validMediaType(e.MediaType) || len(e.Body) > upstream.MaxManifestSize {
+		if !upstream.ValidMediaType(e.MediaType) || len(e.Body) > upstream.MaxManifestSize {
 			t.Fatalf("accepted media type %q, %d bytes", e.MediaType, len(e.Body))
 		}
 		if trimmed := bytes.TrimLeft(e.Body, " \t\r\n"); len(trimmed) == 0 || trimmed[0] != '{' {

@@ -74,7 +74,7 @@ func decodeTag(data []byte, now time.Time) (e *TagEntry, why string) {
 	d, err := digest.Parse(st.Digest)
 	// A fetch time ahead of our clock would keep the tag fresh for as long: beyond a
 	// minute of clock skew between replicas it is garbage.
-	if err != nil || !validMediaType(st.MediaType) || st.Size < 0 || st.Size > upstream.MaxManifestSize ||
+	if err != nil || !upstream.ValidMediaType(st.MediaType) || st.Size < 0 || st.Size > upstream.MaxManifestSize ||
 		st.FetchedAt <= 0 || st.FetchedAt > now.Add(maxSkew).UnixNano() {
 		return nil, "tag entry with a bad digest, media type, size or time"
 	}
@@ -82,7 +82,7 @@ func decodeTag(data []byte, now time.Time) (e *TagEntry, why string) {
 		Descriptor: upstream.Descriptor{MediaType: st.MediaType, Digest: d, Size: st.Size},
 		FetchedAt:  time.Unix(0, st.FetchedAt),
 	}
-	if pd, err := digest.Parse(st.PrevD); err == nil && validMediaType(st.PrevM) && st.PrevS >= 0 && st.PrevS <= upstream.MaxManifestSize {
+	if pd, err := digest.Parse(st.PrevD); err == nil && upstream.ValidMediaType(st.PrevM) && st.PrevS >= 0 && st.PrevS <= upstream.MaxManifestSize {
 		e.Previous = upstream.Descriptor{MediaType: st.PrevM, Digest: pd, Size: st.PrevS}
 	}
 	return e, ""
@@ -117,7 +117,7 @@ func (s *shared) getManifest(up, repo string, d digest.Digest) *ManifestEntry {
 func decodeManifest(data []byte, d digest.Digest) (e *ManifestEntry, why string) {
 	rest, ok := bytes.CutPrefix(data, []byte(manifestMagic))
 	mt, body, ok2 := bytes.Cut(rest, []byte("\n"))
-	if !ok || !ok2 || !validMediaType(string(mt)) || len(body) > upstream.MaxManifestSize {
+	if !ok || !ok2 || !upstream.ValidMediaType(string(mt)) || len(body) > upstream.MaxManifestSize {
 		return nil, "not a manifest entry"
 	}
 	if !d.Algorithm().Available() || d.Algorithm().FromBytes(body) != d {
@@ -144,10 +144,6 @@ func (s *shared) setManifest(up, repo string, m upstream.Manifest) {
 		s.write(s.manifestKey(up, repo, m.Digest), encodeManifest(m), sharedManifestTTL)
 	}
 }
-
-// validMediaType accepts what may go out as a Content-Type: the rule upstream's answers
-// pass, so that whatever regcache stores reads back.
-func validMediaType(mt string) bool { return upstream.ValidMediaType(mt) }
 
 // delTag removes a tag upstream said is gone, so that no replica serves it from Redis.
 func (s *shared) delTag(up, repo, tag string) { s.remove(s.tagKey(up, repo, tag)) }
