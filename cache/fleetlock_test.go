@@ -3,7 +3,6 @@ package cache
 import (
 	"context"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -127,17 +126,7 @@ func TestFleetLockOneTakesOver(t *testing.T) {
 	for range 3 {
 		reps = append(reps, newReplica(t, reg, rs.Addr, 3*time.Second))
 	}
-	var wg sync.WaitGroup
-	for i := range 9 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if a := reps[i%3].get(t, "v1", false); string(a.Digest) != img.Digest {
-				t.Errorf("replica %d: %s, want %s", i%3, a.Digest, img.Digest)
-			}
-		}()
-	}
-	wg.Wait()
+	burst(t, reps, 9, "v1", img.Digest)
 	if n := manifests(reg); n != 1 {
 		t.Fatalf("%d upstream requests from 3 replicas that found one dead holder, want 1", n)
 	}

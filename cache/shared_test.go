@@ -52,6 +52,25 @@ func (rp *replica) get(t *testing.T, ref string, body bool) Answer {
 	return a
 }
 
+// burst sends n HEAD lookups of ref at once, spread over reps, and checks that every one
+// answers, naming want when it is not "".
+func burst(t *testing.T, reps []*replica, n int, ref, want string) {
+	t.Helper()
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rp := reps[i%len(reps)]
+			a, err := rp.c.Manifest(context.Background(), rp.o, "team/app", ref, false)
+			if err != nil || (want != "" && string(a.Digest) != want) {
+				t.Errorf("replica %d: %s %v, want %s", i%len(reps), a.Digest, err, want)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
 func manifests(reg *registrytest.Registry) int {
 	return reg.Count("GET", "manifest") + reg.Count("HEAD", "manifest")
 }
@@ -388,15 +407,7 @@ func TestFleetSlowUpstreamKeepsLock(t *testing.T) {
 	for range 3 {
 		reps = append(reps, newReplica(t, reg, rs.Addr, 1500*time.Millisecond))
 	}
-	var wg sync.WaitGroup
-	for i := range 9 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			reps[i%3].get(t, "v1", false)
-		}()
-	}
-	wg.Wait()
+	burst(t, reps, 9, "v1", "")
 	if n := manifests(reg); n != 1 {
 		t.Fatalf("%d upstream requests from 3 replicas for one tag behind a 3 s upstream and a 1.5 s lock, want 1", n)
 	}
