@@ -1,24 +1,38 @@
 package cache
 
+// Blobs: what the cache knows of each (its size, and the bytes of a small one), answered
+// from memory or over the one road of load.go; a blob too large to keep is answered as
+// upstream's stream, from the same single upstream GET that found it large.
+
 import (
 	"context"
-	"errors"
 	"net/http"
 	"strings"
+	"sync/atomic"
 
 	"github.com/opencontainers/go-digest"
 
 	"regcache/upstream"
 )
 
-// BlobInfo is what the cache knows of a blob: its size, and its verified bytes when it is
+// BlobInfo is what the cache keeps of a blob: its size, and its verified bytes when it is
 // small enough to keep (image configs, which Diun, Renovate and skopeo inspect read).
 type BlobInfo struct {
-	// Size is the blob's length, -1 when upstream did not say.
+	// Size is the blob's length, -1 when unknown: upstream did not say, or the blob was
+	// only seen too large to keep (a GET's length is not trusted as its size: the body
+	// was never read whole).
 	Size int64
-	// Data is nil when the bytes are not held: the blob is larger than MaxBlobSize (the
-	// caller streams it), or only a HEAD has been seen.
+	// Data is nil when the bytes are not held.
 	Data []byte
+}
+
+// Blob is the cache's answer for a blob: its bytes, its size alone (a HEAD), or a stream.
+type Blob struct {
+	BlobInfo
+	// Stream, when set, is upstream's answer to pass on (status, length, range): a blob too
+	// large to keep, verified against its digest as it passes, or the part a Range asked
+	// for. The caller closes its Body.
+	Stream *upstream.Blob
 }
 
 func blobKey(up, repo string, d digest.Digest) string {
@@ -30,51 +44,48 @@ func blobNegativeKey(up, repo string, d digest.Digest) string {
 	return negativeKey(up, repo, "blob\x00"+string(d))
 }
 
-// Blob answers what is known of a blob. With wantBody false (a client HEAD) its size is
-// enough, and one upstream HEAD finds it. With wantBody true a small blob comes from
-// memory or from one coalesced upstream GET, verified against d and kept; a larger one is
-// not read: that it is large is remembered and Data left nil, so the caller opens its own
-// stream.
-func (c *Cache) Blob(ctx context.Context, o *Origin, repo string, d digest.Digest, wantBody bool) (BlobInfo, Status, error) {
+// Blob answers a blob request. With wantBody false (a client HEAD) its size is enough,
+// and one upstream HEAD finds it. With wantBody true a small blob comes from memory or
+// from one coalesced upstream GET, verified against d and kept; a larger one streams from
+// that same GET (a client's Range, rangeHeader, passed on), and is known as large after.
+func (c *Cache) Blob(ctx context.Context, o *Origin, repo string, d digest.Digest, wantBody bool, rangeHeader string) (Blob, Status, error) {
 	up := o.Registry.Name()
 	repo, d = strings.Clone(repo), digest.Digest(strings.Clone(string(d))) // may alias request buffers
 	key := blobKey(up, repo, d)
-	if info, ok := c.blobInfo(key); ok && info.answers(wantBody, c.cfg.MaxBlobSize) {
-		return info, Hit, nil
-	}
-	if err := c.store.negative(blobNegativeKey(up, repo, d)); err != nil {
-		return BlobInfo{}, Miss, err
-	}
-	verb := "head"
-	if wantBody {
-		verb = "get"
-	}
-	info, err, _ := c.blobFlights.Do(ctx, verb+"\x00"+key, func() (BlobInfo, error) {
-		if info, ok := c.blobInfo(key); ok && (info.Data != nil || (!wantBody && info.Size >= 0)) {
-			return info, nil
+	if info, ok := c.blobInfo(key); ok {
+		switch {
+		case info.Data != nil, !wantBody && info.Size >= 0:
+			return Blob{BlobInfo: info}, Hit, nil
+		case wantBody && (info.Size > c.cfg.MaxBlobSize || info.Size < 0):
+			// Known too large to keep: straight to its stream.
+			s, err := c.streamBlob(o, repo, d, rangeHeader)
+			return Blob{BlobInfo: BlobInfo{Size: -1}, Stream: s}, Miss, err
 		}
-		info, err := c.fetchBlob(o, repo, d, wantBody)
-		if err != nil {
-			if upstream.KindOf(err) == upstream.KindNotFound || upstream.KindOf(err) == upstream.KindDenied {
-				if c.cfg.NegativeTTL > 0 {
-					c.store.set(blobNegativeKey(up, repo, d), &negativeEntry{err: err}, 0, c.cfg.NegativeTTL)
-				}
+	}
+	l := &blobLookup{c: c, o: o, up: up, repo: repo, d: d, wantBody: wantBody, rng: rangeHeader, mkey: key}
+	f, err := load(ctx, &c.blobFlights, c.fleet, 0, l)
+	if err != nil {
+		return Blob{}, Miss, err
+	}
+	b := Blob{BlobInfo: f.info}
+	if f.stream != nil {
+		// The GET that found the blob large is handed to one of the requests that shared
+		// it; the others open their own.
+		if b.Stream = f.stream.take(); b.Stream == nil {
+			if b.Stream, err = c.streamBlob(o, repo, d, rangeHeader); err != nil {
+				return Blob{}, Miss, err
 			}
-			return BlobInfo{}, err
 		}
-		c.store.set(key, &info, int64(len(info.Data)), 0) // content-addressed: kept until evicted
-		return info, nil
-	})
-	return info, Miss, err
+	}
+	return b, Miss, nil
 }
 
-// answers reports whether what is known of a blob answers a request: a HEAD needs the size,
-// a GET the bytes, or the knowledge that the blob is too large to keep (the caller streams).
-func (info BlobInfo) answers(wantBody bool, maxBlobSize int64) bool {
-	if !wantBody {
-		return info.Data != nil || info.Size >= 0
-	}
-	return info.Data != nil || info.Size > maxBlobSize || info.Size < 0
+// streamBlob opens a blob's stream, verified as it passes when it is the whole blob. It
+// outlives the request's handler (fasthttp writes it after), so it is bound to no request
+// context: closing its Body ends it.
+func (c *Cache) streamBlob(o *Origin, repo string, d digest.Digest, rangeHeader string) (*upstream.Blob, error) {
+	_, s, err := o.Registry.GetBlob(context.Background(), repo, d, rangeHeader, -1)
+	return s, err
 }
 
 func (c *Cache) blobInfo(key string) (BlobInfo, bool) {
@@ -86,28 +97,95 @@ func (c *Cache) blobInfo(key string) (BlobInfo, bool) {
 	return BlobInfo{}, false
 }
 
-// fetchBlob asks upstream: a HEAD for the size, or a GET that keeps a small blob.
-func (c *Cache) fetchBlob(o *Origin, repo string, d digest.Digest, wantBody bool) (BlobInfo, error) {
-	if !wantBody {
-		b, err := o.Registry.OpenBlob(context.Background(), http.MethodHead, repo, d, "")
+// blobFetch is what one blob flight found: the blob's info and, for a blob too large to
+// keep, its open stream.
+type blobFetch struct {
+	info   BlobInfo
+	stream *handoff
+}
+
+// handoff passes an open stream to exactly one of the requests that shared its flight.
+// One that no request takes (they all went away) ends by itself: its idle timer cancels
+// the upstream request after the upstream timeout.
+type handoff struct {
+	taken atomic.Bool
+	b     *upstream.Blob
+}
+
+func (h *handoff) take() *upstream.Blob {
+	if h.taken.CompareAndSwap(false, true) {
+		return h.b
+	}
+	return nil
+}
+
+// blobLookup is a blob's miss, for load. Blobs are not shared through the fleet tier.
+type blobLookup struct {
+	c        *Cache
+	o        *Origin
+	up, repo string
+	d        digest.Digest
+	wantBody bool
+	rng      string // a client's Range, passed on with a GET
+	mkey     string // its memory key
+}
+
+// key: a HEAD, and a GET for each Range, are flights of their own.
+func (l *blobLookup) key() string {
+	if !l.wantBody {
+		return "head\x00" + l.mkey
+	}
+	return "get\x00" + l.mkey + "\x00" + l.rng
+}
+
+func (l *blobLookup) waits() bool              { return false }
+func (l *blobLookup) fleet() (blobFetch, bool) { return blobFetch{}, false }
+
+func (l *blobLookup) memory() (blobFetch, bool, error) {
+	if info, ok := l.c.blobInfo(l.mkey); ok && (info.Data != nil || (!l.wantBody && info.Size >= 0)) {
+		return blobFetch{info: info}, true, nil
+	}
+	return blobFetch{}, false, l.c.store.negative(blobNegativeKey(l.up, l.repo, l.d))
+}
+
+// fetch asks upstream: a HEAD for the size, or one GET that is kept when small and
+// streamed otherwise.
+func (l *blobLookup) fetch() (blobFetch, error) {
+	if !l.wantBody {
+		b, err := l.o.Registry.OpenBlob(context.Background(), http.MethodHead, l.repo, l.d, "")
 		if err != nil {
-			return BlobInfo{}, err
+			return blobFetch{}, err
 		}
 		_ = b.Body.Close()
-		return BlobInfo{Size: b.Size}, nil
+		return blobFetch{info: BlobInfo{Size: b.Size}}, nil
 	}
-	data, _, err := o.Registry.FetchBlob(context.Background(), repo, d, c.cfg.MaxBlobSize)
-	var ue *upstream.Error
-	if errors.As(err, &ue) && ue.TooLarge {
-		// Too large to keep: remember that, so later GETs stream straight away instead of
-		// trying to read it again. Not its size: that is only the Content-Length of an answer
-		// whose body was never read, and a body that ends short of it (or a length that lies)
-		// must not become what every later HEAD of this digest answers. Size -1 sends a HEAD
-		// upstream, whose answer is kept as a HEAD's is.
-		return BlobInfo{Size: -1}, nil
-	}
+	data, s, err := l.o.Registry.GetBlob(context.Background(), l.repo, l.d, l.rng, l.c.cfg.MaxBlobSize)
 	if err != nil {
-		return BlobInfo{}, err
+		return blobFetch{}, err
 	}
-	return BlobInfo{Size: int64(len(data)), Data: data}, nil
+	if s != nil {
+		return blobFetch{info: BlobInfo{Size: -1}, stream: &handoff{b: s}}, nil
+	}
+	return blobFetch{info: BlobInfo{Size: int64(len(data)), Data: data}}, nil
+}
+
+// store keeps what a blob is, content-addressed, until evicted. A blob that streamed as a
+// whole is remembered as too large to keep (size -1: a HEAD finds its size), so later GETs
+// stream straight away; a part says nothing of the blob.
+func (l *blobLookup) store(f blobFetch) blobFetch {
+	if f.stream != nil && f.stream.b.Status != http.StatusOK {
+		return f
+	}
+	info := f.info
+	l.c.store.set(l.mkey, &info, int64(len(info.Data)), 0)
+	return f
+}
+
+func (l *blobLookup) failed(err error) {
+	switch upstream.KindOf(err) {
+	case upstream.KindNotFound, upstream.KindDenied:
+		if l.c.cfg.NegativeTTL > 0 {
+			l.c.store.set(blobNegativeKey(l.up, l.repo, l.d), &negativeEntry{err: err}, 0, l.c.cfg.NegativeTTL)
+		}
+	}
 }

@@ -66,19 +66,20 @@ type Answer struct {
 
 // Cache resolves manifest references through memory and upstream.
 type Cache struct {
-	cfg     Config
-	log     *zap.Logger
-	store   *store
-	flights flight.Group[upstream.Manifest]
-	// tagFlights and blobFlights coalesce tags listings and small-blob fetches.
-	tagFlights  flight.Group[*tagList]
-	blobFlights flight.Group[BlobInfo]
+	cfg   Config
+	log   *zap.Logger
+	store *store
+	// fleet is the tier the replicas share (noFleet without Redis). Only misses consult it.
+	fleet fleetTier
+	// One flight group per kind of lookup (load.go): tags, manifests by digest, tags
+	// listings, blobs.
+	tagFlights    flight.Group[resolved]
+	digestFlights flight.Group[*ManifestEntry]
+	listFlights   flight.Group[*tagList]
+	blobFlights   flight.Group[blobFetch]
 	// tagsDropped counts tags upstream listed outside the tag grammar (never served);
 	// tagsTruncated counts listings cut at their bound.
 	tagsDropped, tagsTruncated atomic.Int64
-	now                        func() time.Time
-	// shared is the Redis tier, nil without one. Only misses consult it.
-	shared *shared
 	// credLog spaces out the log lines for upstreams refusing our credentials.
 	credLog perUpstream
 	// putLocks make putManifest's look-then-store one step per manifest key: a HEAD's
@@ -111,11 +112,12 @@ func New(cfg Config) (*Cache, error) {
 	if cfg.TagsMaxBytes <= 0 {
 		cfg.TagsMaxBytes = DefaultTagsMaxBytes
 	}
-	c := &Cache{cfg: cfg, log: log, store: s, now: time.Now, stop: make(chan struct{})}
+	c := &Cache{cfg: cfg, log: log, store: s, fleet: noFleet{}, stop: make(chan struct{})}
 	if cfg.Redis != nil {
-		c.shared = newShared(*cfg.Redis, log)
+		r := newShared(*cfg.Redis, log)
+		c.fleet = r
 		c.bg.Add(1)
-		go c.watchRedis()
+		go c.watchRedis(r)
 	}
 	return c, nil
 }
@@ -128,18 +130,16 @@ func (c *Cache) Close() {
 		close(c.stop)
 	}
 	c.bg.Wait()
-	if c.shared != nil {
-		c.shared.close()
-	}
+	c.fleet.close()
 	c.store.close()
 }
 
 // watchRedis pings Redis every few seconds, so that /readyz and the metrics tell its
 // state even while every request is a first-tier hit, and so that a Redis that came back
 // is used again.
-func (c *Cache) watchRedis() {
+func (c *Cache) watchRedis(r *shared) {
 	defer c.bg.Done()
-	if err := c.shared.ping(); err != nil {
+	if err := r.ping(); err != nil {
 		c.log.Warn("redis unreachable at start; serving from memory and upstream until it answers",
 			zap.String("addr", c.cfg.Redis.Addr), zap.Error(err))
 	}
@@ -150,17 +150,18 @@ func (c *Cache) watchRedis() {
 		case <-c.stop:
 			return
 		case <-t.C:
-			_ = c.shared.ping()
+			_ = r.ping()
 		}
 	}
 }
 
 // RedisStats is the shared tier's state, or nil without one.
-func (c *Cache) RedisStats() *RedisStats {
-	if c.shared == nil {
-		return nil
-	}
-	return c.shared.stats()
+func (c *Cache) RedisStats() *RedisStats { return c.fleet.stats() }
+
+// fleetWait bounds how long a request waits on another replica's upstream request for
+// o: revalidate_wait plus the upstream timeout, by when the holder's own request has ended.
+func (c *Cache) fleetWait(o *Origin) time.Duration {
+	return c.cfg.RevalidateWait + o.Registry.Timeout()
 }
 
 // remember keeps upstream's authoritative "no" (not found, denied) for negative_ttl, so a

@@ -6,94 +6,72 @@ package cache
 import (
 	"context"
 	"hash/maphash"
-	"strings"
-	"time"
 
 	"github.com/opencontainers/go-digest"
 
 	"regcache/upstream"
 )
 
-func (c *Cache) byDigest(ctx context.Context, o *Origin, repo string, d digest.Digest, wantBody bool) (Answer, error) {
+// manifestByDigest is a manifest by digest that memory does not hold (with its body, when
+// wantBody), over the one road of load.go, and kept for good.
+func (c *Cache) manifestByDigest(ctx context.Context, o *Origin, repo string, d digest.Digest, wantBody bool) (*ManifestEntry, error) {
 	up := o.Registry.Name()
-	repo, d = strings.Clone(repo), digest.Digest(strings.Clone(string(d)))
-	if err := c.store.negative(negativeKey(up, repo, string(d))); err != nil {
-		return Answer{}, err
-	}
-	m, err := c.fetchDigest(ctx, o, repo, d, wantBody)
-	if err != nil {
-		return Answer{}, err
-	}
-	return answer(m.Descriptor, m.Body, wantBody, Miss, time.Time{}), nil
+	return load(ctx, &c.digestFlights, c.fleet, c.fleetWait(o),
+		&digestLookup{c: c, o: o, up: up, repo: repo, d: d, wantBody: wantBody, mkey: manifestKey(up, repo, string(d))})
 }
 
-// fetchDigest asks upstream for a manifest by digest, coalesced, and caches it for good:
-// content-addressed entries never go stale.
-func (c *Cache) fetchDigest(ctx context.Context, o *Origin, repo string, d digest.Digest, wantBody bool) (upstream.Manifest, error) {
-	up := o.Registry.Name()
-	verb := "head"
-	if wantBody {
-		verb = "get"
-	}
-	m, err, _ := c.flights.Do(ctx, verb+"\x00"+manifestKey(up, repo, string(d)), func() (upstream.Manifest, error) {
-		// The caller looked in the store before joining; a flight that finished in between
-		// may have stored the answer already, and upstream must not be asked twice.
-		if e := c.store.manifest(manifestKey(up, repo, string(d))); e != nil && (e.Body != nil || !wantBody) {
-			return upstream.Manifest{Descriptor: e.Descriptor, Body: e.Body}, nil
-		}
-		if err := c.store.negative(negativeKey(up, repo, string(d))); err != nil {
-			return upstream.Manifest{}, err
-		}
-		ask := func() (upstream.Manifest, error) { return c.askDigest(o, repo, d, wantBody) }
-		look := func() (upstream.Manifest, bool) {
-			e := c.shared.getManifest(up, repo, d)
-			if e == nil {
-				return upstream.Manifest{}, false
-			}
-			m := upstream.Manifest{Descriptor: e.Descriptor, Body: e.Body}
-			c.putManifest(up, repo, m)
-			return m, true
-		}
-		var m upstream.Manifest
-		var err error
-		if wantBody {
-			m, err = fleet(c.shared, "manifest:"+up+"/"+repo+"@"+string(d), c.fleetWait(o), look, ask)
-		} else {
-			// Only bodies are shared, and a HEAD by digest is one cheap request: no wait.
-			if c.shared != nil {
-				if m, ok := look(); ok {
-					return m, nil
-				}
-			}
-			m, err = ask()
-		}
-		if err != nil {
-			c.remember(up, repo, string(d), err)
-		}
-		return m, err
-	})
-	return m, err
+// digestLookup is a manifest's miss by digest, for load.
+type digestLookup struct {
+	c        *Cache
+	o        *Origin
+	up, repo string
+	d        digest.Digest
+	wantBody bool
+	mkey     string // its memory key
 }
 
-// askDigest asks upstream for a manifest by digest and caches the answer in both tiers.
-func (c *Cache) askDigest(o *Origin, repo string, d digest.Digest, wantBody bool) (upstream.Manifest, error) {
-	up := o.Registry.Name()
-	var m upstream.Manifest
-	var err error
-	if wantBody {
-		m, err = o.Registry.GetManifest(context.Background(), repo, string(d))
-	} else {
-		m, err = o.Registry.HeadManifest(context.Background(), repo, string(d))
+// key is also the fleet lock's name for a GET: <prefix>lock:manifest:<upstream>/<repo>@<digest>.
+// A HEAD is another flight, and takes no lock.
+func (l *digestLookup) key() string {
+	if !l.wantBody {
+		return "manifest-head:" + l.up + "/" + l.repo + "@" + string(l.d)
 	}
-	if err != nil {
-		return m, err
-	}
-	c.putManifest(up, repo, m)
-	if c.shared != nil {
-		c.shared.setManifest(up, repo, m)
-	}
-	return m, nil
+	return "manifest:" + l.up + "/" + l.repo + "@" + string(l.d)
 }
+
+// waits: only bodies are shared, and a HEAD by digest is one cheap request.
+func (l *digestLookup) waits() bool { return l.wantBody }
+
+func (l *digestLookup) memory() (*ManifestEntry, bool, error) {
+	if e := l.c.store.manifest(l.mkey); e != nil && (e.Body != nil || !l.wantBody) {
+		return e, true, nil
+	}
+	return nil, false, l.c.store.negative(negativeKey(l.up, l.repo, string(l.d)))
+}
+
+func (l *digestLookup) fleet() (*ManifestEntry, bool) {
+	e := l.c.fleet.getManifest(l.up, l.repo, l.d)
+	if e == nil {
+		return nil, false
+	}
+	return l.c.putManifest(l.up, l.repo, upstream.Manifest{Descriptor: e.Descriptor, Body: e.Body}), true
+}
+
+func (l *digestLookup) fetch() (upstream.Manifest, error) {
+	if l.wantBody {
+		return l.o.Registry.GetManifest(context.Background(), l.repo, string(l.d))
+	}
+	return l.o.Registry.HeadManifest(context.Background(), l.repo, string(l.d))
+}
+
+// store keeps the manifest for good: content-addressed entries never go stale.
+func (l *digestLookup) store(m upstream.Manifest) *ManifestEntry {
+	e := l.c.putManifest(l.up, l.repo, m)
+	l.c.fleet.setManifest(l.up, l.repo, m)
+	return e
+}
+
+func (l *digestLookup) failed(err error) { l.c.remember(l.up, l.repo, string(l.d), err) }
 
 // putManifest caches a verified manifest, never replacing a full entry with a bodiless one,
 // and returns the entry now standing for the digest (the one kept, when m has no body).
@@ -120,15 +98,15 @@ func (c *Cache) putManifest(up, repo string, m upstream.Manifest) *ManifestEntry
 var putSeed = maphash.MakeSeed()
 
 // claimed is what to store for a tag that a HEAD (or another replica's entry) says points
-// at d: a verified body's descriptor when one is known (claim nil), or d with the bodiless
-// entry that will learn the verified one (claim).
-func (c *Cache) claimed(up, repo string, d upstream.Descriptor) (upstream.Descriptor, *ManifestEntry) {
+// at d: a verified body's descriptor when one is known (with the body's entry when it is
+// held), or d with the bodiless entry that will learn the verified one (claim).
+func (c *Cache) claimed(up, repo string, d upstream.Descriptor) (_ upstream.Descriptor, body, claim *ManifestEntry) {
 	e := c.putManifest(up, repo, upstream.Manifest{Descriptor: d})
 	if e.Body != nil {
-		return e.Descriptor, nil
+		return e.Descriptor, e, nil
 	}
 	if v := e.verified.Load(); v != nil {
-		return *v, nil
+		return *v, nil, nil
 	}
-	return d, e
+	return d, nil, e
 }

@@ -159,68 +159,31 @@ func (s *shared) stalled(value string, seenSince, now time.Time) bool {
 	return ok && now.Sub(at) > s.stallAfter()+maxSkew
 }
 
-// fleet makes one replica of a fleet ask upstream for key while the others wait for the
-// answer it shares: look reads the shared tier, fetch asks upstream and shares the answer.
-// Without a shared tier (s nil) it is fetch alone.
-// A waiter asks upstream itself when the lock goes without an answer appearing (the holder
-// failed), takes the lock over when its holder stops renewing it (died or hung), and in
-// any case stops waiting after wait (revalidate_wait plus the upstream timeout: longer,
-// a live holder's own request has timed out).
-func fleet[V any](s *shared, key string, wait time.Duration, look func() (V, bool), fetch func() (V, error)) (V, error) {
-	if s == nil {
-		return fetch() // no shared tier: no fleet to coalesce with
-	}
-	if v, ok := look(); ok {
-		return v, nil
-	}
-	release, mine := s.lock(key)
-	if !mine {
-		s.lockWaits.Add(1)
-		var v V
-		var done bool
-		var err error
-		if v, release, done, err = await(s, key, wait, look); done {
-			return v, err
-		}
-		mine = release != nil
-	}
-	if mine {
-		defer release()
-		// The replica that held the lock before may have shared its answer and let go
-		// between our look and our lock.
-		if v, ok := look(); ok {
-			return v, nil
-		}
-	}
-	v, err := fetch()
-	if err != nil && mine {
-		s.setFailure(key, err) // before the lock goes: the waiters read it then
-	}
-	return v, err
-}
-
-// await waits for key's holder: done with its answer or its failure, or not done, with
-// the lock taken over (release) or none, for the caller to fetch itself.
-func await[V any](s *shared, key string, wait time.Duration, look func() (V, bool)) (v V, release func(), done bool, err error) {
+// await waits for key's holder: done once arrived reports its answer, or with the failure
+// the holder shared; not done, with the lock taken over (release) or none, for the caller
+// to ask upstream itself. It stops waiting after wait (revalidate_wait plus the upstream
+// timeout: longer, a live holder's own request has timed out).
+func (s *shared) await(key string, wait time.Duration, arrived func() bool) (release func(), done bool, err error) {
+	s.lockWaits.Add(1)
 	deadline := time.Now().Add(wait)
 	var seen string
 	var seenSince time.Time
 	for poll := lockPollFirst; !s.closed.Load(); poll = min(poll*3/2, lockPollMax) {
 		time.Sleep(poll)
-		if v, ok := look(); ok {
-			return v, nil, true, nil
+		if arrived() {
+			return nil, true, nil
 		}
 		value, held := s.holder(key)
 		if !held {
 			// The holder is done: its answer may have landed between the two calls, or it
 			// failed and said why.
-			if v, ok := look(); ok {
-				return v, nil, true, nil
+			if arrived() {
+				return nil, true, nil
 			}
 			if err := s.failure(key); err != nil {
-				return v, nil, true, err
+				return nil, true, err
 			}
-			return v, nil, false, nil
+			return nil, false, nil
 		}
 		now := time.Now()
 		if value != seen {
@@ -228,7 +191,7 @@ func await[V any](s *shared, key string, wait time.Duration, look func() (V, boo
 		}
 		if s.stalled(value, seenSince, now) {
 			if release, mine := s.takeOver(key, value); mine {
-				return v, release, false, nil
+				return release, false, nil
 			}
 			seen = "" // another waiter took it over: wait for that one afresh
 		}
@@ -236,7 +199,7 @@ func await[V any](s *shared, key string, wait time.Duration, look func() (V, boo
 			break
 		}
 	}
-	return v, nil, false, nil
+	return nil, false, nil
 }
 
 // failureTTL is how long a holder's upstream failure answers the replicas that waited for

@@ -59,7 +59,7 @@ func TestCloseWithFlightInProgress(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if _, ok := c.Hit(o, "team/app", "slow", false, time.Now()); ok {
+	if _, ok := c.Hit(&Request{Origin: o, Repo: "team/app", Ref: "slow", Now: time.Now()}); ok {
 		t.Error("a closed cache stored the late answer")
 	}
 	c.Close() // twice is harmless

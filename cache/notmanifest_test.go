@@ -46,7 +46,7 @@ func TestNotAManifestIsNeitherCachedNorShared(t *testing.T) {
 					if manifests(reg) == before {
 						t.Fatalf("%s (body %v): upstream was not asked: the refused answer was kept", ref, body)
 					}
-					if _, ok := rp.c.Hit(rp.o, "team/app", ref, body, time.Now()); ok {
+					if _, ok := rp.c.Hit(&Request{Origin: rp.o, Repo: "team/app", Ref: ref, WantBody: body, Now: time.Now()}); ok {
 						t.Fatalf("%s (body %v): the refused answer is in memory", ref, body)
 					}
 				}

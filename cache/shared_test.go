@@ -582,7 +582,7 @@ func TestSharedTagsPages(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			rp := reps[i%3]
-			p, _, err := rp.c.Tags(context.Background(), rp.o, "team/app", req)
+			p, _, err := rp.c.Tags(context.Background(), rp.o, "team/app", req, time.Now())
 			if err != nil {
 				t.Error(err)
 				return
@@ -601,7 +601,7 @@ func TestSharedTagsPages(t *testing.T) {
 		}
 	}
 	fresh := newReplica(t, reg, rs.Addr, time.Second)
-	if p, _, err := fresh.c.Tags(context.Background(), fresh.o, "team/app", TagsRequest{N: 10, Last: "v100"}); err != nil ||
+	if p, _, err := fresh.c.Tags(context.Background(), fresh.o, "team/app", TagsRequest{N: 10, Last: "v100"}, time.Now()); err != nil ||
 		!strings.Contains(string(p.Body), `["v101","v102"`) || !p.More || p.NextLast != "v110" {
 		t.Fatalf("a new replica: %v %.100s", err, p.Body)
 	}
@@ -625,7 +625,7 @@ func TestSharedTagsPages(t *testing.T) {
 		}
 		rp := newReplica(t, reg, rs.Addr, time.Second)
 		garbage := rp.c.RedisStats().Garbage
-		p, _, err := rp.c.Tags(context.Background(), rp.o, "team/app", req)
+		p, _, err := rp.c.Tags(context.Background(), rp.o, "team/app", req, time.Now())
 		if err != nil || !bytes.Equal(p.Body, bodies[0]) {
 			t.Fatalf("with %s in Redis: %v %.100s", bad, err, p.Body)
 		}
@@ -655,7 +655,7 @@ func TestSharedTagsWalkAcrossReplicas(t *testing.T) {
 	got, worst := walkTags(t, func(r TagsRequest) TagPage {
 		rp := reps[i%3]
 		i++
-		p, _, err := rp.c.Tags(context.Background(), rp.o, "team/app", r)
+		p, _, err := rp.c.Tags(context.Background(), rp.o, "team/app", r, time.Now())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -675,13 +675,14 @@ func TestFleetKeepsBusyToItself(t *testing.T) {
 	reg := registrytest.New(t, registrytest.NoAuth)
 	a := newReplica(t, reg, rs.Addr, time.Second)
 	busy := &upstream.Error{Kind: upstream.KindUnavailable, Upstream: "reg.test", Busy: true, RetryAfter: time.Second, Message: "busy"}
-	a.c.shared.setFailure("k-busy", busy)
-	if err := a.c.shared.failure("k-busy"); err != nil {
+	fleet := a.c.fleet.(*shared)
+	fleet.setFailure("k-busy", busy)
+	if err := fleet.failure("k-busy"); err != nil {
 		t.Fatalf("a full bound was shared with the fleet: %v", err)
 	}
 	down := &upstream.Error{Kind: upstream.KindUnavailable, Upstream: "reg.test", Message: "connection refused"}
-	a.c.shared.setFailure("k-down", down)
-	if err := a.c.shared.failure("k-down"); !errors.Is(err, upstream.ErrUnavailable) {
+	fleet.setFailure("k-down", down)
+	if err := fleet.failure("k-down"); !errors.Is(err, upstream.ErrUnavailable) {
 		t.Fatalf("an upstream failure was not shared: %v", err)
 	}
 }

@@ -35,8 +35,8 @@ type sharedTag struct {
 	PrevS     int64  `json:"prevSize,omitempty"`
 }
 
-func (s *shared) getTag(up, repo, tag string) *TagEntry {
-	return readEntry(s, s.tagKey(up, repo, tag), func(data []byte) (*TagEntry, string) { return decodeTag(data, time.Now()) })
+func (s *shared) getTag(up, repo, tag string, now time.Time) *TagEntry {
+	return readEntry(s, s.tagKey(up, repo, tag), func(data []byte) (*TagEntry, string) { return decodeTag(data, now) })
 }
 
 // readEntry reads key and decodes it. A miss, or Redis failing, is nil; an entry that does

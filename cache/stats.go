@@ -25,8 +25,8 @@ func (c *Cache) Stats() Stats {
 		SizeBytes: c.store.rc.MaxCost() - c.store.rc.RemainingCost(),
 		MaxBytes:  c.store.rc.MaxCost(),
 		Evictions: m.KeysEvicted(),
-		Coalesced: c.flights.Joined() + c.tagFlights.Joined() + c.blobFlights.Joined(),
-		InFlight:  c.flights.InFlight() + c.tagFlights.InFlight() + c.blobFlights.InFlight(),
+		Coalesced: c.tagFlights.Joined() + c.digestFlights.Joined() + c.listFlights.Joined() + c.blobFlights.Joined(),
+		InFlight:  c.tagFlights.InFlight() + c.digestFlights.InFlight() + c.listFlights.InFlight() + c.blobFlights.InFlight(),
 
 		TagsDropped:   c.tagsDropped.Load(),
 		TagsTruncated: c.tagsTruncated.Load(),

@@ -60,36 +60,31 @@ func (s *store) tagList(key string) *tagList {
 	return l
 }
 
-// tagsFresh reports whether l is within o's tag TTL.
-func (c *Cache) tagsFresh(o *Origin, l *tagList) bool {
-	return l != nil && c.now().Sub(l.FetchedAt) < o.TagTTL
+// tagsFresh reports whether l is within o's tag TTL at now.
+func tagsFresh(o *Origin, l *tagList, now time.Time) bool {
+	return l != nil && now.Sub(l.FetchedAt) < o.TagTTL
 }
 
 // Tags answers a page of repo's tags from the repository's one listing, assembling it
 // from upstream as far as the page needs and one request may go. The listing is
 // coalesced and shared (within the process, and through Redis across a fleet); it is
-// served stale while upstream fails, like tag lookups.
-func (c *Cache) Tags(ctx context.Context, o *Origin, repo string, req TagsRequest) (TagPage, Status, error) {
+// served stale while upstream fails, like tag lookups. now is the request's clock read.
+func (c *Cache) Tags(ctx context.Context, o *Origin, repo string, req TagsRequest, now time.Time) (TagPage, Status, error) {
 	repo = strings.Clone(repo) // may alias the caller's request buffer
 	up := o.Registry.Name()
 	key := tagsKey(up, repo)
 	local := c.store.tagList(key)
-	if c.tagsFresh(o, local) && local.covers(req) {
+	if tagsFresh(o, local, now) && local.covers(req) {
 		return local.page(repo, req), Hit, nil
 	}
-	if local == nil {
-		if err := c.store.negative(negativeKey(up, "", key)); err != nil {
-			return TagPage{}, Miss, err
-		}
-	}
-	fetch := func() (*tagList, error) { return c.advanceTags(o, repo, req) }
+	lk := &listLookup{c: c, o: o, up: up, repo: repo, req: req, now: now, mkey: key}
 	if local == nil || local.nothingFor(req) {
 		// Nothing here to answer with (a cold repository, or a client past the end of what
 		// the listing holds so far): wait for upstream as a cold request does. An empty page
 		// would carry a Link to itself, and What's Up Docker follows a Link for as long as
 		// there is one: while upstream failed (or a hold was on, costing nothing) that was a
 		// loop as fast as the client could ask. A failure is the answer.
-		l, err, _ := c.tagFlights.Do(ctx, key, fetch)
+		l, err := load(ctx, &c.listFlights, c.fleet, c.fleetWait(o), lk)
 		if err != nil {
 			return TagPage{}, Miss, err
 		}
@@ -97,17 +92,17 @@ func (c *Cache) Tags(ctx context.Context, o *Origin, repo string, req TagsReques
 	}
 	wctx, cancel := context.WithTimeout(ctx, c.cfg.RevalidateWait)
 	defer cancel()
-	l, err, _ := c.tagFlights.Do(wctx, key, fetch)
+	l, err := load(wctx, &c.listFlights, c.fleet, c.fleetWait(o), lk)
 	switch {
 	case err == nil:
 		return l.page(repo, req), Miss, nil
 	case ctx.Err() != nil:
 		return TagPage{}, Miss, ctx.Err()
 	case errors.Is(err, context.DeadlineExceeded) || serveStaleOn(err):
-		if c.tagsFresh(o, local) {
+		if tagsFresh(o, local, now) {
 			return local.page(repo, req), Hit, nil // what there is, with a Link to go on
 		}
-		if c.now().Sub(local.FetchedAt) < o.TagTTL+c.cfg.MaxStale {
+		if now.Sub(local.FetchedAt) < o.TagTTL+c.cfg.MaxStale {
 			c.log.Warn("serving stale tags", zap.String("upstream", up), zap.String("repository", repo), zap.Error(err))
 			return local.page(repo, req), Stale, nil
 		}
@@ -117,72 +112,87 @@ func (c *Cache) Tags(ctx context.Context, o *Origin, repo string, req TagsReques
 	}
 }
 
-// advanceTags moves repo's listing forward for req, at most one step (cfg.TagsMaxPages
-// upstream pages): with a shared tier, a listing another replica stored that answers req
-// (or that moved on while this one waited for its lock) is taken as it is.
-func (c *Cache) advanceTags(o *Origin, repo string, req TagsRequest) (*tagList, error) {
-	up := o.Registry.Name()
-	key := tagsKey(up, repo)
-	var seen *tagList
-	looks := 0
-	look := func() (*tagList, bool) {
-		l := c.shared.getTagList(up, repo, c.cfg, c.now())
-		looks++
-		if looks == 1 {
-			seen = l
-		}
-		if l == nil {
-			return nil, false
-		}
-		moved := looks > 1 && (seen == nil || !l.FetchedAt.Equal(seen.FetchedAt) || len(l.Tags) != len(seen.Tags) || l.Complete != seen.Complete)
-		if !(c.tagsFresh(o, l) && l.covers(req)) && !moved {
-			return nil, false
-		}
-		c.keepTags(o, key, l)
-		return l, true
+// listLookup moves a repository's listing forward for req, at most one step
+// (cfg.TagsMaxPages upstream pages), for load: a listing another replica shared that
+// answers req (or that moved on while this one waited for its lock) is taken as it is.
+type listLookup struct {
+	c        *Cache
+	o        *Origin
+	up, repo string
+	req      TagsRequest
+	now      time.Time
+	mkey     string // its memory key
+	// seen is the fleet's listing at the first look; looks counts the looks, so that a
+	// listing that moved since is taken even when it does not cover req.
+	seen  *tagList
+	looks int
+}
+
+// key is also the fleet lock's name: <prefix>lock:tags:<upstream>/<repo>.
+func (l *listLookup) key() string { return "tags:" + l.up + "/" + l.repo }
+
+func (l *listLookup) waits() bool { return true }
+
+func (l *listLookup) memory() (*tagList, bool, error) {
+	local := l.c.store.tagList(l.mkey)
+	if local == nil {
+		return nil, false, l.c.store.negative(negativeKey(l.up, "", l.mkey))
 	}
-	ask := func() (*tagList, error) {
-		// The furthest listing known here: ours (another request's step may have landed
-		// since this request looked) or the fleet's.
-		base := c.furtherTags(o, c.store.tagList(key), seen)
-		switch {
-		case base != nil && c.tagsFresh(o, base) && base.covers(req):
-			return base, nil // another request's step, landed since this one looked
-		case base != nil && !c.tagsFresh(o, base) && !base.beyond(req):
-			base = nil // stale: list anew, unless req walks on past its end
-		}
-		l, err := c.extend(o, repo, base)
-		if err != nil {
-			return nil, err
-		}
-		c.keepTags(o, key, l)
-		if c.shared != nil {
-			c.shared.setTagList(up, repo, l, c.tagsKeep(o))
-		}
-		return l, nil
+	return local, tagsFresh(l.o, local, l.now) && local.covers(l.req), nil
+}
+
+func (l *listLookup) fleet() (*tagList, bool) {
+	tl := l.c.fleet.getTagList(l.up, l.repo, l.c.cfg, l.now)
+	l.looks++
+	if l.looks == 1 {
+		l.seen = tl
 	}
-	l, err := fleet(c.shared, "tags:"+up+"/"+repo, c.fleetWait(o), look, ask)
-	if c.remember(up, "", key, err) && upstream.KindOf(err) == upstream.KindNotFound {
+	if tl == nil {
+		return nil, false
+	}
+	seen := l.seen
+	moved := l.looks > 1 && (seen == nil || !tl.FetchedAt.Equal(seen.FetchedAt) || len(tl.Tags) != len(seen.Tags) || tl.Complete != seen.Complete)
+	if !(tagsFresh(l.o, tl, l.now) && tl.covers(l.req)) && !moved {
+		return nil, false
+	}
+	l.c.keepTags(l.o, l.mkey, tl)
+	return tl, true
+}
+
+func (l *listLookup) fetch() (*tagList, error) {
+	// The furthest listing known here: ours or the fleet's.
+	base := l.c.furtherTags(l.o, l.c.store.tagList(l.mkey), l.seen, l.now)
+	if base != nil && !tagsFresh(l.o, base, l.now) && !base.beyond(l.req) {
+		base = nil // stale: list anew, unless req walks on past its end
+	}
+	return l.c.extend(l.o, l.repo, base, l.now)
+}
+
+func (l *listLookup) store(tl *tagList) *tagList {
+	l.c.keepTags(l.o, l.mkey, tl)
+	l.c.fleet.setTagList(l.up, l.repo, tl, l.c.tagsKeep(l.o))
+	return tl
+}
+
+func (l *listLookup) failed(err error) {
+	if l.c.remember(l.up, "", l.mkey, err) && upstream.KindOf(err) == upstream.KindNotFound {
 		// The repository is gone upstream: stop serving its tags. A denial is not a
 		// deletion (as for tags in manifests.go): the listing stays for when access returns.
-		c.store.del(key)
-		if c.shared != nil {
-			c.shared.delTagList(up, repo)
-		}
+		l.c.store.del(l.mkey)
+		l.c.fleet.delTagList(l.up, l.repo)
 	}
-	return l, err
 }
 
 // furtherTags picks the listing to go on from: a fresh one over a stale one, then a
 // complete one, then the longer.
-func (c *Cache) furtherTags(o *Origin, a, b *tagList) *tagList {
+func (c *Cache) furtherTags(o *Origin, a, b *tagList, now time.Time) *tagList {
 	switch {
 	case a == nil:
 		return b
 	case b == nil:
 		return a
-	case c.tagsFresh(o, a) != c.tagsFresh(o, b):
-		if c.tagsFresh(o, a) {
+	case tagsFresh(o, a, now) != tagsFresh(o, b, now):
+		if tagsFresh(o, a, now) {
 			return a
 		}
 		return b

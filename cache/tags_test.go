@@ -83,7 +83,7 @@ func TestTagsWalkEndsUnderZeroTTL(t *testing.T) {
 	reg.SetPaging(registrytest.PagingLink, 10)
 	c, o := tagsCache(t, reg, 0, Config{TagsMaxPages: 3})
 	got, worst := walkTags(t, func(r TagsRequest) TagPage {
-		p, _, err := c.Tags(context.Background(), o, "team/app", r)
+		p, _, err := c.Tags(context.Background(), o, "team/app", r, time.Now())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -104,18 +104,18 @@ func TestTagsEndOfIncompleteListingWhileUpstreamFails(t *testing.T) {
 	reg.PushTags(t, "team/app", numberedTags(200))
 	reg.SetPaging(registrytest.PagingLink, 10)
 	c, o := tagsCache(t, reg, time.Minute, Config{TagsMaxPages: 3})
-	first, _, err := c.Tags(context.Background(), o, "team/app", TagsRequest{N: 20})
+	first, _, err := c.Tags(context.Background(), o, "team/app", TagsRequest{N: 20}, time.Now())
 	if err != nil || !first.More || first.NextLast != "v0019" {
 		t.Fatalf("first page: more=%v next=%q err=%v", first.More, first.NextLast, err)
 	}
 	reg.SetFault(registrytest.RateLimited(time.Hour))
 	// Inside what the listing holds (30 tags): served.
-	if p, _, err := c.Tags(context.Background(), o, "team/app", TagsRequest{N: 5, Last: "v0019"}); err != nil || p.NextLast != "v0024" {
+	if p, _, err := c.Tags(context.Background(), o, "team/app", TagsRequest{N: 5, Last: "v0019"}, time.Now()); err != nil || p.NextLast != "v0024" {
 		t.Fatalf("inside the listing: next=%q err=%v", p.NextLast, err)
 	}
 	// Past it: the rate limit, twice (the second time from the guard's hold).
 	for i := range 2 {
-		p, _, err := c.Tags(context.Background(), o, "team/app", TagsRequest{N: 100, Last: "v0029"})
+		p, _, err := c.Tags(context.Background(), o, "team/app", TagsRequest{N: 100, Last: "v0029"}, time.Now())
 		if upstream.KindOf(err) != upstream.KindRateLimited {
 			t.Fatalf("request %d past the listing's end: page %s more=%v next=%q, err %v; want the rate limit", i, p.Body, p.More, p.NextLast, err)
 		}
@@ -130,11 +130,11 @@ func TestTagsEndOfListingWaitsForASlowStep(t *testing.T) {
 	reg.PushTags(t, "team/app", numberedTags(60))
 	reg.SetPaging(registrytest.PagingLink, 10)
 	c, o := tagsCache(t, reg, time.Minute, Config{TagsMaxPages: 2, RevalidateWait: 50 * time.Millisecond})
-	if _, _, err := c.Tags(context.Background(), o, "team/app", TagsRequest{N: 20}); err != nil {
+	if _, _, err := c.Tags(context.Background(), o, "team/app", TagsRequest{N: 20}, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	reg.SetFault(registrytest.Delay(200 * time.Millisecond)) // each page; a step of 2 pages
-	p, _, err := c.Tags(context.Background(), o, "team/app", TagsRequest{N: 20, Last: "v0019"})
+	p, _, err := c.Tags(context.Background(), o, "team/app", TagsRequest{N: 20, Last: "v0019"}, time.Now())
 	if err != nil || p.NextLast != "v0039" {
 		t.Fatalf("past the end during a slow step: next=%q err=%v; want the next 20 tags", p.NextLast, err)
 	}
@@ -147,7 +147,7 @@ func TestTagsListingCutAtMaxCount(t *testing.T) {
 	reg.PushTags(t, "team/app", numberedTags(300))
 	reg.SetPaging(registrytest.PagingLink, 20)
 	c, o := tagsCache(t, reg, time.Minute, Config{TagsMaxCount: 50})
-	p, _, err := c.Tags(context.Background(), o, "team/app", TagsRequest{N: MaxTagsPage})
+	p, _, err := c.Tags(context.Background(), o, "team/app", TagsRequest{N: MaxTagsPage}, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

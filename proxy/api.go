@@ -221,9 +221,12 @@ func (p *Proxy) pickPlatform(ctx context.Context, up *Upstream, repo string, a c
 		if err := json.Unmarshal(a.Body, &m); err != nil || m.Config.Digest == "" {
 			return "", plat, newError(fasthttp.StatusBadGateway, codeManifestInvalid, "manifest has no config to read its platform from")
 		}
-		cfg, _, err := p.cache.Blob(ctx, up.Origin, repo, m.Config.Digest, true)
+		cfg, _, err := p.cache.Blob(ctx, up.Origin, repo, m.Config.Digest, true, "")
 		if err != nil {
 			return "", plat, fromUpstream(err, codeBlobUnknown)
+		}
+		if cfg.Stream != nil {
+			cfg.Stream.Body.Close() // too large to keep, so too large to read here
 		}
 		if cfg.Data == nil {
 			return "", plat, newError(fasthttp.StatusBadGateway, codeManifestInvalid, "image config too large to read its platform")

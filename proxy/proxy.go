@@ -290,14 +290,15 @@ func (p *Proxy) serveV2(ctx *fasthttp.RequestCtx, path []byte, now time.Time) (R
 		return rt, noStatus
 	}
 	if rt.Kind == KindTags {
-		return rt, p.serveTags(ctx, &rt, path)
+		return rt, p.serveTags(ctx, &rt, path, now)
 	}
 	return rt, p.serveBlob(ctx, &rt)
 }
 
 func (p *Proxy) serveManifest(ctx *fasthttp.RequestCtx, rt *Route, now time.Time) cache.Status {
 	head := ctx.IsHead()
-	a, hit := p.cache.Hit(rt.Upstream.Origin, rt.Repo, rt.Ref, !head, now)
+	req := cache.Request{Origin: rt.Upstream.Origin, Repo: rt.Repo, Ref: rt.Ref, WantBody: !head, Now: now}
+	a, hit := p.cache.Hit(&req)
 	if !hit {
 		if aerr := checkNames(rt); aerr != nil {
 			writeError(ctx, aerr)
@@ -305,7 +306,7 @@ func (p *Proxy) serveManifest(ctx *fasthttp.RequestCtx, rt *Route, now time.Time
 			return noStatus
 		}
 		var err error
-		if a, err = p.cache.ManifestAt(detached, rt.Upstream.Origin, rt.Repo, rt.Ref, !head, now); err != nil {
+		if a, err = p.cache.Load(detached, req); err != nil {
 			writeError(ctx, fromUpstream(err, codeManifestUnknown))
 			return noStatus
 		}

@@ -3,6 +3,7 @@ package proxy
 import (
 	"net/url"
 	"strconv"
+	"time"
 
 	"github.com/valyala/fasthttp"
 
@@ -19,7 +20,7 @@ var strLink = []byte("Link")
 // Docker loops for as long as a Link is present. Its last= is always a tag of regcache's
 // own listing, never an upstream's page token (ECR's are opaque); a next_page a client
 // sends is no longer regcache's and is ignored.
-func (p *Proxy) serveTags(ctx *fasthttp.RequestCtx, rt *Route, rawPath []byte) cache.Status {
+func (p *Proxy) serveTags(ctx *fasthttp.RequestCtx, rt *Route, rawPath []byte, now time.Time) cache.Status {
 	args := ctx.QueryArgs()
 	req := cache.TagsRequest{N: cache.MaxTagsPage}
 	nGiven := args.Has("n")
@@ -45,7 +46,7 @@ func (p *Proxy) serveTags(ctx *fasthttp.RequestCtx, rt *Route, rawPath []byte) c
 		ctx.SetBodyString(`{"name":"` + rt.Repo + `","tags":[]}`)
 		return noStatus
 	}
-	page, st, err := p.cache.Tags(detached, rt.Upstream.Origin, rt.Repo, req)
+	page, st, err := p.cache.Tags(detached, rt.Upstream.Origin, rt.Repo, req, now)
 	if err != nil {
 		writeError(ctx, fromUpstream(err, codeNameUnknown))
 		return noStatus

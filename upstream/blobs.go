@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -82,32 +83,57 @@ func blobStatusProblem(resp *http.Response, rangeHeader string) string {
 	return ""
 }
 
-// FetchBlob reads a whole blob of at most limit bytes and verifies it against d: the path
-// for small blobs (image configs) that are worth caching. A larger blob is not read: the
-// error has TooLarge set and size is upstream's Content-Length (-1 when unsaid).
-func (r *Registry) FetchBlob(ctx context.Context, repo string, d digest.Digest, limit int64) (data []byte, size int64, err error) {
-	ctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	b, err := r.OpenBlob(ctx, http.MethodGet, repo, d, "")
+// GetBlob asks for blob d with GET, for a cache that keeps small blobs, in one request:
+// a whole blob of at most limit bytes is read, verified against d and returned as data;
+// anything else comes back open as b, to stream: a larger blob (verified against d as it
+// passes, a mismatch ending it with ErrDigestMismatch) or the part a client's Range asked
+// for (which no digest verifies). Exactly one of data and b is set when err is nil. The
+// read of a small blob is bounded by the upstream timeout as a whole, not per silence.
+func (r *Registry) GetBlob(ctx context.Context, repo string, d digest.Digest, rangeHeader string, limit int64) (data []byte, b *Blob, err error) {
+	b, err = r.OpenBlob(ctx, http.MethodGet, repo, d, rangeHeader)
 	if err != nil {
-		return nil, -1, err
+		return nil, nil, err
 	}
-	defer b.Body.Close()
-	tooLarge := &Error{Kind: KindInvalid, Upstream: r.name, TooLarge: true, Message: "blob larger than the cache limit"}
+	if b.Status != http.StatusOK {
+		return nil, b, nil // a part, for the client that asked for it
+	}
+	whole := func(prefix []byte) *Blob {
+		body := b.Body
+		var rd io.Reader = body
+		if len(prefix) > 0 {
+			rd = io.MultiReader(bytes.NewReader(prefix), body)
+		}
+		b.Body = readCloser{NewVerifyingReader(rd, d, b.Size), body}
+		return b
+	}
 	if b.Size > limit {
-		return nil, b.Size, tooLarge
+		return nil, whole(nil), nil
 	}
+	expired := time.AfterFunc(r.timeout, func() { _ = b.Body.Close() })
 	data, err = io.ReadAll(io.LimitReader(b.Body, limit+1))
+	if !expired.Stop() {
+		err = context.DeadlineExceeded // the timer closed the body under the read
+	}
 	if err != nil {
-		return nil, b.Size, r.unavailable(err, "reading blob")
+		_ = b.Body.Close()
+		return nil, nil, r.unavailable(err, "reading blob")
 	}
 	if int64(len(data)) > limit {
-		return nil, b.Size, tooLarge
+		// Its length was unsaid and it is larger than the limit: the rest streams behind
+		// what was read.
+		return nil, whole(data), nil
 	}
+	_ = b.Body.Close()
 	if !d.Algorithm().Available() || d.Algorithm().FromBytes(data) != d {
-		return nil, b.Size, r.invalid("blob body does not match its digest %s", d)
+		return nil, nil, r.invalid("blob body does not match its digest %s", d)
 	}
-	return data, int64(len(data)), nil
+	return data, nil, nil
+}
+
+// readCloser reads from one reader and closes another: a body wrapped for verification.
+type readCloser struct {
+	io.Reader
+	io.Closer
 }
 
 // minStreamProgress is the least a blob stream must bring in each idle period. A trickle

@@ -58,11 +58,66 @@ func TestOpenBlobTakesPartsOnlyForRanges(t *testing.T) {
 		}
 	}
 
-	// FetchBlob (the small-blob path) refuses the 206 as such, not as a digest mismatch
-	// or a blob too large to keep.
+	// GetBlob (the cache's path) refuses the 206 as such, not as a digest mismatch or a
+	// blob too large to keep.
 	reg.SetFault(registrytest.PartialBlob(data))
 	var ue *Error
-	if _, _, err := r.FetchBlob(ctx, "team/app", d, 1<<20); KindOf(err) != KindInvalid || !errors.As(err, &ue) || ue.TooLarge || ue.Status != http.StatusPartialContent {
-		t.Fatalf("FetchBlob of a 206: %v", err)
+	if _, _, err := r.GetBlob(ctx, "team/app", d, "", 1<<20); KindOf(err) != KindInvalid || !errors.As(err, &ue) || ue.TooLarge || ue.Status != http.StatusPartialContent {
+		t.Fatalf("GetBlob of a 206: %v", err)
+	}
+}
+
+// GetBlob costs one GET whatever the blob turns out to be: a small whole blob is read and
+// verified, anything larger (its length said or not) streams on from where the read
+// stopped, verified as it passes.
+func TestGetBlobOneRequest(t *testing.T) {
+	reg := registrytest.New(t, registrytest.Bearer)
+	small := []byte(`{"architecture":"amd64","os":"linux"}`)
+	large := bytes.Repeat([]byte("regcache"), 1000)
+	ds := digest.Digest(reg.PushBlob(t, "team/app", small))
+	dl := digest.Digest(reg.PushBlob(t, "team/app", large))
+	r := newTestRegistry(t, reg.URL, "", "")
+	ctx := context.Background()
+	const limit = 1024
+
+	for _, tc := range []struct {
+		name      string
+		d         digest.Digest
+		fault     registrytest.Fault
+		wantData  []byte // read whole
+		wantBlob  []byte // streamed
+		wantError error  // the stream's end
+	}{
+		{"small", ds, nil, small, nil, nil},
+		{"large, length said", dl, nil, nil, large, nil},
+		{"large, length unsaid", dl, registrytest.BlobBody(large, true), nil, large, nil},
+		{"large, other bytes", dl, registrytest.BlobBody(bytes.Repeat([]byte("x"), len(large)), true), nil, nil, ErrDigestMismatch},
+	} {
+		reg.SetFault(tc.fault)
+		gets := reg.Count(http.MethodGet, "blob")
+		data, b, err := r.GetBlob(ctx, "team/app", tc.d, "", limit)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if (data == nil) == (b == nil) {
+			t.Fatalf("%s: data %d bytes and stream %v: want exactly one", tc.name, len(data), b)
+		}
+		if tc.wantData != nil && !bytes.Equal(data, tc.wantData) {
+			t.Fatalf("%s: data %q", tc.name, data)
+		}
+		if b != nil {
+			got, err := io.ReadAll(b.Body)
+			b.Body.Close()
+			if tc.wantError != nil {
+				if !errors.Is(err, tc.wantError) {
+					t.Fatalf("%s: stream ended with %v, want %v", tc.name, err, tc.wantError)
+				}
+			} else if err != nil || !bytes.Equal(got, tc.wantBlob) {
+				t.Fatalf("%s: streamed %d bytes, %v; want %d", tc.name, len(got), err, len(tc.wantBlob))
+			}
+		}
+		if n := reg.Count(http.MethodGet, "blob") - gets; n != 1 {
+			t.Fatalf("%s: %d upstream GETs, want 1", tc.name, n)
+		}
 	}
 }

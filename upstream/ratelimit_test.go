@@ -347,7 +347,7 @@ func TestRateLimitGuardAgainstRegistry(t *testing.T) {
 		t.Fatalf("tags during the GET hold: %v", err)
 	}
 	cfg := configDigest(t, p.Body)
-	if _, _, err := r.FetchBlob(ctx, repo, cfg, 1<<20); err != nil {
+	if data, _, err := r.GetBlob(ctx, repo, cfg, "", 1<<20); err != nil || data == nil {
 		t.Fatalf("blob during the GET hold: %v", err)
 	}
 
