@@ -25,6 +25,8 @@ type fleetTier interface {
 	delTagList(up, repo string)
 
 	// lock takes the fleet-wide lock on key; mine false means another replica holds it.
+	// release is nil when no lock was taken (no fleet, or Redis failing): there is no one
+	// to coordinate with.
 	lock(key string) (release func(), mine bool)
 	// await waits for key's holder: done once arrived reports its answer, or with the
 	// failure it shared; not done, with the lock taken over (release) or none, for the

@@ -60,11 +60,11 @@ func (s *shared) renewEvery() time.Duration { return s.lockTTL / 3 }
 func (s *shared) stallAfter() time.Duration { return 2*s.renewEvery() + s.opTime }
 
 // lock takes the fleet-wide lock on key for at most lockTTL. mine false means another
-// replica holds it. Without Redis there is no fleet to wait for: mine is true.
+// replica holds it. With Redis failing there is no fleet to wait for: mine is true, with
+// no lock to release.
 func (s *shared) lock(key string) (release func(), mine bool) {
-	noop := func() {}
 	if !s.usable() {
-		return noop, true
+		return nil, true
 	}
 	token := newLockToken()
 	lk := s.prefix + "lock:" + key
@@ -72,7 +72,7 @@ func (s *shared) lock(key string) (release func(), mine bool) {
 	defer cancel()
 	got, err := s.rdb.SetNX(ctx, lk, lockValue(token, time.Now()), s.lockTTL).Result()
 	if s.result(err) != nil {
-		return noop, true
+		return nil, true
 	}
 	if !got {
 		return nil, false

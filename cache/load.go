@@ -78,7 +78,7 @@ func ask[E, F any](fleet fleetTier, wait time.Duration, l lookup[E, F]) (E, erro
 		}
 		mine = release != nil
 	}
-	if mine {
+	if release != nil {
 		defer release()
 		// The replica that held the lock before may have shared its answer and let go
 		// between our look and our lock.
