@@ -37,14 +37,28 @@ type Origin struct {
 	TagTTL time.Duration
 }
 
+// Defaults of the cache: keys. DefaultMaxSize and DefaultMaxBlobSize are also what zero
+// Config fields mean. A zero duration is a setting of its own (no freshness, no stale
+// answers, nothing remembered, no wait), so the others are applied by the configuration,
+// for keys a file leaves out.
+const (
+	DefaultMaxSize        = 256 << 20
+	DefaultMaxBlobSize    = 1 << 20
+	DefaultTagTTL         = 60 * time.Second
+	DefaultMaxStale       = 24 * time.Hour
+	DefaultNegativeTTL    = 10 * time.Second
+	DefaultRevalidateWait = 2 * time.Second
+)
+
 // Config tunes a Cache.
 type Config struct {
+	// MaxSize is the memory tier's bound, in bytes of cached bodies; 0 means DefaultMaxSize.
 	MaxSize        int64
 	MaxStale       time.Duration
 	NegativeTTL    time.Duration
 	RevalidateWait time.Duration
 	// MaxBlobSize is the largest blob (an image config, typically) kept in memory; larger
-	// blobs stream through. 0 means 1 MiB.
+	// blobs stream through. 0 means DefaultMaxBlobSize.
 	MaxBlobSize int64
 	// TagsMaxPages bounds the upstream pages one tags request may cost; TagsMaxCount and
 	// TagsMaxBytes bound a repository's whole listing. 0 means DefaultTagsMaxPages,
@@ -92,6 +106,9 @@ type Cache struct {
 
 // New builds a Cache.
 func New(cfg Config) (*Cache, error) {
+	if cfg.MaxSize <= 0 {
+		cfg.MaxSize = DefaultMaxSize
+	}
 	s, err := newStore(cfg.MaxSize)
 	if err != nil {
 		return nil, err
@@ -101,7 +118,7 @@ func New(cfg Config) (*Cache, error) {
 		log = zap.NewNop()
 	}
 	if cfg.MaxBlobSize <= 0 {
-		cfg.MaxBlobSize = 1 << 20
+		cfg.MaxBlobSize = DefaultMaxBlobSize
 	}
 	if cfg.TagsMaxPages <= 0 {
 		cfg.TagsMaxPages = DefaultTagsMaxPages

@@ -30,15 +30,22 @@ type RedisConfig struct {
 	// LockTTL is the lifetime of the lock a replica holds, and renews, while it asks
 	// upstream: if it dies, the others ask themselves within LockTTL. 0 means 5s.
 	LockTTL time.Duration
-	// OpTimeout bounds each Redis call; a miss waits at most a few of them. 0 means 250ms.
+	// OpTimeout bounds each Redis call; a miss waits at most a few of them. 0 means
+	// DefaultRedisTimeout.
 	OpTimeout time.Duration
 }
+
+// Defaults for zero RedisConfig fields: KeyPrefix starts every key written (so that one
+// server can hold other data or several fleets), OpTimeout bounds each call.
+const (
+	DefaultRedisKeyPrefix = "regcache:"
+	DefaultRedisTimeout   = 250 * time.Millisecond
+)
 
 // Timings of the shared tier. Redis sits beside the hit path, never on it; a miss pays a
 // round trip or two to it, and a Redis that fails costs one timeout per retryEvery.
 const (
 	defaultLockTTL    = 5 * time.Second
-	defaultOpTimeout  = 250 * time.Millisecond
 	redisLogInterval  = 30 * time.Second
 	retryEvery        = time.Second
 	tripAfter         = 3 // failed calls in a row that mark Redis down
@@ -94,13 +101,13 @@ func newShared(cfg RedisConfig, log *zap.Logger) *shared {
 		log:     log,
 	}
 	if s.prefix == "" {
-		s.prefix = "regcache:"
+		s.prefix = DefaultRedisKeyPrefix
 	}
 	if s.lockTTL <= 0 {
 		s.lockTTL = defaultLockTTL
 	}
 	if s.opTime <= 0 {
-		s.opTime = defaultOpTimeout
+		s.opTime = DefaultRedisTimeout
 	}
 	s.rdb = redis.NewClient(&redis.Options{
 		Addr: cfg.Addr, Username: cfg.Username, Password: cfg.Password, DB: cfg.DB, TLSConfig: cfg.TLS,

@@ -9,6 +9,10 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"regcache/cache"
+	"regcache/proxy"
+	"regcache/upstream"
 )
 
 //go:embed regcache.yaml
@@ -88,10 +92,11 @@ type Redis struct {
 	// TLS is "tls: true", or a mapping that adjusts how the server's certificate is checked.
 	TLS *RedisTLS `yaml:"tls"`
 	// KeyPrefix starts every key regcache writes, so that one server can hold other data or
-	// several fleets. Default "regcache:".
+	// several fleets. Default cache.DefaultRedisKeyPrefix.
 	KeyPrefix string `yaml:"key_prefix"`
-	// Timeout bounds each Redis call (default 250ms). Past it, the call counts as a miss and
-	// the replica asks upstream: a slow Redis must not be slower than no Redis.
+	// Timeout bounds each Redis call (default cache.DefaultRedisTimeout). Past it, the call
+	// counts as a miss and the replica asks upstream: a slow Redis must not be slower than
+	// no Redis.
 	Timeout Duration `yaml:"timeout"`
 }
 
@@ -116,17 +121,19 @@ type Upstream struct {
 	TagTTL *Duration `yaml:"tag_ttl"`
 	// StrictAccept answers like a registry (404) when the client's Accept leaves out the
 	// manifest's type, instead of serving it anyway.
-	StrictAccept   bool         `yaml:"strict_accept"`
-	Credentials    *Credentials `yaml:"credentials"`
-	Timeout        Duration     `yaml:"timeout"`
-	ConnectTimeout Duration     `yaml:"connect_timeout"`
-	TLS            TLS          `yaml:"tls"`
+	StrictAccept bool         `yaml:"strict_accept"`
+	Credentials  *Credentials `yaml:"credentials"`
+	// Timeout and ConnectTimeout bound an upstream operation and a connect; left out or 0,
+	// they are upstream.DefaultTimeout and upstream.DefaultConnectTimeout.
+	Timeout        Duration `yaml:"timeout"`
+	ConnectTimeout Duration `yaml:"connect_timeout"`
+	TLS            TLS      `yaml:"tls"`
 	// AllowedHosts are exact host names this upstream's redirects and token realm may name
 	// although regcache cannot resolve them itself: behind an HTTP(S) proxy that alone
 	// resolves outside names. Names that do resolve are checked as always.
 	AllowedHosts []string `yaml:"allowed_hosts"`
 	// MaxConcurrent bounds the requests open to this upstream at once; misses beyond it
-	// wait briefly, then get 503. 0 is the default (upstream.DefaultMaxConcurrent, 64).
+	// wait briefly, then get 503. 0 is upstream.DefaultMaxConcurrent.
 	MaxConcurrent int `yaml:"max_concurrent"`
 }
 
@@ -152,15 +159,14 @@ func (d Duration) D() time.Duration { return time.Duration(d) }
 // Size is a byte count written as 512KiB, 256MiB, 1GiB or plain bytes.
 type Size int64
 
-// Defaults applied to keys a config file leaves out.
+// The defaults configs owns itself, since no package has one: where regcache listens, and
+// which upstream a path without one names. Every other default is its package's (defaults).
 const (
-	defaultTimeout        = 30 * time.Second
-	defaultConnectTimeout = 5 * time.Second
-	defaultTokenTTL       = 5 * time.Minute
-	// Tags listing bounds (cache.Default* hold the same for zero fields).
-	defaultTagsMaxPages = 20
-	defaultTagsMaxCount = 100_000
-	defaultTagsMaxBytes = 8 << 20
+	defaultListen   = ":5000"
+	defaultUpstream = "docker.io"
+)
+
+const (
 	// minSecretLength keeps a shared HMAC key out of guessing range (openssl rand -hex 16).
 	minSecretLength = 32
 	// minTokenLength keeps a static token out of guessing range even at the failure
@@ -189,40 +195,70 @@ func Load(path string) (*Config, error) {
 
 // Parse decodes, expands ${VAR} references in, fills defaults of and validates a config.
 func Parse(data []byte) (*Config, error) {
-	cfg := &Config{
-		Listen:          ":5000",
-		DefaultUpstream: "docker.io",
-		Cache: Cache{
-			MaxSize:        256 << 20,
-			TagTTL:         Duration(60 * time.Second),
-			MaxStale:       Duration(24 * time.Hour),
-			NegativeTTL:    Duration(10 * time.Second),
-			RevalidateWait: Duration(2 * time.Second),
-			MaxBlobSize:    1 << 20,
-
-			TagsMaxPagesPerRequest: defaultTagsMaxPages,
-			TagsMaxCount:           defaultTagsMaxCount,
-			TagsMaxBytes:           defaultTagsMaxBytes,
-		},
-		Auth:   Auth{TokenTTL: Duration(defaultTokenTTL)},
-		Server: defaultServer(),
-	}
+	cfg := defaults()
 	if err := decode(data, cfg); err != nil {
 		return nil, err
 	}
-	for i := range cfg.Upstreams {
-		u := &cfg.Upstreams[i]
-		if u.Timeout == 0 {
-			u.Timeout = Duration(defaultTimeout)
-		}
-		if u.ConnectTimeout == 0 {
-			u.ConnectTimeout = Duration(defaultConnectTimeout)
-		}
-	}
+	cfg.fillZeros()
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
 	return cfg, nil
+}
+
+// defaults is the config of an empty file: each key at the default of the package that
+// applies it, read from that package's exported constant (the one place the value is
+// written). The config carries the value rather than 0 because for most keys 0 is a setting
+// of its own: refused (no timeout, no room) or meaning none (a TTL). server.concurrency and
+// upstreams[].max_concurrent stay 0, which their owners read as their default; the keys
+// inside upstreams[] and cache.redis get theirs from fillZeros once decoded.
+func defaults() *Config {
+	return &Config{
+		Listen:          defaultListen,
+		DefaultUpstream: defaultUpstream,
+		Cache: Cache{
+			MaxSize:        cache.DefaultMaxSize,
+			TagTTL:         Duration(cache.DefaultTagTTL),
+			MaxStale:       Duration(cache.DefaultMaxStale),
+			NegativeTTL:    Duration(cache.DefaultNegativeTTL),
+			RevalidateWait: Duration(cache.DefaultRevalidateWait),
+			MaxBlobSize:    cache.DefaultMaxBlobSize,
+
+			TagsMaxPagesPerRequest: cache.DefaultTagsMaxPages,
+			TagsMaxCount:           cache.DefaultTagsMaxCount,
+			TagsMaxBytes:           cache.DefaultTagsMaxBytes,
+		},
+		Auth: Auth{TokenTTL: Duration(proxy.DefaultTokenTTL)},
+		Server: Server{
+			ReadTimeout:    Duration(proxy.DefaultReadTimeout),
+			WriteTimeout:   Duration(proxy.DefaultWriteTimeout),
+			IdleTimeout:    Duration(proxy.DefaultIdleTimeout),
+			MaxHeaderSize:  proxy.DefaultMaxHeaderSize,
+			MaxRequestBody: proxy.DefaultMaxRequestBody,
+		},
+	}
+}
+
+// fillZeros gives the keys inside upstreams[] and cache.redis their owners' defaults where
+// the file leaves them out or writes 0 (or "" for key_prefix).
+func (c *Config) fillZeros() {
+	for i := range c.Upstreams {
+		u := &c.Upstreams[i]
+		if u.Timeout == 0 {
+			u.Timeout = Duration(upstream.DefaultTimeout)
+		}
+		if u.ConnectTimeout == 0 {
+			u.ConnectTimeout = Duration(upstream.DefaultConnectTimeout)
+		}
+	}
+	if r := c.Cache.Redis; r != nil {
+		if r.KeyPrefix == "" {
+			r.KeyPrefix = cache.DefaultRedisKeyPrefix
+		}
+		if r.Timeout == 0 {
+			r.Timeout = Duration(cache.DefaultRedisTimeout)
+		}
+	}
 }
 
 // TagTTLFor is the tag freshness that applies to upstream u.

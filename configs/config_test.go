@@ -499,7 +499,7 @@ func TestParseFillsDefaults(t *testing.T) {
 			name: "partial server block keeps other server defaults",
 			text: "server:\n  read_timeout: 2s\n  max_conns_per_ip: 0\n" + minimalUpstream,
 			check: func(t *testing.T, c *Config) {
-				want := defaultServer()
+				want := defaults().Server
 				want.ReadTimeout = Duration(2 * time.Second)
 				if c.Server != want {
 					t.Errorf("Server = %+v, want %+v", c.Server, want)

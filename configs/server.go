@@ -3,6 +3,10 @@ package configs
 import (
 	"fmt"
 	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"regcache/proxy"
 )
 
 // Server is the client-facing side's limits. Every abusive client hits one of them: a
@@ -23,20 +27,15 @@ type Server struct {
 	MaxHeaderSize Size `yaml:"max_header_size"`
 	// MaxConnsPerIP caps simultaneous connections from one client address; 0 is unlimited.
 	MaxConnsPerIP int `yaml:"max_conns_per_ip"`
-	// Concurrency caps connections served at once; 0 is fasthttp's default (262,144).
+	// Concurrency caps connections served at once; 0 is fasthttp.DefaultConcurrency.
 	Concurrency int `yaml:"concurrency"`
 	// MaxRequestBody is the largest request body (only POST /api/v1/digests reads one);
 	// larger bodies are answered 413 without being read.
 	MaxRequestBody Size `yaml:"max_request_body"`
 }
 
-// Server defaults and bounds.
+// Server bounds (the defaults are proxy's, see defaults).
 const (
-	defaultReadTimeout    = 30 * time.Second
-	defaultWriteTimeout   = 30 * time.Minute
-	defaultIdleTimeout    = 120 * time.Second
-	defaultMaxHeaderSize  = 16 << 10
-	defaultMaxRequestBody = 1 << 20
 	// minMaxHeaderSize leaves room for a registry request with a long bearer token;
 	// maxMaxHeaderSize keeps the per-connection buffer (times thousands of connections) sane.
 	minMaxHeaderSize = 4 << 10
@@ -47,42 +46,34 @@ const (
 	maxMaxRequestBody = 64 << 20
 )
 
-func defaultServer() Server {
-	return Server{
-		ReadTimeout:    Duration(defaultReadTimeout),
-		WriteTimeout:   Duration(defaultWriteTimeout),
-		IdleTimeout:    Duration(defaultIdleTimeout),
-		MaxHeaderSize:  defaultMaxHeaderSize,
-		MaxRequestBody: defaultMaxRequestBody,
-	}
-}
-
 func (s *Server) validate() error {
 	for _, d := range []struct {
 		key string
 		v   Duration
-		eg  string
+		eg  time.Duration
 	}{
-		{"server.read_timeout", s.ReadTimeout, "30s"},
-		{"server.write_timeout", s.WriteTimeout, "30m"},
-		{"server.idle_timeout", s.IdleTimeout, "120s"},
+		{"server.read_timeout", s.ReadTimeout, proxy.DefaultReadTimeout},
+		{"server.write_timeout", s.WriteTimeout, proxy.DefaultWriteTimeout},
+		{"server.idle_timeout", s.IdleTimeout, proxy.DefaultIdleTimeout},
 	} {
 		if d.v <= 0 {
 			// fasthttp reads 0 as "no timeout": exactly what a slow client wants.
-			return fmt.Errorf("%s: must be above zero (e.g. %s); no limit would let slow clients hold connections forever", d.key, d.eg)
+			return fmt.Errorf("%s: must be above zero (e.g. %s); no limit would let slow clients hold connections forever", d.key, durationText(d.eg))
 		}
 	}
 	if s.MaxHeaderSize < minMaxHeaderSize || s.MaxHeaderSize > maxMaxHeaderSize {
-		return fmt.Errorf("server.max_header_size: must be between 4KiB and 1MiB (e.g. 16KiB); each connection may hold a buffer this large")
+		return fmt.Errorf("server.max_header_size: must be between %s and %s (e.g. %s); each connection may hold a buffer this large",
+			sizeText(minMaxHeaderSize), sizeText(maxMaxHeaderSize), sizeText(proxy.DefaultMaxHeaderSize))
 	}
 	if s.MaxRequestBody < minMaxRequestBody || s.MaxRequestBody > maxMaxRequestBody {
-		return fmt.Errorf("server.max_request_body: must be between 1KiB and 64MiB (e.g. 1MiB); a body is held in memory whole")
+		return fmt.Errorf("server.max_request_body: must be between %s and %s (e.g. %s); a body is held in memory whole",
+			sizeText(minMaxRequestBody), sizeText(maxMaxRequestBody), sizeText(proxy.DefaultMaxRequestBody))
 	}
 	if s.MaxConnsPerIP < 0 {
 		return fmt.Errorf("server.max_conns_per_ip: must not be negative (0 is unlimited)")
 	}
 	if s.Concurrency < 0 {
-		return fmt.Errorf("server.concurrency: must not be negative (0 is the default, 262144)")
+		return fmt.Errorf("server.concurrency: must not be negative (0 is the default, %d)", fasthttp.DefaultConcurrency)
 	}
 	return nil
 }

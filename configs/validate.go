@@ -12,7 +12,10 @@ import (
 	"strings"
 	"time"
 
+	"regcache/cache"
 	"regcache/internal/hostname"
+	"regcache/proxy"
+	"regcache/upstream"
 )
 
 // CheckListeners refuses a metrics_listen that would take listen's port: the same port
@@ -36,13 +39,13 @@ func (c *Config) CheckListeners() error {
 
 func (c *Config) validate() error {
 	if c.Listen == "" {
-		return fmt.Errorf("listen: must not be empty (e.g. \":5000\")")
+		return fmt.Errorf("listen: must not be empty (e.g. %q)", defaultListen)
 	}
 	if c.Cache.MaxSize <= 0 {
-		return fmt.Errorf("cache.max_size: must be above zero (e.g. 256MiB)")
+		return fmt.Errorf("cache.max_size: must be above zero (e.g. %s)", sizeText(cache.DefaultMaxSize))
 	}
 	if c.Cache.MaxBlobSize <= 0 {
-		return fmt.Errorf("cache.max_blob_size: must be above zero (e.g. 1MiB)")
+		return fmt.Errorf("cache.max_blob_size: must be above zero (e.g. %s)", sizeText(cache.DefaultMaxBlobSize))
 	}
 	if err := c.Cache.validateTags(); err != nil {
 		return err
@@ -111,7 +114,7 @@ func (c *Config) validate() error {
 			}
 		}
 		if u.MaxConcurrent < 0 {
-			return fmt.Errorf("%s.max_concurrent: must not be negative (0 is the default, 64)", key)
+			return fmt.Errorf("%s.max_concurrent: must not be negative (0 is the default, %d)", key, upstream.DefaultMaxConcurrent)
 		}
 		for j, h := range u.AllowedHosts {
 			if err := validHostName(h); err != nil {
@@ -145,13 +148,13 @@ func (c *Config) validate() error {
 // make progress) and a ceiling (it is held in memory whole).
 func (c *Cache) validateTags() error {
 	if c.TagsMaxPagesPerRequest < 1 || c.TagsMaxPagesPerRequest > 1000 {
-		return fmt.Errorf("cache.tags_max_pages_per_request: must be from 1 to 1000 (e.g. %d)", defaultTagsMaxPages)
+		return fmt.Errorf("cache.tags_max_pages_per_request: must be from 1 to 1000 (e.g. %d)", cache.DefaultTagsMaxPages)
 	}
 	if c.TagsMaxCount < 1 || c.TagsMaxCount > 10_000_000 {
-		return fmt.Errorf("cache.tags_max_count: must be from 1 to 10000000 (e.g. %d)", defaultTagsMaxCount)
+		return fmt.Errorf("cache.tags_max_count: must be from 1 to 10000000 (e.g. %d)", cache.DefaultTagsMaxCount)
 	}
 	if c.TagsMaxBytes < 1<<10 || c.TagsMaxBytes > 1<<30 {
-		return fmt.Errorf("cache.tags_max_bytes: must be between 1KiB and 1GiB (e.g. 8MiB); a listing is held in memory whole")
+		return fmt.Errorf("cache.tags_max_bytes: must be between 1KiB and 1GiB (e.g. %s); a listing is held in memory whole", sizeText(cache.DefaultTagsMaxBytes))
 	}
 	return nil
 }
@@ -173,14 +176,8 @@ func (r *Redis) validate() error {
 	if r.Username != "" && r.Password.Reveal() == "" {
 		return fmt.Errorf("cache.redis.username: set a password too (an ACL user needs one)")
 	}
-	if r.KeyPrefix == "" {
-		r.KeyPrefix = "regcache:"
-	}
 	if r.Timeout < 0 {
-		return fmt.Errorf("cache.redis.timeout: must not be negative (e.g. 250ms)")
-	}
-	if r.Timeout == 0 {
-		r.Timeout = Duration(250 * time.Millisecond)
+		return fmt.Errorf("cache.redis.timeout: must not be negative (e.g. %s)", durationText(cache.DefaultRedisTimeout))
 	}
 	if t := r.TLS; t != nil && t.CAFile != "" {
 		if _, err := os.Stat(t.CAFile); err != nil {
@@ -208,7 +205,7 @@ func (a *Auth) validate() error {
 		return fmt.Errorf("auth.secret: must be at least %d characters (e.g. the output of openssl rand -hex 32)", minSecretLength)
 	}
 	if a.TokenTTL <= 0 {
-		return fmt.Errorf("auth.token_ttl: must be above zero (e.g. 5m)")
+		return fmt.Errorf("auth.token_ttl: must be above zero (e.g. %s)", durationText(proxy.DefaultTokenTTL))
 	}
 	return nil
 }
@@ -328,4 +325,30 @@ func redactRaw(s string) string {
 		return prefix + "REDACTED@" + rest[k+1:]
 	}
 	return s
+}
+
+// durationText writes d as a config file would: 30s, 30m, 24h, 250ms (time.Duration's
+// String writes 30m0s).
+func durationText(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
+
+// sizeText writes n as a config file would: in the largest unit that divides it whole.
+func sizeText(n int64) string {
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n >= u.mult && n%u.mult == 0 {
+			return strconv.FormatInt(n/u.mult, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(n, 10)
 }

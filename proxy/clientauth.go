@@ -38,7 +38,7 @@ type ClientAuthOptions struct {
 	Tokens []string
 	// Secret is the HMAC key for issued tokens; empty draws a random one for this process.
 	Secret []byte
-	// TokenTTL is the lifetime of issued tokens (default 5m).
+	// TokenTTL is the lifetime of issued tokens; 0 means DefaultTokenTTL.
 	TokenTTL time.Duration
 	// PublicURL (scheme://host) fixes the challenge realm; otherwise it comes from the
 	// request: Host, or X-Forwarded-Proto/-Host when TrustForwardedHeaders.
@@ -67,7 +67,8 @@ type ClientAuth struct {
 	now    func() time.Time
 }
 
-// DefaultTokenTTL is the lifetime of an issued token when none is configured.
+// DefaultTokenTTL is the lifetime of an issued token when none is configured
+// (auth.token_ttl).
 const DefaultTokenTTL = 5 * time.Minute
 
 // NewClientAuth builds a ClientAuth; with no users and no tokens, auth is off.

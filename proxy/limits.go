@@ -9,7 +9,7 @@ import (
 )
 
 // Limits bound what one client can cost the server. Zero fields take the defaults below,
-// which are configs' defaults (server: block).
+// which are also what the configuration's server: keys default to.
 type Limits struct {
 	// ReadTimeout bounds reading one request from its first byte, and a new connection's
 	// wait for that byte: a client trickling its header (slowloris) or sending nothing is

@@ -24,6 +24,12 @@ import (
 // what a registry must accept is 4 MiB). Larger answers are refused before they are read.
 const MaxManifestSize = 4 << 20
 
+// Defaults for zero Options fields (upstreams[].timeout and connect_timeout).
+const (
+	DefaultTimeout        = 30 * time.Second
+	DefaultConnectTimeout = 5 * time.Second
+)
+
 // Options configure a Registry.
 type Options struct {
 	// Name is how logs and errors name the upstream (the configured name, e.g. "docker.io").
@@ -33,9 +39,11 @@ type Options struct {
 	// Username and Password go to the token endpoint, or as Basic auth when the registry
 	// asks for Basic. Empty means anonymous.
 	Username, Password string
-	// Timeout bounds one whole operation (token exchange, redirects and body included).
+	// Timeout bounds one whole operation (token exchange, redirects and body included);
+	// 0 means DefaultTimeout.
 	Timeout time.Duration
-	// ConnectTimeout bounds one TCP connect plus TLS handshake.
+	// ConnectTimeout bounds one TCP connect plus TLS handshake; 0 means
+	// DefaultConnectTimeout.
 	ConnectTimeout time.Duration
 	// TLS configures certificate checks for https; nil means the system defaults.
 	TLS *tls.Config
@@ -96,10 +104,10 @@ func New(opts Options) (*Registry, error) {
 		return nil, fmt.Errorf("upstream %s: URL %q is not an http(s) base URL", opts.Name, opts.URL)
 	}
 	if opts.Timeout <= 0 {
-		opts.Timeout = 30 * time.Second
+		opts.Timeout = DefaultTimeout
 	}
 	if opts.ConnectTimeout <= 0 {
-		opts.ConnectTimeout = 5 * time.Second
+		opts.ConnectTimeout = DefaultConnectTimeout
 	}
 	var dial dialFunc = opts.DialContext
 	if dial == nil {
@@ -116,7 +124,7 @@ func New(opts Options) (*Registry, error) {
 		ResponseHeaderTimeout: opts.Timeout,
 		ForceAttemptHTTP2:     true,
 		MaxIdleConns:          256,
-		MaxIdleConnsPerHost:   64,
+		MaxIdleConnsPerHost:   DefaultMaxConcurrent, // at the default bound, every exchange reuses one (slots.go)
 		IdleConnTimeout:       90 * time.Second,
 	}
 	ua := opts.UserAgent

@@ -7,7 +7,6 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
-	"regcache/cache"
 	"regcache/configs"
 	"regcache/proxy"
 	"regcache/upstream/registrytest"
@@ -45,8 +44,8 @@ func TestSmokeManifestThroughBearerUpstream(t *testing.T) {
 	}
 }
 
-// The server: defaults live twice, in the config (what an operator sees and validates) and
-// in proxy.Limits (for zero fields); this keeps the two from drifting apart.
+// The server: defaults are proxy's (configs fills a file's gaps with them); limits must
+// carry each to its own proxy.Limits field.
 func TestServerDefaultsAgree(t *testing.T) {
 	cfg, err := configs.Parse([]byte("upstreams:\n  - name: docker.io\n    url: https://registry-1.docker.io\n"))
 	if err != nil {
@@ -57,20 +56,5 @@ func TestServerDefaultsAgree(t *testing.T) {
 		MaxHeaderSize: proxy.DefaultMaxHeaderSize, MaxRequestBody: proxy.DefaultMaxRequestBody}
 	if got != want {
 		t.Fatalf("config defaults %+v, proxy defaults %+v", got, want)
-	}
-}
-
-// The tags listing bounds live twice too, in the config and in cache's defaults for zero
-// fields; the embedded default config says the same again.
-func TestTagsDefaultsAgree(t *testing.T) {
-	for _, text := range [][]byte{[]byte("upstreams:\n  - name: docker.io\n    url: https://registry-1.docker.io\n"), configs.Default()} {
-		cfg, err := configs.Parse(text)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if c := cfg.Cache; c.TagsMaxPagesPerRequest != cache.DefaultTagsMaxPages || c.TagsMaxCount != cache.DefaultTagsMaxCount || int(c.TagsMaxBytes) != cache.DefaultTagsMaxBytes {
-			t.Fatalf("config tags bounds %d/%d/%d, cache defaults %d/%d/%d", c.TagsMaxPagesPerRequest, c.TagsMaxCount, c.TagsMaxBytes,
-				cache.DefaultTagsMaxPages, cache.DefaultTagsMaxCount, cache.DefaultTagsMaxBytes)
-		}
 	}
 }
