@@ -20,12 +20,8 @@ import (
 
 // Limits of the batch endpoint.
 const (
-	maxBatchImages     = 1000
-	batchConcurrency   = 16
-	codeImageInvalid   = "NAME_INVALID"
-	codePlatformBad    = "PLATFORM_INVALID"
-	codeBodyInvalid    = "BODY_INVALID"
-	codePlatformAbsent = "MANIFEST_UNKNOWN"
+	maxBatchImages   = 1000
+	batchConcurrency = 16
 )
 
 // DigestResult is one answer of the digest API.
@@ -67,15 +63,15 @@ func (p *Proxy) serveDigests(ctx *fasthttp.RequestCtx) {
 		Platform string   `json:"platform"`
 	}
 	if err := json.Unmarshal(ctx.PostBody(), &req); err != nil {
-		writeError(ctx, newError(fasthttp.StatusBadRequest, codeBodyInvalid, `body must be JSON: {"images":["nginx:latest",...],"platform":"linux/amd64"}`))
+		writeError(ctx, errBodyInvalid.with(`body must be JSON: {"images":["nginx:latest",...],"platform":"linux/amd64"}`))
 		return
 	}
 	if len(req.Images) == 0 {
-		writeError(ctx, newError(fasthttp.StatusBadRequest, codeBodyInvalid, "images must list at least one image"))
+		writeError(ctx, errBodyInvalid.with("images must list at least one image"))
 		return
 	}
 	if len(req.Images) > maxBatchImages {
-		writeError(ctx, newError(fasthttp.StatusBadRequest, codeBodyInvalid, "at most 1000 images per request"))
+		writeError(ctx, errBodyInvalid.with("at most 1000 images per request"))
 		return
 	}
 	if req.Platform != "" {
@@ -94,7 +90,7 @@ func (p *Proxy) serveDigests(ctx *fasthttp.RequestCtx) {
 			defer func() { <-sem; wg.Done() }()
 			res, aerr := p.lookupDigest(detached, image, req.Platform)
 			if aerr != nil {
-				out[i] = batchError{Image: image, Error: errorItem{Code: aerr.code, Message: aerr.message}}
+				out[i] = batchError{Image: image, Error: aerr.item()}
 				return
 			}
 			out[i] = res
@@ -115,7 +111,7 @@ const maxVariant = 9
 // parsePlatform reads a client's platform (linux/arm64, linux/arm/v7), normalized.
 func parsePlatform(s string) (ocispec.Platform, *apiError) {
 	bad := func(why string) *apiError {
-		return newError(fasthttp.StatusBadRequest, codePlatformBad, "invalid platform "+quote([]byte(s))+why)
+		return errPlatformInvalid.with("invalid platform " + quote([]byte(s)) + why)
 	}
 	pl, err := platforms.Parse(s)
 	if err != nil {
@@ -134,11 +130,11 @@ func parsePlatform(s string) (ocispec.Platform, *apiError) {
 // docker.io/library/nginx:latest), through the cache.
 func (p *Proxy) lookupDigest(ctx context.Context, image, platform string) (*DigestResult, *apiError) {
 	if image == "" {
-		return nil, newError(fasthttp.StatusBadRequest, codeImageInvalid, "image is required, e.g. image=lscr.io/linuxserver/nginx:latest")
+		return nil, errNameInvalid.with("image is required, e.g. image=lscr.io/linuxserver/nginx:latest")
 	}
 	named, err := reference.ParseNormalizedNamed(image)
 	if err != nil {
-		return nil, newError(fasthttp.StatusBadRequest, codeImageInvalid, "invalid image reference "+quote([]byte(image))+": "+err.Error())
+		return nil, errNameInvalid.with("invalid image reference " + quote([]byte(image)) + ": " + err.Error())
 	}
 	var plat *ocispec.Platform
 	if platform != "" {
@@ -151,7 +147,7 @@ func (p *Proxy) lookupDigest(ctx context.Context, image, platform string) (*Dige
 	domain := reference.Domain(named)
 	up := p.lookup([]byte(domain))
 	if up == nil {
-		return nil, newError(fasthttp.StatusNotFound, codeNameUnknown, "registry "+quote([]byte(domain))+" is not configured in regcache")
+		return nil, errNameUnknown.with("registry " + quote([]byte(domain)) + " is not configured in regcache")
 	}
 	res := &DigestResult{Registry: domain, Repository: reference.Path(named)}
 	if up.DockerHub && !strings.Contains(res.Repository, "/") {
@@ -174,7 +170,7 @@ func (p *Proxy) lookupDigest(ctx context.Context, image, platform string) (*Dige
 	}
 	a, err := p.cache.Manifest(ctx, up.Origin, res.Repository, ref, plat != nil)
 	if err != nil {
-		return nil, fromUpstream(err, codeManifestUnknown)
+		return nil, fromUpstream(err, errManifestUnknown)
 	}
 	res.Digest, res.MediaType, res.Cache = string(a.Digest), a.MediaType, a.Status.String()
 	if !a.FetchedAt.IsZero() {
@@ -194,13 +190,13 @@ func (p *Proxy) lookupDigest(ctx context.Context, image, platform string) (*Dige
 // config for it, and returns the platform as the image states it. arm64 matches arm64/v8,
 // as the platforms package defines.
 func (p *Proxy) pickPlatform(ctx context.Context, up *Upstream, repo string, a cache.Answer, plat ocispec.Platform) (digest.Digest, ocispec.Platform, *apiError) {
-	notFound := newError(fasthttp.StatusNotFound, codePlatformAbsent, "no manifest for platform "+platforms.Format(plat)+" in "+string(a.Digest))
+	notFound := errManifestUnknown.with("no manifest for platform " + platforms.Format(plat) + " in " + string(a.Digest))
 	matcher := platforms.Only(plat)
 	switch a.MediaType {
 	case upstream.MediaTypeOCIIndex, upstream.MediaTypeDockerList:
 		var idx ocispec.Index
 		if err := json.Unmarshal(a.Body, &idx); err != nil {
-			return "", plat, newError(fasthttp.StatusBadGateway, codeManifestInvalid, "index is not valid JSON")
+			return "", plat, errManifestInvalid.with("index is not valid JSON")
 		}
 		var best *ocispec.Descriptor
 		for i := range idx.Manifests {
@@ -219,21 +215,21 @@ func (p *Proxy) pickPlatform(ctx context.Context, up *Upstream, repo string, a c
 	default:
 		var m ocispec.Manifest
 		if err := json.Unmarshal(a.Body, &m); err != nil || m.Config.Digest == "" {
-			return "", plat, newError(fasthttp.StatusBadGateway, codeManifestInvalid, "manifest has no config to read its platform from")
+			return "", plat, errManifestInvalid.with("manifest has no config to read its platform from")
 		}
 		cfg, _, err := p.cache.Blob(ctx, up.Origin, repo, m.Config.Digest, true, "")
 		if err != nil {
-			return "", plat, fromUpstream(err, codeBlobUnknown)
+			return "", plat, fromUpstream(err, errBlobUnknown)
 		}
 		if cfg.Stream != nil {
 			cfg.Stream.Body.Close() // too large to keep, so too large to read here
 		}
 		if cfg.Data == nil {
-			return "", plat, newError(fasthttp.StatusBadGateway, codeManifestInvalid, "image config too large to read its platform")
+			return "", plat, errManifestInvalid.with("image config too large to read its platform")
 		}
 		var img ocispec.Image
 		if err := json.Unmarshal(cfg.Data, &img); err != nil {
-			return "", plat, newError(fasthttp.StatusBadGateway, codeManifestInvalid, "image config is not valid JSON")
+			return "", plat, errManifestInvalid.with("image config is not valid JSON")
 		}
 		if !matcher.Match(platforms.Normalize(img.Platform)) {
 			return "", plat, notFound

@@ -179,15 +179,11 @@ func (t *attempt) done(ok bool) (refused bool) {
 	}
 	switch {
 	case t.wait > 0:
-		e := newError(fasthttp.StatusTooManyRequests, codeTooManyRequests, "too many failed authentication attempts from this address; retry later")
-		e.retryAfter = t.wait
-		writeError(t.ctx, e)
+		writeError(t.ctx, errTooManyRequests.with("too many failed authentication attempts from this address; retry later").retryIn(t.wait))
 		return true
 	case t.busy:
 		t.forgive() // nothing was checked: no failure of this client's
-		e := newError(fasthttp.StatusTooManyRequests, codeTooManyRequests, "too many logins at once; retry shortly")
-		e.retryAfter = time.Second
-		writeError(t.ctx, e)
+		writeError(t.ctx, errTooManyRequests.with("too many logins at once; retry shortly").retryIn(time.Second))
 		return true
 	case ok:
 		t.forgive()

@@ -136,7 +136,7 @@ func TestFailedAuthLimited(t *testing.T) {
 		t.Errorf("Retry-After %q, want 60", ra)
 	}
 	var body errorBody
-	if err := json.Unmarshal(ctx.Response.Body(), &body); err != nil || len(body.Errors) != 1 || body.Errors[0].Code != codeTooManyRequests {
+	if err := json.Unmarshal(ctx.Response.Body(), &body); err != nil || len(body.Errors) != 1 || body.Errors[0].Code != "TOOMANYREQUESTS" {
 		t.Errorf("body %s, want one TOOMANYREQUESTS error", ctx.Response.Body())
 	}
 	// While blocked, even the right password is refused from there (it would cost a

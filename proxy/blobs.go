@@ -24,7 +24,7 @@ func (p *Proxy) serveBlob(ctx *fasthttp.RequestCtx, rt *Route) cache.Status {
 	head := ctx.IsHead()
 	b, st, err := p.cache.Blob(detached, rt.Upstream.Origin, rt.Repo, d, !head, string(ctx.Request.Header.Peek("Range")))
 	if err != nil {
-		writeError(ctx, fromUpstream(err, codeBlobUnknown))
+		writeError(ctx, fromUpstream(err, errBlobUnknown))
 		return noStatus
 	}
 	h := &ctx.Response.Header
@@ -87,15 +87,16 @@ func (p *Proxy) serveBlob(ctx *fasthttp.RequestCtx, rt *Route) cache.Status {
 func blobStreamError(err error) *apiError {
 	switch {
 	case errors.Is(err, upstream.ErrDigestMismatch):
-		return newError(fasthttp.StatusBadGateway, codeUnavailable, "upstream blob does not match its digest")
+		// An answer that cannot be trusted, as a small blob's would be (see errors.go).
+		return errManifestInvalid.with("upstream blob does not match its digest")
 	case errors.Is(err, context.DeadlineExceeded):
-		return newError(fasthttp.StatusGatewayTimeout, codeUnavailable, "upstream blob stream sent nothing in time")
+		return errUpstreamTimeout.with("upstream blob stream sent nothing in time")
 	}
 	var ue *upstream.Error
 	if errors.As(err, &ue) {
-		return fromUpstream(err, codeBlobUnknown)
+		return fromUpstream(err, errBlobUnknown)
 	}
-	return newError(fasthttp.StatusBadGateway, codeUnavailable, "upstream blob stream failed before its first byte")
+	return errUpstreamFailed.with("upstream blob stream failed before its first byte")
 }
 
 // streamCloser releases the upstream stream when fasthttp is done with the body.

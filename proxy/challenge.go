@@ -19,7 +19,7 @@ var (
 
 // challenge answers 401 UNAUTHORIZED with the Bearer challenge that leads to /token.
 func (a *ClientAuth) challenge(ctx *fasthttp.RequestCtx) {
-	writeError(ctx, newError(fasthttp.StatusUnauthorized, codeUnauthorized, "authentication required"))
+	writeError(ctx, errUnauthorized.err())
 	ctx.Response.Header.SetBytesKV(strWWWAuthenticate, a.challengeFor(ctx))
 }
 

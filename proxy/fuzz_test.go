@@ -405,7 +405,7 @@ func FuzzDigestReference(f *testing.F) {
 		if rerr != nil || perr != nil || image == "" {
 			// lookupDigest answers 400 without touching the cache.
 			_, aerr := p.lookupDigest(detached, image, platform)
-			if aerr == nil || aerr.status != fasthttp.StatusBadRequest {
+			if aerr == nil || aerr.code.status != fasthttp.StatusBadRequest {
 				t.Fatalf("image %q platform %q: %v, want 400", image, platform, aerr)
 			}
 			return
@@ -414,7 +414,7 @@ func FuzzDigestReference(f *testing.F) {
 		up := p.lookup([]byte(domain))
 		if up == nil {
 			_, aerr := p.lookupDigest(detached, image, platform)
-			if aerr == nil || aerr.status != fasthttp.StatusNotFound || aerr.code != codeNameUnknown {
+			if aerr == nil || aerr.code != errNameUnknown {
 				t.Fatalf("unconfigured registry %q: %v, want 404 NAME_UNKNOWN", domain, aerr)
 			}
 			return
@@ -488,7 +488,7 @@ func FuzzPickPlatform(f *testing.F) {
 		d, got, aerr := p.pickPlatform(detached, up, "library/x", a, pl)
 		var idx ocispec.Index
 		if jerr := json.Unmarshal(body, &idx); jerr != nil {
-			if aerr == nil || aerr.status != fasthttp.StatusBadGateway {
+			if aerr == nil || aerr.code.status != fasthttp.StatusBadGateway {
 				t.Fatalf("invalid index: %v, want 502", aerr)
 			}
 			return
@@ -501,7 +501,7 @@ func FuzzPickPlatform(f *testing.F) {
 			}
 		}
 		if aerr != nil {
-			if aerr.status != fasthttp.StatusNotFound || len(matching) > 0 {
+			if aerr.code.status != fasthttp.StatusNotFound || len(matching) > 0 {
 				t.Fatalf("%v, though %d manifests match %s", aerr, len(matching), platforms.Format(pl))
 			}
 			return

@@ -69,12 +69,12 @@ func serverError(ctx *fasthttp.RequestCtx, err error) {
 	var ne net.Error
 	switch {
 	case errors.As(err, &small):
-		writeError(ctx, newError(fasthttp.StatusRequestHeaderFieldsTooLarge, codeUnsupported, "request header too large"))
+		writeError(ctx, errHeaderTooLarge.err())
 	case errors.Is(err, fasthttp.ErrBodyTooLarge):
-		writeError(ctx, newError(fasthttp.StatusRequestEntityTooLarge, codeUnsupported, "request body too large"))
+		writeError(ctx, errBodyTooLarge.err())
 	case errors.As(err, &ne) && ne.Timeout():
-		writeError(ctx, newError(fasthttp.StatusRequestTimeout, codeUnsupported, "request not received in time"))
+		writeError(ctx, errRequestTimeout.err())
 	default:
-		writeError(ctx, newError(fasthttp.StatusBadRequest, codeUnsupported, "malformed HTTP request"))
+		writeError(ctx, errRequestInvalid.err())
 	}
 }

@@ -150,7 +150,7 @@ func (p *Proxy) MetricsServer() *fasthttp.Server {
 
 func (p *Proxy) metricsOnly(ctx *fasthttp.RequestCtx) {
 	if string(ctx.URI().PathOriginal()) != "/metrics" || p.metrics == nil {
-		writeError(ctx, newError(fasthttp.StatusNotFound, codeUnsupported, "not found: this address serves /metrics only"))
+		writeError(ctx, errEndpointUnknown.with("not found: this address serves /metrics only"))
 		return
 	}
 	start := ctx.Time()
@@ -216,9 +216,9 @@ func (p *Proxy) Handler(ctx *fasthttp.RequestCtx) {
 		p.serveDigests(ctx)
 	case string(path) == "/api/v1/digest" || string(path) == "/api/v1/digests":
 		r = routeAPI
-		writeError(ctx, newError(fasthttp.StatusMethodNotAllowed, codeUnsupported, "use GET /api/v1/digest?image=... or POST /api/v1/digests"))
+		writeError(ctx, errUnsupported.with("use GET /api/v1/digest?image=... or POST /api/v1/digests"))
 	default:
-		writeError(ctx, newError(fasthttp.StatusNotFound, codeUnsupported, "not found: regcache serves the registry API under /v2/"))
+		writeError(ctx, errEndpointUnknown.with("not found: regcache serves the registry API under /v2/"))
 	}
 	if p.metrics != nil || p.accessLog {
 		took := time.Since(start)
@@ -265,7 +265,7 @@ func (p *Proxy) serveReady(ctx *fasthttp.RequestCtx) {
 
 func (p *Proxy) serveV2(ctx *fasthttp.RequestCtx, path []byte, now time.Time) (Route, cache.Status) {
 	if !ctx.IsGet() && !ctx.IsHead() {
-		writeError(ctx, newError(fasthttp.StatusMethodNotAllowed, codeUnsupported, "regcache is read-only: only GET and HEAD are supported"))
+		writeError(ctx, errUnsupported.with("regcache is read-only: only GET and HEAD are supported"))
 		// RFC 9110 §15.5.6: a 405 must list what the resource does allow.
 		ctx.Response.Header.Set("Allow", "GET, HEAD")
 		return Route{}, noStatus
@@ -307,12 +307,12 @@ func (p *Proxy) serveManifest(ctx *fasthttp.RequestCtx, rt *Route, now time.Time
 		}
 		var err error
 		if a, err = p.cache.Load(detached, req); err != nil {
-			writeError(ctx, fromUpstream(err, codeManifestUnknown))
+			writeError(ctx, fromUpstream(err, errManifestUnknown))
 			return noStatus
 		}
 	}
 	if rt.Upstream.StrictAccept && !accepts(ctx.Request.Header.PeekAll("Accept"), a.MediaType) {
-		writeError(ctx, newError(fasthttp.StatusNotFound, codeManifestUnknown, notAcceptedMessage(a.MediaType)))
+		writeError(ctx, errManifestUnknown.with(notAcceptedMessage(a.MediaType)))
 		return a.Status
 	}
 	h := &ctx.Response.Header

@@ -8,7 +8,6 @@ import (
 	"unsafe"
 
 	"github.com/opencontainers/go-digest"
-	"github.com/valyala/fasthttp"
 
 	"regcache/upstream"
 )
@@ -80,7 +79,7 @@ func (p *Proxy) parseRoute(rawPath []byte, ns []byte) (Route, *apiError) {
 	} else if bytes.HasSuffix(rest, []byte("/tags/list")) && len(rest) > len("/tags/list") {
 		r.Kind, name = KindTags, rest[:len(rest)-len("/tags/list")]
 	} else {
-		return Route{}, newError(fasthttp.StatusNotFound, codeUnsupported, "unknown endpoint: regcache answers /v2/<name>/manifests/<reference>, /v2/<name>/tags/list and /v2/<name>/blobs/<digest>")
+		return Route{}, errEndpointUnknown.with("unknown endpoint: regcache answers /v2/<name>/manifests/<reference>, /v2/<name>/tags/list and /v2/<name>/blobs/<digest>")
 	}
 	up, repo, aerr := p.pickUpstream(name, ns)
 	if aerr != nil {
@@ -104,23 +103,23 @@ func (p *Proxy) parseRoute(rawPath []byte, ns []byte) (Route, *apiError) {
 func checkNames(r *Route) *apiError {
 	repo, ref := r.rawRepo, s2b(r.Ref)
 	if len(repo) > maxNameLength {
-		return newError(fasthttp.StatusBadRequest, codeNameInvalid, "repository name longer than 255 characters")
+		return errNameInvalid.with("repository name longer than 255 characters")
 	}
 	if !validRepo(repo) {
-		return newError(fasthttp.StatusBadRequest, codeNameInvalid, "invalid repository name "+quote(repo))
+		return errNameInvalid.with("invalid repository name " + quote(repo))
 	}
 	switch r.Kind {
 	case KindManifest:
 		if bytes.IndexByte(ref, ':') >= 0 {
 			if _, err := digest.Parse(r.Ref); err != nil {
-				return newError(fasthttp.StatusBadRequest, codeDigestInvalid, "invalid digest "+quote(ref))
+				return errDigestInvalid.with("invalid digest " + quote(ref))
 			}
 		} else if !upstream.ValidTag(ref) {
-			return newError(fasthttp.StatusBadRequest, codeTagInvalid, "invalid tag "+quote(ref))
+			return errTagInvalid.with("invalid tag " + quote(ref))
 		}
 	case KindBlob:
 		if _, err := digest.Parse(r.Ref); err != nil {
-			return newError(fasthttp.StatusBadRequest, codeDigestInvalid, "invalid digest "+quote(ref))
+			return errDigestInvalid.with("invalid digest " + quote(ref))
 		}
 	}
 	return nil
@@ -133,7 +132,7 @@ func (p *Proxy) pickUpstream(name, ns []byte) (*Upstream, []byte, *apiError) {
 	if len(ns) > 0 {
 		up := p.lookup(ns)
 		if up == nil {
-			return nil, nil, newError(fasthttp.StatusNotFound, codeNameUnknown, "registry "+quote(ns)+" is not configured in regcache")
+			return nil, nil, errNameUnknown.with("registry " + quote(ns) + " is not configured in regcache")
 		}
 		return up, name, nil
 	}
@@ -142,12 +141,12 @@ func (p *Proxy) pickUpstream(name, ns []byte) (*Upstream, []byte, *apiError) {
 		up := p.lookup(first)
 		if up == nil {
 			if !validHost(first) {
-				return nil, nil, newError(fasthttp.StatusBadRequest, codeNameInvalid, "invalid registry or repository name "+quote(first))
+				return nil, nil, errNameInvalid.with("invalid registry or repository name " + quote(first))
 			}
-			return nil, nil, newError(fasthttp.StatusNotFound, codeNameUnknown, "registry "+quote(first)+" is not configured in regcache")
+			return nil, nil, errNameUnknown.with("registry " + quote(first) + " is not configured in regcache")
 		}
 		if !hasRest {
-			return nil, nil, newError(fasthttp.StatusBadRequest, codeNameInvalid, "no repository after registry "+quote(first))
+			return nil, nil, errNameInvalid.with("no repository after registry " + quote(first))
 		}
 		return up, rest, nil
 	}
@@ -204,11 +203,11 @@ func decodePath(raw []byte) ([]byte, *apiError) {
 	}
 	lower := bytes.ToLower(raw)
 	if bytes.Contains(lower, []byte("%2f")) || bytes.Contains(lower, []byte("%2e")) || bytes.Contains(lower, []byte("%5c")) {
-		return nil, newError(fasthttp.StatusBadRequest, codeNameInvalid, "encoded '/', '.' or '\\' in the path is not allowed")
+		return nil, errNameInvalid.with("encoded '/', '.' or '\\' in the path is not allowed")
 	}
 	s, err := url.PathUnescape(string(raw))
 	if err != nil {
-		return nil, newError(fasthttp.StatusBadRequest, codeNameInvalid, "malformed escape in the path")
+		return nil, errNameInvalid.with("malformed escape in the path")
 	}
 	return []byte(s), nil
 }

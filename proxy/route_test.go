@@ -170,8 +170,8 @@ func TestDecodePath(t *testing.T) {
 		switch {
 		case tc.refused && aerr == nil:
 			t.Errorf("decodePath(%q) = %q, want refusal", tc.raw, got)
-		case tc.refused && (aerr.status != fasthttp.StatusBadRequest || aerr.code != codeNameInvalid):
-			t.Errorf("decodePath(%q) refused with %d %s, want 400 %s", tc.raw, aerr.status, aerr.code, codeNameInvalid)
+		case tc.refused && (aerr.code.status != fasthttp.StatusBadRequest || aerr.code.code != "NAME_INVALID"):
+			t.Errorf("decodePath(%q) refused with %d %s, want 400 NAME_INVALID", tc.raw, aerr.code.status, aerr.code)
 		case !tc.refused && aerr != nil:
 			t.Errorf("decodePath(%q): unexpected %v", tc.raw, aerr)
 		case !tc.refused && string(got) != tc.want:
@@ -359,41 +359,41 @@ func TestParseRoute(t *testing.T) {
 		{path: "/v2/gh/app/manifests/v1", ns: "docker.io", kind: KindManifest, up: "docker.io", repo: "gh/app", ref: "v1"},
 
 		// unknown registries: refused, never the default
-		{path: "/v2/owner/app/manifests/v1", ns: "evil.example.com", status: 404, code: codeNameUnknown},
-		{path: "/v2/evil.example.com/foo/manifests/latest", status: 404, code: codeNameUnknown},
-		{path: "/v2/localhost:1234/foo/manifests/latest", status: 404, code: codeNameUnknown},
-		{path: "/v2/localhost/foo/manifests/latest", status: 404, code: codeNameUnknown},
-		{path: "/v2/127.0.0.1/foo/manifests/latest", status: 404, code: codeNameUnknown},
-		{path: "/v2/169.254.169.254/latest/manifests/latest", status: 404, code: codeNameUnknown},
-		{path: "/v2/evil.example.com/manifests/latest", status: 404, code: codeNameUnknown},
-		{path: "/v2/[::1]:5000/foo/manifests/latest", status: 404, code: codeNameUnknown},
-		{path: "/v2/ghcr.io/manifests/latest", status: 400, code: codeNameInvalid},  // a registry but no repository
-		{path: "/v2/a..b/foo/manifests/latest", status: 400, code: codeNameInvalid}, // malformed, not merely unknown
-		{path: "/v2/localhost:http/foo/manifests/latest", status: 400, code: codeNameInvalid},
+		{path: "/v2/owner/app/manifests/v1", ns: "evil.example.com", status: 404, code: "NAME_UNKNOWN"},
+		{path: "/v2/evil.example.com/foo/manifests/latest", status: 404, code: "NAME_UNKNOWN"},
+		{path: "/v2/localhost:1234/foo/manifests/latest", status: 404, code: "NAME_UNKNOWN"},
+		{path: "/v2/localhost/foo/manifests/latest", status: 404, code: "NAME_UNKNOWN"},
+		{path: "/v2/127.0.0.1/foo/manifests/latest", status: 404, code: "NAME_UNKNOWN"},
+		{path: "/v2/169.254.169.254/latest/manifests/latest", status: 404, code: "NAME_UNKNOWN"},
+		{path: "/v2/evil.example.com/manifests/latest", status: 404, code: "NAME_UNKNOWN"},
+		{path: "/v2/[::1]:5000/foo/manifests/latest", status: 404, code: "NAME_UNKNOWN"},
+		{path: "/v2/ghcr.io/manifests/latest", status: 400, code: "NAME_INVALID"},  // a registry but no repository
+		{path: "/v2/a..b/foo/manifests/latest", status: 400, code: "NAME_INVALID"}, // malformed, not merely unknown
+		{path: "/v2/localhost:http/foo/manifests/latest", status: 400, code: "NAME_INVALID"},
 
 		// invalid names
-		{path: "/v2/Library/Nginx/manifests/latest", status: 400, code: codeNameInvalid},
-		{path: "/v2/foo/../bar/manifests/latest", status: 400, code: codeNameInvalid},
-		{path: "/v2/../manifests/latest", status: 400, code: codeNameInvalid},
-		{path: "/v2/foo%2fbar/manifests/latest", status: 400, code: codeNameInvalid},
-		{path: "/v2/%2e%2e/foo/manifests/latest", status: 400, code: codeNameInvalid},
-		{path: "/v2/" + long + "/manifests/latest", status: 400, code: codeNameInvalid},
-		{path: "/v2/ghcr.io/" + long + "/manifests/latest", status: 400, code: codeNameInvalid},
-		{path: "/v2/foo//bar/manifests/latest", status: 400, code: codeNameInvalid},
+		{path: "/v2/Library/Nginx/manifests/latest", status: 400, code: "NAME_INVALID"},
+		{path: "/v2/foo/../bar/manifests/latest", status: 400, code: "NAME_INVALID"},
+		{path: "/v2/../manifests/latest", status: 400, code: "NAME_INVALID"},
+		{path: "/v2/foo%2fbar/manifests/latest", status: 400, code: "NAME_INVALID"},
+		{path: "/v2/%2e%2e/foo/manifests/latest", status: 400, code: "NAME_INVALID"},
+		{path: "/v2/" + long + "/manifests/latest", status: 400, code: "NAME_INVALID"},
+		{path: "/v2/ghcr.io/" + long + "/manifests/latest", status: 400, code: "NAME_INVALID"},
+		{path: "/v2/foo//bar/manifests/latest", status: 400, code: "NAME_INVALID"},
 
 		// invalid references
-		{path: "/v2/nginx/manifests/-bad", status: 400, code: codeTagInvalid},
-		{path: "/v2/nginx/manifests/" + strings.Repeat("t", 129), status: 400, code: codeTagInvalid},
-		{path: "/v2/nginx/manifests/a/b", status: 400, code: codeTagInvalid},
-		{path: "/v2/nginx/manifests/", status: 400, code: codeTagInvalid},
-		{path: "/v2/nginx/manifests/sha256:zzz", status: 400, code: codeDigestInvalid},
-		{path: "/v2/nginx/manifests/sha256:" + strings.Repeat("a", 63), status: 400, code: codeDigestInvalid},
-		{path: "/v2/nginx/blobs/latest", status: 400, code: codeDigestInvalid},
+		{path: "/v2/nginx/manifests/-bad", status: 400, code: "TAG_INVALID"},
+		{path: "/v2/nginx/manifests/" + strings.Repeat("t", 129), status: 400, code: "TAG_INVALID"},
+		{path: "/v2/nginx/manifests/a/b", status: 400, code: "TAG_INVALID"},
+		{path: "/v2/nginx/manifests/", status: 400, code: "TAG_INVALID"},
+		{path: "/v2/nginx/manifests/sha256:zzz", status: 400, code: "DIGEST_INVALID"},
+		{path: "/v2/nginx/manifests/sha256:" + strings.Repeat("a", 63), status: 400, code: "DIGEST_INVALID"},
+		{path: "/v2/nginx/blobs/latest", status: 400, code: "DIGEST_INVALID"},
 
 		// not an endpoint
-		{path: "/v2/nginx", status: 404, code: codeUnsupported},
-		{path: "/v2/nginx/referrers/sha256:" + strings.Repeat("a", 64), status: 404, code: codeUnsupported},
-		{path: "/v2/_catalog", status: 404, code: codeUnsupported},
+		{path: "/v2/nginx", status: 404, code: "ENDPOINT_UNKNOWN"},
+		{path: "/v2/nginx/referrers/sha256:" + strings.Repeat("a", 64), status: 404, code: "ENDPOINT_UNKNOWN"},
+		{path: "/v2/_catalog", status: 404, code: "ENDPOINT_UNKNOWN"},
 	} {
 		name := tc.path
 		if tc.ns != "" {
@@ -411,8 +411,8 @@ func TestParseRoute(t *testing.T) {
 				if aerr == nil {
 					t.Fatalf("routed to %+v, want %d %s", r, tc.status, tc.code)
 				}
-				if aerr.status != tc.status || aerr.code != tc.code {
-					t.Fatalf("got %d %s (%s), want %d %s", aerr.status, aerr.code, aerr.message, tc.status, tc.code)
+				if aerr.code.status != tc.status || aerr.code.code != tc.code {
+					t.Fatalf("got %d %s (%s), want %d %s", aerr.code.status, aerr.code, aerr.message, tc.status, tc.code)
 				}
 				return
 			}

@@ -11,8 +11,6 @@ import (
 	"regcache/upstream"
 )
 
-const codePaginationInvalid = "PAGINATION_NUMBER_INVALID"
-
 var strLink = []byte("Link")
 
 // serveTags answers /v2/<name>/tags/list?n=&last=. The next-page Link is relative and in
@@ -27,14 +25,14 @@ func (p *Proxy) serveTags(ctx *fasthttp.RequestCtx, rt *Route, rawPath []byte, n
 	if nGiven {
 		n, err := strconv.Atoi(string(args.Peek("n")))
 		if err != nil || n < 0 {
-			writeError(ctx, newError(fasthttp.StatusBadRequest, codePaginationInvalid, "n must be a whole number from 0 to 10000"))
+			writeError(ctx, errPaginationInvalid.with("n must be a whole number from 0 to 10000"))
 			return noStatus
 		}
 		req.N = min(n, cache.MaxTagsPage)
 	}
 	if last := args.Peek("last"); len(last) > 0 {
 		if !upstream.ValidTag(last) {
-			writeError(ctx, newError(fasthttp.StatusBadRequest, codeTagInvalid, "last must be a tag, got "+quote(last)))
+			writeError(ctx, errTagInvalid.with("last must be a tag, got "+quote(last)))
 			return noStatus
 		}
 		req.Last = string(last)
@@ -48,7 +46,7 @@ func (p *Proxy) serveTags(ctx *fasthttp.RequestCtx, rt *Route, rawPath []byte, n
 	}
 	page, st, err := p.cache.Tags(detached, rt.Upstream.Origin, rt.Repo, req, now)
 	if err != nil {
-		writeError(ctx, fromUpstream(err, codeNameUnknown))
+		writeError(ctx, fromUpstream(err, errNameUnknown))
 		return noStatus
 	}
 	if page.More {

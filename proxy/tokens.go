@@ -112,7 +112,7 @@ func (a *ClientAuth) serveToken(ctx *fasthttp.RequestCtx) {
 	if !ctx.IsGet() && !ctx.IsHead() {
 		// 404, not 405: clients that try the OAuth2 POST first fall back to GET on 404
 		// (distribution's token spec says so; containerd does it).
-		writeError(ctx, newError(fasthttp.StatusNotFound, codeUnsupported, "regcache issues tokens by GET /token only"))
+		writeError(ctx, errEndpointUnknown.with("regcache issues tokens by GET /token only"))
 		return
 	}
 	sub := anonymous
@@ -128,7 +128,7 @@ func (a *ClientAuth) serveToken(ctx *fasthttp.RequestCtx) {
 			return // answered 429: too many failed attempts from this client
 		}
 		if !ok {
-			writeError(ctx, newError(fasthttp.StatusUnauthorized, codeUnauthorized, "valid user name and password (or static token) needed"))
+			writeError(ctx, errUnauthorized.with("valid user name and password (or static token) needed"))
 			ctx.Response.Header.SetBytesKV(strWWWAuthenticate, strBasicChallenge)
 			return
 		}

@@ -44,7 +44,7 @@ func (r *Registry) OpenBlob(ctx context.Context, method, repo string, d digest.D
 		drainClose(resp)
 		cancel()
 		if e, ok := err.(*Error); ok && e.Kind == KindNotFound && e.Code == "" {
-			e.Code = "BLOB_UNKNOWN"
+			e.Code = CodeBlobUnknown
 		}
 		return nil, err
 	}

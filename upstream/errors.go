@@ -34,6 +34,14 @@ var (
 	ErrInvalid     = errors.New("upstream: invalid answer")
 )
 
+// Registry error codes that upstream answers carry (Error.Code) and that callers act on:
+// the 404s that say which thing is missing. They are the distribution spec's.
+const (
+	CodeNameUnknown     = "NAME_UNKNOWN"
+	CodeManifestUnknown = "MANIFEST_UNKNOWN"
+	CodeBlobUnknown     = "BLOB_UNKNOWN"
+)
+
 var sentinels = map[Kind]error{
 	KindNotFound: ErrNotFound, KindDenied: ErrDenied, KindRateLimited: ErrRateLimited,
 	KindUnavailable: ErrUnavailable, KindInvalid: ErrInvalid,

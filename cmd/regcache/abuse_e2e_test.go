@@ -321,7 +321,7 @@ func TestAbuseBadRequests(t *testing.T) {
 		code   string
 	}{
 		// Traversal, as sent and encoded.
-		{"/v2/../etc/passwd", 404, "UNSUPPORTED"},
+		{"/v2/../etc/passwd", 404, "ENDPOINT_UNKNOWN"},
 		{"/v2/../etc/passwd/manifests/latest", 400, "NAME_INVALID"},
 		{"/v2/library/../../nginx/manifests/latest", 400, "NAME_INVALID"},
 		{"/v2/./library/nginx/manifests/latest", 400, "NAME_INVALID"},

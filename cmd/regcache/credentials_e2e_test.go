@@ -14,7 +14,7 @@ import (
 
 // TestCredentialsRejectedIsAnOutage: an upstream whose token endpoint stops taking
 // regcache's credentials (401) is an outage: stale tags are served, a cold tag is 502
-// UNAVAILABLE (never 403, never remembered), the failure is logged, counted per upstream
+// UPSTREAM_FAILED (never 403, never remembered), the failure is logged, counted per upstream
 // and shown on /readyz without secrets or URLs, and it all clears when upstream recovers.
 func TestCredentialsRejectedIsAnOutage(t *testing.T) {
 	t.Parallel()
@@ -37,8 +37,8 @@ func TestCredentialsRejectedIsAnOutage(t *testing.T) {
 	}
 	for range 2 {
 		r = rc.do(t, "GET", path+"cold")
-		if code := ceError(t, "cold tag while credentials are refused", r, "GET", 502); code != "UNAVAILABLE" {
-			t.Fatalf("cold tag: code %s, want UNAVAILABLE: %s", code, r.Body)
+		if code := ceError(t, "cold tag while credentials are refused", r, "GET", 502); code != "UPSTREAM_FAILED" {
+			t.Fatalf("cold tag: code %s, want UPSTREAM_FAILED: %s", code, r.Body)
 		}
 	}
 	ready := rc.do(t, "GET", "/readyz")

@@ -104,11 +104,11 @@ type fmFault struct {
 type fmWant map[string][]string
 
 // fmDown is the expectation for an upstream that is unavailable: stale answers where
-// regcache holds one, a registry error with status s otherwise. Small blobs are
-// content-addressed and kept in memory: a hit whatever upstream does. Large blobs are
-// never held, so they always need upstream.
+// regcache holds one, a registry error with status s otherwise (its gateway code: see
+// proxy/errors.go). Small blobs are content-addressed and kept in memory: a hit whatever
+// upstream does. Large blobs are never held, so they always need upstream.
 func fmDown(s string) fmWant {
-	e := s + " UNAVAILABLE"
+	e := s + " " + map[string]string{"502": "UPSTREAM_FAILED", "503": "UNAVAILABLE", "504": "UPSTREAM_TIMEOUT"}[s]
 	return fmWant{
 		"manifests/cached": {"200 STALE", "200 STALE"}, "manifests/uncached": {e, s},
 		"tags/cached": {"200 STALE"}, "tags/uncached": {e},
@@ -172,14 +172,14 @@ var fmFaults = []*fmFault{
 	{name: "connection refused", kinds: fmAllKinds, refused: true, want: fmDown("502")},
 	{name: "connection reset mid-body", kinds: fmAllKinds, handle: fmReset,
 		want: fmDown("502").with("blobs/cached", "200 HIT", "200 MISS cut short").
-			with("blobs/uncached", "502 UNAVAILABLE", "200 MISS cut short")},
+			with("blobs/uncached", "502 UPSTREAM_FAILED", "200 MISS cut short")},
 	{name: "stall past the 1 s timeout", kinds: fmAllKinds, slow: true, handle: fmStall, want: fmDown("504")},
 	{name: "slow drip, 1 byte / 300 ms", kinds: fmAllKinds, slow: true, handle: fmDrip,
 		// The large blob's stream is cut once a second brings less than 32 KiB. Its headers
 		// came at once, but regcache had not passed them on yet: the client sees the
 		// connection close. (On a loaded machine even the headers may miss the 1 s: 504.)
-		want: fmDown("504").with("blobs/cached", "200 HIT", "no answer|504 UNAVAILABLE").
-			with("blobs/uncached", "504 UNAVAILABLE", "no answer|504 UNAVAILABLE")},
+		want: fmDown("504").with("blobs/cached", "200 HIT", "no answer|504 UPSTREAM_TIMEOUT").
+			with("blobs/uncached", "504 UPSTREAM_TIMEOUT", "no answer|504 UPSTREAM_TIMEOUT")},
 	{name: "redirect loop", kinds: fmAllKinds, handle: fmRedirectLoop, want: fmDown("502")},
 	{name: "redirect to an unconfigured host", kinds: fmAllKinds, handle: fmRedirectCDN, cdn: true, want: fmWant{
 		"manifests/cached": {"200 REVALIDATED", fmFresh}, "manifests/uncached": {"200 MISS", fmFresh},
@@ -195,9 +195,9 @@ var fmFaults = []*fmFault{
 		"blobs/cached": {"200 HIT", "200 MISS cut short"}, "blobs/uncached": {"502 MANIFEST_INVALID", "200 MISS cut short"},
 	}},
 	{name: "Content-Length claims more than sent", kinds: fmAllKinds, handle: fmShortBody, want: fmWant{
-		"manifests/cached": {"200 REVALIDATED", fmFresh}, "manifests/uncached": {"502 UNAVAILABLE", "200 MISS"},
-		"tags/cached": {"200 STALE"}, "tags/uncached": {"502 UNAVAILABLE"},
-		"blobs/cached": {"200 HIT", "200 MISS cut short"}, "blobs/uncached": {"502 UNAVAILABLE", "200 MISS cut short"},
+		"manifests/cached": {"200 REVALIDATED", fmFresh}, "manifests/uncached": {"502 UPSTREAM_FAILED", "200 MISS"},
+		"tags/cached": {"200 STALE"}, "tags/uncached": {"502 UPSTREAM_FAILED"},
+		"blobs/cached": {"200 HIT", "200 MISS cut short"}, "blobs/uncached": {"502 UPSTREAM_FAILED", "200 MISS cut short"},
 	}},
 	// A HEAD's Content-Length is a claim about the body a GET would bring: here it names
 	// the right digest and 100 bytes too many. Once the body is verified, its size wins.

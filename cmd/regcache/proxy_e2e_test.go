@@ -589,7 +589,7 @@ func TestAuthBearerBasicWithCredentialsFromEnv(t *testing.T) {
 }
 
 // TestAuthBearerBasicWrongCredentialsRefused: a token endpoint that refuses the configured
-// credentials is an outage of the upstream, 502 UNAVAILABLE naming the token endpoint, not
+// credentials is an outage of the upstream, 502 UPSTREAM_FAILED naming the token endpoint, not
 // a 403 about the image; refusing anonymous access is 403 DENIED, an answer about the
 // repository; no secret shows anywhere.
 func TestAuthBearerBasicWrongCredentialsRefused(t *testing.T) {
@@ -603,11 +603,11 @@ func TestAuthBearerBasicWrongCredentialsRefused(t *testing.T) {
 	var tr peTranscript
 	const path = "/v2/private/app/manifests/v1"
 	r := tr.add(rc.do(t, http.MethodGet, path))
-	peWantErr(t, path, r, http.StatusBadGateway, "UNAVAILABLE")
+	peWantErr(t, path, r, http.StatusBadGateway, "UPSTREAM_FAILED")
 	if _, msg := peErr(t, r); !strings.Contains(msg, "by the token endpoint") {
 		t.Fatalf("%s: message %q does not say the token endpoint refused", path, msg)
 	}
-	peWantErr(t, "HEAD "+path, tr.add(rc.do(t, http.MethodHead, path)), http.StatusBadGateway, "UNAVAILABLE")
+	peWantErr(t, "HEAD "+path, tr.add(rc.do(t, http.MethodHead, path)), http.StatusBadGateway, "UPSTREAM_FAILED")
 	peWantErr(t, "anonymous", tr.add(rc.do(t, http.MethodGet, "/v2/anon.test/private/app/manifests/v1")), http.StatusForbidden, "DENIED")
 	if len(reg.IssuedTokens()) != 0 {
 		t.Fatal("a token was issued for wrong or missing credentials")
@@ -762,7 +762,7 @@ func TestUpstreamRedirectToMetadataServiceRefusedWithoutDialling(t *testing.T) {
 		target = to
 		mu.Unlock()
 		r := rc.do(t, http.MethodGet, "/v2/team/app/manifests/v1")
-		peWantErr(t, "redirect to "+to, r, http.StatusBadGateway, "UNAVAILABLE")
+		peWantErr(t, "redirect to "+to, r, http.StatusBadGateway, "UPSTREAM_FAILED")
 		if _, msg := peErr(t, r); !strings.Contains(msg, "refused") {
 			t.Fatalf("redirect to %s: message %q does not say it was refused", to, msg)
 		}

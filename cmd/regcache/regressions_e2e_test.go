@@ -170,18 +170,19 @@ func TestBlobStreamFailsBeforeFirstByte(t *testing.T) {
 		name   string
 		fault  registrytest.Fault
 		status int
+		code   string
 	}{
 		{"reset", headersThen(func(w http.ResponseWriter) {
 			if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
 				_ = conn.Close()
 			}
-		}), http.StatusBadGateway},
-		{"stall past the timeout", headersThen(func(http.ResponseWriter) { time.Sleep(1500 * time.Millisecond) }), http.StatusGatewayTimeout},
+		}), http.StatusBadGateway, "UPSTREAM_FAILED"},
+		{"stall past the timeout", headersThen(func(http.ResponseWriter) { time.Sleep(1500 * time.Millisecond) }), http.StatusGatewayTimeout, "UPSTREAM_TIMEOUT"},
 	} {
 		reg.SetFault(tc.fault)
 		r := rc.do(t, http.MethodGet, "/v2/ghcr.io/team/app/blobs/"+big)
-		if r.Status != tc.status || !strings.Contains(string(r.Body), `"code":"UNAVAILABLE"`) {
-			t.Fatalf("%s before the first byte: %d %.200s; want %d with a registry error", tc.name, r.Status, r.Body, tc.status)
+		if r.Status != tc.status || !strings.Contains(string(r.Body), `"code":"`+tc.code+`"`) {
+			t.Fatalf("%s before the first byte: %d %.200s; want %d %s", tc.name, r.Status, r.Body, tc.status, tc.code)
 		}
 	}
 	reg.SetFault(nil)
