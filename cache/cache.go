@@ -24,9 +24,12 @@ const (
 	Hit                       // answered from memory, upstream not asked
 	Revalidated               // a stale tag was confirmed unchanged by one HEAD
 	Stale                     // upstream failed or was slow; an expired answer was served
+	// None is an answer the cache did not give (an error, the base endpoint): it has no
+	// X-Cache, and the metrics' cache label says "none".
+	None
 )
 
-var statusNames = [...]string{Miss: "MISS", Hit: "HIT", Revalidated: "REVALIDATED", Stale: "STALE"}
+var statusNames = [...]string{Miss: "MISS", Hit: "HIT", Revalidated: "REVALIDATED", Stale: "STALE", None: "none"}
 
 func (s Status) String() string { return statusNames[s] }
 

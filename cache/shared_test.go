@@ -652,7 +652,7 @@ func TestSharedTagsWalkAcrossReplicas(t *testing.T) {
 		reps = append(reps, rp)
 	}
 	i := 0
-	got, worst := walkTags(t, func(r TagsRequest) TagPage {
+	got, worst := walkTags(t, func(r TagsRequest) TagsAnswer {
 		rp := reps[i%3]
 		i++
 		p, _, err := rp.c.Tags(context.Background(), rp.o, "team/app", r, time.Now())

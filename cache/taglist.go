@@ -51,7 +51,7 @@ type renderedPages [4]atomic.Pointer[renderedPage]
 type renderedPage struct {
 	n    int
 	last string
-	page TagPage
+	page TagsAnswer
 }
 
 // after is the index of the first tag after last (all of them for ""), in the spec's
@@ -91,7 +91,7 @@ func (l *tagList) cost() int64 {
 
 // page answers r from l: up to r.N tags after r.Last, and whether more remain (in l, or
 // upstream when l is incomplete).
-func (l *tagList) page(repo string, r TagsRequest) TagPage {
+func (l *tagList) page(repo string, r TagsRequest) TagsAnswer {
 	if l.rendered == nil {
 		return l.render(repo, r)
 	}
@@ -104,10 +104,10 @@ func (l *tagList) page(repo string, r TagsRequest) TagPage {
 	return p
 }
 
-func (l *tagList) render(repo string, r TagsRequest) TagPage {
+func (l *tagList) render(repo string, r TagsRequest) TagsAnswer {
 	i := l.after(r.Last)
 	j := min(i+r.N, len(l.Tags))
-	p := TagPage{Body: tagsBody(repo, l.Tags[i:j]), More: j < len(l.Tags) || !l.Complete, NextLast: r.Last, FetchedAt: l.FetchedAt}
+	p := TagsAnswer{Body: tagsBody(repo, l.Tags[i:j]), More: j < len(l.Tags) || !l.Complete, NextLast: r.Last, FetchedAt: l.FetchedAt}
 	if j > i {
 		p.NextLast = l.Tags[j-1]
 	}

@@ -30,8 +30,9 @@ const (
 // that a client following Links through a long listing finishes its walk.
 const minTagsKeep = time.Minute
 
-// TagPage is a page of tags as regcache answers it.
-type TagPage struct {
+// TagsAnswer is a page of tags as regcache answers it (upstream.TagPage is a page as
+// upstream sent it).
+type TagsAnswer struct {
 	// Body is the JSON answer, {"name":...,"tags":[...]}, ready to send.
 	Body []byte
 	// More is set when tags remain after this page; the next page starts after NextLast,
@@ -69,7 +70,7 @@ func tagsFresh(o *Origin, l *tagList, now time.Time) bool {
 // from upstream as far as the page needs and one request may go. The listing is
 // coalesced and shared (within the process, and through Redis across a fleet); it is
 // served stale while upstream fails, like tag lookups. now is the request's clock read.
-func (c *Cache) Tags(ctx context.Context, o *Origin, repo string, req TagsRequest, now time.Time) (TagPage, Status, error) {
+func (c *Cache) Tags(ctx context.Context, o *Origin, repo string, req TagsRequest, now time.Time) (TagsAnswer, Status, error) {
 	repo = strings.Clone(repo) // may alias the caller's request buffer
 	up := o.Registry.Name()
 	key := tagsKey(up, repo)
@@ -86,7 +87,7 @@ func (c *Cache) Tags(ctx context.Context, o *Origin, repo string, req TagsReques
 		// loop as fast as the client could ask. A failure is the answer.
 		l, err := load(ctx, &c.listFlights, c.fleet, c.fleetWait(o), lk)
 		if err != nil {
-			return TagPage{}, Miss, err
+			return TagsAnswer{}, Miss, err
 		}
 		return l.page(repo, req), Miss, nil
 	}
@@ -97,7 +98,7 @@ func (c *Cache) Tags(ctx context.Context, o *Origin, repo string, req TagsReques
 	case err == nil:
 		return l.page(repo, req), Miss, nil
 	case ctx.Err() != nil:
-		return TagPage{}, Miss, ctx.Err()
+		return TagsAnswer{}, Miss, ctx.Err()
 	case errors.Is(err, context.DeadlineExceeded) || serveStaleOn(err):
 		if tagsFresh(o, local, now) {
 			return local.page(repo, req), Hit, nil // what there is, with a Link to go on
@@ -106,9 +107,9 @@ func (c *Cache) Tags(ctx context.Context, o *Origin, repo string, req TagsReques
 			c.log.Warn("serving stale tags", zap.String("upstream", up), zap.String("repository", repo), zap.Error(err))
 			return local.page(repo, req), Stale, nil
 		}
-		return TagPage{}, Miss, err
+		return TagsAnswer{}, Miss, err
 	default:
-		return TagPage{}, Miss, err
+		return TagsAnswer{}, Miss, err
 	}
 }
 

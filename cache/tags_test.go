@@ -32,7 +32,7 @@ func tagsCache(t *testing.T, reg *registrytest.Registry, ttl time.Duration, cfg 
 
 // walkTags follows NextLast from the start with pages of n, as a client follows Links,
 // returning every tag and the most upstream pages one request cost.
-func walkTags(t *testing.T, next func(TagsRequest) TagPage, reg *registrytest.Registry, n int) (tags []string, worst int) {
+func walkTags(t *testing.T, next func(TagsRequest) TagsAnswer, reg *registrytest.Registry, n int) (tags []string, worst int) {
 	t.Helper()
 	req := TagsRequest{N: n}
 	for range 200 {
@@ -82,7 +82,7 @@ func TestTagsWalkEndsUnderZeroTTL(t *testing.T) {
 	reg.PushTags(t, "team/app", want)
 	reg.SetPaging(registrytest.PagingLink, 10)
 	c, o := tagsCache(t, reg, 0, Config{TagsMaxPages: 3})
-	got, worst := walkTags(t, func(r TagsRequest) TagPage {
+	got, worst := walkTags(t, func(r TagsRequest) TagsAnswer {
 		p, _, err := c.Tags(context.Background(), o, "team/app", r, time.Now())
 		if err != nil {
 			t.Fatal(err)

@@ -45,10 +45,10 @@ type batchError struct {
 }
 
 // serveDigest answers GET /api/v1/digest?image=...&platform=...
-func (p *Proxy) serveDigest(ctx *fasthttp.RequestCtx) {
+func (p *Proxy) serveDigest(ctx *fasthttp.RequestCtx, now time.Time) {
 	args := ctx.QueryArgs()
 	image := string(args.Peek("image"))
-	res, aerr := p.lookupDigest(detached, image, string(args.Peek("platform")))
+	res, aerr := p.lookupDigest(detached, image, string(args.Peek("platform")), now)
 	if aerr != nil {
 		writeError(ctx, aerr)
 		return
@@ -57,7 +57,7 @@ func (p *Proxy) serveDigest(ctx *fasthttp.RequestCtx) {
 }
 
 // serveDigests answers POST /api/v1/digests {"images":[...],"platform":"..."}.
-func (p *Proxy) serveDigests(ctx *fasthttp.RequestCtx) {
+func (p *Proxy) serveDigests(ctx *fasthttp.RequestCtx, now time.Time) {
 	var req struct {
 		Images   []string `json:"images"`
 		Platform string   `json:"platform"`
@@ -88,7 +88,7 @@ func (p *Proxy) serveDigests(ctx *fasthttp.RequestCtx) {
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			res, aerr := p.lookupDigest(detached, image, req.Platform)
+			res, aerr := p.lookupDigest(detached, image, req.Platform, now)
 			if aerr != nil {
 				out[i] = batchError{Image: image, Error: aerr.item()}
 				return
@@ -128,7 +128,7 @@ func parsePlatform(s string) (ocispec.Platform, *apiError) {
 
 // lookupDigest resolves one image reference, Docker-style (nginx is
 // docker.io/library/nginx:latest), through the cache.
-func (p *Proxy) lookupDigest(ctx context.Context, image, platform string) (*DigestResult, *apiError) {
+func (p *Proxy) lookupDigest(ctx context.Context, image, platform string, now time.Time) (*DigestResult, *apiError) {
 	if image == "" {
 		return nil, errNameInvalid.with("image is required, e.g. image=lscr.io/linuxserver/nginx:latest")
 	}
@@ -168,7 +168,7 @@ func (p *Proxy) lookupDigest(ctx context.Context, image, platform string) (*Dige
 		}
 		res.Image = reference.TagNameOnly(named).String()
 	}
-	a, err := p.cache.Manifest(ctx, up.Origin, res.Repository, ref, plat != nil)
+	a, err := p.cache.Load(ctx, cache.Request{Origin: up.Origin, Repo: res.Repository, Ref: ref, WantBody: plat != nil, Now: now})
 	if err != nil {
 		return nil, fromUpstream(err, errManifestUnknown)
 	}

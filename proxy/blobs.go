@@ -25,7 +25,7 @@ func (p *Proxy) serveBlob(ctx *fasthttp.RequestCtx, rt *Route) cache.Status {
 	b, st, err := p.cache.Blob(detached, rt.Upstream.Origin, rt.Repo, d, !head, string(ctx.Request.Header.Peek("Range")))
 	if err != nil {
 		writeError(ctx, fromUpstream(err, errBlobUnknown))
-		return noStatus
+		return cache.None
 	}
 	h := &ctx.Response.Header
 	setAPIVersion(ctx)
@@ -34,7 +34,7 @@ func (p *Proxy) serveBlob(ctx *fasthttp.RequestCtx, rt *Route) cache.Status {
 		// Held bytes are a small blob's: a Range is answered with the whole blob (RFC 9110
 		// allows it).
 		h.SetContentType("application/octet-stream")
-		h.SetBytesKV(strXCache, cacheStatusStrings[st])
+		h.SetBytesKV(strXCache, xCache[st])
 		switch {
 		case b.Data == nil: // a HEAD, answered with the size
 			h.SetBytesKV(strAcceptRanges, []byte("bytes"))
@@ -60,7 +60,7 @@ func (p *Proxy) serveBlob(ctx *fasthttp.RequestCtx, rt *Route) cache.Status {
 	if err != nil && !(err == io.EOF && n == 0) {
 		s.Body.Close()
 		writeError(ctx, blobStreamError(err))
-		return noStatus
+		return cache.None
 	}
 	if n == 0 {
 		body = bytes.NewReader(nil) // empty, and verified: the reader saw its end
@@ -69,7 +69,7 @@ func (p *Proxy) serveBlob(ctx *fasthttp.RequestCtx, rt *Route) cache.Status {
 	}
 	ctx.SetStatusCode(s.Status)
 	h.SetContentType("application/octet-stream")
-	h.SetBytesKV(strXCache, cacheStatusStrings[st])
+	h.SetBytesKV(strXCache, xCache[st])
 	h.SetBytesKV(strAcceptRanges, []byte("bytes"))
 	if s.Status == fasthttp.StatusPartialContent {
 		// Only a client's own Range gets here (upstream refuses a 206 to anything else). A

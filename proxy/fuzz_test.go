@@ -404,7 +404,7 @@ func FuzzDigestReference(f *testing.F) {
 		}
 		if rerr != nil || perr != nil || image == "" {
 			// lookupDigest answers 400 without touching the cache.
-			_, aerr := p.lookupDigest(detached, image, platform)
+			_, aerr := p.lookupDigest(detached, image, platform, time.Now())
 			if aerr == nil || aerr.code.status != fasthttp.StatusBadRequest {
 				t.Fatalf("image %q platform %q: %v, want 400", image, platform, aerr)
 			}
@@ -413,7 +413,7 @@ func FuzzDigestReference(f *testing.F) {
 		domain, path := reference.Domain(named), reference.Path(named)
 		up := p.lookup([]byte(domain))
 		if up == nil {
-			_, aerr := p.lookupDigest(detached, image, platform)
+			_, aerr := p.lookupDigest(detached, image, platform, time.Now())
 			if aerr == nil || aerr.code != errNameUnknown {
 				t.Fatalf("unconfigured registry %q: %v, want 404 NAME_UNKNOWN", domain, aerr)
 			}

@@ -16,43 +16,10 @@ import (
 	"regcache/upstream"
 )
 
-// route labels requests by what they are for; the index is the label's position below.
-type route uint8
-
-const (
-	routeOther route = iota
-	routeBase
-	routeManifest
-	routeTags
-	routeBlob
-	routeAPI
-	routeToken
-	routeHealth
-	routeMetrics
-	numRoutes
-)
-
-var routeNames = [numRoutes]string{"other", "base", "manifest", "tags", "blob", "api", "token", "health", "metrics"}
-
-func routeOf(k Kind) route {
-	switch k {
-	case KindBase:
-		return routeBase
-	case KindManifest:
-		return routeManifest
-	case KindTags:
-		return routeTags
-	case KindBlob:
-		return routeBlob
-	}
-	return routeOther
-}
-
 // The label values a request can take, as small indexes, so that the counter for a
 // request is found by array indexing: no label hashing, map or lock on the hit path.
 var (
 	methodNames  = [...]string{"GET", "HEAD", "other"}
-	cacheNames   = [...]string{"MISS", "HIT", "REVALIDATED", "STALE", "none"}
 	statusCodes  = [...]int{200, 206, 400, 401, 403, 404, 405, 429, 500, 502, 503, 504}
 	statusLabels = func() (out [len(statusCodes) + 1]string) {
 		for i, c := range statusCodes {
@@ -73,12 +40,8 @@ func methodIndex(m []byte) int {
 	return 2
 }
 
-func cacheIndex(st cache.Status) int {
-	if int(st) < len(cacheNames)-1 {
-		return int(st)
-	}
-	return len(cacheNames) - 1
-}
+// cacheIndex is the cache label's index: the status itself, None for any other value.
+func cacheIndex(st cache.Status) int { return int(min(st, cache.None)) }
 
 func statusIndex(code int) int {
 	for i, c := range statusCodes {
@@ -98,9 +61,9 @@ type Metrics struct {
 	upstreamRequests *prometheus.CounterVec
 	upstreamDuration *prometheus.HistogramVec
 
-	// counters[route][method][cache][status], made on first use.
-	counters  [numRoutes][len(methodNames)][len(cacheNames)][len(statusLabels)]atomic.Pointer[prometheus.Counter]
-	durations [numRoutes]prometheus.Observer
+	// counters[kind][method][cache][status], made on first use.
+	counters  [numKinds][len(methodNames)][cache.None + 1][len(statusLabels)]atomic.Pointer[prometheus.Counter]
+	durations [numKinds]prometheus.Observer
 	handler   fasthttp.RequestHandler
 }
 
@@ -127,8 +90,8 @@ func NewMetrics() *Metrics {
 	}, []string{"upstream", "kind"})
 	m.registry.MustRegister(m.requests, m.duration, m.upstreamRequests, m.upstreamDuration,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	for r := range numRoutes {
-		m.durations[r] = m.duration.WithLabelValues(routeNames[r])
+	for r := range numKinds {
+		m.durations[r] = m.duration.WithLabelValues(kindNames[r])
 	}
 	m.handler = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
 	return m
@@ -136,7 +99,7 @@ func NewMetrics() *Metrics {
 
 // observe counts one answered request. On the hit path it is an array index, an atomic
 // load and two atomic adds.
-func (m *Metrics) observe(r route, method []byte, status int, st cache.Status, took time.Duration) {
+func (m *Metrics) observe(r Kind, method []byte, status int, st cache.Status, took time.Duration) {
 	mi, ci, si := methodIndex(method), cacheIndex(st), statusIndex(status)
 	slot := &m.counters[r][mi][ci][si]
 	c := slot.Load()
@@ -145,7 +108,7 @@ func (m *Metrics) observe(r route, method []byte, status int, st cache.Status, t
 		if si == len(statusCodes) {
 			label = strconv.Itoa(status)
 		}
-		counter := m.requests.WithLabelValues(routeNames[r], methodNames[mi], label, cacheNames[ci])
+		counter := m.requests.WithLabelValues(kindNames[r], methodNames[mi], label, cache.Status(ci).String())
 		if si != len(statusCodes) { // "other" statuses vary: never pin one in the slot
 			slot.CompareAndSwap(nil, &counter)
 		}

@@ -155,7 +155,7 @@ func (p *Proxy) metricsOnly(ctx *fasthttp.RequestCtx) {
 	}
 	start := ctx.Time()
 	p.metrics.handler(ctx)
-	p.metrics.observe(routeMetrics, ctx.Method(), ctx.Response.StatusCode(), noStatus, time.Since(start))
+	p.metrics.observe(KindMetrics, ctx.Method(), ctx.Response.StatusCode(), cache.None, time.Since(start))
 }
 
 // zapPrintf lets fasthttp's own error messages reach the structured log.
@@ -164,16 +164,19 @@ type zapPrintf struct{ log *zap.Logger }
 func (z zapPrintf) Printf(format string, args ...any) { z.log.Warn(fmt.Sprintf(format, args...)) }
 
 var (
-	strAPIVersion      = []byte("Docker-Distribution-API-Version")
-	strRegistry20      = []byte("registry/2.0")
-	strDigestHeader    = []byte("Docker-Content-Digest")
-	strV2Slash         = []byte("/v2/")
-	strXCache          = []byte("X-Cache")
-	strNS              = []byte("ns")
-	cacheStatusStrings = [...][]byte{
-		cache.Miss: []byte("MISS"), cache.Hit: []byte("HIT"),
-		cache.Revalidated: []byte("REVALIDATED"), cache.Stale: []byte("STALE"),
-	}
+	strAPIVersion   = []byte("Docker-Distribution-API-Version")
+	strRegistry20   = []byte("registry/2.0")
+	strDigestHeader = []byte("Docker-Content-Digest")
+	strV2Slash      = []byte("/v2/")
+	strXCache       = []byte("X-Cache")
+	strNS           = []byte("ns")
+	// xCache is the X-Cache value of each status the cache gives, as bytes for the header.
+	xCache = func() (v [cache.None][]byte) {
+		for st := range cache.None {
+			v[st] = []byte(st.String())
+		}
+		return v
+	}()
 )
 
 func setAPIVersion(ctx *fasthttp.RequestCtx) {
@@ -184,38 +187,38 @@ func setAPIVersion(ctx *fasthttp.RequestCtx) {
 func (p *Proxy) Handler(ctx *fasthttp.RequestCtx) {
 	start := ctx.Time() // read by fasthttp as the request arrived: no second clock read
 	var rt Route
-	var st = noStatus
-	r := routeOther
+	var st = cache.None
+	r := KindOther
 	path := ctx.URI().PathOriginal()
 	switch {
 	case string(path) == "/healthz":
-		r = routeHealth
+		r = KindHealth
 		ctx.SetContentType("text/plain; charset=utf-8")
 		ctx.SetBodyString("ok\n")
 	case string(path) == "/readyz":
 		// Open like /healthz, or a probe would need credentials: it shows categories only.
-		r = routeHealth
+		r = KindHealth
 		p.serveReady(ctx)
 	case string(path) == "/token":
-		r = routeToken
+		r = KindToken
 		p.auth.serveToken(ctx)
 	case !p.auth.authorize(ctx, path):
 		// answered 401 with the challenge
 	case string(path) == "/v2" || bytes.HasPrefix(path, strV2Slash):
 		rt, st = p.serveV2(ctx, path, start)
-		r = routeOf(rt.Kind)
+		r = rt.Kind
 		defer rt.release()
 	case string(path) == "/metrics" && p.metrics != nil:
-		r = routeMetrics
+		r = KindMetrics
 		p.metrics.handler(ctx)
 	case string(path) == "/api/v1/digest" && (ctx.IsGet() || ctx.IsHead()):
-		r = routeAPI
-		p.serveDigest(ctx)
+		r = KindAPI
+		p.serveDigest(ctx, start)
 	case string(path) == "/api/v1/digests" && ctx.IsPost():
-		r = routeAPI
-		p.serveDigests(ctx)
+		r = KindAPI
+		p.serveDigests(ctx, start)
 	case string(path) == "/api/v1/digest" || string(path) == "/api/v1/digests":
-		r = routeAPI
+		r = KindAPI
 		writeError(ctx, errUnsupported.with("use GET /api/v1/digest?image=... or POST /api/v1/digests"))
 	default:
 		writeError(ctx, errEndpointUnknown.with("not found: regcache serves the registry API under /v2/"))
@@ -268,26 +271,26 @@ func (p *Proxy) serveV2(ctx *fasthttp.RequestCtx, path []byte, now time.Time) (R
 		writeError(ctx, errUnsupported.with("regcache is read-only: only GET and HEAD are supported"))
 		// RFC 9110 §15.5.6: a 405 must list what the resource does allow.
 		ctx.Response.Header.Set("Allow", "GET, HEAD")
-		return Route{}, noStatus
+		return Route{}, cache.None
 	}
 	rt, aerr := p.parseRoute(path, ctx.QueryArgs().PeekBytes(strNS))
 	if aerr != nil {
 		writeError(ctx, aerr)
-		return rt, noStatus
+		return rt, cache.None
 	}
 	switch rt.Kind {
 	case KindBase:
 		setAPIVersion(ctx)
 		ctx.SetContentType("application/json")
 		ctx.SetBodyString("{}")
-		return rt, noStatus
+		return rt, cache.None
 	case KindManifest:
 		return rt, p.serveManifest(ctx, &rt, now)
 	}
 	if aerr := checkNames(&rt); aerr != nil {
 		writeError(ctx, aerr)
 		rt.Upstream = nil // invalid names are not logged as routed
-		return rt, noStatus
+		return rt, cache.None
 	}
 	if rt.Kind == KindTags {
 		return rt, p.serveTags(ctx, &rt, path, now)
@@ -303,12 +306,12 @@ func (p *Proxy) serveManifest(ctx *fasthttp.RequestCtx, rt *Route, now time.Time
 		if aerr := checkNames(rt); aerr != nil {
 			writeError(ctx, aerr)
 			rt.Upstream = nil // invalid names are not logged as routed
-			return noStatus
+			return cache.None
 		}
 		var err error
 		if a, err = p.cache.Load(detached, req); err != nil {
 			writeError(ctx, fromUpstream(err, errManifestUnknown))
-			return noStatus
+			return cache.None
 		}
 	}
 	if rt.Upstream.StrictAccept && !accepts(ctx.Request.Header.PeekAll("Accept"), a.MediaType) {
@@ -320,7 +323,7 @@ func (p *Proxy) serveManifest(ctx *fasthttp.RequestCtx, rt *Route, now time.Time
 	// Our header names are canonical already: SetCanonical skips fasthttp's normalizing.
 	h.SetCanonical(strDigestHeader, s2b(string(a.Digest)))
 	h.SetCanonical(strAPIVersion, strRegistry20)
-	h.SetCanonical(strXCache, cacheStatusStrings[a.Status])
+	h.SetCanonical(strXCache, xCache[a.Status])
 	if head {
 		// fasthttp sends no body for HEAD; the length is the manifest's, as a registry's is.
 		ctx.Response.SkipBody = true
@@ -341,8 +344,8 @@ func (p *Proxy) logRequest(ctx *fasthttp.RequestCtx, rt *Route, st cache.Status,
 	if rt.Upstream != nil {
 		fields = append(fields, zap.String("upstream", rt.Upstream.Name), zap.String("repository", rt.Repo), zap.String("reference", rt.Ref))
 	}
-	if int(st) < len(cacheStatusStrings) {
-		fields = append(fields, zap.ByteString("cache", cacheStatusStrings[st]))
+	if st < cache.None {
+		fields = append(fields, zap.ByteString("cache", xCache[st]))
 	}
 	p.log.Info("request", fields...)
 }
@@ -356,6 +359,3 @@ var detached = context.Background()
 
 // s2b views s as bytes for fasthttp calls that only read (and copy) them.
 func s2b(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
-
-// noStatus marks answers the cache did not give (errors, the base endpoint): no X-Cache.
-const noStatus = cache.Status(255)

@@ -12,16 +12,26 @@ import (
 	"regcache/upstream"
 )
 
-// Kind is the endpoint a /v2/ request is for.
+// Kind is the endpoint a request is for: one of the /v2/ endpoints a Route names, or one
+// the handler answers outside /v2/. It is the route label of the request metrics.
 type Kind uint8
 
-// The /v2/ endpoints regcache answers.
+// The endpoints regcache answers.
 const (
-	KindBase Kind = iota + 1
+	KindOther Kind = iota // an unknown path, or a /v2/ path that did not parse
+	KindBase
 	KindManifest
 	KindTags
 	KindBlob
+	KindAPI
+	KindToken
+	KindHealth
+	KindMetrics
+	numKinds
 )
+
+// kindNames are the Kinds as the metrics' route label names them.
+var kindNames = [numKinds]string{"other", "base", "manifest", "tags", "blob", "api", "token", "health", "metrics"}
 
 // Route is a request parsed once into what the layers below need.
 type Route struct {

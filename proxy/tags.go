@@ -26,14 +26,14 @@ func (p *Proxy) serveTags(ctx *fasthttp.RequestCtx, rt *Route, rawPath []byte, n
 		n, err := strconv.Atoi(string(args.Peek("n")))
 		if err != nil || n < 0 {
 			writeError(ctx, errPaginationInvalid.with("n must be a whole number from 0 to 10000"))
-			return noStatus
+			return cache.None
 		}
 		req.N = min(n, cache.MaxTagsPage)
 	}
 	if last := args.Peek("last"); len(last) > 0 {
 		if !upstream.ValidTag(last) {
 			writeError(ctx, errTagInvalid.with("last must be a tag, got "+quote(last)))
-			return noStatus
+			return cache.None
 		}
 		req.Last = string(last)
 	}
@@ -42,12 +42,12 @@ func (p *Proxy) serveTags(ctx *fasthttp.RequestCtx, rt *Route, rawPath []byte, n
 		ctx.SetContentType("application/json")
 		setAPIVersion(ctx)
 		ctx.SetBodyString(`{"name":"` + rt.Repo + `","tags":[]}`)
-		return noStatus
+		return cache.None
 	}
 	page, st, err := p.cache.Tags(detached, rt.Upstream.Origin, rt.Repo, req, now)
 	if err != nil {
 		writeError(ctx, fromUpstream(err, errNameUnknown))
-		return noStatus
+		return cache.None
 	}
 	if page.More {
 		q := url.Values{}
@@ -64,7 +64,7 @@ func (p *Proxy) serveTags(ctx *fasthttp.RequestCtx, rt *Route, rawPath []byte, n
 	}
 	ctx.SetContentType("application/json")
 	setAPIVersion(ctx)
-	ctx.Response.Header.SetBytesKV(strXCache, cacheStatusStrings[st])
+	ctx.Response.Header.SetBytesKV(strXCache, xCache[st])
 	if page.TruncatedBy != "" {
 		// The listing stopped at a bound: this is all regcache will list, not all there is.
 		ctx.Response.Header.Set("X-Regcache-Truncated", page.TruncatedBy)
