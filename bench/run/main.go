@@ -8,10 +8,7 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
-	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"log"
@@ -20,9 +17,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"regexp"
-	"sort"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -76,50 +70,6 @@ func main() {
 		cleanup()
 		log.Fatal(err)
 	}
-}
-
-func cleanup() {
-	for _, p := range procs {
-		if p.Process != nil {
-			_ = syscall.Kill(-p.Process.Pid, syscall.SIGKILL)
-			_, _ = p.Process.Wait()
-		}
-	}
-	procs = nil
-	_ = os.RemoveAll(work)
-}
-
-// start runs a server pinned to the server CPU, in its own process group.
-func start(name string, args ...string) *exec.Cmd {
-	full := append([]string{"-c", serverCPU, name}, args...)
-	cmd := exec.Command("taskset", full...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	logf, _ := os.Create(filepath.Join(work, filepath.Base(name)+"-"+strconv.Itoa(len(procs))+".log"))
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		log.Fatalf("start %s: %v", name, err)
-	}
-	procs = append(procs, cmd)
-	return cmd
-}
-
-func waitHTTP(url string) {
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		resp, err := http.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			return
-		}
-	}
-	log.Fatalf("%s did not come up (logs in %s)", url, work)
-}
-
-func writeFile(path, text string) string {
-	_ = os.MkdirAll(filepath.Dir(path), 0o755)
-	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
-		log.Fatal(err)
-	}
-	return path
 }
 
 // seeded is what the upstream holds that the scenarios ask for.
@@ -356,100 +306,4 @@ http {
 	fmt.Printf("\n### Fleet profile: 10,000 tags over 3 upstreams, Zipf s=1.1, 300,000 HEADs, tag_ttl 60s\n\n- %s\n", strings.TrimSpace(out))
 	fmt.Printf("- regcache peak RSS: %s (cache.max_size 256 MiB)\n", peakRSS(fleet))
 	return nil
-}
-
-type result struct{ rps, p50, p99 float64 }
-
-func median(rs []result) result {
-	pick := func(f func(result) float64) float64 {
-		v := make([]float64, len(rs))
-		for i, r := range rs {
-			v[i] = f(r)
-		}
-		sort.Float64s(v)
-		return v[len(v)/2]
-	}
-	return result{pick(func(r result) float64 { return r.rps }), pick(func(r result) float64 { return r.p50 }), pick(func(r result) float64 { return r.p99 })}
-}
-
-// load runs one measurement from the load CPU: wrk for GET, the Go tool for HEAD.
-func load(method, url, accept string) result {
-	if method == "HEAD" {
-		var r struct {
-			RPS float64 `json:"rps"`
-			P50 float64 `json:"p50_ms"`
-			P99 float64 `json:"p99_ms"`
-		}
-		out := loadTool("http", "-url", url, "-method", "HEAD", "-c", strconv.Itoa(*conns), "-d", duration.String(),
-			"-H", "Accept: "+accept, "-H", "Authorization: Bearer "+benchToken)
-		if err := json.Unmarshal([]byte(out), &r); err != nil {
-			log.Fatalf("load http: %v: %s", err, out)
-		}
-		return result{r.RPS, r.P50, r.P99}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), *duration+30*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "taskset", "-c", loadCPU, "wrk", "-t1", "-c"+strconv.Itoa(*conns), "-d"+duration.String(), "--latency",
-		"-H", "Accept: "+accept, "-H", "Authorization: Bearer "+benchToken, url).CombinedOutput()
-	if err != nil {
-		log.Fatalf("wrk %s: %v\n%s", url, err, out)
-	}
-	return parseWrk(string(out))
-}
-
-var (
-	reRPS = regexp.MustCompile(`Requests/sec:\s+([\d.]+)`)
-	reLat = regexp.MustCompile(`(?m)^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$`)
-	reNon = regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)`)
-)
-
-func parseWrk(out string) result {
-	if m := reNon.FindStringSubmatch(out); m != nil {
-		log.Fatalf("wrk saw error answers:\n%s", out)
-	}
-	var r result
-	if m := reRPS.FindStringSubmatch(out); m != nil {
-		r.rps, _ = strconv.ParseFloat(m[1], 64)
-	}
-	for _, m := range reLat.FindAllStringSubmatch(out, -1) {
-		v, _ := strconv.ParseFloat(m[2], 64)
-		switch m[3] {
-		case "us":
-			v /= 1000
-		case "s":
-			v *= 1000
-		}
-		if m[1] == "50" {
-			r.p50 = v
-		} else {
-			r.p99 = v
-		}
-	}
-	return r
-}
-
-func loadTool(args ...string) string {
-	full := append([]string{"-c", loadCPU, filepath.Join(*bin, "load")}, args...)
-	out, err := exec.Command("taskset", full...).Output()
-	if err != nil {
-		log.Fatalf("load %v: %v", args, err)
-	}
-	return string(out)
-}
-
-// peakRSS reads VmHWM, the process's peak resident set, from /proc.
-func peakRSS(cmd *exec.Cmd) string {
-	// taskset execs the target, so the pid is regcache's own.
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
-	if err != nil {
-		return "unknown"
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if strings.HasPrefix(sc.Text(), "VmHWM:") {
-			return strings.TrimSpace(strings.TrimPrefix(sc.Text(), "VmHWM:"))
-		}
-	}
-	return "unknown"
 }
