@@ -30,6 +30,7 @@ import (
 	"go.uber.org/zap"
 
 	"regcache/configs"
+	"regcache/internal/harness"
 	"regcache/upstream/registrytest"
 )
 
@@ -146,7 +147,7 @@ func abConfig(upstreamURL, maxSize string, serverLines ...string) string {
 			s += "  " + l + "\n"
 		}
 	}
-	return s + "upstreams:\n" + upstreamYAML("reg.test", upstreamURL)
+	return s + "upstreams:\n" + harness.Upstream("reg.test", upstreamURL)
 }
 
 // abNormal is an ordinary client's request for a cached manifest: it must be answered 200,

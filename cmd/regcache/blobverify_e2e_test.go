@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"regcache/internal/harness"
 	"regcache/upstream/registrytest"
 )
 
@@ -29,7 +30,7 @@ func TestBlobWholeAnswered206Refused(t *testing.T) {
 	small := []byte(`{"architecture":"amd64","os":"linux"}`)
 	ld := reg.PushBlob(t, "team/app", large)
 	sd := reg.PushBlob(t, "team/app", small)
-	rc := startRegcache(t, configYAML("", upstreamYAML("ghcr.io", reg.URL)))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("ghcr.io", reg.URL)))
 
 	for _, tc := range []struct {
 		name  string
@@ -41,7 +42,7 @@ func TestBlobWholeAnswered206Refused(t *testing.T) {
 		{"small blob, other bytes", sd, []byte(`{"os":"evil"}`)},
 	} {
 		reg.SetFault(registrytest.PartialBlob(tc.other))
-		r := rc.do(t, http.MethodGet, "/v2/ghcr.io/team/app/blobs/"+tc.d)
+		r := rc.Do(t, http.MethodGet, "/v2/ghcr.io/team/app/blobs/"+tc.d)
 		if r.Status != http.StatusBadGateway || !strings.Contains(string(r.Body), `"errors"`) {
 			t.Fatalf("%s: upstream's 206 to a GET without Range answered %d (%d bytes, Content-Range %q); want 502 with a registry error",
 				tc.name, r.Status, len(r.Body), r.Header.Get("Content-Range"))
@@ -57,11 +58,11 @@ func TestBlobWholeAnswered206Refused(t *testing.T) {
 		d    string
 		data []byte
 	}{{ld, large}, {sd, small}} {
-		r := rc.do(t, http.MethodGet, "/v2/ghcr.io/team/app/blobs/"+b.d)
+		r := rc.Do(t, http.MethodGet, "/v2/ghcr.io/team/app/blobs/"+b.d)
 		if r.Status != 200 || !bytes.Equal(r.Body, b.data) || r.Header.Get("X-Cache") != "MISS" {
 			t.Fatalf("after the 206s: GET %s: %d %q, %d bytes", b.d, r.Status, r.Header.Get("X-Cache"), len(r.Body))
 		}
-		h := rc.do(t, http.MethodHead, "/v2/ghcr.io/team/app/blobs/"+b.d)
+		h := rc.Do(t, http.MethodHead, "/v2/ghcr.io/team/app/blobs/"+b.d)
 		if h.Status != 200 || h.Header.Get("Content-Length") != fmt.Sprint(len(b.data)) {
 			t.Fatalf("after the 206s: HEAD %s: %d, Content-Length %q", b.d, h.Status, h.Header.Get("Content-Length"))
 		}
@@ -77,7 +78,7 @@ func TestBlobStreamMismatchNeverComplete(t *testing.T) {
 	reg := registrytest.New(t, registrytest.NoAuth)
 	blob := randomBlob(1536 << 10)
 	d := reg.PushBlob(t, "team/app", blob)
-	rc := startRegcache(t, configYAML("", upstreamYAML("ghcr.io", reg.URL)))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("ghcr.io", reg.URL)))
 	flipped := bytes.Clone(blob)
 	flipped[len(flipped)-10] ^= 0xff
 	longer := append(bytes.Clone(blob), 'x')
@@ -118,7 +119,7 @@ func TestBlobStreamMismatchNeverComplete(t *testing.T) {
 		}
 	}
 	reg.SetFault(nil)
-	if r := rc.do(t, http.MethodGet, "/v2/ghcr.io/team/app/blobs/"+d); r.Status != 200 || !bytes.Equal(r.Body, blob) {
+	if r := rc.Do(t, http.MethodGet, "/v2/ghcr.io/team/app/blobs/"+d); r.Status != 200 || !bytes.Equal(r.Body, blob) {
 		t.Fatalf("after the lies: %d, %d bytes", r.Status, len(r.Body))
 	}
 }
@@ -132,10 +133,10 @@ func TestBlobClientRangePartialWithoutDigest(t *testing.T) {
 	reg := registrytest.New(t, registrytest.Bearer)
 	blob := randomBlob(1536 << 10)
 	d := reg.PushBlob(t, "team/app", blob)
-	rc := startRegcache(t, configYAML("", upstreamYAML("ghcr.io", reg.URL)))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("ghcr.io", reg.URL)))
 	path := "/v2/ghcr.io/team/app/blobs/" + d
 
-	r := rc.do(t, http.MethodGet, path, "Range", "bytes=100-199")
+	r := rc.Do(t, http.MethodGet, path, "Range", "bytes=100-199")
 	if r.Status != 206 || !bytes.Equal(r.Body, blob[100:200]) {
 		t.Fatalf("Range: %d, %d bytes", r.Status, len(r.Body))
 	}
@@ -146,17 +147,17 @@ func TestBlobClientRangePartialWithoutDigest(t *testing.T) {
 		t.Fatalf("Range: a 100-byte part is answered with Docker-Content-Digest %s, the whole blob's", got)
 	}
 
-	h := rc.do(t, http.MethodHead, path)
+	h := rc.Do(t, http.MethodHead, path)
 	if h.Status != 200 || h.Header.Get("Content-Length") != fmt.Sprint(len(blob)) || h.Header.Get("Docker-Content-Digest") != d {
 		t.Fatalf("HEAD: %d, Content-Length %q, digest %q", h.Status, h.Header.Get("Content-Length"), h.Header.Get("Docker-Content-Digest"))
 	}
-	g := rc.do(t, http.MethodGet, path)
+	g := rc.Do(t, http.MethodGet, path)
 	if g.Status != 200 || !bytes.Equal(g.Body, blob) || g.Header.Get("Docker-Content-Digest") != d {
 		t.Fatalf("GET: %d, %d bytes, digest %q", g.Status, len(g.Body), g.Header.Get("Docker-Content-Digest"))
 	}
 
 	reg.SetFault(reg.IgnoreRange())
-	r = rc.do(t, http.MethodGet, path, "Range", "bytes=100-199")
+	r = rc.Do(t, http.MethodGet, path, "Range", "bytes=100-199")
 	if r.Status != 200 || !bytes.Equal(r.Body, blob) || r.Header.Get("Docker-Content-Digest") != d || r.Header.Get("Content-Range") != "" {
 		t.Fatalf("Range ignored upstream: %d, %d bytes, digest %q, Content-Range %q; want the whole blob, 200",
 			r.Status, len(r.Body), r.Header.Get("Docker-Content-Digest"), r.Header.Get("Content-Range"))

@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"regcache/internal/harness"
 	"regcache/upstream/registrytest"
 )
 
@@ -31,11 +32,11 @@ func TestPendingMissesAreBounded(t *testing.T) {
 	// slots at once, the next 4 when those finish (1.5s), and the rest are turned away;
 	// none runs into the timeout itself. tag_ttl 1s makes the tag stale before the load;
 	// revalidate_wait 20s means only a failed revalidation serves it stale.
-	rc := startRegcache(t, configYAML("  revalidate_wait: 20s\n",
-		upstreamYAML("ghcr.io", reg.URL, "max_concurrent: 4", "timeout: 8s", "tag_ttl: 1s")))
+	rc := startRegcache(t, harness.Config("  revalidate_wait: 20s\n",
+		harness.Upstream("ghcr.io", reg.URL, "max_concurrent: 4", "timeout: 8s", "tag_ttl: 1s")))
 	hit := "/v2/ghcr.io/team/app/manifests/" + img.Digest // a digest never goes stale
 	for _, path := range []string{hit, "/v2/ghcr.io/team/app/manifests/cached"} {
-		if r := rc.do(t, http.MethodGet, path); r.Status != http.StatusOK {
+		if r := rc.Do(t, http.MethodGet, path); r.Status != http.StatusOK {
 			t.Fatalf("warming %s: %d %s", path, r.Status, r.Body)
 		}
 	}
@@ -62,21 +63,21 @@ func TestPendingMissesAreBounded(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range clients {
 		wg.Go(func() {
-			r := rc.do(t, http.MethodGet, fmt.Sprintf("/v2/ghcr.io/team/app/manifests/miss-%d", i))
+			r := rc.Do(t, http.MethodGet, fmt.Sprintf("/v2/ghcr.io/team/app/manifests/miss-%d", i))
 			statuses[i], retryAfter[i], bodies[i] = r.Status, r.Header.Get("Retry-After"), string(r.Body)
 		})
 	}
 	// Hits while the misses wait: answered from the cache, never queued behind them.
 	time.Sleep(300 * time.Millisecond)
-	var stale response
+	var stale harness.Response
 	wg.Go(func() {
 		// A stale tag's revalidation finds the bound full like any miss; the failure is
 		// an upstream failure like any other, so the stale answer is served.
-		stale = rc.do(t, http.MethodGet, "/v2/ghcr.io/team/app/manifests/cached")
+		stale = rc.Do(t, http.MethodGet, "/v2/ghcr.io/team/app/manifests/cached")
 	})
 	for range 3 {
 		start := time.Now()
-		r := rc.do(t, http.MethodGet, hit)
+		r := rc.Do(t, http.MethodGet, hit)
 		if took := time.Since(start); r.Status != http.StatusOK || r.Header.Get("X-Cache") != "HIT" || took > time.Second {
 			t.Errorf("hit during the load: %d %s in %v, want a fast 200 HIT", r.Status, r.Header.Get("X-Cache"), took)
 		}

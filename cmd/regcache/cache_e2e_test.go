@@ -20,13 +20,9 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"regcache/internal/harness"
 	"regcache/upstream/registrytest"
 )
-
-// ceAcceptAll is the Accept set real clients send.
-const ceAcceptAll = "application/vnd.docker.distribution.manifest.list.v2+json, " +
-	"application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, " +
-	"application/vnd.oci.image.manifest.v1+json"
 
 // ceKinds are the four manifest kinds every update checker meets.
 var ceKinds = []struct {
@@ -124,7 +120,7 @@ func ceManifests(method, repo, ref string) string {
 }
 
 // ceExpect checks a successful manifest answer against what upstream holds.
-func ceExpect(t testing.TB, what string, r response, xcache string, p registrytest.Pushed, method string) {
+func ceExpect(t testing.TB, what string, r harness.Response, xcache string, p registrytest.Pushed, method string) {
 	t.Helper()
 	if r.Status != http.StatusOK {
 		t.Fatalf("%s: status %d, want 200: %s", what, r.Status, r.Body)
@@ -151,7 +147,7 @@ func ceExpect(t testing.TB, what string, r response, xcache string, p registryte
 
 // ceError checks a registry error answer and returns its code ("" for HEAD, which has
 // no body).
-func ceError(t testing.TB, what string, r response, method string, statuses ...int) string {
+func ceError(t testing.TB, what string, r harness.Response, method string, statuses ...int) string {
 	t.Helper()
 	if !slices.Contains(statuses, r.Status) {
 		t.Fatalf("%s: status %d, want one of %v: %s", what, r.Status, statuses, r.Body)
@@ -178,16 +174,16 @@ func ceError(t testing.TB, what string, r response, method string, statuses ...i
 }
 
 // ceTimed is do with the time the answer took.
-func ceTimed(t testing.TB, in *instance, method, path string) (response, time.Duration) {
+func ceTimed(t testing.TB, in *harness.Instance, method, path string) (harness.Response, time.Duration) {
 	t.Helper()
 	start := time.Now()
-	r := in.do(t, method, path)
+	r := in.Do(t, method, path)
 	return r, time.Since(start)
 }
 
 // ceDirect asks the registry itself (with a token, which NoAuth registries ignore), for
 // the reference answer regcache must reproduce.
-func ceDirect(t testing.TB, reg *registrytest.Registry, method, repo, ref string) response {
+func ceDirect(t testing.TB, reg *registrytest.Registry, method, repo, ref string) harness.Response {
 	t.Helper()
 	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Proxy: nil}}
 	treq, _ := http.NewRequest(http.MethodGet, reg.URL+"/token?scope=repository:"+repo+":pull", nil)
@@ -200,7 +196,7 @@ func ceDirect(t testing.TB, reg *registrytest.Registry, method, repo, ref string
 	_ = json.NewDecoder(tresp.Body).Decode(&tok)
 	tresp.Body.Close()
 	req, _ := http.NewRequest(method, reg.URL+"/v2/"+repo+"/manifests/"+ref, nil)
-	req.Header.Set("Accept", ceAcceptAll)
+	req.Header.Set("Accept", harness.AcceptAll)
 	req.Header.Set("Authorization", "Bearer "+tok.Token)
 	resp, err := c.Do(req)
 	if err != nil {
@@ -211,7 +207,7 @@ func ceDirect(t testing.TB, reg *registrytest.Registry, method, repo, ref string
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("direct %s %s:%s: %s", method, repo, ref, resp.Status)
 	}
-	return response{Status: resp.StatusCode, Header: resp.Header, Body: body}
+	return harness.Response{Status: resp.StatusCode, Header: resp.Header, Body: body}
 }
 
 // 1. Four manifest kinds, by tag and by digest, GET and HEAD, through all three routing
@@ -221,10 +217,10 @@ func TestCacheE2EFourKindsByteForByte(t *testing.T) {
 	regDef := registrytest.New(t, registrytest.Bearer)
 	regPre := registrytest.New(t, registrytest.NoAuth)
 	regNS := registrytest.New(t, registrytest.BearerBasic)
-	rc := startRegcache(t, configYAML("",
-		upstreamYAML("def.test", regDef.URL),
-		upstreamYAML("prefix.test", regPre.URL),
-		upstreamYAML("ns.test", regNS.URL, "credentials:", "  username: "+regNS.Username, "  password: "+regNS.Password)))
+	rc := startRegcache(t, harness.Config("",
+		harness.Upstream("def.test", regDef.URL),
+		harness.Upstream("prefix.test", regPre.URL),
+		harness.Upstream("ns.test", regNS.URL, "credentials:", "  username: "+regNS.Username, "  password: "+regNS.Password)))
 
 	forms := []struct {
 		name string
@@ -268,7 +264,7 @@ func TestCacheE2EFourKindsByteForByte(t *testing.T) {
 					ref = p.Digest
 				}
 				what := f.name + " " + k.name + " " + op
-				r := rc.do(t, method, f.path(repo, ref), "Accept", ceAcceptAll)
+				r := rc.Do(t, method, f.path(repo, ref), "Accept", harness.AcceptAll)
 				ceExpect(t, what, r, "", p, method)
 				for _, h := range []string{"Docker-Content-Digest", "Content-Type", "Content-Length"} {
 					if r.Header.Get(h) != upHead.Header.Get(h) {
@@ -292,13 +288,13 @@ func TestCacheE2ECostTable(t *testing.T) {
 	b := reg.PushIndex(t, repo, "b", types.OCIImageIndex, "linux/amd64")
 	c := reg.PushImage(t, repo, "c", types.DockerManifestSchema2)
 	const ttl = 1500 * time.Millisecond
-	rc := startRegcache(t, configYAML("  tag_ttl: 1500ms\n", upstreamYAML("reg.test", reg.URL)))
+	rc := startRegcache(t, harness.Config("  tag_ttl: 1500ms\n", harness.Upstream("reg.test", reg.URL)))
 	up := ceWatchRegistry(reg)
 
 	step := func(what, method, ref string, p registrytest.Pushed, xcache string, wantUp ...string) {
 		t.Helper()
 		up.reset()
-		r := rc.do(t, method, "/v2/reg.test/"+repo+"/manifests/"+ref)
+		r := rc.Do(t, method, "/v2/reg.test/"+repo+"/manifests/"+ref)
 		ceExpect(t, what, r, xcache, p, method)
 		up.expectUpstream(t, what, wantUp...)
 	}
@@ -343,7 +339,7 @@ type ceBurstResult struct {
 }
 
 // ceBurst sends n identical requests at once from n goroutines sharing in's client.
-func ceBurst(in *instance, method, path string, n int) []ceBurstResult {
+func ceBurst(in *harness.Instance, method, path string, n int) []ceBurstResult {
 	out := make([]ceBurstResult, n)
 	start := make(chan struct{})
 	var wg sync.WaitGroup
@@ -380,7 +376,7 @@ func TestCacheE2ECoalescedBurst(t *testing.T) {
 	reg := registrytest.New(t, registrytest.Bearer)
 	headTag := reg.PushIndex(t, "burst/app", "for-head", types.DockerManifestList, "linux/amd64", "linux/arm64/v8")
 	getTag := reg.PushImage(t, "burst/app", "for-get", types.OCIManifestSchema1)
-	rc := startRegcache(t, configYAML("", upstreamYAML("reg.test", reg.URL)))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("reg.test", reg.URL)))
 	const n = 200
 	for _, tc := range []struct {
 		method, tag string
@@ -439,19 +435,19 @@ func TestCacheE2ETagTTLRevalidateAndRetag(t *testing.T) {
 	g1 := reg.PushImage(t, repo, "for-get", types.OCIManifestSchema1)
 	h1 := reg.PushIndex(t, repo, "for-head", types.OCIImageIndex, "linux/amd64")
 	const ttl = 300 * time.Millisecond
-	rc := startRegcache(t, configYAML("  tag_ttl: 300ms\n", upstreamYAML("reg.test", reg.URL)))
+	rc := startRegcache(t, harness.Config("  tag_ttl: 300ms\n", harness.Upstream("reg.test", reg.URL)))
 	up := ceWatchRegistry(reg)
 	path := func(ref string) string { return "/v2/reg.test/" + repo + "/manifests/" + ref }
 
-	ceExpect(t, "warm GET", rc.do(t, "GET", path("for-get")), "MISS", g1, "GET")
-	ceExpect(t, "warm HEAD", rc.do(t, "HEAD", path("for-head")), "MISS", h1, "HEAD")
+	ceExpect(t, "warm GET", rc.Do(t, "GET", path("for-get")), "MISS", g1, "GET")
+	ceExpect(t, "warm HEAD", rc.Do(t, "HEAD", path("for-head")), "MISS", h1, "HEAD")
 	time.Sleep(ttl + 100*time.Millisecond)
 
 	up.reset()
-	ceExpect(t, "GET after tag_ttl, unchanged", rc.do(t, "GET", path("for-get")), "REVALIDATED", g1, "GET")
+	ceExpect(t, "GET after tag_ttl, unchanged", rc.Do(t, "GET", path("for-get")), "REVALIDATED", g1, "GET")
 	up.expectUpstream(t, "GET after tag_ttl, unchanged", ceManifests("HEAD", repo, "for-get"))
 	up.reset()
-	ceExpect(t, "HEAD after tag_ttl, unchanged", rc.do(t, "HEAD", path("for-head")), "REVALIDATED", h1, "HEAD")
+	ceExpect(t, "HEAD after tag_ttl, unchanged", rc.Do(t, "HEAD", path("for-head")), "REVALIDATED", h1, "HEAD")
 	up.expectUpstream(t, "HEAD after tag_ttl, unchanged", ceManifests("HEAD", repo, "for-head"))
 
 	// Retag both upstream: a different manifest (of another kind, even) under the same tag.
@@ -460,16 +456,16 @@ func TestCacheE2ETagTTLRevalidateAndRetag(t *testing.T) {
 	time.Sleep(ttl + 100*time.Millisecond)
 
 	up.reset()
-	ceExpect(t, "GET after retag and tag_ttl", rc.do(t, "GET", path("for-get")), "MISS", g2, "GET")
+	ceExpect(t, "GET after retag and tag_ttl", rc.Do(t, "GET", path("for-get")), "MISS", g2, "GET")
 	up.expectUpstream(t, "GET after retag", ceManifests("HEAD", repo, "for-get"), ceManifests("GET", repo, g2.Digest))
 	up.reset()
-	ceExpect(t, "HEAD after retag and tag_ttl", rc.do(t, "HEAD", path("for-head")), "MISS", h2, "HEAD")
+	ceExpect(t, "HEAD after retag and tag_ttl", rc.Do(t, "HEAD", path("for-head")), "MISS", h2, "HEAD")
 	up.expectUpstream(t, "HEAD after retag", ceManifests("HEAD", repo, "for-head"))
 
 	// The new manifest is cached by digest; the old ones are still there too (immutable).
 	up.reset()
-	ceExpect(t, "new digest cached", rc.do(t, "GET", path(g2.Digest)), "HIT", g2, "GET")
-	ceExpect(t, "old digest still cached", rc.do(t, "GET", path(g1.Digest)), "HIT", g1, "GET")
+	ceExpect(t, "new digest cached", rc.Do(t, "GET", path(g2.Digest)), "HIT", g2, "GET")
+	ceExpect(t, "old digest still cached", rc.Do(t, "GET", path(g1.Digest)), "HIT", g1, "GET")
 	up.expectUpstream(t, "digests after retag")
 }
 
@@ -483,11 +479,11 @@ func TestCacheE2EStaleIfError(t *testing.T) {
 	warm := reg.PushIndex(t, repo, "warm", types.OCIImageIndex, "linux/amd64", "linux/arm64/v8")
 	cold := reg.PushImage(t, repo, "cold", types.DockerManifestSchema2)
 	const ttl = 300 * time.Millisecond
-	rc := startRegcache(t, configYAML("  tag_ttl: 300ms\n", upstreamYAML("reg.test", reg.URL)))
+	rc := startRegcache(t, harness.Config("  tag_ttl: 300ms\n", harness.Upstream("reg.test", reg.URL)))
 	up := ceWatchRegistry(reg)
 	path := func(ref string) string { return "/v2/reg.test/" + repo + "/manifests/" + ref }
 
-	ceExpect(t, "warm", rc.do(t, "GET", path("warm")), "MISS", warm, "GET")
+	ceExpect(t, "warm", rc.Do(t, "GET", path("warm")), "MISS", warm, "GET")
 	time.Sleep(ttl + 100*time.Millisecond)
 
 	for _, tc := range []struct {
@@ -505,13 +501,13 @@ func TestCacheE2EStaleIfError(t *testing.T) {
 		up.set(registrytest.OnManifests(tc.fault))
 		up.reset()
 		for _, m := range []string{"GET", "HEAD"} {
-			ceExpect(t, tc.name+": stale "+m, rc.do(t, m, path("warm")), "STALE", warm, m)
+			ceExpect(t, tc.name+": stale "+m, rc.Do(t, m, path("warm")), "STALE", warm, m)
 		}
 		if reg.Count("GET", "manifest")+reg.Count("HEAD", "manifest") == 0 {
 			t.Fatalf("%s: the stale answers were given without trying upstream", tc.name)
 		}
 		for _, m := range []string{"GET", "HEAD"} {
-			r := rc.do(t, m, path("cold"))
+			r := rc.Do(t, m, path("cold"))
 			code := ceError(t, tc.name+": cold "+m, r, m, tc.statuses...)
 			if m == "GET" && code != tc.code {
 				t.Fatalf("%s: cold GET code %s, want %s", tc.name, code, tc.code)
@@ -527,14 +523,14 @@ func TestCacheE2EStaleIfError(t *testing.T) {
 	up.set(nil)
 	time.Sleep(max(ttl, 2*time.Second) + 100*time.Millisecond)
 	up.reset()
-	ceExpect(t, "recovered GET", rc.do(t, "GET", path("warm")), "REVALIDATED", warm, "GET")
+	ceExpect(t, "recovered GET", rc.Do(t, "GET", path("warm")), "REVALIDATED", warm, "GET")
 	up.expectUpstream(t, "recovered GET", ceManifests("HEAD", repo, "warm"))
-	r := rc.do(t, "HEAD", path("warm"))
+	r := rc.Do(t, "HEAD", path("warm"))
 	if x := r.Header.Get("X-Cache"); x != "HIT" && x != "REVALIDATED" {
 		t.Fatalf("after recovery HEAD X-Cache %q", x)
 	}
 	ceExpect(t, "recovered HEAD", r, "", warm, "HEAD")
-	ceExpect(t, "recovered cold GET", rc.do(t, "GET", path("cold")), "MISS", cold, "GET")
+	ceExpect(t, "recovered cold GET", rc.Do(t, "GET", path("cold")), "MISS", cold, "GET")
 }
 
 // 6. A slow upstream holds a client with a stale answer at most revalidate_wait; the
@@ -545,11 +541,11 @@ func TestCacheE2ESlowUpstreamServesStaleAndRefreshesInBackground(t *testing.T) {
 	const repo = "slow/app"
 	old := reg.PushImage(t, repo, "t", types.OCIManifestSchema1)
 	const ttl, delay = 500 * time.Millisecond, 1500 * time.Millisecond
-	rc := startRegcache(t, configYAML("  tag_ttl: 500ms\n  revalidate_wait: 200ms\n", upstreamYAML("reg.test", reg.URL)))
+	rc := startRegcache(t, harness.Config("  tag_ttl: 500ms\n  revalidate_wait: 200ms\n", harness.Upstream("reg.test", reg.URL)))
 	up := ceWatchRegistry(reg)
 	path := "/v2/reg.test/" + repo + "/manifests/t"
 
-	ceExpect(t, "warm", rc.do(t, "GET", path), "MISS", old, "GET")
+	ceExpect(t, "warm", rc.Do(t, "GET", path), "MISS", old, "GET")
 	// Retag upstream, so that what the background revalidation stores is recognisable.
 	cur := reg.PushImage(t, repo, "t", types.DockerManifestSchema2)
 	time.Sleep(ttl + 100*time.Millisecond)
@@ -615,7 +611,7 @@ func TestCacheE2ESlowUpstreamServesStaleAndRefreshesInBackground(t *testing.T) {
 	if took > delay*2/3 {
 		t.Fatalf("HEAD after the background revalidation took %v", took)
 	}
-	ceExpect(t, "GET after refresh", rc.do(t, "GET", path), "", cur, "GET")
+	ceExpect(t, "GET after refresh", rc.Do(t, "GET", path), "", cur, "GET")
 }
 
 // 7. An upstream whose body does not match the digest it claims (or the digest asked
@@ -627,7 +623,7 @@ func TestCacheE2ELyingUpstream(t *testing.T) {
 	truth := reg.PushImage(t, repo, "t", types.OCIManifestSchema1)
 	byDigest := reg.PushImage(t, repo, "d", types.DockerManifestSchema2)
 	other := reg.PushImage(t, "lie/other", "x", types.OCIManifestSchema1)
-	rc := startRegcache(t, configYAML("", upstreamYAML("reg.test", reg.URL)))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("reg.test", reg.URL)))
 	up := ceWatchRegistry(reg)
 	path := func(ref string) string { return "/v2/reg.test/" + repo + "/manifests/" + ref }
 
@@ -635,7 +631,7 @@ func TestCacheE2ELyingUpstream(t *testing.T) {
 	up.set(registrytest.OnManifests(registrytest.Serve(truth.MediaType, truth.Digest, other.Body)))
 	for i := 1; i <= 2; i++ {
 		up.reset()
-		r := rc.do(t, "GET", path("t"))
+		r := rc.Do(t, "GET", path("t"))
 		if code := ceError(t, "lying GET by tag", r, "GET", 502); code != "MANIFEST_INVALID" {
 			t.Fatalf("lying GET by tag: code %s", code)
 		}
@@ -644,12 +640,12 @@ func TestCacheE2ELyingUpstream(t *testing.T) {
 	}
 	up.set(nil)
 	up.reset()
-	ceExpect(t, "GET by tag after the lie", rc.do(t, "GET", path("t")), "MISS", truth, "GET")
+	ceExpect(t, "GET by tag after the lie", rc.Do(t, "GET", path("t")), "MISS", truth, "GET")
 	up.expectUpstream(t, "GET by tag after the lie", ceManifests("GET", repo, "t"))
 	// Nor was the lying body kept under its own digest: this repository upstream does not
 	// have it, so the answer must come from upstream, and be a 404.
 	up.reset()
-	ceError(t, "lied-about digest", rc.do(t, "GET", path(other.Digest)), "GET", 404)
+	ceError(t, "lied-about digest", rc.Do(t, "GET", path(other.Digest)), "GET", 404)
 	up.expectUpstream(t, "lied-about digest", ceManifests("GET", repo, other.Digest))
 
 	// By digest: upstream answers another body, claiming the digest asked for, or claiming
@@ -665,7 +661,7 @@ func TestCacheE2ELyingUpstream(t *testing.T) {
 	} {
 		up.set(registrytest.OnManifests(tc.fault))
 		up.reset()
-		r := rc.do(t, tc.method, path(byDigest.Digest))
+		r := rc.Do(t, tc.method, path(byDigest.Digest))
 		if code := ceError(t, "by digest: "+tc.name, r, tc.method, 502); tc.method == "GET" && code != "MANIFEST_INVALID" {
 			t.Fatalf("by digest, %s: code %s", tc.name, code)
 		}
@@ -673,7 +669,7 @@ func TestCacheE2ELyingUpstream(t *testing.T) {
 	}
 	up.set(nil)
 	up.reset()
-	ceExpect(t, "GET by digest after the lies", rc.do(t, "GET", path(byDigest.Digest)), "MISS", byDigest, "GET")
+	ceExpect(t, "GET by digest after the lies", rc.Do(t, "GET", path(byDigest.Digest)), "MISS", byDigest, "GET")
 	up.expectUpstream(t, "GET by digest after the lies", ceManifests("GET", repo, byDigest.Digest))
 }
 
@@ -684,7 +680,7 @@ func TestCacheE2EOversizedManifest(t *testing.T) {
 	reg := registrytest.New(t, registrytest.Bearer)
 	const repo = "big/app"
 	truth := reg.PushImage(t, repo, "t", types.OCIManifestSchema1)
-	rc := startRegcache(t, configYAML("", upstreamYAML("reg.test", reg.URL)))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("reg.test", reg.URL)))
 	up := ceWatchRegistry(reg)
 	path := func(ref string) string { return "/v2/reg.test/" + repo + "/manifests/" + ref }
 
@@ -721,7 +717,7 @@ func TestCacheE2EOversizedManifest(t *testing.T) {
 			}
 			what := tc.name + ": " + req.method + " " + req.ref
 			up.reset()
-			r := rc.do(t, req.method, path(req.ref))
+			r := rc.Do(t, req.method, path(req.ref))
 			if code := ceError(t, what, r, req.method, 502); req.method == "GET" && code != "MANIFEST_INVALID" {
 				t.Fatalf("%s: code %s", what, code)
 			}
@@ -732,8 +728,8 @@ func TestCacheE2EOversizedManifest(t *testing.T) {
 	// asked upstream again (which, honest now, does not have it).
 	up.set(nil)
 	up.reset()
-	ceExpect(t, "GET after the oversized answers", rc.do(t, "GET", path("t")), "MISS", truth, "GET")
-	r := rc.do(t, "GET", path(bigDigest))
+	ceExpect(t, "GET after the oversized answers", rc.Do(t, "GET", path("t")), "MISS", truth, "GET")
+	r := rc.Do(t, "GET", path(bigDigest))
 	if code := ceError(t, "big digest after the fault", r, "GET", 404); code != "MANIFEST_UNKNOWN" {
 		t.Fatalf("big digest after the fault: code %s", code)
 	}
@@ -748,7 +744,7 @@ func TestCacheE2ENegativeCache(t *testing.T) {
 	reg := registrytest.New(t, registrytest.Bearer)
 	reg.PushImage(t, "neg/known", "other", types.OCIManifestSchema1)
 	const negTTL = 500 * time.Millisecond
-	rc := startRegcache(t, configYAML("  negative_ttl: 500ms\n", upstreamYAML("reg.test", reg.URL)))
+	rc := startRegcache(t, harness.Config("  negative_ttl: 500ms\n", harness.Upstream("reg.test", reg.URL)))
 	up := ceWatchRegistry(reg)
 
 	cases := []struct {
@@ -761,7 +757,7 @@ func TestCacheE2ENegativeCache(t *testing.T) {
 	start := time.Now()
 	for _, c := range cases {
 		up.reset()
-		r := rc.do(t, "GET", "/v2/reg.test/"+c.repo+"/manifests/"+c.ref)
+		r := rc.Do(t, "GET", "/v2/reg.test/"+c.repo+"/manifests/"+c.ref)
 		if code := ceError(t, c.name, r, "GET", 404); code != c.code {
 			t.Fatalf("%s: code %s, want %s", c.name, code, c.code)
 		}
@@ -772,7 +768,7 @@ func TestCacheE2ENegativeCache(t *testing.T) {
 	up.reset()
 	for _, c := range cases {
 		for _, m := range []string{"GET", "HEAD"} {
-			r := rc.do(t, m, "/v2/reg.test/"+c.repo+"/manifests/"+c.ref)
+			r := rc.Do(t, m, "/v2/reg.test/"+c.repo+"/manifests/"+c.ref)
 			if code := ceError(t, c.name+" remembered", r, m, 404); m == "GET" && code != c.code {
 				t.Fatalf("%s remembered: code %s", c.name, code)
 			}
@@ -783,8 +779,8 @@ func TestCacheE2ENegativeCache(t *testing.T) {
 	}
 	time.Sleep(negTTL + 100*time.Millisecond)
 	up.reset()
-	ceExpect(t, "after negative_ttl", rc.do(t, "GET", "/v2/reg.test/neg/ghost/manifests/latest"), "MISS", ghost, "GET")
-	r := rc.do(t, "HEAD", "/v2/reg.test/neg/known/manifests/missing")
+	ceExpect(t, "after negative_ttl", rc.Do(t, "GET", "/v2/reg.test/neg/ghost/manifests/latest"), "MISS", ghost, "GET")
+	r := rc.Do(t, "HEAD", "/v2/reg.test/neg/known/manifests/missing")
 	ceError(t, "unknown tag after negative_ttl", r, "HEAD", 404)
 	up.expectUpstream(t, "after negative_ttl",
 		ceManifests("GET", "neg/ghost", "latest"), ceManifests("HEAD", "neg/known", "missing"))
@@ -796,17 +792,17 @@ func TestCacheE2EDenied(t *testing.T) {
 	p := basic.PushImage(t, "private/app", "v1", types.OCIManifestSchema1)
 	tokenReg := registrytest.New(t, registrytest.BearerBasic)
 	tokenReg.PushImage(t, "private/app", "v1", types.OCIManifestSchema1)
-	rc := startRegcache(t, configYAML("",
-		upstreamYAML("right.test", basic.URL, "credentials:", "  username: "+basic.Username, "  password: "+basic.Password),
-		upstreamYAML("anon.test", basic.URL),
-		upstreamYAML("wrong.test", basic.URL, "credentials:", "  username: "+basic.Username, "  password: not-it"),
-		upstreamYAML("token-anon.test", tokenReg.URL),
-		upstreamYAML("token-wrong.test", tokenReg.URL, "credentials:", "  username: robot", "  password: not-it"),
+	rc := startRegcache(t, harness.Config("",
+		harness.Upstream("right.test", basic.URL, "credentials:", "  username: "+basic.Username, "  password: "+basic.Password),
+		harness.Upstream("anon.test", basic.URL),
+		harness.Upstream("wrong.test", basic.URL, "credentials:", "  username: "+basic.Username, "  password: not-it"),
+		harness.Upstream("token-anon.test", tokenReg.URL),
+		harness.Upstream("token-wrong.test", tokenReg.URL, "credentials:", "  username: robot", "  password: not-it"),
 	))
-	ceExpect(t, "right credentials", rc.do(t, "GET", "/v2/right.test/private/app/manifests/v1"), "MISS", p, "GET")
+	ceExpect(t, "right credentials", rc.Do(t, "GET", "/v2/right.test/private/app/manifests/v1"), "MISS", p, "GET")
 	for _, name := range []string{"anon.test", "wrong.test", "token-anon.test"} {
 		path := "/v2/" + name + "/private/app/manifests/v1"
-		r := rc.do(t, "GET", path)
+		r := rc.Do(t, "GET", path)
 		if code := ceError(t, name, r, "GET", 403); code != "DENIED" {
 			t.Fatalf("%s: code %s, want DENIED", name, code)
 		}
@@ -818,8 +814,8 @@ func TestCacheE2EDenied(t *testing.T) {
 		}
 		// Remembered like a 404: asking again within negative_ttl costs upstream nothing.
 		before := basic.Total() + tokenReg.Total()
-		ceError(t, name+" again", rc.do(t, "HEAD", path), "HEAD", 403)
-		ceError(t, name+" again", rc.do(t, "GET", path), "GET", 403)
+		ceError(t, name+" again", rc.Do(t, "HEAD", path), "HEAD", 403)
+		ceError(t, name+" again", rc.Do(t, "GET", path), "GET", 403)
 		if after := basic.Total() + tokenReg.Total(); after != before {
 			t.Fatalf("%s: a remembered denial cost %d upstream requests", name, after-before)
 		}
@@ -831,7 +827,7 @@ func TestCacheE2EDenied(t *testing.T) {
 		path := "/v2/" + name + "/private/app/manifests/v1"
 		for i := range 2 {
 			before := tokenReg.Count("GET", "token")
-			r := rc.do(t, "GET", path)
+			r := rc.Do(t, "GET", path)
 			if code := ceError(t, name, r, "GET", 502); code != "UNAVAILABLE" || !strings.Contains(string(r.Body), "by the token endpoint") {
 				t.Fatalf("%s: code %s, want UNAVAILABLE naming the token endpoint: %s", name, code, r.Body)
 			}
@@ -852,7 +848,7 @@ func TestCacheE2EHeadWithoutDigest(t *testing.T) {
 	reg := registrytest.New(t, registrytest.Bearer)
 	const repo = "nodigest/app"
 	p := reg.PushIndex(t, repo, "t", types.OCIImageIndex, "linux/amd64", "linux/arm64/v8")
-	rc := startRegcache(t, configYAML("", upstreamYAML("reg.test", reg.URL)))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("reg.test", reg.URL)))
 	up := ceWatchRegistry(reg)
 	up.set(reg.StripDigestOnHead())
 	path := func(ref string) string { return "/v2/reg.test/" + repo + "/manifests/" + ref }
@@ -862,14 +858,14 @@ func TestCacheE2EHeadWithoutDigest(t *testing.T) {
 		t.Fatalf("StripDigestOnHead left %s", d)
 	}
 	up.reset()
-	ceExpect(t, "HEAD tag, upstream HEAD without digest", rc.do(t, "HEAD", path("t")), "MISS", p, "HEAD")
+	ceExpect(t, "HEAD tag, upstream HEAD without digest", rc.Do(t, "HEAD", path("t")), "MISS", p, "HEAD")
 	up.expectUpstream(t, "HEAD tag, upstream HEAD without digest", ceManifests("HEAD", repo, "t"), ceManifests("GET", repo, "t"))
 	if reg.Count("GET", "manifest") != 1 {
 		t.Fatalf("upstream GETs %d, want 1", reg.Count("GET", "manifest"))
 	}
 	up.reset()
-	ceExpect(t, "GET tag after", rc.do(t, "GET", path("t")), "HIT", p, "GET")
-	ceExpect(t, "GET digest after", rc.do(t, "GET", path(p.Digest)), "HIT", p, "GET")
-	ceExpect(t, "HEAD digest after", rc.do(t, "HEAD", path(p.Digest)), "HIT", p, "HEAD")
+	ceExpect(t, "GET tag after", rc.Do(t, "GET", path("t")), "HIT", p, "GET")
+	ceExpect(t, "GET digest after", rc.Do(t, "GET", path(p.Digest)), "HIT", p, "GET")
+	ceExpect(t, "HEAD digest after", rc.Do(t, "HEAD", path(p.Digest)), "HIT", p, "HEAD")
 	up.expectUpstream(t, "after the fallback GET")
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"regcache/internal/harness"
 	"regcache/upstream/registrytest"
 )
 
@@ -49,7 +50,7 @@ func cliSetup(t *testing.T) (host string, idx, img registrytest.Pushed, tags []s
 	tags = tagNames(300)
 	reg.PushTags(t, "linuxserver/tags", tags)
 	reg.SetPaging(registrytest.PagingLink, 100)
-	rc := startRegcache(t, configYAML("", upstreamYAML("lscr.io", reg.URL)))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("lscr.io", reg.URL)))
 	return strings.TrimPrefix(rc.URL, "http://"), idx, img, tags
 }
 

@@ -33,6 +33,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"golang.org/x/crypto/bcrypt"
 
+	"regcache/internal/harness"
 	"regcache/upstream/registrytest"
 )
 
@@ -62,7 +63,7 @@ func caHtpasswd(t *testing.T, user, pass string) string {
 
 // caFrom is in as a client at another loopback address (127.0.0.0/8 is all local) sees
 // it: the failure limiter counts per address.
-func caFrom(in *instance, ip string) *instance {
+func caFrom(in *harness.Instance, ip string) *harness.Instance {
 	from := *in
 	dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 5 * time.Second}
 	from.Client = &http.Client{Timeout: in.Client.Timeout, Transport: &http.Transport{Proxy: nil, DialContext: dialer.DialContext}}
@@ -71,7 +72,7 @@ func caFrom(in *instance, ip string) *instance {
 
 // caConfig is a config with one upstream (the default) and extra top-level lines.
 func caConfig(reg *registrytest.Registry, top string) string {
-	return configYAML("", upstreamYAML("reg.test", reg.URL)) + top
+	return harness.Config("", harness.Upstream("reg.test", reg.URL)) + top
 }
 
 func caBasic(user, pass string) string {
@@ -84,7 +85,7 @@ func caChallenge(url string) string {
 }
 
 // caWant401 checks an UNAUTHORIZED registry error carrying challenge.
-func caWant401(t *testing.T, what string, r response, challenge string) {
+func caWant401(t *testing.T, what string, r harness.Response, challenge string) {
 	t.Helper()
 	if r.Status != http.StatusUnauthorized {
 		t.Fatalf("%s: status %d, want 401 (body %s)", what, r.Status, r.Body)
@@ -107,9 +108,9 @@ func caWant401(t *testing.T, what string, r response, challenge string) {
 }
 
 // caToken asks GET /token as a Docker client would and checks the answer's shape.
-func caToken(t *testing.T, in *instance, header ...string) (token string, expiresIn int) {
+func caToken(t *testing.T, in *harness.Instance, header ...string) (token string, expiresIn int) {
 	t.Helper()
-	r := in.do(t, http.MethodGet, "/token?service=regcache&scope=repository:reg.test/team/app:pull&account=robot", header...)
+	r := in.Do(t, http.MethodGet, "/token?service=regcache&scope=repository:reg.test/team/app:pull&account=robot", header...)
 	if r.Status != http.StatusOK {
 		t.Fatalf("GET /token: %d %s", r.Status, r.Body)
 	}
@@ -165,7 +166,7 @@ func caUpstreamSawOnlyItsOwnTokens(t *testing.T, reg *registrytest.Registry, cli
 }
 
 // caNoSecretsLogged fails when any secret occurs in regcache's logs.
-func caNoSecretsLogged(t *testing.T, in *instance, secrets ...string) {
+func caNoSecretsLogged(t *testing.T, in *harness.Instance, secrets ...string) {
 	t.Helper()
 	logs := in.Logs.String()
 	if !strings.Contains(logs, `"path":"/token"`) {
@@ -190,9 +191,9 @@ func TestClientAuthOff(t *testing.T) {
 
 	// The ping without Authorization is how docker login, Renovate and Watchtower find the
 	// realm; Diun accepts a 401 here.
-	caWant401(t, "GET /v2/ without Authorization", rc.do(t, http.MethodGet, "/v2/"), challenge)
-	caWant401(t, "HEAD /v2/ without Authorization", rc.do(t, http.MethodHead, "/v2/"), challenge)
-	caWant401(t, "GET /v2 without Authorization", rc.do(t, http.MethodGet, "/v2"), challenge)
+	caWant401(t, "GET /v2/ without Authorization", rc.Do(t, http.MethodGet, "/v2/"), challenge)
+	caWant401(t, "HEAD /v2/ without Authorization", rc.Do(t, http.MethodHead, "/v2/"), challenge)
+	caWant401(t, "GET /v2 without Authorization", rc.Do(t, http.MethodGet, "/v2"), challenge)
 
 	// docker login pings again with its token; any Authorization is fine with auth off.
 	tok, expiresIn := caToken(t, rc)
@@ -201,7 +202,7 @@ func TestClientAuthOff(t *testing.T) {
 	}
 	tokAgain, _ := caToken(t, rc, "Authorization", caBasic("whoever", "whatever")) // ignored
 	for _, authz := range []string{"Bearer " + tok, "Bearer " + tokAgain, "Bearer Og==", caBasic("u", "p"), "Garbage"} {
-		if r := rc.do(t, http.MethodGet, "/v2/", "Authorization", authz); r.Status != http.StatusOK || string(r.Body) != "{}" {
+		if r := rc.Do(t, http.MethodGet, "/v2/", "Authorization", authz); r.Status != http.StatusOK || string(r.Body) != "{}" {
 			t.Errorf("GET /v2/ with %.16q: %d %s, want 200 {}", authz, r.Status, r.Body)
 		}
 	}
@@ -214,13 +215,13 @@ func TestClientAuthOff(t *testing.T) {
 			header = []string{"Authorization", authz}
 		}
 		for _, method := range []string{http.MethodHead, http.MethodGet} {
-			r := rc.do(t, method, "/v2/team/app/manifests/v1", header...)
+			r := rc.Do(t, method, "/v2/team/app/manifests/v1", header...)
 			if r.Status != http.StatusOK || r.Header.Get("Docker-Content-Digest") != d {
 				t.Fatalf("%s manifest with %.16q: %d %s", method, authz, r.Status, r.Body)
 			}
 		}
 	}
-	if r := rc.do(t, http.MethodGet, "/healthz"); r.Status != http.StatusOK {
+	if r := rc.Do(t, http.MethodGet, "/healthz"); r.Status != http.StatusOK {
 		t.Errorf("/healthz: %d", r.Status)
 	}
 	caUpstreamSawOnlyItsOwnTokens(t, reg, tok, tokAgain, "Og==", base64.StdEncoding.EncodeToString([]byte("u:p")))
@@ -234,7 +235,7 @@ func TestClientAuthChallengeRealm(t *testing.T) {
 	trusting := startRegcache(t, caConfig(reg, "trust_forwarded_headers: true\n"))
 	public := startRegcache(t, caConfig(reg, "public_url: https://regcache.example.com\ntrust_forwarded_headers: true\n"))
 
-	ask := func(in *instance, host string, header ...string) response {
+	ask := func(in *harness.Instance, host string, header ...string) harness.Response {
 		t.Helper()
 		req, err := http.NewRequest(http.MethodGet, in.URL+"/v2/", nil)
 		if err != nil {
@@ -250,12 +251,12 @@ func TestClientAuthChallengeRealm(t *testing.T) {
 		}
 		defer resp.Body.Close()
 		body, _ := io.ReadAll(resp.Body)
-		return response{Status: resp.StatusCode, Header: resp.Header, Body: body}
+		return harness.Response{Status: resp.StatusCode, Header: resp.Header, Body: body}
 	}
 	forwarded := []string{"X-Forwarded-Proto", "https", "X-Forwarded-Host", "registry.example.org"}
 	for _, tc := range []struct {
 		name string
-		in   *instance
+		in   *harness.Instance
 		host string
 		hdr  []string
 		want string
@@ -284,14 +285,14 @@ func TestClientAuthHtpasswd(t *testing.T) {
 	for _, path := range []string{"/v2/", manifest, "/v2/reg.test/team/app/manifests/v1", "/v2/team/app/tags/list",
 		"/v2/team/app/blobs/" + d, "/api/v1/digest?image=reg.test/team/app:v1", "/nope"} {
 		for _, method := range []string{http.MethodHead, http.MethodGet} {
-			caWant401(t, method+" "+path+" without credentials", rc.do(t, method, path), challenge)
+			caWant401(t, method+" "+path+" without credentials", rc.Do(t, method, path), challenge)
 		}
 	}
 	for _, authz := range []string{"Bearer Og==", caBasic(user, "wrong"), caBasic("mallory", pass), "Basic !!", "Garbage"} {
-		caWant401(t, "manifest with "+authz[:6], rc.do(t, http.MethodGet, manifest, "Authorization", authz), challenge)
-		caWant401(t, "/v2/ with "+authz[:6], rc.do(t, http.MethodGet, "/v2/", "Authorization", authz), challenge)
+		caWant401(t, "manifest with "+authz[:6], rc.Do(t, http.MethodGet, manifest, "Authorization", authz), challenge)
+		caWant401(t, "/v2/ with "+authz[:6], rc.Do(t, http.MethodGet, "/v2/", "Authorization", authz), challenge)
 	}
-	if r := rc.do(t, http.MethodGet, "/healthz"); r.Status != http.StatusOK {
+	if r := rc.Do(t, http.MethodGet, "/healthz"); r.Status != http.StatusOK {
 		t.Errorf("/healthz without credentials: %d, want 200", r.Status)
 	}
 	if n := reg.Count(http.MethodGet, "manifest") + reg.Count(http.MethodHead, "manifest"); n != 0 {
@@ -301,32 +302,32 @@ func TestClientAuthHtpasswd(t *testing.T) {
 	// Basic on every request, as What's Up Docker's custom registry does.
 	for i := 0; i < 3; i++ {
 		for _, method := range []string{http.MethodHead, http.MethodGet} {
-			r := rc.do(t, method, manifest, "Authorization", basic)
+			r := rc.Do(t, method, manifest, "Authorization", basic)
 			if r.Status != http.StatusOK || r.Header.Get("Docker-Content-Digest") != d {
 				t.Fatalf("%s manifest with Basic: %d %s", method, r.Status, r.Body)
 			}
 		}
 	}
-	if r := rc.do(t, http.MethodGet, "/v2/", "Authorization", basic); r.Status != http.StatusOK {
+	if r := rc.Do(t, http.MethodGet, "/v2/", "Authorization", basic); r.Status != http.StatusOK {
 		t.Fatalf("/v2/ with Basic: %d %s", r.Status, r.Body)
 	}
 
 	// The token flow: /token wants Basic, and answers with a Basic challenge otherwise.
 	basicChallenge := `Basic realm="regcache"`
-	caWant401(t, "/token without credentials", rc.do(t, http.MethodGet, "/token?service=regcache"), basicChallenge)
-	caWant401(t, "/token with a wrong password", rc.do(t, http.MethodGet, "/token", "Authorization", caBasic(user, "wrong")), basicChallenge)
+	caWant401(t, "/token without credentials", rc.Do(t, http.MethodGet, "/token?service=regcache"), basicChallenge)
+	caWant401(t, "/token with a wrong password", rc.Do(t, http.MethodGet, "/token", "Authorization", caBasic(user, "wrong")), basicChallenge)
 	tok, expiresIn := caToken(t, rc, "Authorization", basic)
 	if expiresIn != 300 {
 		t.Errorf("expires_in = %d, want 300", expiresIn)
 	}
 	for _, path := range []string{"/v2/", manifest} {
-		if r := rc.do(t, http.MethodGet, path, "Authorization", "Bearer "+tok); r.Status != http.StatusOK {
+		if r := rc.Do(t, http.MethodGet, path, "Authorization", "Bearer "+tok); r.Status != http.StatusOK {
 			t.Fatalf("GET %s with the issued token: %d %s", path, r.Status, r.Body)
 		}
 	}
 
 	// Replicas sharing auth.secret accept each other's tokens; anything else is refused.
-	if r := rc.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+caForge("bob", time.Now().Add(time.Minute))); r.Status != http.StatusOK {
+	if r := rc.Do(t, http.MethodGet, manifest, "Authorization", "Bearer "+caForge("bob", time.Now().Add(time.Minute))); r.Status != http.StatusOK {
 		t.Errorf("token signed with the shared secret: %d %s", r.Status, r.Body)
 	}
 	payload, sig, _ := strings.Cut(tok, ".")
@@ -342,7 +343,7 @@ func TestClientAuthHtpasswd(t *testing.T) {
 		"not a token":         "not-a-token",
 		"token re-encoded":    base64.StdEncoding.EncodeToString([]byte(tok)),
 	} {
-		caWant401(t, name+" token", other.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+bad), challenge)
+		caWant401(t, name+" token", other.Do(t, http.MethodGet, manifest, "Authorization", "Bearer "+bad), challenge)
 	}
 
 	caUpstreamSawOnlyItsOwnTokens(t, reg, pass, basic[len("Basic "):], tok)
@@ -361,12 +362,12 @@ func TestClientAuthIssuedTokenExpires(t *testing.T) {
 		t.Errorf("expires_in = %d, want 2", expiresIn)
 	}
 	const manifest = "/v2/team/app/manifests/v1"
-	if r := rc.do(t, http.MethodHead, manifest, "Authorization", "Bearer "+tok); r.Status != http.StatusOK {
+	if r := rc.Do(t, http.MethodHead, manifest, "Authorization", "Bearer "+tok); r.Status != http.StatusOK {
 		t.Fatalf("fresh token: %d", r.Status)
 	}
 	deadline := time.Now().Add(4 * time.Second)
 	for {
-		r := rc.do(t, http.MethodHead, manifest, "Authorization", "Bearer "+tok)
+		r := rc.Do(t, http.MethodHead, manifest, "Authorization", "Bearer "+tok)
 		if r.Status == http.StatusUnauthorized {
 			caWant401(t, "expired token", r, caChallenge(rc.URL))
 			if age := time.Since(issued); age < 2*time.Second {
@@ -390,16 +391,16 @@ func TestClientAuthStaticTokens(t *testing.T) {
 	challenge := caChallenge(rc.URL)
 	const manifest = "/v2/team/app/manifests/v1"
 
-	caWant401(t, "/v2/ without", rc.do(t, http.MethodGet, "/v2/"), challenge)
-	caWant401(t, "manifest without", rc.do(t, http.MethodGet, manifest), challenge)
-	caWant401(t, "manifest with another token", rc.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+static+"x"), challenge)
-	caWant401(t, "/token without", rc.do(t, http.MethodGet, "/token"), `Basic realm="regcache"`)
+	caWant401(t, "/v2/ without", rc.Do(t, http.MethodGet, "/v2/"), challenge)
+	caWant401(t, "manifest without", rc.Do(t, http.MethodGet, manifest), challenge)
+	caWant401(t, "manifest with another token", rc.Do(t, http.MethodGet, manifest, "Authorization", "Bearer "+static+"x"), challenge)
+	caWant401(t, "/token without", rc.Do(t, http.MethodGet, "/token"), `Basic realm="regcache"`)
 
 	// Directly as Bearer, or as the password of Basic (docker login --password-stdin).
 	tok, _ := caToken(t, rc, "Authorization", caBasic("ci", static))
 	for _, authz := range []string{"Bearer " + static, caBasic("ci", static), caBasic("anyone", static), "Bearer " + tok} {
 		for _, path := range []string{"/v2/", manifest} {
-			r := rc.do(t, http.MethodGet, path, "Authorization", authz)
+			r := rc.Do(t, http.MethodGet, path, "Authorization", authz)
 			if r.Status != http.StatusOK {
 				t.Fatalf("GET %s with %.12q...: %d %s", path, authz, r.Status, r.Body)
 			}
@@ -423,7 +424,7 @@ func TestClientAuthGoContainerRegistry(t *testing.T) {
 	on := startRegcache(t, caConfig(reg, "auth:\n  htpasswd: "+caHtpasswd(t, user, pass)+"\n"))
 	off := startRegcache(t, caConfig(reg, ""))
 
-	ref := func(in *instance) name.Reference {
+	ref := func(in *harness.Instance) name.Reference {
 		r, err := name.ParseReference(strings.TrimPrefix(in.URL, "http://")+"/reg.test/team/app:v1", name.Insecure)
 		if err != nil {
 			t.Fatal(err)
@@ -525,7 +526,7 @@ func TestClientAuthCLIs(t *testing.T) {
 
 // caStaticToken starts a regcache with a random static token (returned) and the auth: lines
 // extra, in front of a registry holding team/app:v1.
-func caStaticToken(t *testing.T, extra string) (*instance, string, *registrytest.Registry) {
+func caStaticToken(t *testing.T, extra string) (*harness.Instance, string, *registrytest.Registry) {
 	t.Helper()
 	reg := registrytest.New(t, registrytest.NoAuth)
 	reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
@@ -543,14 +544,14 @@ func TestClientAuthAnonymousTokensAcrossReplicas(t *testing.T) {
 	const manifest = "/v2/team/app/manifests/v1"
 
 	anon, _ := caToken(t, off)
-	if r := off.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+anon); r.Status != http.StatusOK {
+	if r := off.Do(t, http.MethodGet, manifest, "Authorization", "Bearer "+anon); r.Status != http.StatusOK {
 		t.Fatalf("the auth-off replica: %d %s", r.Status, r.Body)
 	}
-	caWant401(t, "anonymous token on the auth-on replica", on.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+anon), caChallenge(on.URL))
+	caWant401(t, "anonymous token on the auth-on replica", on.Do(t, http.MethodGet, manifest, "Authorization", "Bearer "+anon), caChallenge(on.URL))
 	// A token the auth-on replica issued passes on it, as one forged for a user does.
 	tok, _ := caToken(t, on, "Authorization", caBasic("ci", static))
 	for _, bearer := range []string{tok, caForge("bob", time.Now().Add(time.Minute))} {
-		if r := on.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+bearer); r.Status != http.StatusOK {
+		if r := on.Do(t, http.MethodGet, manifest, "Authorization", "Bearer "+bearer); r.Status != http.StatusOK {
 			t.Fatalf("the auth-on replica's own kind of token: %d %s", r.Status, r.Body)
 		}
 	}
@@ -570,9 +571,9 @@ func TestClientAuthTokenGuessingLimited(t *testing.T) {
 	const manifest = "/v2/team/app/manifests/v1"
 	guesser := caFrom(rc, "127.0.0.3")
 	codes := map[int]int{}
-	var last response
+	var last harness.Response
 	for i := range 50 {
-		last = guesser.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+caRandom(fmt.Sprint("guess-", i, "-")))
+		last = guesser.Do(t, http.MethodGet, manifest, "Authorization", "Bearer "+caRandom(fmt.Sprint("guess-", i, "-")))
 		codes[last.Status]++
 	}
 	if codes[http.StatusUnauthorized] != 10 || codes[http.StatusTooManyRequests] != 40 {
@@ -582,7 +583,7 @@ func TestClientAuthTokenGuessingLimited(t *testing.T) {
 		t.Errorf("429 without Retry-After or TOOMANYREQUESTS: %v %s", last.Header, last.Body)
 	}
 	// Other addresses are not affected.
-	if r := rc.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+static); r.Status != http.StatusOK {
+	if r := rc.Do(t, http.MethodGet, manifest, "Authorization", "Bearer "+static); r.Status != http.StatusOK {
 		t.Errorf("the right token from another address: %d %s", r.Status, r.Body)
 	}
 }
@@ -598,7 +599,7 @@ func TestClientAuthLoginStorm(t *testing.T) {
 		var took []time.Duration
 		for range n {
 			start := time.Now()
-			if r := rc.do(t, http.MethodHead, manifest, "Authorization", "Bearer "+static); r.Status != http.StatusOK {
+			if r := rc.Do(t, http.MethodHead, manifest, "Authorization", "Bearer "+static); r.Status != http.StatusOK {
 				t.Fatalf("static token: %d", r.Status)
 			}
 			took = append(took, time.Since(start))
@@ -617,7 +618,7 @@ func TestClientAuthLoginStorm(t *testing.T) {
 		from := caFrom(rc, fmt.Sprintf("127.0.1.%d", c+1))
 		wg.Go(func() {
 			for i := range 10 {
-				r := from.do(t, http.MethodGet, manifest, "Authorization", caBasic("alice", fmt.Sprint("guess-", i)))
+				r := from.Do(t, http.MethodGet, manifest, "Authorization", caBasic("alice", fmt.Sprint("guess-", i)))
 				mu.Lock()
 				codes[r.Status]++
 				mu.Unlock()

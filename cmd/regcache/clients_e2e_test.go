@@ -18,6 +18,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/validate"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"regcache/internal/harness"
 	"regcache/upstream/registrytest"
 )
 
@@ -32,7 +33,7 @@ func TestGoContainerregistryClient(t *testing.T) {
 	want := tagNames(300)
 	reg.PushTags(t, "linuxserver/tags", want)
 	reg.SetPaging(registrytest.PagingLink, 100)
-	rc := startRegcache(t, configYAML("", upstreamYAML("lscr.io", reg.URL)))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("lscr.io", reg.URL)))
 	host := strings.TrimPrefix(rc.URL, "http://")
 
 	ref, err := name.ParseReference(host+"/lscr.io/linuxserver/nginx:latest", name.Insecure)
@@ -93,7 +94,7 @@ func TestContainerdResolver(t *testing.T) {
 	idx := reg.PushIndex(t, "linuxserver/nginx", "latest", types.OCIImageIndex, "linux/amd64", "linux/arm64/v8")
 	// The default upstream is another, empty registry: only ?ns=lscr.io finds the image.
 	hub := registrytest.New(t, registrytest.NoAuth)
-	rc := startRegcache(t, configYAML("", upstreamYAML("docker.io", hub.URL), upstreamYAML("lscr.io", reg.URL)))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("docker.io", hub.URL), harness.Upstream("lscr.io", reg.URL)))
 
 	root := t.TempDir()
 	dir := filepath.Join(root, "lscr.io")

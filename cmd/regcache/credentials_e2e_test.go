@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"regcache/internal/harness"
 	"regcache/upstream/registrytest"
 )
 
@@ -21,27 +22,27 @@ func TestCredentialsRejectedIsAnOutage(t *testing.T) {
 	reg := registrytest.New(t, registrytest.BearerBasic)
 	img := reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
 	reg.PutManifest(t, "team/app", "cold", img.MediaType, img.Body)
-	rc := startRegcache(t, configYAML("  max_stale: 1h\n  negative_ttl: 1m\n", upstreamYAML("reg.test", reg.URL,
+	rc := startRegcache(t, harness.Config("  max_stale: 1h\n  negative_ttl: 1m\n", harness.Upstream("reg.test", reg.URL,
 		"tag_ttl: 100ms", "credentials:", "  username: "+reg.Username, "  password: "+reg.Password)))
 	const path = "/v2/reg.test/team/app/manifests/"
-	if r := rc.do(t, "GET", path+"v1"); r.Status != 200 || r.Header.Get("X-Cache") != "MISS" {
+	if r := rc.Do(t, "GET", path+"v1"); r.Status != 200 || r.Header.Get("X-Cache") != "MISS" {
 		t.Fatalf("first GET: %d %s", r.Status, r.Header.Get("X-Cache"))
 	}
 	time.Sleep(150 * time.Millisecond)
 	reg.RevokeTokens()
 	reg.SetFault(registrytest.OnToken(registrytest.Status(http.StatusUnauthorized)))
 
-	r := rc.do(t, "GET", path+"v1")
+	r := rc.Do(t, "GET", path+"v1")
 	if r.Status != 200 || r.Header.Get("X-Cache") != "STALE" || !bytes.Equal(r.Body, img.Body) {
 		t.Fatalf("stale tag while credentials are refused: %d %s %s", r.Status, r.Header.Get("X-Cache"), r.Body)
 	}
 	for range 2 {
-		r = rc.do(t, "GET", path+"cold")
+		r = rc.Do(t, "GET", path+"cold")
 		if code := ceError(t, "cold tag while credentials are refused", r, "GET", 502); code != "UNAVAILABLE" {
 			t.Fatalf("cold tag: code %s, want UNAVAILABLE: %s", code, r.Body)
 		}
 	}
-	ready := rc.do(t, "GET", "/readyz")
+	ready := rc.Do(t, "GET", "/readyz")
 	if ready.Status != 200 || !strings.Contains(string(ready.Body), "upstream reg.test: credentials rejected by the token endpoint") {
 		t.Fatalf("/readyz while credentials are refused: %d %q", ready.Status, ready.Body)
 	}
@@ -64,13 +65,13 @@ func TestCredentialsRejectedIsAnOutage(t *testing.T) {
 
 	// Upstream takes the credentials again: answered at once, nothing remembered.
 	reg.SetFault(nil)
-	if r := rc.do(t, "GET", path+"v1"); r.Status != 200 || r.Header.Get("X-Cache") != "REVALIDATED" {
+	if r := rc.Do(t, "GET", path+"v1"); r.Status != 200 || r.Header.Get("X-Cache") != "REVALIDATED" {
 		t.Fatalf("after recovery: %d %s", r.Status, r.Header.Get("X-Cache"))
 	}
-	if r := rc.do(t, "GET", path+"cold"); r.Status != 200 {
+	if r := rc.Do(t, "GET", path+"cold"); r.Status != 200 {
 		t.Fatalf("cold tag after recovery: %d %s", r.Status, r.Body)
 	}
-	if ready := rc.do(t, "GET", "/readyz"); strings.Contains(string(ready.Body), "reg.test") {
+	if ready := rc.Do(t, "GET", "/readyz"); strings.Contains(string(ready.Body), "reg.test") {
 		t.Fatalf("/readyz after recovery still shows the failure: %q", ready.Body)
 	}
 }

@@ -47,6 +47,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"regcache/internal/harness"
 	"regcache/upstream/registrytest"
 )
 
@@ -580,7 +581,7 @@ type fmCell struct {
 	kind   fmKind
 	cached bool
 	reg    *registrytest.Registry
-	rc     *instance
+	rc     *harness.Instance
 	client *http.Client // to regcache
 	dial   *fmDialer
 	// upClient asks the registry directly (seeding, the truth a fault distorts).
@@ -709,14 +710,14 @@ func fmNewCell(t *testing.T, f *fmFault, kind fmKind, cached bool) *fmCell {
 	c.dial = &fmDialer{upstream: c.reg.Host}
 	cfg := "listen: 127.0.0.1:0\ndefault_upstream: " + fmUpstream + "\n" +
 		"cache:\n  max_size: 16MiB\n  tag_ttl: 300ms\n  negative_ttl: 300ms\n  revalidate_wait: 10s\n" +
-		"upstreams:\n" + upstreamYAML(fmUpstream, c.reg.URL, "timeout: "+c.timing.String())
+		"upstreams:\n" + harness.Upstream(fmUpstream, c.reg.URL, "timeout: "+c.timing.String())
 	// Checked once regcache has stopped (cleanups run last first), background work included.
 	t.Cleanup(func() {
 		if f := c.dial.foreignDials(); len(f) > 0 {
 			t.Errorf("regcache tried to dial %v; only 127.0.0.1 may be dialled", f)
 		}
 	})
-	c.rc = startRegcacheWith(t, cfg, buildOptions{AccessLog: true, Dial: c.dial.DialContext})
+	c.rc = startRegcacheWith(t, cfg, harness.Options{Dial: c.dial.DialContext})
 	c.client = &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
 	return c
 }
@@ -774,7 +775,7 @@ func (c *fmCell) seed() {
 			c.children[m.Digest] = true
 		}
 		child := ix.Manifests[0]
-		tr := c.direct(http.MethodGet, "/v2/"+fmRepo+"/manifests/"+child.Digest, ceAcceptAll)
+		tr := c.direct(http.MethodGet, "/v2/"+fmRepo+"/manifests/"+child.Digest, harness.AcceptAll)
 		if tr.status != http.StatusOK {
 			t.Fatalf("child manifest upstream: %d", tr.status)
 		}
@@ -820,7 +821,7 @@ func (c *fmCell) ask(method, path string) fmAnswer {
 		c.t.Fatal(err)
 	}
 	if c.kind == fmManifests {
-		req.Header.Set("Accept", ceAcceptAll)
+		req.Header.Set("Accept", harness.AcceptAll)
 	}
 	start := time.Now()
 	resp, err := c.client.Do(req)
@@ -1255,15 +1256,15 @@ func TestFaultMatrixMovedTagRateLimitedPastTagTTL(t *testing.T) {
 	t.Parallel()
 	reg := registrytest.New(t, registrytest.Bearer)
 	old := reg.PushImage(t, "library/nginx", "latest", types.DockerManifestSchema2)
-	rc := startRegcache(t, configYAML("  tag_ttl: 100ms\n  revalidate_wait: 300ms\n", upstreamYAML("docker.io", reg.URL)))
-	if r := rc.do(t, http.MethodGet, "/v2/nginx/manifests/latest"); r.Status != http.StatusOK {
+	rc := startRegcache(t, harness.Config("  tag_ttl: 100ms\n  revalidate_wait: 300ms\n", harness.Upstream("docker.io", reg.URL)))
+	if r := rc.Do(t, http.MethodGet, "/v2/nginx/manifests/latest"); r.Status != http.StatusOK {
 		t.Fatalf("warm: %d", r.Status)
 	}
 	reg.PushImage(t, "library/nginx", "latest", types.DockerManifestSchema2)
 	refuseGET := registrytest.OnMethod(http.MethodGet, registrytest.OnManifests(registrytest.RateLimited(30*time.Second)))
 	previous := func(what string) {
 		t.Helper()
-		r := rc.do(t, http.MethodGet, "/v2/nginx/manifests/latest")
+		r := rc.Do(t, http.MethodGet, "/v2/nginx/manifests/latest")
 		if r.Status != http.StatusOK || r.Header.Get("X-Cache") != "STALE" || !bytes.Equal(r.Body, old.Body) ||
 			r.Header.Get("Docker-Content-Digest") != old.Digest {
 			t.Fatalf("%s: %d %q %s", what, r.Status, r.Header.Get("X-Cache"), r.Body)

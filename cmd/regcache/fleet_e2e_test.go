@@ -24,16 +24,17 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"regcache/cache/redistest"
+	"regcache/internal/harness"
 	"regcache/upstream/registrytest"
 )
 
 // fleetReplica is one regcache of a fleet, which a test may stop and replace.
-type fleetReplica = instance
+type fleetReplica = harness.Instance
 
 // startReplica starts a replica without the access log (a burst would fill memory with it).
 func startReplica(t *testing.T, cfgYAML string) *fleetReplica {
 	t.Helper()
-	return startRegcacheWith(t, cfgYAML, buildOptions{})
+	return startRegcacheWith(t, cfgYAML, harness.Options{NoAccessLog: true})
 }
 
 // fleetConfig is a replica's config: one upstream, and the shared tier when redisAddr is
@@ -46,7 +47,7 @@ func fleetConfig(upURL, redisAddr string) string {
 		// covers what a slow Redis costs).
 		extra += "  redis:\n    addr: " + redisAddr + "\n    timeout: 2s\n"
 	}
-	return configYAML(extra, upstreamYAML("reg.test", upURL))
+	return harness.Config(extra, harness.Upstream("reg.test", upURL))
 }
 
 // burst sends n concurrent clients, spread over the replicas and over tags, all released at
@@ -63,7 +64,7 @@ func burst(t *testing.T, reps []*fleetReplica, method string, tags []string, wan
 			defer wg.Done()
 			rp, tag := reps[i%len(reps)], tags[i%len(tags)]
 			req, _ := http.NewRequest(method, rp.URL+"/v2/reg.test/team/app/manifests/"+tag, nil)
-			req.Header.Set("Accept", ceAcceptAll)
+			req.Header.Set("Accept", harness.AcceptAll)
 			<-gate
 			fail := func(format string, a ...any) {
 				mu.Lock()
@@ -188,7 +189,7 @@ func TestFleetSharedTier(t *testing.T) {
 		twg.Add(1)
 		go func() {
 			defer twg.Done()
-			r := reps[i%3].do(t, http.MethodGet, "/v2/reg.test/team/app/tags/list")
+			r := reps[i%3].Do(t, http.MethodGet, "/v2/reg.test/team/app/tags/list")
 			if r.Status != 200 || !strings.Contains(string(r.Body), `"h19"`) {
 				tagFailures <- fmt.Sprintf("%d %.100s", r.Status, r.Body)
 			}
@@ -205,7 +206,7 @@ func TestFleetSharedTier(t *testing.T) {
 	phase("tags lists done")
 
 	// A replica restarted with empty memory warms from Redis: not one upstream request.
-	reps[0].stop()
+	reps[0].Stop(t)
 	reps[0] = startReplica(t, cfg)
 	reg.ResetCounts()
 	if f := burst(t, reps[:1], http.MethodGet, tags, want, 60); len(f) > 0 {
@@ -214,7 +215,7 @@ func TestFleetSharedTier(t *testing.T) {
 	if f := burst(t, reps[:1], http.MethodHead, headTags, headWant, 60); len(f) > 0 {
 		t.Fatalf("restarted replica, HEAD: %d failures, first: %s", len(f), f[0])
 	}
-	if r := reps[0].do(t, http.MethodGet, "/v2/reg.test/team/app/tags/list"); r.Status != 200 {
+	if r := reps[0].Do(t, http.MethodGet, "/v2/reg.test/team/app/tags/list"); r.Status != 200 {
 		t.Fatalf("restarted replica, tags list: %d", r.Status)
 	}
 	if n := reg.Total(); n != 0 {
@@ -237,7 +238,7 @@ func TestFleetSharedTier(t *testing.T) {
 	}
 	reg.SetFault(nil)
 	for i, rp := range reps {
-		r := rp.do(t, http.MethodGet, "/readyz")
+		r := rp.Do(t, http.MethodGet, "/readyz")
 		if r.Status != 200 || !strings.Contains(string(r.Body), "redis: down") {
 			t.Fatalf("replica %d /readyz with Redis dead: %d %q; want 200 with the detail", i, r.Status, r.Body)
 		}
@@ -254,7 +255,7 @@ func TestFleetSharedTier(t *testing.T) {
 	rs.Start()
 	deadline := time.Now().Add(15 * time.Second)
 	for _, rp := range reps {
-		for !strings.Contains(string(rp.do(t, http.MethodGet, "/readyz").Body), "redis: up") {
+		for !strings.Contains(string(rp.Do(t, http.MethodGet, "/readyz").Body), "redis: up") {
 			if time.Now().After(deadline) {
 				t.Fatal("Redis is back but a replica still shows it down after 15s")
 			}
@@ -338,7 +339,7 @@ func TestSharedTierPasswordAndTLS(t *testing.T) {
 	reg := registrytest.New(t, registrytest.NoAuth)
 	tags, want := pushTags(t, reg, "v", 3)
 	redisYAML := func(lines string) string {
-		return configYAML("  tag_ttl: 10m\n  redis:\n    addr: "+rs.Addr+"\n    timeout: 2s\n"+lines, upstreamYAML("reg.test", reg.URL))
+		return harness.Config("  tag_ttl: 10m\n  redis:\n    addr: "+rs.Addr+"\n    timeout: 2s\n"+lines, harness.Upstream("reg.test", reg.URL))
 	}
 	good := redisYAML("    password: ${TEST_REDIS_PASSWORD}\n    tls:\n      ca_file: " + certFile + "\n")
 	a, b := startReplica(t, good), startReplica(t, good)
@@ -352,7 +353,7 @@ func TestSharedTierPasswordAndTLS(t *testing.T) {
 	if n := manifestRequests(reg); n != before || before != 3 {
 		t.Fatalf("over TLS with a password, replica b made %d upstream requests after a's %d; want 0 more", n-before, before)
 	}
-	if r := b.do(t, http.MethodGet, "/readyz"); !strings.Contains(string(r.Body), "redis: up") {
+	if r := b.Do(t, http.MethodGet, "/readyz"); !strings.Contains(string(r.Body), "redis: up") {
 		t.Fatalf("/readyz: %s", r.Body)
 	}
 
@@ -374,7 +375,7 @@ func TestSharedTierPasswordAndTLS(t *testing.T) {
 				if time.Now().After(deadline) {
 					t.Fatalf("/readyz still says %q", ready)
 				}
-				ready = string(rp.do(t, http.MethodGet, "/readyz").Body)
+				ready = string(rp.Do(t, http.MethodGet, "/readyz").Body)
 				time.Sleep(50 * time.Millisecond)
 			}
 			// /readyz is on the clients' port: a category, not the peer's address or bytes.
@@ -384,7 +385,7 @@ func TestSharedTierPasswordAndTLS(t *testing.T) {
 			if !strings.Contains(rp.Logs.String(), "redis failing") {
 				t.Fatal("the failure is not in the log")
 			}
-			metrics := string(rp.do(t, http.MethodGet, "/metrics").Body)
+			metrics := string(rp.Do(t, http.MethodGet, "/metrics").Body)
 			for _, secret := range []string{password, "not-the-Secret-xyz", "Secret"} {
 				for what, text := range map[string]string{"logs": rp.Logs.String(), "/readyz": ready, "/metrics": metrics} {
 					if strings.Contains(text, secret) {

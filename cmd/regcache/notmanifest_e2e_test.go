@@ -6,6 +6,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 
+	"regcache/internal/harness"
 	"regcache/upstream/registrytest"
 )
 
@@ -16,7 +17,7 @@ func TestNotAManifestIs502(t *testing.T) {
 	t.Parallel()
 	reg := registrytest.New(t, registrytest.Bearer)
 	img := reg.PushImage(t, "odd/app", "v1", types.OCIManifestSchema1)
-	rc := startRegcache(t, configYAML("", upstreamYAML("reg.test", reg.URL)))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("reg.test", reg.URL)))
 	const path = "/v2/reg.test/odd/app/manifests/v1"
 	for _, tc := range []struct {
 		name, contentType string
@@ -27,11 +28,11 @@ func TestNotAManifestIs502(t *testing.T) {
 	} {
 		reg.SetFault(registrytest.OnManifests(registrytest.Serve(tc.contentType, digest.FromBytes(tc.body).String(), tc.body)))
 		for range 2 {
-			if code := ceError(t, tc.name, rc.do(t, "GET", path), "GET", 502); code != "MANIFEST_INVALID" {
+			if code := ceError(t, tc.name, rc.Do(t, "GET", path), "GET", 502); code != "MANIFEST_INVALID" {
 				t.Fatalf("%s: code %s, want MANIFEST_INVALID", tc.name, code)
 			}
 		}
 	}
 	reg.SetFault(nil)
-	ceExpect(t, "after the fault", rc.do(t, "GET", path), "MISS", img, "GET")
+	ceExpect(t, "after the fault", rc.Do(t, "GET", path), "MISS", img, "GET")
 }

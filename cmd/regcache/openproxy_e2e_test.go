@@ -15,6 +15,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"regcache/internal/harness"
 	"regcache/upstream/registrytest"
 )
 
@@ -83,7 +84,7 @@ func TestNoOpenProxy(t *testing.T) {
 	reg := registrytest.New(t, registrytest.Bearer)
 	img := reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
 	dial := &allowListDialer{allowed: map[string]bool{reg.Host: true}}
-	rc := startRegcacheWith(t, configYAML("", upstreamYAML("ghcr.io", reg.URL, "aliases: [gh]")), buildOptions{AccessLog: true, Dial: dial.DialContext, Resolver: dial})
+	rc := startRegcacheWith(t, harness.Config("", harness.Upstream("ghcr.io", reg.URL, "aliases: [gh]")), harness.Options{Dial: dial.DialContext, Resolver: dial})
 	addr := strings.TrimPrefix(rc.URL, "http://")
 
 	for _, path := range []string{
@@ -99,7 +100,7 @@ func TestNoOpenProxy(t *testing.T) {
 		"/api/v1/digest?image=evil.example.com/x:1",
 		"/api/v1/digest?image=169.254.169.254/latest:1",
 	} {
-		r := rc.do(t, http.MethodGet, path)
+		r := rc.Do(t, http.MethodGet, path)
 		if r.Status != 404 && r.Status != 400 {
 			t.Errorf("%s: %d %s, want a 404/400 registry error", path, r.Status, r.Body)
 		}
@@ -124,12 +125,12 @@ func TestNoOpenProxy(t *testing.T) {
 			http.Redirect(w, r, target, http.StatusTemporaryRedirect)
 			return true
 		})))
-		if r := rc.do(t, http.MethodGet, "/v2/ghcr.io/team/app/manifests/"+fresh.Digest); r.Status < 400 {
+		if r := rc.Do(t, http.MethodGet, "/v2/ghcr.io/team/app/manifests/"+fresh.Digest); r.Status < 400 {
 			t.Errorf("redirect to %s: %d", to, r.Status)
 		}
 	}
 	reg.SetFault(nil)
-	if r := rc.do(t, http.MethodGet, "/v2/gh/team/app/manifests/v1"); r.Status != 200 {
+	if r := rc.Do(t, http.MethodGet, "/v2/gh/team/app/manifests/v1"); r.Status != 200 {
 		t.Fatalf("the configured upstream no longer answers: %d %s", r.Status, r.Body)
 	}
 	// Internal literals are refused before the dialer; a redirect to a public name is

@@ -24,12 +24,13 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"regcache/internal/harness"
 	"regcache/upstream"
 	"regcache/upstream/registrytest"
 )
 
 // peErr reads the first registry error of an answer.
-func peErr(t testing.TB, r response) (code, message string) {
+func peErr(t testing.TB, r harness.Response) (code, message string) {
 	t.Helper()
 	var body struct {
 		Errors []struct{ Code, Message string }
@@ -41,7 +42,7 @@ func peErr(t testing.TB, r response) (code, message string) {
 }
 
 // peWantErr checks a registry error answer; for HEAD (no body) only the status.
-func peWantErr(t testing.TB, what string, r response, status int, code string) {
+func peWantErr(t testing.TB, what string, r harness.Response, status int, code string) {
 	t.Helper()
 	if r.Status != status {
 		t.Fatalf("%s: status %d, want %d (body %s)", what, r.Status, status, r.Body)
@@ -59,7 +60,7 @@ func peWantErr(t testing.TB, what string, r response, status int, code string) {
 
 // peRaw sends a request line exactly as given (Go's client would re-encode some paths) and
 // reads the answer.
-func peRaw(t testing.TB, in *instance, method, target string, header ...string) response {
+func peRaw(t testing.TB, in *harness.Instance, method, target string, header ...string) harness.Response {
 	t.Helper()
 	conn, err := net.DialTimeout("tcp", strings.TrimPrefix(in.URL, "http://"), 5*time.Second)
 	if err != nil {
@@ -85,7 +86,7 @@ func peRaw(t testing.TB, in *instance, method, target string, header ...string) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	return response{Status: resp.StatusCode, Header: resp.Header, Body: body}
+	return harness.Response{Status: resp.StatusCode, Header: resp.Header, Body: body}
 }
 
 // peNoTraffic fails when any registry was contacted.
@@ -101,7 +102,7 @@ func peNoTraffic(t testing.TB, what string, regs ...*registrytest.Registry) {
 // peTranscript keeps every answer a test received, to look for secrets in them.
 type peTranscript struct{ b strings.Builder }
 
-func (tr *peTranscript) add(r response) response {
+func (tr *peTranscript) add(r harness.Response) harness.Response {
 	for k, vs := range r.Header {
 		fmt.Fprintf(&tr.b, "%s: %s\n", k, strings.Join(vs, ", "))
 	}
@@ -111,7 +112,7 @@ func (tr *peTranscript) add(r response) response {
 }
 
 // peNoSecrets fails when any secret occurs in the logs or the answers.
-func peNoSecrets(t testing.TB, in *instance, tr *peTranscript, secrets ...string) {
+func peNoSecrets(t testing.TB, in *harness.Instance, tr *peTranscript, secrets ...string) {
 	t.Helper()
 	logs := in.Logs.String()
 	answers := tr.b.String()
@@ -181,10 +182,10 @@ func TestRoutingThreeForms(t *testing.T) {
 	dHub := hub.PushImage(t, "team/app", "v1", types.OCIManifestSchema1).Digest
 	dQuay := quay.PushImage(t, "team/app", "v1", types.DockerManifestSchema2).Digest
 	dQuayOne := quay.PushImage(t, "app", "v1", types.DockerManifestSchema2).Digest
-	rc := startRegcache(t, configYAML("",
-		upstreamYAML("registry.test", def.URL),
-		upstreamYAML("docker.io", hub.URL, "aliases: [hub]"),
-		upstreamYAML("quay.test:5000", quay.URL, "aliases: [q]"),
+	rc := startRegcache(t, harness.Config("",
+		harness.Upstream("registry.test", def.URL),
+		harness.Upstream("docker.io", hub.URL, "aliases: [hub]"),
+		harness.Upstream("quay.test:5000", quay.URL, "aliases: [q]"),
 	))
 
 	for _, tc := range []struct {
@@ -211,7 +212,7 @@ func TestRoutingThreeForms(t *testing.T) {
 	} {
 		for _, method := range []string{http.MethodHead, http.MethodGet} {
 			before := tc.reg.Total()
-			r := rc.do(t, method, tc.path)
+			r := rc.Do(t, method, tc.path)
 			if r.Status != http.StatusOK {
 				t.Fatalf("%s %s: %d %s", method, tc.path, r.Status, r.Body)
 			}
@@ -250,9 +251,9 @@ func TestRoutingDockerHubAddsLibraryInEveryForm(t *testing.T) {
 		tag := fmt.Sprintf("t%d", i)
 		digests[tag] = hub.PushImage(t, "library/nginx", tag, types.DockerManifestSchema2).Digest
 	}
-	rc := startRegcache(t, configYAML("", upstreamYAML("docker.io", hub.URL, "aliases: [hub]")))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("docker.io", hub.URL, "aliases: [hub]")))
 	for i, path := range forms {
-		r := rc.do(t, http.MethodGet, path)
+		r := rc.Do(t, http.MethodGet, path)
 		if r.Status != http.StatusOK || r.Header.Get("Docker-Content-Digest") != digests[fmt.Sprintf("t%d", i)] {
 			t.Fatalf("GET %s: %d %s %s", path, r.Status, r.Header.Get("Docker-Content-Digest"), r.Body)
 		}
@@ -273,9 +274,9 @@ func TestRoutingRefusesUnknownRegistries(t *testing.T) {
 	def := registrytest.New(t, registrytest.NoAuth)
 	hub := registrytest.New(t, registrytest.NoAuth)
 	def.PushImage(t, "foo", "latest", types.OCIManifestSchema1)
-	rc := startRegcache(t, configYAML("",
-		upstreamYAML("registry.test", def.URL),
-		upstreamYAML("docker.io", hub.URL, "aliases: [hub]")))
+	rc := startRegcache(t, harness.Config("",
+		harness.Upstream("registry.test", def.URL),
+		harness.Upstream("docker.io", hub.URL, "aliases: [hub]")))
 	for _, path := range []string{
 		"/v2/foo/manifests/latest?ns=evil.example.com",
 		"/v2/library/foo/manifests/latest?ns=localhost:1234",
@@ -300,9 +301,9 @@ func TestRoutingRejectsInvalidNamesAndReferences(t *testing.T) {
 	t.Parallel()
 	def := registrytest.New(t, registrytest.NoAuth)
 	other := registrytest.New(t, registrytest.NoAuth)
-	rc := startRegcache(t, configYAML("",
-		upstreamYAML("registry.test", def.URL),
-		upstreamYAML("other.test", other.URL, "aliases: [o]")))
+	rc := startRegcache(t, harness.Config("",
+		harness.Upstream("registry.test", def.URL),
+		harness.Upstream("other.test", other.URL, "aliases: [o]")))
 	for _, tc := range []struct{ path, code string }{
 		{"/v2/Library/Nginx/manifests/latest", "NAME_INVALID"},
 		{"/v2/library/NGINX/manifests/latest?ns=other.test", "NAME_INVALID"},
@@ -329,7 +330,7 @@ func TestRoutingRejectsInvalidNamesAndReferences(t *testing.T) {
 	}
 	// The longest valid name and tag still route.
 	def.PushImage(t, strings.Repeat("n", 255), strings.Repeat("T", 128), types.OCIManifestSchema1)
-	if r := rc.do(t, http.MethodHead, "/v2/"+strings.Repeat("n", 255)+"/manifests/"+strings.Repeat("T", 128)); r.Status != http.StatusOK {
+	if r := rc.Do(t, http.MethodHead, "/v2/"+strings.Repeat("n", 255)+"/manifests/"+strings.Repeat("T", 128)); r.Status != http.StatusOK {
 		t.Fatalf("255-character name, 128-character tag: %d", r.Status)
 	}
 	def.ResetCounts()
@@ -342,7 +343,7 @@ func TestBaseEndpointAndReadOnly(t *testing.T) {
 	t.Parallel()
 	reg := registrytest.New(t, registrytest.Bearer)
 	d := reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1).Digest
-	rc := startRegcache(t, configYAML("", upstreamYAML("registry.test", reg.URL)))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("registry.test", reg.URL)))
 	reg.ResetCounts()
 
 	for _, path := range []string{"/v2/", "/v2"} {
@@ -350,11 +351,11 @@ func TestBaseEndpointAndReadOnly(t *testing.T) {
 			// Without Authorization the ping is challenged (client auth off or not: clients
 			// find the token realm this way; Diun takes 200 or 401, Renovate needs the
 			// challenge); with any Authorization it answers 200.
-			r := rc.do(t, method, path)
+			r := rc.Do(t, method, path)
 			if r.Status != http.StatusUnauthorized || r.Header.Get("WWW-Authenticate") == "" {
 				t.Fatalf("%s %s without Authorization: %d %v, want 401 with a challenge", method, path, r.Status, r.Header)
 			}
-			r = rc.do(t, method, path, "Authorization", "Bearer Og==")
+			r = rc.Do(t, method, path, "Authorization", "Bearer Og==")
 			if r.Status != http.StatusOK || r.Header.Get("Docker-Distribution-API-Version") != "registry/2.0" {
 				t.Fatalf("%s %s: %d %v", method, path, r.Status, r.Header)
 			}
@@ -363,7 +364,7 @@ func TestBaseEndpointAndReadOnly(t *testing.T) {
 			}
 		}
 	}
-	if r := rc.do(t, http.MethodGet, "/v2/", "Authorization", "Bearer Og=="); string(r.Body) != "{}" || !strings.HasPrefix(r.Header.Get("Content-Type"), "application/json") {
+	if r := rc.Do(t, http.MethodGet, "/v2/", "Authorization", "Bearer Og=="); string(r.Body) != "{}" || !strings.HasPrefix(r.Header.Get("Content-Type"), "application/json") {
 		t.Fatalf("GET /v2/ body %q type %q", r.Body, r.Header.Get("Content-Type"))
 	}
 	for _, method := range []string{http.MethodPut, http.MethodPost, http.MethodDelete, http.MethodPatch} {
@@ -376,7 +377,7 @@ func TestBaseEndpointAndReadOnly(t *testing.T) {
 			"/v2/team/app/manifests/v1?ns=registry.test",
 			"/v2/",
 		} {
-			r := rc.do(t, method, path)
+			r := rc.Do(t, method, path)
 			peWantErr(t, method+" "+path, r, http.StatusMethodNotAllowed, "UNSUPPORTED")
 			if allow := r.Header.Get("Allow"); allow != "GET, HEAD" {
 				t.Fatalf("%s %s: Allow %q, want \"GET, HEAD\" (RFC 9110 §15.5.6)", method, path, allow)
@@ -385,7 +386,7 @@ func TestBaseEndpointAndReadOnly(t *testing.T) {
 	}
 	peNoTraffic(t, "read-only methods", reg)
 	// And the manifest is still there and unchanged.
-	if r := rc.do(t, http.MethodGet, "/v2/team/app/manifests/v1"); r.Status != http.StatusOK || r.Header.Get("Docker-Content-Digest") != d {
+	if r := rc.Do(t, http.MethodGet, "/v2/team/app/manifests/v1"); r.Status != http.StatusOK || r.Header.Get("Docker-Content-Digest") != d {
 		t.Fatalf("after the refused writes: %d %s", r.Status, r.Header.Get("Docker-Content-Digest"))
 	}
 }
@@ -416,7 +417,7 @@ func TestAcceptUpstreamAlwaysFourTypesAndLenientByDefault(t *testing.T) {
 	oci := reg.PushImage(t, "team/app", "oci", types.OCIManifestSchema1)
 	idx := reg.PushIndex(t, "team/app", "idx", types.OCIImageIndex, "linux/amd64")
 	docker := reg.PushImage(t, "team/app", "docker", types.DockerManifestSchema2)
-	rc := startRegcache(t, configYAML("", upstreamYAML("registry.test", reg.URL)))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("registry.test", reg.URL)))
 
 	const watchtower = upstream.MediaTypeDockerManifest // an old client: no OCI, no lists
 	for _, tc := range []struct {
@@ -427,7 +428,7 @@ func TestAcceptUpstreamAlwaysFourTypesAndLenientByDefault(t *testing.T) {
 		for _, step := range []struct{ method, ref string }{
 			{http.MethodHead, tc.tag}, {http.MethodGet, tc.tag}, {http.MethodGet, tc.pushed.Digest},
 		} {
-			r := rc.do(t, step.method, "/v2/team/app/manifests/"+step.ref, "Accept", watchtower)
+			r := rc.Do(t, step.method, "/v2/team/app/manifests/"+step.ref, "Accept", watchtower)
 			if r.Status != http.StatusOK {
 				t.Fatalf("%s %s with Accept %s: %d %s", step.method, step.ref, watchtower, r.Status, r.Body)
 			}
@@ -445,10 +446,10 @@ func TestAcceptUpstreamAlwaysFourTypesAndLenientByDefault(t *testing.T) {
 	}
 	// Clients with no Accept, or only a wildcard, change nothing upstream either.
 	other := reg.PushImage(t, "team/other", "v1", types.OCIManifestSchema1)
-	if r := rc.do(t, http.MethodGet, "/v2/team/other/manifests/v1"); r.Status != http.StatusOK || r.Header.Get("Content-Type") != other.MediaType {
+	if r := rc.Do(t, http.MethodGet, "/v2/team/other/manifests/v1"); r.Status != http.StatusOK || r.Header.Get("Content-Type") != other.MediaType {
 		t.Fatalf("no Accept: %d %s", r.Status, r.Header.Get("Content-Type"))
 	}
-	if r := rc.do(t, http.MethodHead, "/v2/team/other/manifests/"+reg.PushImage(t, "team/other", "v2", types.DockerManifestSchema2).Digest, "Accept", "*/*"); r.Status != http.StatusOK {
+	if r := rc.Do(t, http.MethodHead, "/v2/team/other/manifests/"+reg.PushImage(t, "team/other", "v2", types.DockerManifestSchema2).Digest, "Accept", "*/*"); r.Status != http.StatusOK {
 		t.Fatalf("*/* by digest: %d", r.Status)
 	}
 
@@ -471,7 +472,7 @@ func TestAcceptStrict(t *testing.T) {
 	reg := registrytest.New(t, registrytest.Bearer)
 	oci := reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
 	idx := reg.PushIndex(t, "team/app", "multi", types.OCIImageIndex, "linux/amd64", "linux/arm64")
-	rc := startRegcache(t, configYAML("", upstreamYAML("registry.test", reg.URL, "strict_accept: true")))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("registry.test", reg.URL, "strict_accept: true")))
 	const (
 		dockerOnly = upstream.MediaTypeDockerManifest
 		ociMsg     = "OCI manifest found, but accept header does not support OCI manifests"
@@ -480,14 +481,14 @@ func TestAcceptStrict(t *testing.T) {
 
 	for _, ref := range refs {
 		path := "/v2/team/app/manifests/" + ref
-		r := rc.do(t, http.MethodGet, path, "Accept", dockerOnly)
+		r := rc.Do(t, http.MethodGet, path, "Accept", dockerOnly)
 		peWantErr(t, "GET "+ref+" docker-only", r, http.StatusNotFound, "MANIFEST_UNKNOWN")
 		if _, msg := peErr(t, r); msg != ociMsg {
 			t.Fatalf("message %q, want %q", msg, ociMsg)
 		}
-		peWantErr(t, "HEAD "+ref+" docker-only", rc.do(t, http.MethodHead, path, "Accept", dockerOnly), http.StatusNotFound, "MANIFEST_UNKNOWN")
+		peWantErr(t, "HEAD "+ref+" docker-only", rc.Do(t, http.MethodHead, path, "Accept", dockerOnly), http.StatusNotFound, "MANIFEST_UNKNOWN")
 		// Several Accept lines, as Docker sends them, none of them OCI.
-		peWantErr(t, "two lines without OCI", rc.do(t, http.MethodGet, path, "Accept", dockerOnly, "Accept", upstream.MediaTypeDockerList),
+		peWantErr(t, "two lines without OCI", rc.Do(t, http.MethodGet, path, "Accept", dockerOnly, "Accept", upstream.MediaTypeDockerList),
 			http.StatusNotFound, "MANIFEST_UNKNOWN")
 
 		for _, accept := range [][]string{
@@ -499,7 +500,7 @@ func TestAcceptStrict(t *testing.T) {
 			{}, // no Accept at all
 		} {
 			for _, method := range []string{http.MethodGet, http.MethodHead} {
-				r := rc.do(t, method, path, accept...)
+				r := rc.Do(t, method, path, accept...)
 				if r.Status != http.StatusOK || r.Header.Get("Content-Type") != oci.MediaType || r.Header.Get("Docker-Content-Digest") != oci.Digest {
 					t.Fatalf("%s %s with %q: %d %s %s", method, ref, accept, r.Status, r.Header.Get("Content-Type"), r.Body)
 				}
@@ -507,9 +508,9 @@ func TestAcceptStrict(t *testing.T) {
 		}
 	}
 	// An index wants its own type named.
-	peWantErr(t, "index, manifest types only", rc.do(t, http.MethodGet, "/v2/team/app/manifests/multi", "Accept", dockerOnly, "Accept", upstream.MediaTypeOCIManifest),
+	peWantErr(t, "index, manifest types only", rc.Do(t, http.MethodGet, "/v2/team/app/manifests/multi", "Accept", dockerOnly, "Accept", upstream.MediaTypeOCIManifest),
 		http.StatusNotFound, "MANIFEST_UNKNOWN")
-	if r := rc.do(t, http.MethodGet, "/v2/team/app/manifests/multi", "Accept", dockerOnly, "Accept", upstream.MediaTypeOCIIndex); r.Status != http.StatusOK || r.Header.Get("Docker-Content-Digest") != idx.Digest {
+	if r := rc.Do(t, http.MethodGet, "/v2/team/app/manifests/multi", "Accept", dockerOnly, "Accept", upstream.MediaTypeOCIIndex); r.Status != http.StatusOK || r.Header.Get("Docker-Content-Digest") != idx.Digest {
 		t.Fatalf("index with its type accepted: %d", r.Status)
 	}
 	// A refusal is about the client, not the manifest: the manifest is cached all the same,
@@ -529,11 +530,11 @@ func TestAuthBearerAnonymousReusesToken(t *testing.T) {
 	for i := 0; i < n; i++ {
 		digests = append(digests, reg.PushImage(t, "team/app", fmt.Sprintf("v%d", i), types.OCIManifestSchema1).Digest)
 	}
-	rc := startRegcache(t, configYAML("", upstreamYAML("ghcr.test", reg.URL)))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("ghcr.test", reg.URL)))
 	var tr peTranscript
 	for i := 0; i < n; i++ {
 		for _, method := range []string{http.MethodHead, http.MethodGet} {
-			r := tr.add(rc.do(t, method, fmt.Sprintf("/v2/team/app/manifests/v%d", i)))
+			r := tr.add(rc.Do(t, method, fmt.Sprintf("/v2/team/app/manifests/v%d", i)))
 			if r.Status != http.StatusOK || r.Header.Get("Docker-Content-Digest") != digests[i] {
 				t.Fatalf("%s v%d: %d %s", method, i, r.Status, r.Body)
 			}
@@ -547,7 +548,7 @@ func TestAuthBearerAnonymousReusesToken(t *testing.T) {
 		t.Fatalf("%d manifest requests upstream, want %d", got, want)
 	}
 	reg.PushImage(t, "team/other", "v1", types.OCIManifestSchema1)
-	if r := tr.add(rc.do(t, http.MethodGet, "/v2/team/other/manifests/v1")); r.Status != http.StatusOK {
+	if r := tr.add(rc.Do(t, http.MethodGet, "/v2/team/other/manifests/v1")); r.Status != http.StatusOK {
 		t.Fatalf("second repository: %d", r.Status)
 	}
 	if got := reg.Count(http.MethodGet, "token"); got != 2 {
@@ -570,10 +571,10 @@ func TestAuthBearerBasicWithCredentialsFromEnv(t *testing.T) {
 	reg := registrytest.New(t, registrytest.BearerBasic)
 	d := reg.PushImage(t, "private/app", "v1", types.DockerManifestSchema2).Digest
 	t.Setenv("REGCACHE_E2E_PASSWORD", reg.Password)
-	rc := startRegcache(t, configYAML("", upstreamYAML("private.test", reg.URL, peCredsYAML(reg.Username, "REGCACHE_E2E_PASSWORD")...)))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("private.test", reg.URL, peCredsYAML(reg.Username, "REGCACHE_E2E_PASSWORD")...)))
 	var tr peTranscript
 	for _, method := range []string{http.MethodHead, http.MethodGet, http.MethodGet} {
-		r := tr.add(rc.do(t, method, "/v2/private/app/manifests/v1"))
+		r := tr.add(rc.Do(t, method, "/v2/private/app/manifests/v1"))
 		if r.Status != http.StatusOK || r.Header.Get("Docker-Content-Digest") != d {
 			t.Fatalf("%s: %d %s", method, r.Status, r.Body)
 		}
@@ -597,18 +598,18 @@ func TestAuthBearerBasicWrongCredentialsRefused(t *testing.T) {
 	reg.PushImage(t, "private/app", "v1", types.DockerManifestSchema2)
 	const wrong = "not-the-password-7f3a9c"
 	t.Setenv("REGCACHE_E2E_WRONG", wrong)
-	rc := startRegcache(t, configYAML("",
-		upstreamYAML("private.test", reg.URL, peCredsYAML(reg.Username, "REGCACHE_E2E_WRONG")...),
-		upstreamYAML("anon.test", reg.URL)))
+	rc := startRegcache(t, harness.Config("",
+		harness.Upstream("private.test", reg.URL, peCredsYAML(reg.Username, "REGCACHE_E2E_WRONG")...),
+		harness.Upstream("anon.test", reg.URL)))
 	var tr peTranscript
 	const path = "/v2/private/app/manifests/v1"
-	r := tr.add(rc.do(t, http.MethodGet, path))
+	r := tr.add(rc.Do(t, http.MethodGet, path))
 	peWantErr(t, path, r, http.StatusBadGateway, "UNAVAILABLE")
 	if _, msg := peErr(t, r); !strings.Contains(msg, "by the token endpoint") {
 		t.Fatalf("%s: message %q does not say the token endpoint refused", path, msg)
 	}
-	peWantErr(t, "HEAD "+path, tr.add(rc.do(t, http.MethodHead, path)), http.StatusBadGateway, "UNAVAILABLE")
-	peWantErr(t, "anonymous", tr.add(rc.do(t, http.MethodGet, "/v2/anon.test/private/app/manifests/v1")), http.StatusForbidden, "DENIED")
+	peWantErr(t, "HEAD "+path, tr.add(rc.Do(t, http.MethodHead, path)), http.StatusBadGateway, "UNAVAILABLE")
+	peWantErr(t, "anonymous", tr.add(rc.Do(t, http.MethodGet, "/v2/anon.test/private/app/manifests/v1")), http.StatusForbidden, "DENIED")
 	if len(reg.IssuedTokens()) != 0 {
 		t.Fatal("a token was issued for wrong or missing credentials")
 	}
@@ -619,12 +620,12 @@ func TestAuthBasicUpstream(t *testing.T) {
 	reg := registrytest.New(t, registrytest.Basic)
 	d := reg.PushImage(t, "private/app", "v1", types.OCIManifestSchema1).Digest
 	t.Setenv("REGCACHE_E2E_BASIC", reg.Password)
-	rc := startRegcache(t, configYAML("",
-		upstreamYAML("basic.test", reg.URL, peCredsYAML(reg.Username, "REGCACHE_E2E_BASIC")...),
-		upstreamYAML("anon.test", reg.URL)))
+	rc := startRegcache(t, harness.Config("",
+		harness.Upstream("basic.test", reg.URL, peCredsYAML(reg.Username, "REGCACHE_E2E_BASIC")...),
+		harness.Upstream("anon.test", reg.URL)))
 	var tr peTranscript
 	for _, method := range []string{http.MethodHead, http.MethodGet} {
-		r := tr.add(rc.do(t, method, "/v2/private/app/manifests/v1"))
+		r := tr.add(rc.Do(t, method, "/v2/private/app/manifests/v1"))
 		if r.Status != http.StatusOK || r.Header.Get("Docker-Content-Digest") != d {
 			t.Fatalf("%s with credentials: %d %s", method, r.Status, r.Body)
 		}
@@ -632,7 +633,7 @@ func TestAuthBasicUpstream(t *testing.T) {
 	if reg.Count(http.MethodGet, "token") != 0 {
 		t.Fatal("a Basic upstream was asked for a token")
 	}
-	peWantErr(t, "anonymous", tr.add(rc.do(t, http.MethodGet, "/v2/anon.test/private/app/manifests/v1")), http.StatusForbidden, "DENIED")
+	peWantErr(t, "anonymous", tr.add(rc.Do(t, http.MethodGet, "/v2/anon.test/private/app/manifests/v1")), http.StatusForbidden, "DENIED")
 	peNoSecrets(t, rc, &tr, reg.Password, peBasic(reg.Username, reg.Password))
 }
 
@@ -649,14 +650,14 @@ func TestUpstreamRedirectFollowedHEADKeptAuthorizationDropped(t *testing.T) {
 		http.Redirect(w, r, far.URL+r.URL.Path, http.StatusTemporaryRedirect)
 		return true
 	})))
-	rc := startRegcache(t, configYAML("", upstreamYAML("near.test", near.URL)))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("near.test", near.URL)))
 	var tr peTranscript
 
-	h := tr.add(rc.do(t, http.MethodHead, "/v2/team/app/manifests/v1"))
+	h := tr.add(rc.Do(t, http.MethodHead, "/v2/team/app/manifests/v1"))
 	if h.Status != http.StatusOK || h.Header.Get("Docker-Content-Digest") != pushed.Digest {
 		t.Fatalf("HEAD through a redirect: %d %v", h.Status, h.Header)
 	}
-	g := tr.add(rc.do(t, http.MethodGet, "/v2/team/app/manifests/v1"))
+	g := tr.add(rc.Do(t, http.MethodGet, "/v2/team/app/manifests/v1"))
 	if g.Status != http.StatusOK || string(g.Body) != string(pushed.Body) {
 		t.Fatalf("GET through a redirect: %d %s", g.Status, g.Body)
 	}
@@ -701,9 +702,9 @@ func TestUpstreamRedirectTargetCannotSteerCredentials(t *testing.T) {
 		return true
 	}))
 	t.Setenv("REGCACHE_E2E_STEER", near.Password)
-	rc := startRegcache(t, configYAML("", upstreamYAML("near.test", near.URL, peCredsYAML(near.Username, "REGCACHE_E2E_STEER")...)))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("near.test", near.URL, peCredsYAML(near.Username, "REGCACHE_E2E_STEER")...)))
 	var tr peTranscript
-	r := tr.add(rc.do(t, http.MethodGet, "/v2/private/app/manifests/v1"))
+	r := tr.add(rc.Do(t, http.MethodGet, "/v2/private/app/manifests/v1"))
 	peWantErr(t, "redirect target wants auth", r, http.StatusForbidden, "DENIED")
 	if thief.Total() != 0 {
 		t.Fatalf("the realm a redirect target named was contacted %d times (Authorization %q)", thief.Total(), thief.AuthHeaders())
@@ -731,10 +732,10 @@ func (d *peLoopbackDialer) DialContext(ctx context.Context, network, addr string
 
 // peStartWithDialer wires regcache as build does, for one upstream, but with a dialer the
 // test controls (build has no way to take one), and serves it on 127.0.0.1.
-func peStartWithDialer(t *testing.T, name, url string, dial func(context.Context, string, string) (net.Conn, error)) *instance {
+func peStartWithDialer(t *testing.T, name, url string, dial func(context.Context, string, string) (net.Conn, error)) *harness.Instance {
 	t.Helper()
-	return startRegcacheWith(t, configYAML("  negative_ttl: 1s\n", upstreamYAML(name, url, "timeout: 5s")),
-		buildOptions{AccessLog: true, Dial: dial})
+	return startRegcacheWith(t, harness.Config("  negative_ttl: 1s\n", harness.Upstream(name, url, "timeout: 5s")),
+		harness.Options{Dial: dial})
 }
 
 func TestUpstreamRedirectToMetadataServiceRefusedWithoutDialling(t *testing.T) {
@@ -761,7 +762,7 @@ func TestUpstreamRedirectToMetadataServiceRefusedWithoutDialling(t *testing.T) {
 		mu.Lock()
 		target = to
 		mu.Unlock()
-		r := rc.do(t, http.MethodGet, "/v2/team/app/manifests/v1")
+		r := rc.Do(t, http.MethodGet, "/v2/team/app/manifests/v1")
 		peWantErr(t, "redirect to "+to, r, http.StatusBadGateway, "UNAVAILABLE")
 		if _, msg := peErr(t, r); !strings.Contains(msg, "refused") {
 			t.Fatalf("redirect to %s: message %q does not say it was refused", to, msg)
@@ -784,7 +785,7 @@ func TestAccessLogOneLinePerRequest(t *testing.T) {
 	t.Parallel()
 	reg := registrytest.New(t, registrytest.Bearer)
 	pushed := reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
-	rc := startRegcache(t, configYAML("", upstreamYAML("registry.test", reg.URL, "aliases: [rt]")))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("registry.test", reg.URL, "aliases: [rt]")))
 
 	type want struct {
 		method, path        string
@@ -803,7 +804,7 @@ func TestAccessLogOneLinePerRequest(t *testing.T) {
 		{"DELETE", "/v2/team/app/manifests/v1", 405, "", "", "", ""},
 	}
 	for _, w := range wants {
-		if r := rc.do(t, w.method, w.path); r.Status != w.status {
+		if r := rc.Do(t, w.method, w.path); r.Status != w.status {
 			t.Fatalf("%s %s: %d, want %d", w.method, w.path, r.Status, w.status)
 		}
 	}

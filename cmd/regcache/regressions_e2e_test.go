@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"regcache/internal/harness"
 	"regcache/upstream/registrytest"
 )
 
@@ -23,15 +24,15 @@ func TestMovedTagServesPreviousWhenNewBodyRefused(t *testing.T) {
 	t.Parallel()
 	reg := registrytest.New(t, registrytest.Bearer)
 	old := reg.PushImage(t, "library/nginx", "latest", types.DockerManifestSchema2)
-	rc := startRegcache(t, configYAML("  tag_ttl: 100ms\n", upstreamYAML("docker.io", reg.URL)))
-	if r := rc.do(t, http.MethodGet, "/v2/nginx/manifests/latest"); r.Status != 200 || !bytes.Equal(r.Body, old.Body) {
+	rc := startRegcache(t, harness.Config("  tag_ttl: 100ms\n", harness.Upstream("docker.io", reg.URL)))
+	if r := rc.Do(t, http.MethodGet, "/v2/nginx/manifests/latest"); r.Status != 200 || !bytes.Equal(r.Body, old.Body) {
 		t.Fatalf("warm: %d", r.Status)
 	}
 	reg.PushImage(t, "library/nginx", "latest", types.DockerManifestSchema2)
 	time.Sleep(150 * time.Millisecond)
 	reg.SetFault(registrytest.OnMethod(http.MethodGet, registrytest.OnManifests(registrytest.RateLimited(30*time.Second))))
 	for i := 0; i < 3; i++ {
-		r := rc.do(t, http.MethodGet, "/v2/nginx/manifests/latest")
+		r := rc.Do(t, http.MethodGet, "/v2/nginx/manifests/latest")
 		if r.Status != 200 || r.Header.Get("X-Cache") != "STALE" || !bytes.Equal(r.Body, old.Body) ||
 			r.Header.Get("Docker-Content-Digest") != old.Digest {
 			t.Fatalf("GET %d after the move: %d %q %s", i, r.Status, r.Header.Get("X-Cache"), r.Body)
@@ -48,22 +49,22 @@ func TestBlobHeadAndLargeBlobEconomy(t *testing.T) {
 	bigData := make([]byte, 3<<20)
 	_, _ = rand.Read(bigData)
 	big := reg.PushBlob(t, "team/app", bigData)
-	rc := startRegcache(t, configYAML("", upstreamYAML("ghcr.io", reg.URL)))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("ghcr.io", reg.URL)))
 	reg.ResetCounts()
 
-	h := rc.do(t, http.MethodHead, "/v2/ghcr.io/team/app/blobs/"+small)
+	h := rc.Do(t, http.MethodHead, "/v2/ghcr.io/team/app/blobs/"+small)
 	if h.Status != 200 || h.Header.Get("Content-Length") != "37" {
 		t.Fatalf("HEAD small: %d %v", h.Status, h.Header)
 	}
 	if reg.Count("GET", "blob") != 0 || reg.Count("HEAD", "blob") != 1 {
 		t.Fatalf("HEAD cost GET %d HEAD %d, want 0 and 1", reg.Count("GET", "blob"), reg.Count("HEAD", "blob"))
 	}
-	if r := rc.do(t, http.MethodGet, "/v2/ghcr.io/team/app/blobs/"+small); r.Status != 200 || r.Header.Get("X-Cache") != "MISS" {
+	if r := rc.Do(t, http.MethodGet, "/v2/ghcr.io/team/app/blobs/"+small); r.Status != 200 || r.Header.Get("X-Cache") != "MISS" {
 		t.Fatalf("GET small after HEAD: %d %q", r.Status, r.Header.Get("X-Cache"))
 	}
 	reg.ResetCounts()
 	for i := 0; i < 3; i++ {
-		r := rc.do(t, http.MethodGet, "/v2/ghcr.io/team/app/blobs/"+big)
+		r := rc.Do(t, http.MethodGet, "/v2/ghcr.io/team/app/blobs/"+big)
 		if r.Status != 200 || !bytes.Equal(r.Body, bigData) {
 			t.Fatalf("GET big %d: %d, %d bytes", i, r.Status, len(r.Body))
 		}
@@ -79,11 +80,11 @@ func TestBlobAndManifestNegativeCacheApart(t *testing.T) {
 	t.Parallel()
 	reg := registrytest.New(t, registrytest.NoAuth)
 	img := reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
-	rc := startRegcache(t, configYAML("  negative_ttl: 1m\n", upstreamYAML("ghcr.io", reg.URL)))
-	if r := rc.do(t, http.MethodGet, "/v2/ghcr.io/team/app/blobs/"+img.Digest); r.Status != 404 {
+	rc := startRegcache(t, harness.Config("  negative_ttl: 1m\n", harness.Upstream("ghcr.io", reg.URL)))
+	if r := rc.Do(t, http.MethodGet, "/v2/ghcr.io/team/app/blobs/"+img.Digest); r.Status != 404 {
 		t.Fatalf("manifest digest as a blob: %d", r.Status)
 	}
-	if r := rc.do(t, http.MethodGet, "/v2/ghcr.io/team/app/manifests/"+img.Digest); r.Status != 200 {
+	if r := rc.Do(t, http.MethodGet, "/v2/ghcr.io/team/app/manifests/"+img.Digest); r.Status != 200 {
 		t.Fatalf("manifest after a blob 404 of the same digest: %d %s", r.Status, r.Body)
 	}
 }
@@ -93,9 +94,9 @@ func TestDigestAPIDockerHubAliases(t *testing.T) {
 	t.Parallel()
 	reg := registrytest.New(t, registrytest.NoAuth)
 	img := reg.PushImage(t, "library/nginx", "latest", types.DockerManifestSchema2)
-	rc := startRegcache(t, configYAML("", upstreamYAML("docker.io", reg.URL, "aliases: [hub, registry-1.docker.io]")))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("docker.io", reg.URL, "aliases: [hub, registry-1.docker.io]")))
 	for _, image := range []string{"nginx", "docker.io/nginx", "registry-1.docker.io/nginx", "registry-1.docker.io/library/nginx:latest"} {
-		r := rc.do(t, http.MethodGet, "/api/v1/digest?image="+image)
+		r := rc.Do(t, http.MethodGet, "/api/v1/digest?image="+image)
 		var m map[string]any
 		_ = json.Unmarshal(r.Body, &m)
 		if r.Status != 200 || m["digest"] != img.Digest || m["repository"] != "library/nginx" {
@@ -127,7 +128,7 @@ func TestStalledBlobStreamEnds(t *testing.T) {
 		}
 		return true
 	})
-	rc := startRegcache(t, configYAML("", upstreamYAML("ghcr.io", reg.URL, "timeout: 1s")))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("ghcr.io", reg.URL, "timeout: 1s")))
 	start := time.Now()
 	resp, err := rc.Client.Get(rc.URL + "/v2/ghcr.io/team/app/blobs/" + d)
 	if err == nil {
@@ -151,7 +152,7 @@ func TestBlobStreamFailsBeforeFirstByte(t *testing.T) {
 	bigData := make([]byte, 3<<20)
 	_, _ = rand.Read(bigData)
 	big := reg.PushBlob(t, "team/app", bigData)
-	rc := startRegcache(t, configYAML("", upstreamYAML("ghcr.io", reg.URL, "timeout: 500ms")))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("ghcr.io", reg.URL, "timeout: 500ms")))
 	headersThen := func(after func(http.ResponseWriter)) registrytest.Fault {
 		return registrytest.OnMethod(http.MethodGet, func(w http.ResponseWriter, r *http.Request) bool {
 			if !strings.Contains(r.URL.Path, "/blobs/") {
@@ -179,13 +180,13 @@ func TestBlobStreamFailsBeforeFirstByte(t *testing.T) {
 		{"stall past the timeout", headersThen(func(http.ResponseWriter) { time.Sleep(1500 * time.Millisecond) }), http.StatusGatewayTimeout},
 	} {
 		reg.SetFault(tc.fault)
-		r := rc.do(t, http.MethodGet, "/v2/ghcr.io/team/app/blobs/"+big)
+		r := rc.Do(t, http.MethodGet, "/v2/ghcr.io/team/app/blobs/"+big)
 		if r.Status != tc.status || !strings.Contains(string(r.Body), `"code":"UNAVAILABLE"`) {
 			t.Fatalf("%s before the first byte: %d %.200s; want %d with a registry error", tc.name, r.Status, r.Body, tc.status)
 		}
 	}
 	reg.SetFault(nil)
-	if r := rc.do(t, http.MethodGet, "/v2/ghcr.io/team/app/blobs/"+big); r.Status != 200 || !bytes.Equal(r.Body, bigData) {
+	if r := rc.Do(t, http.MethodGet, "/v2/ghcr.io/team/app/blobs/"+big); r.Status != 200 || !bytes.Equal(r.Body, bigData) {
 		t.Fatalf("after upstream recovered: %d, %d bytes", r.Status, len(r.Body))
 	}
 }
@@ -197,9 +198,9 @@ func TestDigestAPIRefusesHugePlatformVariants(t *testing.T) {
 	t.Parallel()
 	reg := registrytest.New(t, registrytest.NoAuth)
 	reg.PushIndex(t, "team/app", "v1", types.OCIImageIndex, "linux/amd64", "linux/arm/v7")
-	rc := startRegcache(t, configYAML("", upstreamYAML("ghcr.io", reg.URL)))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("ghcr.io", reg.URL)))
 	for _, pl := range []string{"linux/arm/v66666611", "linux/arm/66666611", "linux/amd64/v999999999", "linux/arm64/v10.1"} {
-		r := rc.do(t, http.MethodGet, "/api/v1/digest?image=ghcr.io/team/app:v1&platform="+pl)
+		r := rc.Do(t, http.MethodGet, "/api/v1/digest?image=ghcr.io/team/app:v1&platform="+pl)
 		if r.Status != 400 || !strings.Contains(string(r.Body), "PLATFORM_INVALID") {
 			t.Fatalf("platform %s: %d %s, want 400 PLATFORM_INVALID", pl, r.Status, r.Body)
 		}
@@ -216,7 +217,7 @@ func TestDigestAPIRefusesHugePlatformVariants(t *testing.T) {
 		}
 	}
 	for _, pl := range []string{"linux/arm/v7", "linux/amd64"} {
-		r := rc.do(t, http.MethodGet, "/api/v1/digest?image=ghcr.io/team/app:v1&platform="+pl)
+		r := rc.Do(t, http.MethodGet, "/api/v1/digest?image=ghcr.io/team/app:v1&platform="+pl)
 		if r.Status != 200 || !strings.Contains(string(r.Body), "platformDigest") {
 			t.Fatalf("platform %s: %d %s, want 200 with a platform digest", pl, r.Status, r.Body)
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"regcache/internal/harness"
 	"regcache/upstream/registrytest"
 )
 
@@ -24,13 +25,13 @@ func TestSecretsNeverShow(t *testing.T) {
 	basic.PushImage(t, "team/app", "v1", types.DockerManifestSchema2)
 	t.Setenv("REGCACHE_TEST_PASSWORD", reg.Password)
 	t.Setenv("REGCACHE_TEST_BASIC_PASSWORD", basic.Password)
-	rc := startRegcache(t, configYAML("  tag_ttl: 50ms\n  negative_ttl: 1ms\n",
-		upstreamYAML("ghcr.io", reg.URL, "credentials:", "  username: robot", "  password: ${REGCACHE_TEST_PASSWORD}", "timeout: 2s"),
-		upstreamYAML("quay.io", basic.URL, "credentials:", "  username: robot", "  password: ${REGCACHE_TEST_BASIC_PASSWORD}", "timeout: 2s")))
+	rc := startRegcache(t, harness.Config("  tag_ttl: 50ms\n  negative_ttl: 1ms\n",
+		harness.Upstream("ghcr.io", reg.URL, "credentials:", "  username: robot", "  password: ${REGCACHE_TEST_PASSWORD}", "timeout: 2s"),
+		harness.Upstream("quay.io", basic.URL, "credentials:", "  username: robot", "  password: ${REGCACHE_TEST_BASIC_PASSWORD}", "timeout: 2s")))
 
 	clientSecrets := []string{"client-bearer-7f3a9c", base64.StdEncoding.EncodeToString([]byte("alice:client-pass-51ee"))}
 	var answers strings.Builder
-	record := func(r response) {
+	record := func(r harness.Response) {
 		for k, vs := range r.Header {
 			answers.WriteString(k + ": " + strings.Join(vs, ",") + "\n")
 		}
@@ -47,16 +48,16 @@ func TestSecretsNeverShow(t *testing.T) {
 		"/metrics", "/readyz",
 	}
 	for _, p := range paths {
-		record(rc.do(t, http.MethodGet, p, "Authorization", "Bearer "+clientSecrets[0]))
-		record(rc.do(t, http.MethodHead, p, "Authorization", "Basic "+clientSecrets[1]))
+		record(rc.Do(t, http.MethodGet, p, "Authorization", "Bearer "+clientSecrets[0]))
+		record(rc.Do(t, http.MethodHead, p, "Authorization", "Basic "+clientSecrets[1]))
 	}
 	// Upstream failures and recoveries: errors are built from upstream's words.
 	time.Sleep(60 * time.Millisecond)
 	for _, f := range []registrytest.Fault{registrytest.Status(500), registrytest.CloseConnection(), registrytest.RateLimited(time.Second)} {
 		reg.SetFault(f)
 		basic.SetFault(f)
-		record(rc.do(t, http.MethodGet, "/v2/ghcr.io/team/app/manifests/v2"))
-		record(rc.do(t, http.MethodGet, "/v2/quay.io/team/app/manifests/v2"))
+		record(rc.Do(t, http.MethodGet, "/v2/ghcr.io/team/app/manifests/v2"))
+		record(rc.Do(t, http.MethodGet, "/v2/quay.io/team/app/manifests/v2"))
 	}
 	reg.SetFault(nil)
 	basic.SetFault(nil)
@@ -80,7 +81,7 @@ func TestSecretsNeverShow(t *testing.T) {
 		secrets["upstream token "+string(rune('a'+i))] = tok
 	}
 	for _, p := range []string{"/v2/quay.io/team/app/manifests/v1", "/v2/ghcr.io/team/app/manifests/v1"} {
-		if r := rc.do(t, http.MethodGet, p); r.Status != 200 {
+		if r := rc.Do(t, http.MethodGet, p); r.Status != 200 {
 			t.Fatalf("%s: %d: the credentials did not work, so the test proves nothing", p, r.Status)
 		}
 	}

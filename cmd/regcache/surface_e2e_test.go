@@ -16,6 +16,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"regcache/internal/harness"
 	"regcache/upstream/registrytest"
 )
 
@@ -29,7 +30,7 @@ func tagNames(n int) []string {
 
 // followTags lists every tag by following Link headers from start, as What's Up Docker
 // does, checking each Link is relative, keeps the client's path form and names a tag.
-func followTags(t *testing.T, rc *instance, start, wantPrefix string) (tags []string, pages int) {
+func followTags(t *testing.T, rc *harness.Instance, start, wantPrefix string) (tags []string, pages int) {
 	t.Helper()
 	next := start
 	for next != "" {
@@ -37,7 +38,7 @@ func followTags(t *testing.T, rc *instance, start, wantPrefix string) (tags []st
 		if pages > 100 {
 			t.Fatal("Link never ends")
 		}
-		r := rc.do(t, http.MethodGet, next)
+		r := rc.Do(t, http.MethodGet, next)
 		if r.Status != 200 {
 			t.Fatalf("GET %s: %d %s", next, r.Status, r.Body)
 		}
@@ -84,11 +85,11 @@ func TestTagsListPagingAllForms(t *testing.T) {
 	want := tagNames(300)
 	reg.PushTags(t, "linuxserver/nginx", want)
 	reg.SetPaging(registrytest.PagingLink, 100) // upstream pages of at most 100, like many registries
-	rc := startRegcache(t, configYAML("", upstreamYAML("lscr.io", reg.URL)))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("lscr.io", reg.URL)))
 
 	// No n: regcache gathers upstream's pages and answers once, without a Link.
 	reg.ResetCounts()
-	r := rc.do(t, http.MethodGet, "/v2/lscr.io/linuxserver/nginx/tags/list")
+	r := rc.Do(t, http.MethodGet, "/v2/lscr.io/linuxserver/nginx/tags/list")
 	if r.Status != 200 || r.Header.Get("Link") != "" || r.Header.Get("X-Cache") != "MISS" {
 		t.Fatalf("full list: %d Link=%q X-Cache=%q", r.Status, r.Header.Get("Link"), r.Header.Get("X-Cache"))
 	}
@@ -98,7 +99,7 @@ func TestTagsListPagingAllForms(t *testing.T) {
 	if n := reg.Count("GET", "tags"); n != 3 {
 		t.Fatalf("upstream tag pages = %d, want 3", n)
 	}
-	r = rc.do(t, http.MethodGet, "/v2/lscr.io/linuxserver/nginx/tags/list")
+	r = rc.Do(t, http.MethodGet, "/v2/lscr.io/linuxserver/nginx/tags/list")
 	if r.Header.Get("X-Cache") != "HIT" || reg.Count("GET", "tags") != 3 {
 		t.Fatalf("second list: X-Cache %q, upstream pages %d", r.Header.Get("X-Cache"), reg.Count("GET", "tags"))
 	}
@@ -114,7 +115,7 @@ func TestTagsListPagingAllForms(t *testing.T) {
 		t.Logf("%s: %d pages", form.start, pages)
 	}
 	// ns is kept in the Link.
-	r = rc.do(t, http.MethodGet, "/v2/linuxserver/nginx/tags/list?n=70&ns=lscr.io")
+	r = rc.Do(t, http.MethodGet, "/v2/linuxserver/nginx/tags/list?n=70&ns=lscr.io")
 	if !strings.Contains(r.Header.Get("Link"), "ns=lscr.io") {
 		t.Fatalf("Link %q lost ns", r.Header.Get("Link"))
 	}
@@ -126,24 +127,24 @@ func TestTagsListQuayPagingAndBadInput(t *testing.T) {
 	want := tagNames(300)
 	reg.PushTags(t, "org/app", want)
 	reg.SetPaging(registrytest.PagingQuay, 100)
-	rc := startRegcache(t, configYAML("", upstreamYAML("quay.io", reg.URL)))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("quay.io", reg.URL)))
 
 	got, _ := followTags(t, rc, "/v2/quay.io/org/app/tags/list?n=120", "/v2/quay.io/org/app/tags/list?")
 	assertExactlyOnce(t, got, want)
 	got, _ = followTags(t, rc, "/v2/quay.io/org/app/tags/list?n=20000", "/v2/quay.io/org/app/tags/list?") // clamped
 	assertExactlyOnce(t, got, want)
 
-	r := rc.do(t, http.MethodGet, "/v2/quay.io/org/app/tags/list?n=0")
+	r := rc.Do(t, http.MethodGet, "/v2/quay.io/org/app/tags/list?n=0")
 	if r.Status != 200 || !strings.Contains(string(r.Body), `"tags":[]`) {
 		t.Fatalf("n=0: %d %s", r.Status, r.Body)
 	}
 	for _, q := range []string{"n=-1", "n=abc", "n=1e3", "last=-bad", "last=" + strings.Repeat("a", 200)} {
-		r := rc.do(t, http.MethodGet, "/v2/quay.io/org/app/tags/list?"+q)
+		r := rc.Do(t, http.MethodGet, "/v2/quay.io/org/app/tags/list?"+q)
 		if r.Status != 400 || !bytes.Contains(r.Body, []byte(`"errors"`)) {
 			t.Fatalf("%s: %d %s, want a 400 registry error", q, r.Status, r.Body)
 		}
 	}
-	r = rc.do(t, http.MethodGet, "/v2/quay.io/org/missing/tags/list")
+	r = rc.Do(t, http.MethodGet, "/v2/quay.io/org/missing/tags/list")
 	if r.Status != 404 || !bytes.Contains(r.Body, []byte("NAME_UNKNOWN")) {
 		t.Fatalf("missing repo: %d %s", r.Status, r.Body)
 	}
@@ -153,13 +154,13 @@ func TestTagsListStaleWhenUpstreamFails(t *testing.T) {
 	t.Parallel()
 	reg := registrytest.New(t, registrytest.NoAuth)
 	reg.PushTags(t, "org/app", tagNames(5))
-	rc := startRegcache(t, configYAML("  tag_ttl: 50ms\n  revalidate_wait: 1s\n", upstreamYAML("quay.io", reg.URL)))
-	if r := rc.do(t, http.MethodGet, "/v2/quay.io/org/app/tags/list"); r.Status != 200 {
+	rc := startRegcache(t, harness.Config("  tag_ttl: 50ms\n  revalidate_wait: 1s\n", harness.Upstream("quay.io", reg.URL)))
+	if r := rc.Do(t, http.MethodGet, "/v2/quay.io/org/app/tags/list"); r.Status != 200 {
 		t.Fatalf("warm: %d", r.Status)
 	}
 	time.Sleep(60 * time.Millisecond)
 	reg.SetFault(registrytest.Status(500))
-	r := rc.do(t, http.MethodGet, "/v2/quay.io/org/app/tags/list")
+	r := rc.Do(t, http.MethodGet, "/v2/quay.io/org/app/tags/list")
 	if r.Status != 200 || r.Header.Get("X-Cache") != "STALE" || !strings.Contains(string(r.Body), "1.004") {
 		t.Fatalf("stale tags: %d %q %s", r.Status, r.Header.Get("X-Cache"), r.Body)
 	}
@@ -170,11 +171,11 @@ func TestBlobsConfigCachedAndVerified(t *testing.T) {
 	reg := registrytest.New(t, registrytest.Bearer)
 	reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
 	cfgDigest, cfgBytes := reg.ConfigOf(t, "team/app", "v1")
-	rc := startRegcache(t, configYAML("", upstreamYAML("ghcr.io", reg.URL)))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("ghcr.io", reg.URL)))
 	reg.ResetCounts()
 	path := "/v2/ghcr.io/team/app/blobs/" + cfgDigest.String()
 	for i, wantCache := range []string{"MISS", "HIT", "HIT"} {
-		r := rc.do(t, http.MethodGet, path)
+		r := rc.Do(t, http.MethodGet, path)
 		if r.Status != 200 || !bytes.Equal(r.Body, cfgBytes) || r.Header.Get("Docker-Content-Digest") != cfgDigest.String() {
 			t.Fatalf("GET %d: %d digest %q", i, r.Status, r.Header.Get("Docker-Content-Digest"))
 		}
@@ -182,7 +183,7 @@ func TestBlobsConfigCachedAndVerified(t *testing.T) {
 			t.Fatalf("GET %d: X-Cache %q, want %s", i, r.Header.Get("X-Cache"), wantCache)
 		}
 	}
-	h := rc.do(t, http.MethodHead, path)
+	h := rc.Do(t, http.MethodHead, path)
 	if h.Status != 200 || h.Header.Get("Content-Length") != fmt.Sprint(len(cfgBytes)) {
 		t.Fatalf("HEAD: %d %v", h.Status, h.Header)
 	}
@@ -201,13 +202,13 @@ func TestBlobsConfigCachedAndVerified(t *testing.T) {
 		_, _ = w.Write([]byte("evil"))
 		return true
 	})
-	rc2 := startRegcache(t, configYAML("", upstreamYAML("ghcr.io", reg2.URL)))
-	r := rc2.do(t, http.MethodGet, "/v2/ghcr.io/team/app/blobs/"+d)
+	rc2 := startRegcache(t, harness.Config("", harness.Upstream("ghcr.io", reg2.URL)))
+	r := rc2.Do(t, http.MethodGet, "/v2/ghcr.io/team/app/blobs/"+d)
 	if r.Status != 502 {
 		t.Fatalf("lying blob: %d %s", r.Status, r.Body)
 	}
 	reg2.SetFault(nil)
-	if r := rc2.do(t, http.MethodGet, "/v2/ghcr.io/team/app/blobs/"+d); r.Status != 200 || r.Header.Get("X-Cache") != "MISS" {
+	if r := rc2.Do(t, http.MethodGet, "/v2/ghcr.io/team/app/blobs/"+d); r.Status != 200 || r.Header.Get("X-Cache") != "MISS" {
 		t.Fatalf("after the lie: %d %q", r.Status, r.Header.Get("X-Cache"))
 	}
 }
@@ -218,7 +219,7 @@ func TestBlobsLargeStreamedVerifiedWithRange(t *testing.T) {
 	big := make([]byte, 24<<20)
 	_, _ = rand.Read(big)
 	d := reg.PushBlob(t, "team/app", big)
-	rc := startRegcache(t, configYAML("", upstreamYAML("ghcr.io", reg.URL)))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("ghcr.io", reg.URL)))
 	path := "/v2/ghcr.io/team/app/blobs/" + d
 
 	resp, err := rc.Client.Get(rc.URL + path)
@@ -231,11 +232,11 @@ func TestBlobsLargeStreamedVerifiedWithRange(t *testing.T) {
 		t.Fatalf("big blob: status %d, %d bytes, err %v", resp.StatusCode, len(got), err)
 	}
 
-	r := rc.do(t, http.MethodGet, path, "Range", "bytes=100-199")
+	r := rc.Do(t, http.MethodGet, path, "Range", "bytes=100-199")
 	if r.Status != 206 || !bytes.Equal(r.Body, big[100:200]) {
 		t.Fatalf("range: %d, %d bytes", r.Status, len(r.Body))
 	}
-	h := rc.do(t, http.MethodHead, path)
+	h := rc.Do(t, http.MethodHead, path)
 	if h.Status != 200 || h.Header.Get("Content-Length") != fmt.Sprint(len(big)) {
 		t.Fatalf("HEAD big: %d %v", h.Status, h.Header)
 	}
@@ -266,7 +267,7 @@ func TestStreamedBlobMemoryBounded(t *testing.T) {
 	big := make([]byte, 32<<20)
 	_, _ = rand.Read(big)
 	d := reg.PushBlob(t, "team/app", big)
-	rc := startRegcache(t, configYAML("", upstreamYAML("ghcr.io", reg.URL)))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("ghcr.io", reg.URL)))
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
@@ -294,10 +295,10 @@ func TestDigestAPI(t *testing.T) {
 	nginx := hub.PushImage(t, "library/nginx", "latest", types.DockerManifestSchema2)
 	idx := lscr.PushIndex(t, "linuxserver/nginx", "latest", types.OCIImageIndex, "linux/amd64", "linux/arm64/v8")
 	single := lscr.PushImage(t, "linuxserver/single", "1.0", types.OCIManifestSchema1)
-	rc := startRegcache(t, configYAML("", upstreamYAML("docker.io", hub.URL, "aliases: [hub]"), upstreamYAML("lscr.io", lscr.URL)))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("docker.io", hub.URL, "aliases: [hub]"), harness.Upstream("lscr.io", lscr.URL)))
 
 	get := func(q string) (int, map[string]any) {
-		r := rc.do(t, http.MethodGet, "/api/v1/digest?"+q)
+		r := rc.Do(t, http.MethodGet, "/api/v1/digest?"+q)
 		var m map[string]any
 		if err := json.Unmarshal(r.Body, &m); err != nil {
 			t.Fatalf("%s: not JSON: %s", q, r.Body)

@@ -18,13 +18,14 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"regcache/internal/harness"
 	"regcache/upstream"
 	"regcache/upstream/registrytest"
 )
 
 // tagsLinkLast checks that a Link regcache sent names a tag as its last= (never an
 // upstream's opaque token) and returns it.
-func tagsLinkLast(t *testing.T, r response) string {
+func tagsLinkLast(t *testing.T, r harness.Response) string {
 	t.Helper()
 	link := r.Header.Get("Link")
 	if link == "" {
@@ -54,7 +55,7 @@ func TestTagsListOpaqueContinuationAllForms(t *testing.T) {
 	want := tagNames(300)
 	reg.PushTags(t, "team/app", want)
 	reg.SetPaging(registrytest.PagingOpaque, 10) // 30 upstream pages for the whole list
-	rc := startRegcache(t, configYAML("", upstreamYAML("ecr.test", reg.URL)))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("ecr.test", reg.URL)))
 
 	for _, form := range []struct{ start, prefix string }{
 		{"/v2/ecr.test/team/app/tags/list", "/v2/ecr.test/team/app/tags/list?"},
@@ -76,10 +77,10 @@ func TestTagsListOneUpstreamListingPerTTL(t *testing.T) {
 	want := tagNames(1000)
 	reg.PushTags(t, "team/app", want)
 	reg.SetPaging(registrytest.PagingLink, 10) // 100 upstream pages for the whole list
-	rc := startRegcache(t, configYAML("", upstreamYAML("reg.test", reg.URL)))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("reg.test", reg.URL)))
 	reg.ResetCounts()
 
-	r := rc.do(t, http.MethodGet, "/v2/reg.test/team/app/tags/list")
+	r := rc.Do(t, http.MethodGet, "/v2/reg.test/team/app/tags/list")
 	if r.Status != 200 {
 		t.Fatalf("first listing: %d %s", r.Status, r.Body)
 	}
@@ -135,7 +136,7 @@ func TestTagsListOneUpstreamListingPerTTL(t *testing.T) {
 
 // walkTagsConcurrently follows Links from start and checks the walk saw want distinct
 // tags, in order, each once; it reports rather than fails, for use off the test goroutine.
-func walkTagsConcurrently(rc *instance, start string, want int) error {
+func walkTagsConcurrently(rc *harness.Instance, start string, want int) error {
 	next, prev, count := start, "", 0
 	for pages := 0; next != ""; pages++ {
 		if pages > 60 {
@@ -186,7 +187,7 @@ func TestTagsList429HoldsTagsOnly(t *testing.T) {
 			reg := registrytest.New(t, registrytest.Bearer)
 			const repo = "limited/app"
 			p := reg.PushImage(t, repo, "v1", types.DockerManifestSchema2)
-			rc := startRegcache(t, configYAML("", upstreamYAML("reg.test", reg.URL)))
+			rc := startRegcache(t, harness.Config("", harness.Upstream("reg.test", reg.URL)))
 			var tags429 registrytest.Fault = func(w http.ResponseWriter, req *http.Request) bool {
 				if !strings.HasSuffix(req.URL.Path, "/tags/list") {
 					return false
@@ -197,14 +198,14 @@ func TestTagsList429HoldsTagsOnly(t *testing.T) {
 				return registrytest.RateLimited(time.Hour)(w, req)
 			}
 			reg.SetFault(tags429)
-			rlExpect429(t, "tags listing upstream limits", rc.do(t, "GET", "/v2/reg.test/"+repo+"/tags/list"), "GET", 3600)
+			rlExpect429(t, "tags listing upstream limits", rc.Do(t, "GET", "/v2/reg.test/"+repo+"/tags/list"), "GET", 3600)
 			reg.SetFault(nil)
 			reg.ResetCounts()
-			rlExpect429(t, "tags listing during the hold", rc.do(t, "GET", "/v2/reg.test/"+repo+"/tags/list?n=5"), "GET", 3600)
+			rlExpect429(t, "tags listing during the hold", rc.Do(t, "GET", "/v2/reg.test/"+repo+"/tags/list?n=5"), "GET", 3600)
 			if n := reg.Count(http.MethodGet, "tags"); n != 0 {
 				t.Fatalf("%d tags requests reached upstream during the tags hold", n)
 			}
-			r := rc.do(t, "GET", "/v2/reg.test/"+repo+"/manifests/v1")
+			r := rc.Do(t, "GET", "/v2/reg.test/"+repo+"/manifests/v1")
 			if tc.holdsManifests {
 				rlExpect429(t, "manifest during an account-wide hold", r, "GET", 3600)
 				if n := reg.Total(); n != 0 {
@@ -238,14 +239,14 @@ func TestTagsListHostileUpstreamBounded(t *testing.T) {
 		_, _ = w.Write([]byte(body))
 		return true
 	})
-	rc := startRegcache(t, configYAML("", upstreamYAML("reg.test", reg.URL)))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("reg.test", reg.URL)))
 	next, bodies, truncated := "/v2/reg.test/team/app/tags/list", 0, false
 	var got []string
 	for pages := 0; next != ""; pages++ {
 		if pages > 40 {
 			t.Fatalf("Link never ends; upstream served %d bytes", served.Load())
 		}
-		r := rc.do(t, http.MethodGet, next)
+		r := rc.Do(t, http.MethodGet, next)
 		if r.Status != 200 {
 			t.Fatalf("GET %s: %d %.300s", next, r.Status, r.Body)
 		}
@@ -275,7 +276,7 @@ func TestTagsListHostileUpstreamBounded(t *testing.T) {
 	if bodies > 64<<10 || len(got) == 0 {
 		t.Fatalf("clients got %d bytes, %d tags", bodies, len(got))
 	}
-	if d := metricFrom(t, rc.do(t, http.MethodGet, "/metrics").Body, "regcache_tags_dropped_total"); d < float64(2*len(got)) {
+	if d := metricFrom(t, rc.Do(t, http.MethodGet, "/metrics").Body, "regcache_tags_dropped_total"); d < float64(2*len(got)) {
 		t.Fatalf("regcache_tags_dropped_total = %v, want at least %d", d, 2*len(got))
 	}
 }
@@ -289,7 +290,7 @@ func TestTagsListCLIsFollowLinks(t *testing.T) {
 	want := tagNames(600)
 	reg.PushTags(t, "team/app", want)
 	reg.SetPaging(registrytest.PagingOpaque, 10) // 60 pages: three client requests at least
-	rc := startRegcache(t, configYAML("", upstreamYAML("ecr.test", reg.URL)))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("ecr.test", reg.URL)))
 	host := strings.TrimPrefix(rc.URL, "http://")
 	assertExactlyOnce(t, strings.Fields(runTool(t, nil, crane, "ls", "--insecure", host+"/ecr.test/team/app")), want)
 	env := []string{"HOME=" + t.TempDir()}
