@@ -276,7 +276,7 @@ func TestTagsListHostileUpstreamBounded(t *testing.T) {
 	if bodies > 64<<10 || len(got) == 0 {
 		t.Fatalf("clients got %d bytes, %d tags", bodies, len(got))
 	}
-	if d := metricFrom(t, rc.Do(t, http.MethodGet, "/metrics").Body, "regcache_tags_dropped_total"); d < float64(2*len(got)) {
+	if d := rc.Metric(t, "regcache_tags_dropped_total"); d < float64(2*len(got)) {
 		t.Fatalf("regcache_tags_dropped_total = %v, want at least %d", d, 2*len(got))
 	}
 }
