@@ -198,22 +198,22 @@ func TestTagsList429HoldsTagsOnly(t *testing.T) {
 				return registrytest.RateLimited(time.Hour)(w, req)
 			}
 			reg.SetFault(tags429)
-			rlExpect429(t, "tags listing upstream limits", rc.Do(t, "GET", "/v2/reg.test/"+repo+"/tags/list"), "GET", 3600)
+			harness.ExpectRateLimited(t, "tags listing upstream limits", rc.Do(t, "GET", "/v2/reg.test/"+repo+"/tags/list"), "GET", 3600)
 			reg.SetFault(nil)
 			reg.ResetCounts()
-			rlExpect429(t, "tags listing during the hold", rc.Do(t, "GET", "/v2/reg.test/"+repo+"/tags/list?n=5"), "GET", 3600)
+			harness.ExpectRateLimited(t, "tags listing during the hold", rc.Do(t, "GET", "/v2/reg.test/"+repo+"/tags/list?n=5"), "GET", 3600)
 			if n := reg.Count(http.MethodGet, "tags"); n != 0 {
 				t.Fatalf("%d tags requests reached upstream during the tags hold", n)
 			}
 			r := rc.Do(t, "GET", "/v2/reg.test/"+repo+"/manifests/v1")
 			if tc.holdsManifests {
-				rlExpect429(t, "manifest during an account-wide hold", r, "GET", 3600)
+				harness.ExpectRateLimited(t, "manifest during an account-wide hold", r, "GET", 3600)
 				if n := reg.Total(); n != 0 {
 					t.Fatalf("%d requests reached upstream during an account-wide hold", n)
 				}
 				return
 			}
-			ceExpect(t, "uncached manifest during a tags hold", r, "MISS", p, "GET")
+			harness.ExpectManifest(t, "uncached manifest during a tags hold", r, "MISS", p, "GET")
 		})
 	}
 }
