@@ -48,7 +48,7 @@ func TestEgressProxyAllowedHosts(t *testing.T) {
 		}
 		return egressURL, nil
 	}
-	dial := &allowListDialer{allowed: map[string]bool{reg.Host: true, egressURL.Host: true}}
+	dial := &harness.LoopbackDialer{Allow: []string{reg.Host, egressURL.Host}}
 	bo := harness.Options{Dial: dial.DialContext, Resolver: dial, Proxy: proxy}
 	listed := startRegcacheWith(t, harness.Config("", harness.Upstream("ghcr.io", reg.URL, "allowed_hosts: [blobs.proxy-only.example]")), bo)
 	unlisted := startRegcacheWith(t, harness.Config("", harness.Upstream("ghcr.io", reg.URL)), bo)

@@ -30,14 +30,7 @@ func TestSecretsNeverShow(t *testing.T) {
 		harness.Upstream("quay.io", basic.URL, "credentials:", "  username: robot", "  password: ${REGCACHE_TEST_BASIC_PASSWORD}", "timeout: 2s")))
 
 	clientSecrets := []string{"client-bearer-7f3a9c", base64.StdEncoding.EncodeToString([]byte("alice:client-pass-51ee"))}
-	var answers strings.Builder
-	record := func(r harness.Response) {
-		for k, vs := range r.Header {
-			answers.WriteString(k + ": " + strings.Join(vs, ",") + "\n")
-		}
-		answers.Write(r.Body)
-		answers.WriteString("\n")
-	}
+	var answers harness.Transcript
 	paths := []string{
 		"/v2/", "/token?service=regcache&scope=repository:team/app:pull",
 		"/v2/ghcr.io/team/app/manifests/v1", "/v2/ghcr.io/team/app/tags/list",
@@ -48,16 +41,16 @@ func TestSecretsNeverShow(t *testing.T) {
 		"/metrics", "/readyz",
 	}
 	for _, p := range paths {
-		record(rc.Do(t, http.MethodGet, p, "Authorization", "Bearer "+clientSecrets[0]))
-		record(rc.Do(t, http.MethodHead, p, "Authorization", "Basic "+clientSecrets[1]))
+		answers.Add(rc.Do(t, http.MethodGet, p, "Authorization", "Bearer "+clientSecrets[0]))
+		answers.Add(rc.Do(t, http.MethodHead, p, "Authorization", "Basic "+clientSecrets[1]))
 	}
 	// Upstream failures and recoveries: errors are built from upstream's words.
 	time.Sleep(60 * time.Millisecond)
 	for _, f := range []registrytest.Fault{registrytest.Status(500), registrytest.CloseConnection(), registrytest.RateLimited(time.Second)} {
 		reg.SetFault(f)
 		basic.SetFault(f)
-		record(rc.Do(t, http.MethodGet, "/v2/ghcr.io/team/app/manifests/v2"))
-		record(rc.Do(t, http.MethodGet, "/v2/quay.io/team/app/manifests/v2"))
+		answers.Add(rc.Do(t, http.MethodGet, "/v2/ghcr.io/team/app/manifests/v2"))
+		answers.Add(rc.Do(t, http.MethodGet, "/v2/quay.io/team/app/manifests/v2"))
 	}
 	reg.SetFault(nil)
 	basic.SetFault(nil)
@@ -69,7 +62,7 @@ func TestSecretsNeverShow(t *testing.T) {
 	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	answers.Write(b)
+	answers.Add(harness.Response{Status: resp.StatusCode, Header: resp.Header, Body: b})
 
 	secrets := map[string]string{
 		"token-endpoint password": reg.Password,

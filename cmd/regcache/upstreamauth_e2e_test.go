@@ -8,7 +8,9 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +20,116 @@ import (
 	"regcache/internal/harness"
 	"regcache/upstream/registrytest"
 )
+
+func TestAuthBearerAnonymousReusesToken(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t, registrytest.Bearer)
+	const n = 6
+	var digests []string
+	for i := 0; i < n; i++ {
+		digests = append(digests, reg.PushImage(t, "team/app", fmt.Sprintf("v%d", i), types.OCIManifestSchema1).Digest)
+	}
+	rc := startRegcache(t, harness.Config("", harness.Upstream("ghcr.test", reg.URL)))
+	var tr harness.Transcript
+	for i := 0; i < n; i++ {
+		for _, method := range []string{http.MethodHead, http.MethodGet} {
+			r := tr.Add(rc.Do(t, method, fmt.Sprintf("/v2/team/app/manifests/v%d", i)))
+			if r.Status != http.StatusOK || r.Header.Get("Docker-Content-Digest") != digests[i] {
+				t.Fatalf("%s v%d: %d %s", method, i, r.Status, r.Body)
+			}
+		}
+	}
+	if got := reg.Count(http.MethodGet, "token"); got != 1 {
+		t.Fatalf("%d manifests in one repository cost %d token requests, want 1", n, got)
+	}
+	// Every manifest request upstream went out with the token; none paid a 401 round trip.
+	if got, want := reg.Count(http.MethodHead, "manifest")+reg.Count(http.MethodGet, "manifest"), 2*n; got != want {
+		t.Fatalf("%d manifest requests upstream, want %d", got, want)
+	}
+	reg.PushImage(t, "team/other", "v1", types.OCIManifestSchema1)
+	if r := tr.Add(rc.Do(t, http.MethodGet, "/v2/team/other/manifests/v1")); r.Status != http.StatusOK {
+		t.Fatalf("second repository: %d", r.Status)
+	}
+	if got := reg.Count(http.MethodGet, "token"); got != 2 {
+		t.Fatalf("a second repository brought the token requests to %d, want 2 (one per scope)", got)
+	}
+	tokens := reg.IssuedTokens()
+	if len(tokens) != 2 {
+		t.Fatalf("issued tokens %d", len(tokens))
+	}
+	rc.ExpectNoSecrets(t, &tr, tokens...)
+}
+
+func TestAuthBearerBasicWithCredentialsFromEnv(t *testing.T) {
+	// t.Setenv: not parallel.
+	reg := registrytest.New(t, registrytest.BearerBasic)
+	d := reg.PushImage(t, "private/app", "v1", types.DockerManifestSchema2).Digest
+	t.Setenv("REGCACHE_E2E_PASSWORD", reg.Password)
+	rc := startRegcache(t, harness.Config("", harness.Upstream("private.test", reg.URL, harness.CredentialsFromEnv(reg.Username, "REGCACHE_E2E_PASSWORD")...)))
+	var tr harness.Transcript
+	for _, method := range []string{http.MethodHead, http.MethodGet, http.MethodGet} {
+		r := tr.Add(rc.Do(t, method, "/v2/private/app/manifests/v1"))
+		if r.Status != http.StatusOK || r.Header.Get("Docker-Content-Digest") != d {
+			t.Fatalf("%s: %d %s", method, r.Status, r.Body)
+		}
+	}
+	if got := reg.Count(http.MethodGet, "token"); got != 1 {
+		t.Fatalf("%d token requests, want 1", got)
+	}
+	// The token endpoint really checked the credentials regcache sent.
+	if !slices.Contains(reg.AuthHeaders(), "Basic "+harness.Basic(reg.Username, reg.Password)) {
+		t.Fatal("the token endpoint never saw the configured credentials")
+	}
+	rc.ExpectNoSecrets(t, &tr, append(reg.IssuedTokens(), reg.Password, harness.Basic(reg.Username, reg.Password))...)
+}
+
+// TestAuthBearerBasicWrongCredentialsRefused: a token endpoint that refuses the configured
+// credentials is an outage of the upstream, 502 UNAVAILABLE naming the token endpoint, not
+// a 403 about the image; refusing anonymous access is 403 DENIED, an answer about the
+// repository; no secret shows anywhere.
+func TestAuthBearerBasicWrongCredentialsRefused(t *testing.T) {
+	reg := registrytest.New(t, registrytest.BearerBasic)
+	reg.PushImage(t, "private/app", "v1", types.DockerManifestSchema2)
+	const wrong = "not-the-password-7f3a9c"
+	t.Setenv("REGCACHE_E2E_WRONG", wrong)
+	rc := startRegcache(t, harness.Config("",
+		harness.Upstream("private.test", reg.URL, harness.CredentialsFromEnv(reg.Username, "REGCACHE_E2E_WRONG")...),
+		harness.Upstream("anon.test", reg.URL)))
+	var tr harness.Transcript
+	const path = "/v2/private/app/manifests/v1"
+	r := tr.Add(rc.Do(t, http.MethodGet, path))
+	harness.ExpectErrorCode(t, path, r, http.MethodGet, http.StatusBadGateway, "UNAVAILABLE")
+	if msg := harness.ErrorOf(t, r).Message; !strings.Contains(msg, "by the token endpoint") {
+		t.Fatalf("%s: message %q does not say the token endpoint refused", path, msg)
+	}
+	harness.ExpectErrorCode(t, "HEAD "+path, tr.Add(rc.Do(t, http.MethodHead, path)), http.MethodHead, http.StatusBadGateway, "UNAVAILABLE")
+	harness.ExpectErrorCode(t, "anonymous", tr.Add(rc.Do(t, http.MethodGet, "/v2/anon.test/private/app/manifests/v1")), http.MethodGet, http.StatusForbidden, "DENIED")
+	if len(reg.IssuedTokens()) != 0 {
+		t.Fatal("a token was issued for wrong or missing credentials")
+	}
+	rc.ExpectNoSecrets(t, &tr, wrong, harness.Basic(reg.Username, wrong), reg.Password)
+}
+
+func TestAuthBasicUpstream(t *testing.T) {
+	reg := registrytest.New(t, registrytest.Basic)
+	d := reg.PushImage(t, "private/app", "v1", types.OCIManifestSchema1).Digest
+	t.Setenv("REGCACHE_E2E_BASIC", reg.Password)
+	rc := startRegcache(t, harness.Config("",
+		harness.Upstream("basic.test", reg.URL, harness.CredentialsFromEnv(reg.Username, "REGCACHE_E2E_BASIC")...),
+		harness.Upstream("anon.test", reg.URL)))
+	var tr harness.Transcript
+	for _, method := range []string{http.MethodHead, http.MethodGet} {
+		r := tr.Add(rc.Do(t, method, "/v2/private/app/manifests/v1"))
+		if r.Status != http.StatusOK || r.Header.Get("Docker-Content-Digest") != d {
+			t.Fatalf("%s with credentials: %d %s", method, r.Status, r.Body)
+		}
+	}
+	if reg.Count(http.MethodGet, "token") != 0 {
+		t.Fatal("a Basic upstream was asked for a token")
+	}
+	harness.ExpectErrorCode(t, "anonymous", tr.Add(rc.Do(t, http.MethodGet, "/v2/anon.test/private/app/manifests/v1")), http.MethodGet, http.StatusForbidden, "DENIED")
+	rc.ExpectNoSecrets(t, &tr, reg.Password, harness.Basic(reg.Username, reg.Password))
+}
 
 func TestUpstreamDenied(t *testing.T) {
 	t.Parallel()

@@ -15,6 +15,12 @@ func Upstream(name, url string, extra ...string) string {
 	return s
 }
 
+// CredentialsFromEnv are the Upstream lines of credentials whose password comes from the
+// environment variable env, as an operator keeps it out of the file.
+func CredentialsFromEnv(user, env string) []string {
+	return []string{"credentials:", "  username: " + user, "  password: ${" + env + "}"}
+}
+
 // Config is a config listening on 127.0.0.1:0 whose first upstream is the default, with
 // cacheLines in its cache: block (each indented two spaces, "  tag_ttl: 1s\n") and
 // max_size 64MiB unless cacheLines sets it.

@@ -64,6 +64,19 @@ func ExpectError(t testing.TB, what string, r Response, method string, statuses 
 	return errs[0].Code
 }
 
+// ExpectErrorCode is ExpectError for one status and, but for a HEAD, one code; the answer
+// must name the registry API version too, as every registry answer does.
+func ExpectErrorCode(t testing.TB, what string, r Response, method string, status int, code string) {
+	t.Helper()
+	got := ExpectError(t, what, r, method, status)
+	if r.Header.Get("Docker-Distribution-API-Version") != "registry/2.0" {
+		t.Errorf("%s: no Docker-Distribution-API-Version on the error", what)
+	}
+	if method != http.MethodHead && got != code {
+		t.Fatalf("%s: code %s (%s), want %s", what, got, ErrorOf(t, r).Message, code)
+	}
+}
+
 // ExpectRateLimited checks a 429 (TOOMANYREQUESTS, for a GET) whose Retry-After is 1 to
 // max seconds.
 func ExpectRateLimited(t testing.TB, what string, r Response, method string, max int) {

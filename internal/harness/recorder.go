@@ -107,6 +107,17 @@ func (rec *Recorder) ExpectManifests(t testing.TB, what string, want ...string) 
 	}
 }
 
+// ExpectNoTraffic fails when any of regs received a request since its counters were last
+// reset.
+func ExpectNoTraffic(t testing.TB, what string, regs ...*registrytest.Registry) {
+	t.Helper()
+	for i, reg := range regs {
+		if n := reg.Total(); n != 0 {
+			t.Fatalf("%s: registry %d received %d requests, want none", what, i, n)
+		}
+	}
+}
+
 // ExpectAllTypesAsked checks that a request's Accept lines named all four manifest types.
 func ExpectAllTypesAsked(t testing.TB, s Seen) {
 	t.Helper()

@@ -3,6 +3,7 @@ package harness
 // Asking regcache through Go's HTTP client, as most clients do.
 
 import (
+	"encoding/base64"
 	"io"
 	"net/http"
 	"testing"
@@ -56,4 +57,10 @@ func (in *Instance) ExpectServed(t testing.TB, path string) time.Duration {
 		t.Fatalf("normal client: GET %s: %d %s", path, r.Status, r.Body)
 	}
 	return took
+}
+
+// Basic is user:pass as a Basic Authorization header carries it, base64 (the header is
+// "Basic " and this).
+func Basic(user, pass string) string {
+	return base64.StdEncoding.EncodeToString([]byte(user + ":" + pass))
 }
