@@ -485,9 +485,9 @@ func TestClientAuthCLIs(t *testing.T) {
 	ran := false // lookTool skips a subtest whose CLI is not installed
 
 	t.Run("skopeo", func(t *testing.T) {
-		skopeo := lookTool(t, "skopeo", "apt-get install -y skopeo")
+		skopeo := harness.Tool(t, "skopeo", "apt-get install -y skopeo")
 		ran = true
-		raw := runTool(t, nil, skopeo, "inspect", "--tls-verify=false", "--creds", user+":"+pass, "docker://"+image)
+		raw := harness.RunTool(t, nil, skopeo, "inspect", "--tls-verify=false", "--creds", user+":"+pass, "docker://"+image)
 		var inspect struct{ Digest string }
 		if err := json.Unmarshal([]byte(raw), &inspect); err != nil || inspect.Digest != img.Digest {
 			t.Fatalf("skopeo inspect = %+v (%v), want digest %s", inspect, err, img.Digest)
@@ -498,22 +498,22 @@ func TestClientAuthCLIs(t *testing.T) {
 		}
 	})
 	t.Run("crane", func(t *testing.T) {
-		crane := lookTool(t, "crane", "go install github.com/google/go-containerregistry/cmd/crane@v0.22.1")
+		crane := harness.Tool(t, "crane", "go install github.com/google/go-containerregistry/cmd/crane@v0.22.1")
 		ran = true
 		env := []string{"DOCKER_CONFIG=" + t.TempDir(), "HOME=" + t.TempDir()}
-		runTool(t, env, crane, "auth", "login", host, "-u", user, "-p", pass)
-		if d := strings.TrimSpace(runTool(t, env, crane, "digest", "--insecure", image)); d != img.Digest {
+		harness.RunTool(t, env, crane, "auth", "login", host, "-u", user, "-p", pass)
+		if d := strings.TrimSpace(harness.RunTool(t, env, crane, "digest", "--insecure", image)); d != img.Digest {
 			t.Fatalf("crane digest = %s, want %s", d, img.Digest)
 		}
 	})
 	t.Run("regctl", func(t *testing.T) {
-		regctl := lookTool(t, "regctl", "go install github.com/regclient/regclient/cmd/regctl@v0.11.7")
+		regctl := harness.Tool(t, "regctl", "go install github.com/regclient/regclient/cmd/regctl@v0.11.7")
 		ran = true
 		env := []string{"HOME=" + t.TempDir()}
 		// Without credentials yet, set's own connectivity check would meet the 401.
-		runTool(t, env, regctl, "registry", "set", host, "--tls", "disabled", "--skip-check")
-		runTool(t, env, regctl, "registry", "login", host, "-u", user, "-p", pass)
-		if d := strings.TrimSpace(runTool(t, env, regctl, "image", "digest", image)); d != img.Digest {
+		harness.RunTool(t, env, regctl, "registry", "set", host, "--tls", "disabled", "--skip-check")
+		harness.RunTool(t, env, regctl, "registry", "login", host, "-u", user, "-p", pass)
+		if d := strings.TrimSpace(harness.RunTool(t, env, regctl, "image", "digest", image)); d != img.Digest {
 			t.Fatalf("regctl image digest = %s, want %s", d, img.Digest)
 		}
 	})

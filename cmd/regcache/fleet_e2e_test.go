@@ -159,7 +159,7 @@ func TestFleetSharedTier(t *testing.T) {
 		with, without, reg.Count(http.MethodGet, "base"), reg.Count(http.MethodGet, "token"))
 	if with != 20 {
 		for i, rp := range reps {
-			m := scrape(t, rp)
+			m := rp.Metrics(t)
 			t.Logf("replica %d: redis up %v errors %v hits %v misses %v lock waits %v; %s", i, m["regcache_redis_up"], m["regcache_redis_errors_total"],
 				m["regcache_redis_hits_total"], m["regcache_redis_misses_total"], m["regcache_fleet_lock_waits_total"], grepLines(rp.Logs.String(), "redis"))
 		}
@@ -242,7 +242,7 @@ func TestFleetSharedTier(t *testing.T) {
 		if r.Status != 200 || !strings.Contains(string(r.Body), "redis: down") {
 			t.Fatalf("replica %d /readyz with Redis dead: %d %q; want 200 with the detail", i, r.Status, r.Body)
 		}
-		if m := scrape(t, rp); m["regcache_redis_up"] != 0 || m["regcache_redis_errors_total"] == 0 {
+		if m := rp.Metrics(t); m["regcache_redis_up"] != 0 || m["regcache_redis_errors_total"] == 0 {
 			t.Fatalf("replica %d metrics with Redis dead: up %v, errors %v", i, m["regcache_redis_up"], m["regcache_redis_errors_total"])
 		}
 	}
@@ -270,7 +270,7 @@ func TestFleetSharedTier(t *testing.T) {
 	}
 	if n := manifestRequests(reg); n != 5 {
 		for i, rp := range reps {
-			m := scrape(t, rp)
+			m := rp.Metrics(t)
 			t.Logf("replica %d: redis up %v errors %v hits %v misses %v lock waits %v; %s", i, m["regcache_redis_up"], m["regcache_redis_errors_total"],
 				m["regcache_redis_hits_total"], m["regcache_redis_misses_total"], m["regcache_fleet_lock_waits_total"], grepLines(rp.Logs.String(), "redis"))
 		}

@@ -1,12 +1,12 @@
 package main
 
+// Metrics and probes: /healthz, /readyz and /metrics, the counters that move with each
+// request, and, with client auth on, probes open and /metrics behind auth on the main
+// listener or open on metrics_listen.
+
 import (
-	"bufio"
-	"bytes"
-	"encoding/json"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,31 +16,6 @@ import (
 	"regcache/internal/harness"
 	"regcache/upstream/registrytest"
 )
-
-// scrape reads /metrics into "name{labels}" -> value.
-func scrape(t *testing.T, rc *harness.Instance) map[string]float64 {
-	t.Helper()
-	r := rc.Do(t, http.MethodGet, "/metrics")
-	if r.Status != 200 {
-		t.Fatalf("/metrics: %d %s", r.Status, r.Body)
-	}
-	out := map[string]float64{}
-	sc := bufio.NewScanner(bytes.NewReader(r.Body))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			t.Fatalf("metrics line %q: %v", line, err)
-		}
-		out[line[:i]] = v
-	}
-	return out
-}
 
 func TestMetricsMoveAndProbes(t *testing.T) {
 	t.Parallel()
@@ -55,14 +30,14 @@ func TestMetricsMoveAndProbes(t *testing.T) {
 	if r := rc.Do(t, http.MethodGet, "/readyz"); r.Status != 200 {
 		t.Fatalf("/readyz %d", r.Status)
 	}
-	before := scrape(t, rc)
+	before := rc.Metrics(t)
 	for i := 0; i < 3; i++ {
 		if r := rc.Do(t, http.MethodHead, "/v2/ghcr.io/team/app/manifests/v1"); r.Status != 200 {
 			t.Fatalf("HEAD %d", r.Status)
 		}
 	}
 	rc.Do(t, http.MethodGet, "/v2/ghcr.io/team/app/manifests/nope")
-	m := scrape(t, rc)
+	m := rc.Metrics(t)
 	get := func(k string) float64 { return m[k] - before[k] }
 	if v := get(`regcache_requests_total{cache="MISS",method="HEAD",route="manifest",status="200"}`); v != 1 {
 		t.Fatalf("HEAD MISS counter moved by %v, want 1", v)
@@ -129,7 +104,10 @@ func TestProbesAndMetricsWithAuth(t *testing.T) {
 
 	t.Run("metrics_listen", func(t *testing.T) {
 		rc := startRegcache(t, harness.Config("", harness.Upstream("ghcr.io", reg.URL))+authYAML+"metrics_listen: 127.0.0.1:0\n")
-		addr := metricsAddr(t, rc)
+		addr, ok := rc.Logs.Listening("metrics listening")
+		if !ok {
+			t.Fatalf("no \"metrics listening\" log line in:\n%s", rc.Logs.String())
+		}
 		if r := rc.Do(t, http.MethodGet, "/metrics"); r.Status != http.StatusUnauthorized {
 			t.Errorf("/metrics on the main listener without credentials: %d, want 401", r.Status)
 		}
@@ -148,17 +126,4 @@ func TestProbesAndMetricsWithAuth(t *testing.T) {
 			t.Error("metrics_listen still accepts connections after shutdown")
 		}
 	})
-}
-
-// metricsAddr is the address metrics_listen opened, from the start-up log.
-func metricsAddr(t *testing.T, rc *harness.Instance) string {
-	t.Helper()
-	for _, line := range strings.Split(rc.Logs.String(), "\n") {
-		var l struct{ Msg, Listen string }
-		if json.Unmarshal([]byte(line), &l) == nil && l.Msg == "metrics listening" && l.Listen != "" {
-			return l.Listen
-		}
-	}
-	t.Fatalf("no \"metrics listening\" log line in:\n%s", rc.Logs.String())
-	return ""
 }

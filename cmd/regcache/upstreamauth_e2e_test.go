@@ -219,7 +219,7 @@ func TestCredentialsRejectedIsAnOutage(t *testing.T) {
 	if ready.Status != 200 || !strings.Contains(string(ready.Body), "upstream reg.test: credentials rejected by the token endpoint") {
 		t.Fatalf("/readyz while credentials are refused: %d %q", ready.Status, ready.Body)
 	}
-	m := scrape(t, rc)
+	m := rc.Metrics(t)
 	if n := m[`regcache_upstream_auth_failures_total{upstream="reg.test"}`]; n < 1 {
 		t.Fatalf("regcache_upstream_auth_failures_total{upstream=\"reg.test\"} = %v, want at least 1", n)
 	}

@@ -1,5 +1,9 @@
 package main
 
+// upstreams[].max_concurrent: at most that many exchanges are open at an upstream; a miss
+// that finds no slot in time gets 503 UNAVAILABLE with Retry-After (or a stale answer),
+// and cached answers never queue behind the misses.
+
 import (
 	"fmt"
 	"net/http"
@@ -108,7 +112,7 @@ func TestPendingMissesAreBounded(t *testing.T) {
 		t.Errorf("%d of %d misses got 503; want the bound to turn some, not all, away", busy, clients)
 	}
 	// Each 503 was counted, and so was the stale tag's revalidation if it found no slot.
-	if n := scrape(t, rc)[`regcache_upstream_busy_total{upstream="ghcr.io"}`]; n < float64(busy) || n > float64(busy+1) {
+	if n := rc.Metrics(t)[`regcache_upstream_busy_total{upstream="ghcr.io"}`]; n < float64(busy) || n > float64(busy+1) {
 		t.Errorf("regcache_upstream_busy_total = %v, want the %d misses turned away (and at most the revalidation)", n, busy)
 	}
 	t.Logf("most open at upstream %d, 503s %d of %d", most.Load(), busy, clients)
