@@ -1,5 +1,10 @@
 package main
 
+// Replicas sharing a Redis tier (docs/replicas.md): a fleet asks upstream once per tag, a
+// restarted replica warms from Redis, Redis killed or unreachable costs no client request,
+// and the tier works over TLS with a password, whose failures show on /readyz without
+// any secret.
+
 import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -9,14 +14,12 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
-	"io"
 	"math/big"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -28,11 +31,8 @@ import (
 	"regcache/upstream/registrytest"
 )
 
-// fleetReplica is one regcache of a fleet, which a test may stop and replace.
-type fleetReplica = harness.Instance
-
 // startReplica starts a replica without the access log (a burst would fill memory with it).
-func startReplica(t *testing.T, cfgYAML string) *fleetReplica {
+func startReplica(t *testing.T, cfgYAML string) *harness.Instance {
 	t.Helper()
 	return startRegcacheWith(t, cfgYAML, harness.Options{NoAccessLog: true})
 }
@@ -50,49 +50,32 @@ func fleetConfig(upURL, redisAddr string) string {
 	return harness.Config(extra, harness.Upstream("reg.test", upURL))
 }
 
-// burst sends n concurrent clients, spread over the replicas and over tags, all released at
-// once, and checks every answer against what was pushed. It returns the failures.
-func burst(t *testing.T, reps []*fleetReplica, method string, tags []string, want map[string]registrytest.Pushed, n int) []string {
-	t.Helper()
-	var wg sync.WaitGroup
-	var mu sync.Mutex
+// burst sends n clients at once, spread over the replicas and over tags, and checks every
+// answer against what was pushed. It returns the failures.
+func burst(reps []*harness.Instance, method string, tags []string, want map[string]registrytest.Pushed, n int) []string {
+	path := func(i int) string { return "/v2/reg.test/team/app/manifests/" + tags[i%len(tags)] }
 	var failures []string
-	gate := make(chan struct{})
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			rp, tag := reps[i%len(reps)], tags[i%len(tags)]
-			req, _ := http.NewRequest(method, rp.URL+"/v2/reg.test/team/app/manifests/"+tag, nil)
-			req.Header.Set("Accept", harness.AcceptAll)
-			<-gate
-			fail := func(format string, a ...any) {
-				mu.Lock()
-				failures = append(failures, fmt.Sprintf("client %d %s %s: ", i, method, tag)+fmt.Sprintf(format, a...))
-				mu.Unlock()
-			}
-			resp, err := rp.Client.Do(req)
-			if err != nil {
-				fail("%v", err)
-				return
-			}
-			body, err := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if err != nil || resp.StatusCode != 200 {
-				fail("status %d, %v: %.200s", resp.StatusCode, err, body)
-				return
-			}
-			w := want[tag]
-			if got := resp.Header.Get("Docker-Content-Digest"); got != w.Digest {
-				fail("digest %s, want %s", got, w.Digest)
-			}
-			if method == http.MethodGet && digest.FromBytes(body).String() != w.Digest {
-				fail("body does not match %s", w.Digest)
-			}
-		}()
+	for i, r := range harness.Burst(reps, n, method, path, "Accept", harness.AcceptAll) {
+		tag := tags[i%len(tags)]
+		fail := func(format string, a ...any) {
+			failures = append(failures, fmt.Sprintf("client %d %s %s: ", i, method, tag)+fmt.Sprintf(format, a...))
+		}
+		if r.Err != nil && r.Status == 0 {
+			fail("%v", r.Err)
+			continue
+		}
+		if r.Err != nil || r.Status != 200 {
+			fail("status %d, %v: %.200s", r.Status, r.Err, r.Body)
+			continue
+		}
+		w := want[tag]
+		if got := r.Header.Get("Docker-Content-Digest"); got != w.Digest {
+			fail("digest %s, want %s", got, w.Digest)
+		}
+		if method == http.MethodGet && digest.FromBytes(r.Body).String() != w.Digest {
+			fail("body does not match %s", w.Digest)
+		}
 	}
-	close(gate)
-	wg.Wait()
 	return failures
 }
 
@@ -134,11 +117,11 @@ func TestFleetSharedTier(t *testing.T) {
 	// The baseline: the same fleet without Redis.
 	solo := registrytest.New(t, registrytest.Bearer)
 	soloTags, soloWant := pushTags(t, solo, "v", 20)
-	var soloReps []*fleetReplica
+	var soloReps []*harness.Instance
 	for range 3 {
 		soloReps = append(soloReps, startReplica(t, fleetConfig(solo.URL, "")))
 	}
-	if f := burst(t, soloReps, http.MethodGet, soloTags, soloWant, 300); len(f) > 0 {
+	if f := burst(soloReps, http.MethodGet, soloTags, soloWant, 300); len(f) > 0 {
 		t.Fatalf("baseline burst: %d failures, first: %s", len(f), f[0])
 	}
 	without := manifestRequests(solo)
@@ -148,10 +131,10 @@ func TestFleetSharedTier(t *testing.T) {
 	reg := registrytest.New(t, registrytest.Bearer)
 	tags, want := pushTags(t, reg, "v", 20)
 	cfg := fleetConfig(reg.URL, rs.Addr)
-	reps := []*fleetReplica{startReplica(t, cfg), startReplica(t, cfg), startReplica(t, cfg)}
+	reps := []*harness.Instance{startReplica(t, cfg), startReplica(t, cfg), startReplica(t, cfg)}
 	phase("pushed, replicas up")
 
-	if f := burst(t, reps, http.MethodGet, tags, want, 300); len(f) > 0 {
+	if f := burst(reps, http.MethodGet, tags, want, 300); len(f) > 0 {
 		t.Fatalf("cold burst: %d failures, first: %s", len(f), f[0])
 	}
 	with := manifestRequests(reg)
@@ -173,7 +156,7 @@ func TestFleetSharedTier(t *testing.T) {
 	// HEAD, as update checkers ask: 20 more tags, 20 more requests, all of them HEADs.
 	headTags, headWant := pushTags(t, reg, "h", 20)
 	reg.ResetCounts()
-	if f := burst(t, reps, http.MethodHead, headTags, headWant, 300); len(f) > 0 {
+	if f := burst(reps, http.MethodHead, headTags, headWant, 300); len(f) > 0 {
 		t.Fatalf("HEAD burst: %d failures, first: %s", len(f), f[0])
 	}
 	if n, gets := manifestRequests(reg), reg.Count(http.MethodGet, "manifest"); n != 20 || gets != 0 {
@@ -183,22 +166,11 @@ func TestFleetSharedTier(t *testing.T) {
 	phase("head burst done")
 	// Tags lists: 60 clients over the 3 replicas, one upstream tags request.
 	reg.ResetCounts()
-	var twg sync.WaitGroup
-	tagFailures := make(chan string, 60)
-	for i := range 60 {
-		twg.Add(1)
-		go func() {
-			defer twg.Done()
-			r := reps[i%3].Do(t, http.MethodGet, "/v2/reg.test/team/app/tags/list")
-			if r.Status != 200 || !strings.Contains(string(r.Body), `"h19"`) {
-				tagFailures <- fmt.Sprintf("%d %.100s", r.Status, r.Body)
-			}
-		}()
-	}
-	twg.Wait()
-	close(tagFailures)
-	for f := range tagFailures {
-		t.Fatalf("tags list: %s", f)
+	tagsList := func(int) string { return "/v2/reg.test/team/app/tags/list" }
+	for _, r := range harness.Burst(reps, 60, http.MethodGet, tagsList) {
+		if r.Err != nil || r.Status != 200 || !strings.Contains(string(r.Body), `"h19"`) {
+			t.Fatalf("tags list: %d %v %.100s", r.Status, r.Err, r.Body)
+		}
 	}
 	if n := reg.Count(http.MethodGet, "tags"); n != 1 {
 		t.Fatalf("60 tags-list clients over 3 replicas: %d upstream tags requests, want 1", n)
@@ -209,10 +181,10 @@ func TestFleetSharedTier(t *testing.T) {
 	reps[0].Stop(t)
 	reps[0] = startReplica(t, cfg)
 	reg.ResetCounts()
-	if f := burst(t, reps[:1], http.MethodGet, tags, want, 60); len(f) > 0 {
+	if f := burst(reps[:1], http.MethodGet, tags, want, 60); len(f) > 0 {
 		t.Fatalf("restarted replica: %d failures, first: %s", len(f), f[0])
 	}
-	if f := burst(t, reps[:1], http.MethodHead, headTags, headWant, 60); len(f) > 0 {
+	if f := burst(reps[:1], http.MethodHead, headTags, headWant, 60); len(f) > 0 {
 		t.Fatalf("restarted replica, HEAD: %d failures, first: %s", len(f), f[0])
 	}
 	if r := reps[0].Do(t, http.MethodGet, "/v2/reg.test/team/app/tags/list"); r.Status != 200 {
@@ -233,7 +205,7 @@ func TestFleetSharedTier(t *testing.T) {
 		time.Sleep(60 * time.Millisecond)
 		rs.Kill()
 	}()
-	if f := burst(t, reps, http.MethodGet, killTags, killWant, 300); len(f) > 0 {
+	if f := burst(reps, http.MethodGet, killTags, killWant, 300); len(f) > 0 {
 		t.Fatalf("with Redis killed mid-burst: %d of 300 requests failed, first: %s", len(f), f[0])
 	}
 	reg.SetFault(nil)
@@ -265,7 +237,7 @@ func TestFleetSharedTier(t *testing.T) {
 	phase("redis back seen")
 	backTags, backWant := pushTags(t, reg, "b", 5)
 	reg.ResetCounts()
-	if f := burst(t, reps, http.MethodGet, backTags, backWant, 60); len(f) > 0 {
+	if f := burst(reps, http.MethodGet, backTags, backWant, 60); len(f) > 0 {
 		t.Fatalf("after Redis came back: %d failures, first: %s", len(f), f[0])
 	}
 	if n := manifestRequests(reg); n != 5 {
@@ -343,11 +315,11 @@ func TestSharedTierPasswordAndTLS(t *testing.T) {
 	}
 	good := redisYAML("    password: ${TEST_REDIS_PASSWORD}\n    tls:\n      ca_file: " + certFile + "\n")
 	a, b := startReplica(t, good), startReplica(t, good)
-	if f := burst(t, []*fleetReplica{a}, http.MethodGet, tags, want, 3); len(f) > 0 {
+	if f := burst([]*harness.Instance{a}, http.MethodGet, tags, want, 3); len(f) > 0 {
 		t.Fatal(f[0])
 	}
 	before := manifestRequests(reg)
-	if f := burst(t, []*fleetReplica{b}, http.MethodGet, tags, want, 3); len(f) > 0 {
+	if f := burst([]*harness.Instance{b}, http.MethodGet, tags, want, 3); len(f) > 0 {
 		t.Fatal(f[0])
 	}
 	if n := manifestRequests(reg); n != before || before != 3 {
@@ -366,7 +338,7 @@ func TestSharedTierPasswordAndTLS(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			lines := tc.lines
 			rp := startReplica(t, redisYAML(lines))
-			if f := burst(t, []*fleetReplica{rp}, http.MethodGet, tags, want, 6); len(f) > 0 {
+			if f := burst([]*harness.Instance{rp}, http.MethodGet, tags, want, 6); len(f) > 0 {
 				t.Fatalf("a replica that cannot use Redis must still serve: %s", f[0])
 			}
 			deadline := time.Now().Add(10 * time.Second)
