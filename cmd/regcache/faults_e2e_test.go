@@ -142,8 +142,8 @@ var allKinds = []requestKind{kindManifests, kindTags, kindBlobs}
 // so loaded that tag_ttl passed in between) a revalidation.
 const freshHead = "200 HIT|200 REVALIDATED"
 
-// outcomeMatches reports whether an outcome is one of want's alternatives ("a|b"). A Retry-After
-// may have counted down by up to two seconds on a loaded machine.
+// outcomeMatches reports whether an outcome is one of want's alternatives ("a|b"). A
+// Retry-After may have counted down by up to two seconds on a loaded machine.
 func outcomeMatches(got, want string) bool {
 	for _, alt := range strings.Split(want, "|") {
 		if got == alt {
