@@ -1,5 +1,9 @@
 package main
 
+// Behind an HTTP(S) proxy from the environment: redirect targets are held to the same
+// address policy as without one (upstreams[].allowed_hosts names the outside hosts that
+// only the proxy can resolve), and refused hosts never reach the proxy.
+
 import (
 	"fmt"
 	"net/http"

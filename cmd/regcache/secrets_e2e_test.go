@@ -1,5 +1,8 @@
 package main
 
+// Secrets never show: no upstream credential or token in regcache's logs or answers, and
+// no client credential sent upstream.
+
 import (
 	"encoding/base64"
 	"io"
