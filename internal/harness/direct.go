@@ -16,10 +16,11 @@ import (
 // kept (registries come and go with their tests).
 var direct = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
 
-// AskRegistry sends method uri (a path and query) to reg itself, with header pairs added
-// and a pull token from reg's token endpoint, asked with reg's credentials (a NoAuth
-// registry ignores the token, a Bearer one the credentials). It reads the whole answer. It
-// never fails the test, so that fault handlers may call it.
+// AskRegistry sends method uri (a path and query) to reg itself with a pull token from
+// reg's token endpoint, asked with reg's credentials (a NoAuth registry ignores the token, a
+// Bearer one the credentials), and header pairs added to both requests (a header a fault
+// lets pass must reach the token endpoint too). It reads the whole answer. It never fails
+// the test, so that fault handlers may call it.
 func AskRegistry(reg *registrytest.Registry, method, uri string, header ...string) (Response, error) {
 	treq, err := http.NewRequest(http.MethodGet, reg.URL+"/token", nil)
 	if err != nil {
