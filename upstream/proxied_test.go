@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"regcache/internal/loopback"
 )
 
 // forwardProxy is an HTTP proxy on loopback that stands for the internet: it records every
@@ -142,7 +144,7 @@ func TestProxiedTargetsObeyTheAddressPolicy(t *testing.T) {
 				}
 				proxy := newForwardProxy(t, all)
 				proxyURL, _ := url.Parse(proxy.srv.URL)
-				var dial loopbackOnly
+				var dial loopback.Dialer
 				r, err := New(Options{
 					Name: "t", URL: "http://registry.example", Username: "user", Password: "pass",
 					Timeout: 5 * time.Second, DialContext: dial.DialContext, Resolver: resolver,
@@ -175,8 +177,8 @@ func TestProxiedTargetsObeyTheAddressPolicy(t *testing.T) {
 				} else if err != nil || !reached {
 					t.Errorf("got %v (proxy reached: %v), want the manifest through %s", err, reached, target)
 				}
-				if len(dial.refused) != 0 {
-					t.Errorf("regcache dialled %v; only the proxy may be dialled", dial.refused)
+				if refused := dial.Refused(); len(refused) != 0 {
+					t.Errorf("regcache dialled %v; only the proxy may be dialled", refused)
 				}
 			})
 		}

@@ -3,7 +3,6 @@ package upstream
 import (
 	"context"
 	"errors"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -14,6 +13,8 @@ import (
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+
+	"regcache/internal/loopback"
 )
 
 func TestInternalHost(t *testing.T) {
@@ -376,25 +377,6 @@ func TestRedirectLoopIsBounded(t *testing.T) {
 	}
 }
 
-// loopbackOnly is a dialer that connects to 127.0.0.1 only and records every other
-// address it was asked for, so a test can prove nothing beyond loopback was dialled.
-type loopbackOnly struct {
-	mu      sync.Mutex
-	refused []string
-}
-
-func (l *loopbackOnly) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
-	host, _, _ := net.SplitHostPort(addr)
-	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
-		l.mu.Lock()
-		l.refused = append(l.refused, addr)
-		l.mu.Unlock()
-		return nil, errors.New("test dialer: only loopback may be dialled")
-	}
-	var d net.Dialer
-	return d.DialContext(ctx, network, addr)
-}
-
 func TestRedirectToMetadataServiceIsNeverDialled(t *testing.T) {
 	for _, target := range []string{
 		"http://169.254.169.254/latest/meta-data/iam/security-credentials/",
@@ -415,7 +397,7 @@ func TestRedirectToMetadataServiceIsNeverDialled(t *testing.T) {
 				http.Redirect(w, r, target, http.StatusTemporaryRedirect)
 			}))
 			t.Cleanup(srv.Close)
-			var dial loopbackOnly
+			var dial loopback.Dialer
 			r, err := New(Options{Name: "t", URL: srv.URL, DialContext: dial.DialContext})
 			if err != nil {
 				t.Fatal(err)
@@ -425,8 +407,8 @@ func TestRedirectToMetadataServiceIsNeverDialled(t *testing.T) {
 			if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "refused") {
 				t.Fatalf("got %v, want the redirect refused", err)
 			}
-			if len(dial.refused) != 0 {
-				t.Fatalf("regcache tried to dial %v", dial.refused)
+			if refused := dial.Refused(); len(refused) != 0 {
+				t.Fatalf("regcache tried to dial %v", refused)
 			}
 		})
 	}

@@ -5,7 +5,7 @@ package main
 // users or static tokens on: every endpoint but /healthz and /readyz closed, Basic and
 // issued tokens accepted, forged and expired tokens refused, nothing the client sends
 // reaching the upstream or the logs. Finally go-containerregistry's own client walks the
-// challenge -> token flow. Helpers in this file are prefixed "ca".
+// challenge -> token flow.
 
 import (
 	"crypto/hmac"
@@ -33,21 +33,23 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"golang.org/x/crypto/bcrypt"
 
+	"regcache/internal/harness"
 	"regcache/upstream/registrytest"
 )
 
-// caSecret is the auth.secret of the tests that forge tokens.
-const caSecret = "e2e-shared-secret-0123456789abcdef"
+// sharedSecret is the auth.secret of the tests that forge tokens.
+const sharedSecret = "e2e-shared-secret-0123456789abcdef"
 
-// caRandom is a fresh random string, so a leak check cannot pass by accident.
-func caRandom(prefix string) string {
+// randomSecret is a fresh random string, so a leak check cannot pass by accident.
+func randomSecret(prefix string) string {
 	var b [12]byte
 	_, _ = rand.Read(b[:])
 	return prefix + hex.EncodeToString(b[:])
 }
 
-// caHtpasswd writes an htpasswd file with one bcrypt entry (htpasswd -B, at the lowest cost).
-func caHtpasswd(t *testing.T, user, pass string) string {
+// writeHtpasswd writes an htpasswd file with one bcrypt entry (htpasswd -B, at the lowest
+// cost).
+func writeHtpasswd(t *testing.T, user, pass string) string {
 	t.Helper()
 	h, err := bcrypt.GenerateFromPassword([]byte(pass), bcrypt.MinCost)
 	if err != nil {
@@ -60,31 +62,32 @@ func caHtpasswd(t *testing.T, user, pass string) string {
 	return p
 }
 
-// caFrom is in as a client at another loopback address (127.0.0.0/8 is all local) sees
+// fromAddress is in as a client at another loopback address (127.0.0.0/8 is all local) sees
 // it: the failure limiter counts per address.
-func caFrom(in *instance, ip string) *instance {
+func fromAddress(in *harness.Instance, ip string) *harness.Instance {
 	from := *in
 	dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 5 * time.Second}
 	from.Client = &http.Client{Timeout: in.Client.Timeout, Transport: &http.Transport{Proxy: nil, DialContext: dialer.DialContext}}
 	return &from
 }
 
-// caConfig is a config with one upstream (the default) and extra top-level lines.
-func caConfig(reg *registrytest.Registry, top string) string {
-	return configYAML("", upstreamYAML("reg.test", reg.URL)) + top
+// authConfig is a config with one upstream (the default) and extra top-level lines.
+func authConfig(reg *registrytest.Registry, top string) string {
+	return harness.Config("", harness.Upstream("reg.test", reg.URL)) + top
 }
 
-func caBasic(user, pass string) string {
-	return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))
+// basicHeader is the Authorization header of Basic credentials.
+func basicHeader(user, pass string) string {
+	return "Basic " + harness.Basic(user, pass)
 }
 
-// caChallenge is the challenge regcache must send for a client that reached it at url.
-func caChallenge(url string) string {
+// challengeFor is the challenge regcache must send for a client that reached it at url.
+func challengeFor(url string) string {
 	return `Bearer realm="` + url + `/token",service="regcache"`
 }
 
-// caWant401 checks an UNAUTHORIZED registry error carrying challenge.
-func caWant401(t *testing.T, what string, r response, challenge string) {
+// expectChallenge checks an UNAUTHORIZED registry error carrying challenge.
+func expectChallenge(t *testing.T, what string, r harness.Response, challenge string) {
 	t.Helper()
 	if r.Status != http.StatusUnauthorized {
 		t.Fatalf("%s: status %d, want 401 (body %s)", what, r.Status, r.Body)
@@ -98,18 +101,15 @@ func caWant401(t *testing.T, what string, r response, challenge string) {
 	if len(r.Body) == 0 {
 		return // HEAD
 	}
-	var body struct {
-		Errors []struct{ Code, Message string }
-	}
-	if err := json.Unmarshal(r.Body, &body); err != nil || len(body.Errors) != 1 || body.Errors[0].Code != "UNAUTHORIZED" {
+	if errs, ok := harness.ParseErrors(r.Body); !ok || len(errs) != 1 || errs[0].Code != "UNAUTHORIZED" {
 		t.Errorf("%s: body %s, want one UNAUTHORIZED registry error", what, r.Body)
 	}
 }
 
-// caToken asks GET /token as a Docker client would and checks the answer's shape.
-func caToken(t *testing.T, in *instance, header ...string) (token string, expiresIn int) {
+// askToken asks GET /token as a Docker client would and checks the answer's shape.
+func askToken(t *testing.T, in *harness.Instance, header ...string) (token string, expiresIn int) {
 	t.Helper()
-	r := in.do(t, http.MethodGet, "/token?service=regcache&scope=repository:reg.test/team/app:pull&account=robot", header...)
+	r := in.Do(t, http.MethodGet, "/token?service=regcache&scope=repository:reg.test/team/app:pull&account=robot", header...)
 	if r.Status != http.StatusOK {
 		t.Fatalf("GET /token: %d %s", r.Status, r.Body)
 	}
@@ -131,18 +131,18 @@ func caToken(t *testing.T, in *instance, header ...string) (token string, expire
 	return tj.Token, *tj.ExpiresIn
 }
 
-// caForge signs a token as a replica sharing caSecret would.
-func caForge(sub string, exp time.Time) string {
+// forgeToken signs a token as a replica sharing sharedSecret would.
+func forgeToken(sub string, exp time.Time) string {
 	payload, _ := json.Marshal(map[string]any{"sub": sub, "exp": exp.Unix()})
 	p := base64.RawURLEncoding.EncodeToString(payload)
-	mac := hmac.New(sha256.New, []byte(caSecret))
+	mac := hmac.New(sha256.New, []byte(sharedSecret))
 	mac.Write([]byte(p))
 	return p + "." + base64.RawURLEncoding.EncodeToString(mac.Sum(nil))
 }
 
-// caUpstreamSawOnlyItsOwnTokens checks that every Authorization the registry received is
+// expectUpstreamSawOnlyItsOwnTokens checks that every Authorization the registry received is
 // one of the tokens it issued itself to regcache, never something of the client's.
-func caUpstreamSawOnlyItsOwnTokens(t *testing.T, reg *registrytest.Registry, clientSecrets ...string) {
+func expectUpstreamSawOnlyItsOwnTokens(t *testing.T, reg *registrytest.Registry, clientSecrets ...string) {
 	t.Helper()
 	own := map[string]bool{}
 	for _, tok := range reg.IssuedTokens() {
@@ -164,77 +164,70 @@ func caUpstreamSawOnlyItsOwnTokens(t *testing.T, reg *registrytest.Registry, cli
 	}
 }
 
-// caNoSecretsLogged fails when any secret occurs in regcache's logs.
-func caNoSecretsLogged(t *testing.T, in *instance, secrets ...string) {
+// expectNoSecretsLogged fails when any secret occurs in regcache's logs, which must hold
+// the access log line of a /token request (the requests that carry the secrets).
+func expectNoSecretsLogged(t *testing.T, in *harness.Instance, secrets ...string) {
 	t.Helper()
-	logs := in.Logs.String()
-	if !strings.Contains(logs, `"path":"/token"`) {
+	if !strings.Contains(in.Logs.String(), `"path":"/token"`) {
 		t.Fatal("no access log line for /token: the leak check proves nothing")
 	}
-	for _, s := range secrets {
-		if s == "" {
-			t.Fatal("empty secret: the check would prove nothing")
-		}
-		if strings.Contains(logs, s) {
-			t.Errorf("secret %.6s... appears in regcache's logs", s)
-		}
-	}
+	in.ExpectNoSecrets(t, nil, secrets...)
 }
 
 func TestClientAuthOff(t *testing.T) {
 	t.Parallel()
 	reg := registrytest.New(t, registrytest.Bearer)
 	d := reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1).Digest
-	rc := startRegcache(t, caConfig(reg, ""))
-	challenge := caChallenge(rc.URL)
+	rc := startRegcache(t, authConfig(reg, ""))
+	challenge := challengeFor(rc.URL)
 
 	// The ping without Authorization is how docker login, Renovate and Watchtower find the
 	// realm; Diun accepts a 401 here.
-	caWant401(t, "GET /v2/ without Authorization", rc.do(t, http.MethodGet, "/v2/"), challenge)
-	caWant401(t, "HEAD /v2/ without Authorization", rc.do(t, http.MethodHead, "/v2/"), challenge)
-	caWant401(t, "GET /v2 without Authorization", rc.do(t, http.MethodGet, "/v2"), challenge)
+	expectChallenge(t, "GET /v2/ without Authorization", rc.Do(t, http.MethodGet, "/v2/"), challenge)
+	expectChallenge(t, "HEAD /v2/ without Authorization", rc.Do(t, http.MethodHead, "/v2/"), challenge)
+	expectChallenge(t, "GET /v2 without Authorization", rc.Do(t, http.MethodGet, "/v2"), challenge)
 
 	// docker login pings again with its token; any Authorization is fine with auth off.
-	tok, expiresIn := caToken(t, rc)
+	tok, expiresIn := askToken(t, rc)
 	if expiresIn != 300 {
 		t.Errorf("expires_in = %d, want 300 (token_ttl default 5m)", expiresIn)
 	}
-	tokAgain, _ := caToken(t, rc, "Authorization", caBasic("whoever", "whatever")) // ignored
-	for _, authz := range []string{"Bearer " + tok, "Bearer " + tokAgain, "Bearer Og==", caBasic("u", "p"), "Garbage"} {
-		if r := rc.do(t, http.MethodGet, "/v2/", "Authorization", authz); r.Status != http.StatusOK || string(r.Body) != "{}" {
+	tokAgain, _ := askToken(t, rc, "Authorization", basicHeader("whoever", "whatever")) // ignored
+	for _, authz := range []string{"Bearer " + tok, "Bearer " + tokAgain, "Bearer Og==", basicHeader("u", "p"), "Garbage"} {
+		if r := rc.Do(t, http.MethodGet, "/v2/", "Authorization", authz); r.Status != http.StatusOK || string(r.Body) != "{}" {
 			t.Errorf("GET /v2/ with %.16q: %d %s, want 200 {}", authz, r.Status, r.Body)
 		}
 	}
 
 	// Every other endpoint ignores Authorization, whatever it is: What's Up Docker's custom
 	// registry sends none, its lscr provider "Bearer Og==".
-	for _, authz := range []string{"", "Bearer Og==", "Bearer " + tok, caBasic("u", "p"), "Basic !!", "Garbage"} {
+	for _, authz := range []string{"", "Bearer Og==", "Bearer " + tok, basicHeader("u", "p"), "Basic !!", "Garbage"} {
 		var header []string
 		if authz != "" {
 			header = []string{"Authorization", authz}
 		}
 		for _, method := range []string{http.MethodHead, http.MethodGet} {
-			r := rc.do(t, method, "/v2/team/app/manifests/v1", header...)
+			r := rc.Do(t, method, "/v2/team/app/manifests/v1", header...)
 			if r.Status != http.StatusOK || r.Header.Get("Docker-Content-Digest") != d {
 				t.Fatalf("%s manifest with %.16q: %d %s", method, authz, r.Status, r.Body)
 			}
 		}
 	}
-	if r := rc.do(t, http.MethodGet, "/healthz"); r.Status != http.StatusOK {
+	if r := rc.Do(t, http.MethodGet, "/healthz"); r.Status != http.StatusOK {
 		t.Errorf("/healthz: %d", r.Status)
 	}
-	caUpstreamSawOnlyItsOwnTokens(t, reg, tok, tokAgain, "Og==", base64.StdEncoding.EncodeToString([]byte("u:p")))
-	caNoSecretsLogged(t, rc, tok, tokAgain)
+	expectUpstreamSawOnlyItsOwnTokens(t, reg, tok, tokAgain, "Og==", base64.StdEncoding.EncodeToString([]byte("u:p")))
+	expectNoSecretsLogged(t, rc, tok, tokAgain)
 }
 
 func TestClientAuthChallengeRealm(t *testing.T) {
 	t.Parallel()
 	reg := registrytest.New(t, registrytest.NoAuth)
-	plain := startRegcache(t, caConfig(reg, ""))
-	trusting := startRegcache(t, caConfig(reg, "trust_forwarded_headers: true\n"))
-	public := startRegcache(t, caConfig(reg, "public_url: https://regcache.example.com\ntrust_forwarded_headers: true\n"))
+	plain := startRegcache(t, authConfig(reg, ""))
+	trusting := startRegcache(t, authConfig(reg, "trust_forwarded_headers: true\n"))
+	public := startRegcache(t, authConfig(reg, "public_url: https://regcache.example.com\ntrust_forwarded_headers: true\n"))
 
-	ask := func(in *instance, host string, header ...string) response {
+	ask := func(in *harness.Instance, host string, header ...string) harness.Response {
 		t.Helper()
 		req, err := http.NewRequest(http.MethodGet, in.URL+"/v2/", nil)
 		if err != nil {
@@ -250,12 +243,12 @@ func TestClientAuthChallengeRealm(t *testing.T) {
 		}
 		defer resp.Body.Close()
 		body, _ := io.ReadAll(resp.Body)
-		return response{Status: resp.StatusCode, Header: resp.Header, Body: body}
+		return harness.Response{Status: resp.StatusCode, Header: resp.Header, Body: body}
 	}
 	forwarded := []string{"X-Forwarded-Proto", "https", "X-Forwarded-Host", "registry.example.org"}
 	for _, tc := range []struct {
 		name string
-		in   *instance
+		in   *harness.Instance
 		host string
 		hdr  []string
 		want string
@@ -266,7 +259,7 @@ func TestClientAuthChallengeRealm(t *testing.T) {
 		{"trusted, but none sent", trusting, "10.0.0.5:5000", nil, "http://10.0.0.5:5000"},
 		{"public_url wins", public, "10.0.0.5:5000", forwarded, "https://regcache.example.com"},
 	} {
-		caWant401(t, tc.name, ask(tc.in, tc.host, tc.hdr...), caChallenge(tc.want))
+		expectChallenge(t, tc.name, ask(tc.in, tc.host, tc.hdr...), challengeFor(tc.want))
 	}
 }
 
@@ -274,24 +267,24 @@ func TestClientAuthHtpasswd(t *testing.T) {
 	t.Parallel()
 	reg := registrytest.New(t, registrytest.Bearer)
 	d := reg.PushImage(t, "team/app", "v1", types.DockerManifestSchema2).Digest
-	user, pass := "alice", caRandom("pw-")
-	rc := startRegcache(t, caConfig(reg, "auth:\n  htpasswd: "+caHtpasswd(t, user, pass)+"\n  secret: "+caSecret+"\n"))
-	challenge := caChallenge(rc.URL)
-	basic := caBasic(user, pass)
+	user, pass := "alice", randomSecret("pw-")
+	rc := startRegcache(t, authConfig(reg, "auth:\n  htpasswd: "+writeHtpasswd(t, user, pass)+"\n  secret: "+sharedSecret+"\n"))
+	challenge := challengeFor(rc.URL)
+	basic := basicHeader(user, pass)
 	const manifest = "/v2/team/app/manifests/v1"
 
 	// Closed without credentials: every endpoint but the probes.
 	for _, path := range []string{"/v2/", manifest, "/v2/reg.test/team/app/manifests/v1", "/v2/team/app/tags/list",
 		"/v2/team/app/blobs/" + d, "/api/v1/digest?image=reg.test/team/app:v1", "/nope"} {
 		for _, method := range []string{http.MethodHead, http.MethodGet} {
-			caWant401(t, method+" "+path+" without credentials", rc.do(t, method, path), challenge)
+			expectChallenge(t, method+" "+path+" without credentials", rc.Do(t, method, path), challenge)
 		}
 	}
-	for _, authz := range []string{"Bearer Og==", caBasic(user, "wrong"), caBasic("mallory", pass), "Basic !!", "Garbage"} {
-		caWant401(t, "manifest with "+authz[:6], rc.do(t, http.MethodGet, manifest, "Authorization", authz), challenge)
-		caWant401(t, "/v2/ with "+authz[:6], rc.do(t, http.MethodGet, "/v2/", "Authorization", authz), challenge)
+	for _, authz := range []string{"Bearer Og==", basicHeader(user, "wrong"), basicHeader("mallory", pass), "Basic !!", "Garbage"} {
+		expectChallenge(t, "manifest with "+authz[:6], rc.Do(t, http.MethodGet, manifest, "Authorization", authz), challenge)
+		expectChallenge(t, "/v2/ with "+authz[:6], rc.Do(t, http.MethodGet, "/v2/", "Authorization", authz), challenge)
 	}
-	if r := rc.do(t, http.MethodGet, "/healthz"); r.Status != http.StatusOK {
+	if r := rc.Do(t, http.MethodGet, "/healthz"); r.Status != http.StatusOK {
 		t.Errorf("/healthz without credentials: %d, want 200", r.Status)
 	}
 	if n := reg.Count(http.MethodGet, "manifest") + reg.Count(http.MethodHead, "manifest"); n != 0 {
@@ -301,74 +294,74 @@ func TestClientAuthHtpasswd(t *testing.T) {
 	// Basic on every request, as What's Up Docker's custom registry does.
 	for i := 0; i < 3; i++ {
 		for _, method := range []string{http.MethodHead, http.MethodGet} {
-			r := rc.do(t, method, manifest, "Authorization", basic)
+			r := rc.Do(t, method, manifest, "Authorization", basic)
 			if r.Status != http.StatusOK || r.Header.Get("Docker-Content-Digest") != d {
 				t.Fatalf("%s manifest with Basic: %d %s", method, r.Status, r.Body)
 			}
 		}
 	}
-	if r := rc.do(t, http.MethodGet, "/v2/", "Authorization", basic); r.Status != http.StatusOK {
+	if r := rc.Do(t, http.MethodGet, "/v2/", "Authorization", basic); r.Status != http.StatusOK {
 		t.Fatalf("/v2/ with Basic: %d %s", r.Status, r.Body)
 	}
 
 	// The token flow: /token wants Basic, and answers with a Basic challenge otherwise.
 	basicChallenge := `Basic realm="regcache"`
-	caWant401(t, "/token without credentials", rc.do(t, http.MethodGet, "/token?service=regcache"), basicChallenge)
-	caWant401(t, "/token with a wrong password", rc.do(t, http.MethodGet, "/token", "Authorization", caBasic(user, "wrong")), basicChallenge)
-	tok, expiresIn := caToken(t, rc, "Authorization", basic)
+	expectChallenge(t, "/token without credentials", rc.Do(t, http.MethodGet, "/token?service=regcache"), basicChallenge)
+	expectChallenge(t, "/token with a wrong password", rc.Do(t, http.MethodGet, "/token", "Authorization", basicHeader(user, "wrong")), basicChallenge)
+	tok, expiresIn := askToken(t, rc, "Authorization", basic)
 	if expiresIn != 300 {
 		t.Errorf("expires_in = %d, want 300", expiresIn)
 	}
 	for _, path := range []string{"/v2/", manifest} {
-		if r := rc.do(t, http.MethodGet, path, "Authorization", "Bearer "+tok); r.Status != http.StatusOK {
+		if r := rc.Do(t, http.MethodGet, path, "Authorization", "Bearer "+tok); r.Status != http.StatusOK {
 			t.Fatalf("GET %s with the issued token: %d %s", path, r.Status, r.Body)
 		}
 	}
 
 	// Replicas sharing auth.secret accept each other's tokens; anything else is refused.
-	if r := rc.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+caForge("bob", time.Now().Add(time.Minute))); r.Status != http.StatusOK {
+	if r := rc.Do(t, http.MethodGet, manifest, "Authorization", "Bearer "+forgeToken("bob", time.Now().Add(time.Minute))); r.Status != http.StatusOK {
 		t.Errorf("token signed with the shared secret: %d %s", r.Status, r.Body)
 	}
 	payload, sig, _ := strings.Cut(tok, ".")
 	longer, _ := json.Marshal(map[string]any{"sub": user, "exp": time.Now().Add(time.Hour).Unix()})
 	// Wrong tokens count toward the failure limit, which the wrong credentials above have
 	// mostly spent for 127.0.0.1: these come from another address.
-	other := caFrom(rc, "127.0.0.2")
+	other := fromAddress(rc, "127.0.0.2")
 	for name, bad := range map[string]string{
-		"expired":             caForge(user, time.Now().Add(-time.Second)),
+		"expired":             forgeToken(user, time.Now().Add(-time.Second)),
 		"payload swapped":     base64.RawURLEncoding.EncodeToString(longer) + "." + sig,
-		"signature swapped":   payload + "." + strings.SplitN(caForge(user, time.Now().Add(time.Minute)), ".", 2)[1],
+		"signature swapped":   payload + "." + strings.SplitN(forgeToken(user, time.Now().Add(time.Minute)), ".", 2)[1],
 		"signature truncated": tok[:len(tok)-4],
 		"not a token":         "not-a-token",
 		"token re-encoded":    base64.StdEncoding.EncodeToString([]byte(tok)),
 	} {
-		caWant401(t, name+" token", other.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+bad), challenge)
+		expectChallenge(t, name+" token", other.Do(t, http.MethodGet, manifest, "Authorization", "Bearer "+bad), challenge)
 	}
 
-	caUpstreamSawOnlyItsOwnTokens(t, reg, pass, basic[len("Basic "):], tok)
-	caNoSecretsLogged(t, rc, pass, basic[len("Basic "):], tok)
+	expectUpstreamSawOnlyItsOwnTokens(t, reg, pass, basic[len("Basic "):], tok)
+	expectNoSecretsLogged(t, rc, pass, basic[len("Basic "):], tok)
 }
 
 func TestClientAuthIssuedTokenExpires(t *testing.T) {
 	t.Parallel()
 	reg := registrytest.New(t, registrytest.NoAuth)
 	reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
-	user, pass := "alice", caRandom("pw-")
-	rc := startRegcache(t, caConfig(reg, "auth:\n  htpasswd: "+caHtpasswd(t, user, pass)+"\n  token_ttl: 2s\n"))
+	user, pass := "alice", randomSecret("pw-")
+	rc := startRegcache(t, authConfig(reg, "auth:\n  htpasswd: "+writeHtpasswd(t, user, pass)+"\n  token_ttl: 2s\n"))
 	issued := time.Now()
-	tok, expiresIn := caToken(t, rc, "Authorization", caBasic(user, pass))
+	tok, expiresIn := askToken(t, rc, "Authorization", basicHeader(user, pass))
 	if expiresIn != 2 {
 		t.Errorf("expires_in = %d, want 2", expiresIn)
 	}
 	const manifest = "/v2/team/app/manifests/v1"
-	if r := rc.do(t, http.MethodHead, manifest, "Authorization", "Bearer "+tok); r.Status != http.StatusOK {
+	if r := rc.Do(t, http.MethodHead, manifest, "Authorization", "Bearer "+tok); r.Status != http.StatusOK {
 		t.Fatalf("fresh token: %d", r.Status)
 	}
 	deadline := time.Now().Add(4 * time.Second)
 	for {
-		r := rc.do(t, http.MethodHead, manifest, "Authorization", "Bearer "+tok)
+		r := rc.Do(t, http.MethodHead, manifest, "Authorization", "Bearer "+tok)
 		if r.Status == http.StatusUnauthorized {
-			caWant401(t, "expired token", r, caChallenge(rc.URL))
+			expectChallenge(t, "expired token", r, challengeFor(rc.URL))
 			if age := time.Since(issued); age < 2*time.Second {
 				t.Errorf("token refused %v after it was issued, before its expires_in of 2s", age)
 			}
@@ -385,21 +378,21 @@ func TestClientAuthStaticTokens(t *testing.T) {
 	t.Parallel()
 	reg := registrytest.New(t, registrytest.Bearer)
 	d := reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1).Digest
-	static := caRandom("static-")
-	rc := startRegcache(t, caConfig(reg, "auth:\n  tokens: [\""+static+"\"]\n"))
-	challenge := caChallenge(rc.URL)
+	static := randomSecret("static-")
+	rc := startRegcache(t, authConfig(reg, "auth:\n  tokens: [\""+static+"\"]\n"))
+	challenge := challengeFor(rc.URL)
 	const manifest = "/v2/team/app/manifests/v1"
 
-	caWant401(t, "/v2/ without", rc.do(t, http.MethodGet, "/v2/"), challenge)
-	caWant401(t, "manifest without", rc.do(t, http.MethodGet, manifest), challenge)
-	caWant401(t, "manifest with another token", rc.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+static+"x"), challenge)
-	caWant401(t, "/token without", rc.do(t, http.MethodGet, "/token"), `Basic realm="regcache"`)
+	expectChallenge(t, "/v2/ without", rc.Do(t, http.MethodGet, "/v2/"), challenge)
+	expectChallenge(t, "manifest without", rc.Do(t, http.MethodGet, manifest), challenge)
+	expectChallenge(t, "manifest with another token", rc.Do(t, http.MethodGet, manifest, "Authorization", "Bearer "+static+"x"), challenge)
+	expectChallenge(t, "/token without", rc.Do(t, http.MethodGet, "/token"), `Basic realm="regcache"`)
 
 	// Directly as Bearer, or as the password of Basic (docker login --password-stdin).
-	tok, _ := caToken(t, rc, "Authorization", caBasic("ci", static))
-	for _, authz := range []string{"Bearer " + static, caBasic("ci", static), caBasic("anyone", static), "Bearer " + tok} {
+	tok, _ := askToken(t, rc, "Authorization", basicHeader("ci", static))
+	for _, authz := range []string{"Bearer " + static, basicHeader("ci", static), basicHeader("anyone", static), "Bearer " + tok} {
 		for _, path := range []string{"/v2/", manifest} {
-			r := rc.do(t, http.MethodGet, path, "Authorization", authz)
+			r := rc.Do(t, http.MethodGet, path, "Authorization", authz)
 			if r.Status != http.StatusOK {
 				t.Fatalf("GET %s with %.12q...: %d %s", path, authz, r.Status, r.Body)
 			}
@@ -408,8 +401,8 @@ func TestClientAuthStaticTokens(t *testing.T) {
 			}
 		}
 	}
-	caUpstreamSawOnlyItsOwnTokens(t, reg, static, tok)
-	caNoSecretsLogged(t, rc, static, tok)
+	expectUpstreamSawOnlyItsOwnTokens(t, reg, static, tok)
+	expectNoSecretsLogged(t, rc, static, tok)
 }
 
 // TestClientAuthGoContainerRegistry drives regcache with a real registry client: ggcr pings
@@ -419,11 +412,11 @@ func TestClientAuthGoContainerRegistry(t *testing.T) {
 	t.Parallel()
 	reg := registrytest.New(t, registrytest.Bearer)
 	pushed := reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
-	user, pass := "alice", caRandom("pw-")
-	on := startRegcache(t, caConfig(reg, "auth:\n  htpasswd: "+caHtpasswd(t, user, pass)+"\n"))
-	off := startRegcache(t, caConfig(reg, ""))
+	user, pass := "alice", randomSecret("pw-")
+	on := startRegcache(t, authConfig(reg, "auth:\n  htpasswd: "+writeHtpasswd(t, user, pass)+"\n"))
+	off := startRegcache(t, authConfig(reg, ""))
 
-	ref := func(in *instance) name.Reference {
+	ref := func(in *harness.Instance) name.Reference {
 		r, err := name.ParseReference(strings.TrimPrefix(in.URL, "http://")+"/reg.test/team/app:v1", name.Insecure)
 		if err != nil {
 			t.Fatal(err)
@@ -468,8 +461,8 @@ func TestClientAuthGoContainerRegistry(t *testing.T) {
 		t.Errorf("remote.Head anonymous with auth off: %v, %v", d, err)
 	}
 
-	caUpstreamSawOnlyItsOwnTokens(t, reg, pass)
-	caNoSecretsLogged(t, on, pass)
+	expectUpstreamSawOnlyItsOwnTokens(t, reg, pass)
+	expectNoSecretsLogged(t, on, pass)
 }
 
 // TestClientAuthCLIs logs in with the CLIs people use against registries, with auth on.
@@ -477,16 +470,16 @@ func TestClientAuthCLIs(t *testing.T) {
 	t.Parallel()
 	reg := registrytest.New(t, registrytest.Bearer)
 	img := reg.PushImage(t, "team/app", "v1", types.DockerManifestSchema2)
-	user, pass := "alice", caRandom("pw-")
-	rc := startRegcache(t, caConfig(reg, "auth:\n  htpasswd: "+caHtpasswd(t, user, pass)+"\n"))
+	user, pass := "alice", randomSecret("pw-")
+	rc := startRegcache(t, authConfig(reg, "auth:\n  htpasswd: "+writeHtpasswd(t, user, pass)+"\n"))
 	host := strings.TrimPrefix(rc.URL, "http://")
 	image := host + "/reg.test/team/app:v1"
 	ran := false // lookTool skips a subtest whose CLI is not installed
 
 	t.Run("skopeo", func(t *testing.T) {
-		skopeo := lookTool(t, "skopeo", "apt-get install -y skopeo")
+		skopeo := harness.Tool(t, "skopeo", "apt-get install -y skopeo")
 		ran = true
-		raw := runTool(t, nil, skopeo, "inspect", "--tls-verify=false", "--creds", user+":"+pass, "docker://"+image)
+		raw := harness.RunTool(t, nil, skopeo, "inspect", "--tls-verify=false", "--creds", user+":"+pass, "docker://"+image)
 		var inspect struct{ Digest string }
 		if err := json.Unmarshal([]byte(raw), &inspect); err != nil || inspect.Digest != img.Digest {
 			t.Fatalf("skopeo inspect = %+v (%v), want digest %s", inspect, err, img.Digest)
@@ -497,40 +490,40 @@ func TestClientAuthCLIs(t *testing.T) {
 		}
 	})
 	t.Run("crane", func(t *testing.T) {
-		crane := lookTool(t, "crane", "go install github.com/google/go-containerregistry/cmd/crane@v0.22.1")
+		crane := harness.Tool(t, "crane", "go install github.com/google/go-containerregistry/cmd/crane@v0.22.1")
 		ran = true
 		env := []string{"DOCKER_CONFIG=" + t.TempDir(), "HOME=" + t.TempDir()}
-		runTool(t, env, crane, "auth", "login", host, "-u", user, "-p", pass)
-		if d := strings.TrimSpace(runTool(t, env, crane, "digest", "--insecure", image)); d != img.Digest {
+		harness.RunTool(t, env, crane, "auth", "login", host, "-u", user, "-p", pass)
+		if d := strings.TrimSpace(harness.RunTool(t, env, crane, "digest", "--insecure", image)); d != img.Digest {
 			t.Fatalf("crane digest = %s, want %s", d, img.Digest)
 		}
 	})
 	t.Run("regctl", func(t *testing.T) {
-		regctl := lookTool(t, "regctl", "go install github.com/regclient/regclient/cmd/regctl@v0.11.7")
+		regctl := harness.Tool(t, "regctl", "go install github.com/regclient/regclient/cmd/regctl@v0.11.7")
 		ran = true
 		env := []string{"HOME=" + t.TempDir()}
 		// Without credentials yet, set's own connectivity check would meet the 401.
-		runTool(t, env, regctl, "registry", "set", host, "--tls", "disabled", "--skip-check")
-		runTool(t, env, regctl, "registry", "login", host, "-u", user, "-p", pass)
-		if d := strings.TrimSpace(runTool(t, env, regctl, "image", "digest", image)); d != img.Digest {
+		harness.RunTool(t, env, regctl, "registry", "set", host, "--tls", "disabled", "--skip-check")
+		harness.RunTool(t, env, regctl, "registry", "login", host, "-u", user, "-p", pass)
+		if d := strings.TrimSpace(harness.RunTool(t, env, regctl, "image", "digest", image)); d != img.Digest {
 			t.Fatalf("regctl image digest = %s, want %s", d, img.Digest)
 		}
 	})
 	if !ran {
 		t.Skip("no CLI installed")
 	}
-	caUpstreamSawOnlyItsOwnTokens(t, reg, pass)
-	caNoSecretsLogged(t, rc, pass)
+	expectUpstreamSawOnlyItsOwnTokens(t, reg, pass)
+	expectNoSecretsLogged(t, rc, pass)
 }
 
-// caStaticToken starts a regcache with a random static token (returned) and the auth: lines
-// extra, in front of a registry holding team/app:v1.
-func caStaticToken(t *testing.T, extra string) (*instance, string, *registrytest.Registry) {
+// startWithStaticToken starts a regcache with a random static token (returned) and the
+// auth: lines extra, in front of a registry holding team/app:v1.
+func startWithStaticToken(t *testing.T, extra string) (*harness.Instance, string, *registrytest.Registry) {
 	t.Helper()
 	reg := registrytest.New(t, registrytest.NoAuth)
 	reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
-	static := caRandom("static-")
-	return startRegcache(t, caConfig(reg, "auth:\n  tokens: [\""+static+"\"]\n"+extra)), static, reg
+	static := randomSecret("static-")
+	return startRegcache(t, authConfig(reg, "auth:\n  tokens: [\""+static+"\"]\n"+extra)), static, reg
 }
 
 // TestClientAuthAnonymousTokensAcrossReplicas: a replica with auth off but the fleet's
@@ -538,26 +531,26 @@ func caStaticToken(t *testing.T, extra string) (*instance, string, *registrytest
 // secret must refuse it, and the auth-off replica warns about its secret at start.
 func TestClientAuthAnonymousTokensAcrossReplicas(t *testing.T) {
 	t.Parallel()
-	on, static, reg := caStaticToken(t, "  secret: "+caSecret+"\n")
-	off := startRegcache(t, caConfig(reg, "auth:\n  secret: "+caSecret+"\n"))
+	on, static, reg := startWithStaticToken(t, "  secret: "+sharedSecret+"\n")
+	off := startRegcache(t, authConfig(reg, "auth:\n  secret: "+sharedSecret+"\n"))
 	const manifest = "/v2/team/app/manifests/v1"
 
-	anon, _ := caToken(t, off)
-	if r := off.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+anon); r.Status != http.StatusOK {
+	anon, _ := askToken(t, off)
+	if r := off.Do(t, http.MethodGet, manifest, "Authorization", "Bearer "+anon); r.Status != http.StatusOK {
 		t.Fatalf("the auth-off replica: %d %s", r.Status, r.Body)
 	}
-	caWant401(t, "anonymous token on the auth-on replica", on.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+anon), caChallenge(on.URL))
+	expectChallenge(t, "anonymous token on the auth-on replica", on.Do(t, http.MethodGet, manifest, "Authorization", "Bearer "+anon), challengeFor(on.URL))
 	// A token the auth-on replica issued passes on it, as one forged for a user does.
-	tok, _ := caToken(t, on, "Authorization", caBasic("ci", static))
-	for _, bearer := range []string{tok, caForge("bob", time.Now().Add(time.Minute))} {
-		if r := on.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+bearer); r.Status != http.StatusOK {
+	tok, _ := askToken(t, on, "Authorization", basicHeader("ci", static))
+	for _, bearer := range []string{tok, forgeToken("bob", time.Now().Add(time.Minute))} {
+		if r := on.Do(t, http.MethodGet, manifest, "Authorization", "Bearer "+bearer); r.Status != http.StatusOK {
 			t.Fatalf("the auth-on replica's own kind of token: %d %s", r.Status, r.Body)
 		}
 	}
 	if !strings.Contains(off.Logs.String(), "auth.secret is set but auth is off") {
 		t.Error("the auth-off replica did not warn about its auth.secret")
 	}
-	if strings.Contains(off.Logs.String(), caSecret) {
+	if strings.Contains(off.Logs.String(), sharedSecret) {
 		t.Error("the warning shows the secret")
 	}
 }
@@ -566,13 +559,13 @@ func TestClientAuthAnonymousTokensAcrossReplicas(t *testing.T) {
 // Before, 3,000 guesses got 3,000 401s at thousands a second.
 func TestClientAuthTokenGuessingLimited(t *testing.T) {
 	t.Parallel()
-	rc, static, _ := caStaticToken(t, "")
+	rc, static, _ := startWithStaticToken(t, "")
 	const manifest = "/v2/team/app/manifests/v1"
-	guesser := caFrom(rc, "127.0.0.3")
+	guesser := fromAddress(rc, "127.0.0.3")
 	codes := map[int]int{}
-	var last response
+	var last harness.Response
 	for i := range 50 {
-		last = guesser.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+caRandom(fmt.Sprint("guess-", i, "-")))
+		last = guesser.Do(t, http.MethodGet, manifest, "Authorization", "Bearer "+randomSecret(fmt.Sprint("guess-", i, "-")))
 		codes[last.Status]++
 	}
 	if codes[http.StatusUnauthorized] != 10 || codes[http.StatusTooManyRequests] != 40 {
@@ -582,7 +575,7 @@ func TestClientAuthTokenGuessingLimited(t *testing.T) {
 		t.Errorf("429 without Retry-After or TOOMANYREQUESTS: %v %s", last.Header, last.Body)
 	}
 	// Other addresses are not affected.
-	if r := rc.do(t, http.MethodGet, manifest, "Authorization", "Bearer "+static); r.Status != http.StatusOK {
+	if r := rc.Do(t, http.MethodGet, manifest, "Authorization", "Bearer "+static); r.Status != http.StatusOK {
 		t.Errorf("the right token from another address: %d %s", r.Status, r.Body)
 	}
 }
@@ -592,13 +585,13 @@ func TestClientAuthTokenGuessingLimited(t *testing.T) {
 // latency (before, its median went from a few ms to 0.3-0.4 s), and the storm's logins get
 // 401 or, beyond the bound, 429.
 func TestClientAuthLoginStorm(t *testing.T) {
-	rc, static, _ := caStaticToken(t, "  htpasswd: "+caHtpasswd(t, "alice", caRandom("pw-"))+"\n")
+	rc, static, _ := startWithStaticToken(t, "  htpasswd: "+writeHtpasswd(t, "alice", randomSecret("pw-"))+"\n")
 	const manifest = "/v2/team/app/manifests/v1"
 	median := func(n int) time.Duration {
 		var took []time.Duration
 		for range n {
 			start := time.Now()
-			if r := rc.do(t, http.MethodHead, manifest, "Authorization", "Bearer "+static); r.Status != http.StatusOK {
+			if r := rc.Do(t, http.MethodHead, manifest, "Authorization", "Bearer "+static); r.Status != http.StatusOK {
 				t.Fatalf("static token: %d", r.Status)
 			}
 			took = append(took, time.Since(start))
@@ -614,10 +607,10 @@ func TestClientAuthLoginStorm(t *testing.T) {
 	var wg sync.WaitGroup
 	stormDone := make(chan struct{})
 	for c := range 32 {
-		from := caFrom(rc, fmt.Sprintf("127.0.1.%d", c+1))
+		from := fromAddress(rc, fmt.Sprintf("127.0.1.%d", c+1))
 		wg.Go(func() {
 			for i := range 10 {
-				r := from.do(t, http.MethodGet, manifest, "Authorization", caBasic("alice", fmt.Sprint("guess-", i)))
+				r := from.Do(t, http.MethodGet, manifest, "Authorization", basicHeader("alice", fmt.Sprint("guess-", i)))
 				mu.Lock()
 				codes[r.Status]++
 				mu.Unlock()

@@ -1,5 +1,9 @@
 package main
 
+// Behind an HTTP(S) proxy from the environment: redirect targets are held to the same
+// address policy as without one (upstreams[].allowed_hosts names the outside hosts that
+// only the proxy can resolve), and refused hosts never reach the proxy.
+
 import (
 	"fmt"
 	"net/http"
@@ -12,6 +16,8 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"regcache/internal/harness"
+	"regcache/internal/loopback"
 	"regcache/upstream/registrytest"
 )
 
@@ -47,13 +53,13 @@ func TestEgressProxyAllowedHosts(t *testing.T) {
 		}
 		return egressURL, nil
 	}
-	dial := &allowListDialer{allowed: map[string]bool{reg.Host: true, egressURL.Host: true}}
-	bo := buildOptions{Dial: dial.DialContext, Resolver: dial, Proxy: proxy}
-	listed := startRegcacheWith(t, configYAML("", upstreamYAML("ghcr.io", reg.URL, "allowed_hosts: [blobs.proxy-only.example]")), bo)
-	unlisted := startRegcacheWith(t, configYAML("", upstreamYAML("ghcr.io", reg.URL)), bo)
+	dial := &loopback.Dialer{Allow: []string{reg.Host, egressURL.Host}}
+	bo := harness.Options{Dial: dial.DialContext, Resolver: dial, Proxy: proxy}
+	listed := startRegcacheWith(t, harness.Config("", harness.Upstream("ghcr.io", reg.URL, "allowed_hosts: [blobs.proxy-only.example]")), bo)
+	unlisted := startRegcacheWith(t, harness.Config("", harness.Upstream("ghcr.io", reg.URL)), bo)
 
 	for i, tc := range []struct {
-		rc     *instance
+		rc     *harness.Instance
 		target string
 		ok     bool
 	}{
@@ -68,7 +74,7 @@ func TestEgressProxyAllowedHosts(t *testing.T) {
 			http.Redirect(w, r, "http://"+target+r.URL.Path, http.StatusTemporaryRedirect)
 			return true
 		})))
-		r := tc.rc.do(t, http.MethodGet, "/v2/ghcr.io/team/app/manifests/"+img.Digest)
+		r := tc.rc.Do(t, http.MethodGet, "/v2/ghcr.io/team/app/manifests/"+img.Digest)
 		if got := r.Status == http.StatusOK; got != tc.ok {
 			t.Errorf("redirect to %s: %d %s, want ok=%v", target, r.Status, r.Body, tc.ok)
 		}

@@ -1,5 +1,10 @@
 package main
 
+// Replicas sharing a Redis tier (docs/replicas.md): a fleet asks upstream once per tag, a
+// restarted replica warms from Redis, Redis killed or unreachable costs no client request,
+// and the tier works over TLS with a password, whose failures show on /readyz without
+// any secret.
+
 import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -9,14 +14,12 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
-	"io"
 	"math/big"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,16 +27,14 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"regcache/cache/redistest"
+	"regcache/internal/harness"
 	"regcache/upstream/registrytest"
 )
 
-// fleetReplica is one regcache of a fleet, which a test may stop and replace.
-type fleetReplica = instance
-
 // startReplica starts a replica without the access log (a burst would fill memory with it).
-func startReplica(t *testing.T, cfgYAML string) *fleetReplica {
+func startReplica(t *testing.T, cfgYAML string) *harness.Instance {
 	t.Helper()
-	return startRegcacheWith(t, cfgYAML, buildOptions{})
+	return startRegcacheWith(t, cfgYAML, harness.Options{NoAccessLog: true})
 }
 
 // fleetConfig is a replica's config: one upstream, and the shared tier when redisAddr is
@@ -46,52 +47,35 @@ func fleetConfig(upURL, redisAddr string) string {
 		// covers what a slow Redis costs).
 		extra += "  redis:\n    addr: " + redisAddr + "\n    timeout: 2s\n"
 	}
-	return configYAML(extra, upstreamYAML("reg.test", upURL))
+	return harness.Config(extra, harness.Upstream("reg.test", upURL))
 }
 
-// burst sends n concurrent clients, spread over the replicas and over tags, all released at
-// once, and checks every answer against what was pushed. It returns the failures.
-func burst(t *testing.T, reps []*fleetReplica, method string, tags []string, want map[string]registrytest.Pushed, n int) []string {
-	t.Helper()
-	var wg sync.WaitGroup
-	var mu sync.Mutex
+// burst sends n clients at once, spread over the replicas and over tags, and checks every
+// answer against what was pushed. It returns the failures.
+func burst(reps []*harness.Instance, method string, tags []string, want map[string]registrytest.Pushed, n int) []string {
+	path := func(i int) string { return "/v2/reg.test/team/app/manifests/" + tags[i%len(tags)] }
 	var failures []string
-	gate := make(chan struct{})
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			rp, tag := reps[i%len(reps)], tags[i%len(tags)]
-			req, _ := http.NewRequest(method, rp.URL+"/v2/reg.test/team/app/manifests/"+tag, nil)
-			req.Header.Set("Accept", ceAcceptAll)
-			<-gate
-			fail := func(format string, a ...any) {
-				mu.Lock()
-				failures = append(failures, fmt.Sprintf("client %d %s %s: ", i, method, tag)+fmt.Sprintf(format, a...))
-				mu.Unlock()
-			}
-			resp, err := rp.Client.Do(req)
-			if err != nil {
-				fail("%v", err)
-				return
-			}
-			body, err := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if err != nil || resp.StatusCode != 200 {
-				fail("status %d, %v: %.200s", resp.StatusCode, err, body)
-				return
-			}
-			w := want[tag]
-			if got := resp.Header.Get("Docker-Content-Digest"); got != w.Digest {
-				fail("digest %s, want %s", got, w.Digest)
-			}
-			if method == http.MethodGet && digest.FromBytes(body).String() != w.Digest {
-				fail("body does not match %s", w.Digest)
-			}
-		}()
+	for i, r := range harness.Burst(reps, n, method, path, "Accept", harness.AcceptAll) {
+		tag := tags[i%len(tags)]
+		fail := func(format string, a ...any) {
+			failures = append(failures, fmt.Sprintf("client %d %s %s: ", i, method, tag)+fmt.Sprintf(format, a...))
+		}
+		if r.Err != nil && r.Status == 0 {
+			fail("%v", r.Err)
+			continue
+		}
+		if r.Err != nil || r.Status != 200 {
+			fail("status %d, %v: %.200s", r.Status, r.Err, r.Body)
+			continue
+		}
+		w := want[tag]
+		if got := r.Header.Get("Docker-Content-Digest"); got != w.Digest {
+			fail("digest %s, want %s", got, w.Digest)
+		}
+		if method == http.MethodGet && digest.FromBytes(r.Body).String() != w.Digest {
+			fail("body does not match %s", w.Digest)
+		}
 	}
-	close(gate)
-	wg.Wait()
 	return failures
 }
 
@@ -133,11 +117,11 @@ func TestFleetSharedTier(t *testing.T) {
 	// The baseline: the same fleet without Redis.
 	solo := registrytest.New(t, registrytest.Bearer)
 	soloTags, soloWant := pushTags(t, solo, "v", 20)
-	var soloReps []*fleetReplica
+	var soloReps []*harness.Instance
 	for range 3 {
 		soloReps = append(soloReps, startReplica(t, fleetConfig(solo.URL, "")))
 	}
-	if f := burst(t, soloReps, http.MethodGet, soloTags, soloWant, 300); len(f) > 0 {
+	if f := burst(soloReps, http.MethodGet, soloTags, soloWant, 300); len(f) > 0 {
 		t.Fatalf("baseline burst: %d failures, first: %s", len(f), f[0])
 	}
 	without := manifestRequests(solo)
@@ -147,10 +131,10 @@ func TestFleetSharedTier(t *testing.T) {
 	reg := registrytest.New(t, registrytest.Bearer)
 	tags, want := pushTags(t, reg, "v", 20)
 	cfg := fleetConfig(reg.URL, rs.Addr)
-	reps := []*fleetReplica{startReplica(t, cfg), startReplica(t, cfg), startReplica(t, cfg)}
+	reps := []*harness.Instance{startReplica(t, cfg), startReplica(t, cfg), startReplica(t, cfg)}
 	phase("pushed, replicas up")
 
-	if f := burst(t, reps, http.MethodGet, tags, want, 300); len(f) > 0 {
+	if f := burst(reps, http.MethodGet, tags, want, 300); len(f) > 0 {
 		t.Fatalf("cold burst: %d failures, first: %s", len(f), f[0])
 	}
 	with := manifestRequests(reg)
@@ -158,7 +142,7 @@ func TestFleetSharedTier(t *testing.T) {
 		with, without, reg.Count(http.MethodGet, "base"), reg.Count(http.MethodGet, "token"))
 	if with != 20 {
 		for i, rp := range reps {
-			m := scrape(t, rp)
+			m := rp.Metrics(t)
 			t.Logf("replica %d: redis up %v errors %v hits %v misses %v lock waits %v; %s", i, m["regcache_redis_up"], m["regcache_redis_errors_total"],
 				m["regcache_redis_hits_total"], m["regcache_redis_misses_total"], m["regcache_fleet_lock_waits_total"], grepLines(rp.Logs.String(), "redis"))
 		}
@@ -172,7 +156,7 @@ func TestFleetSharedTier(t *testing.T) {
 	// HEAD, as update checkers ask: 20 more tags, 20 more requests, all of them HEADs.
 	headTags, headWant := pushTags(t, reg, "h", 20)
 	reg.ResetCounts()
-	if f := burst(t, reps, http.MethodHead, headTags, headWant, 300); len(f) > 0 {
+	if f := burst(reps, http.MethodHead, headTags, headWant, 300); len(f) > 0 {
 		t.Fatalf("HEAD burst: %d failures, first: %s", len(f), f[0])
 	}
 	if n, gets := manifestRequests(reg), reg.Count(http.MethodGet, "manifest"); n != 20 || gets != 0 {
@@ -182,22 +166,11 @@ func TestFleetSharedTier(t *testing.T) {
 	phase("head burst done")
 	// Tags lists: 60 clients over the 3 replicas, one upstream tags request.
 	reg.ResetCounts()
-	var twg sync.WaitGroup
-	tagFailures := make(chan string, 60)
-	for i := range 60 {
-		twg.Add(1)
-		go func() {
-			defer twg.Done()
-			r := reps[i%3].do(t, http.MethodGet, "/v2/reg.test/team/app/tags/list")
-			if r.Status != 200 || !strings.Contains(string(r.Body), `"h19"`) {
-				tagFailures <- fmt.Sprintf("%d %.100s", r.Status, r.Body)
-			}
-		}()
-	}
-	twg.Wait()
-	close(tagFailures)
-	for f := range tagFailures {
-		t.Fatalf("tags list: %s", f)
+	tagsList := func(int) string { return "/v2/reg.test/team/app/tags/list" }
+	for _, r := range harness.Burst(reps, 60, http.MethodGet, tagsList) {
+		if r.Err != nil || r.Status != 200 || !strings.Contains(string(r.Body), `"h19"`) {
+			t.Fatalf("tags list: %d %v %.100s", r.Status, r.Err, r.Body)
+		}
 	}
 	if n := reg.Count(http.MethodGet, "tags"); n != 1 {
 		t.Fatalf("60 tags-list clients over 3 replicas: %d upstream tags requests, want 1", n)
@@ -205,16 +178,16 @@ func TestFleetSharedTier(t *testing.T) {
 	phase("tags lists done")
 
 	// A replica restarted with empty memory warms from Redis: not one upstream request.
-	reps[0].stop()
+	reps[0].Stop(t)
 	reps[0] = startReplica(t, cfg)
 	reg.ResetCounts()
-	if f := burst(t, reps[:1], http.MethodGet, tags, want, 60); len(f) > 0 {
+	if f := burst(reps[:1], http.MethodGet, tags, want, 60); len(f) > 0 {
 		t.Fatalf("restarted replica: %d failures, first: %s", len(f), f[0])
 	}
-	if f := burst(t, reps[:1], http.MethodHead, headTags, headWant, 60); len(f) > 0 {
+	if f := burst(reps[:1], http.MethodHead, headTags, headWant, 60); len(f) > 0 {
 		t.Fatalf("restarted replica, HEAD: %d failures, first: %s", len(f), f[0])
 	}
-	if r := reps[0].do(t, http.MethodGet, "/v2/reg.test/team/app/tags/list"); r.Status != 200 {
+	if r := reps[0].Do(t, http.MethodGet, "/v2/reg.test/team/app/tags/list"); r.Status != 200 {
 		t.Fatalf("restarted replica, tags list: %d", r.Status)
 	}
 	if n := reg.Total(); n != 0 {
@@ -232,16 +205,16 @@ func TestFleetSharedTier(t *testing.T) {
 		time.Sleep(60 * time.Millisecond)
 		rs.Kill()
 	}()
-	if f := burst(t, reps, http.MethodGet, killTags, killWant, 300); len(f) > 0 {
+	if f := burst(reps, http.MethodGet, killTags, killWant, 300); len(f) > 0 {
 		t.Fatalf("with Redis killed mid-burst: %d of 300 requests failed, first: %s", len(f), f[0])
 	}
 	reg.SetFault(nil)
 	for i, rp := range reps {
-		r := rp.do(t, http.MethodGet, "/readyz")
+		r := rp.Do(t, http.MethodGet, "/readyz")
 		if r.Status != 200 || !strings.Contains(string(r.Body), "redis: down") {
 			t.Fatalf("replica %d /readyz with Redis dead: %d %q; want 200 with the detail", i, r.Status, r.Body)
 		}
-		if m := scrape(t, rp); m["regcache_redis_up"] != 0 || m["regcache_redis_errors_total"] == 0 {
+		if m := rp.Metrics(t); m["regcache_redis_up"] != 0 || m["regcache_redis_errors_total"] == 0 {
 			t.Fatalf("replica %d metrics with Redis dead: up %v, errors %v", i, m["regcache_redis_up"], m["regcache_redis_errors_total"])
 		}
 	}
@@ -254,7 +227,7 @@ func TestFleetSharedTier(t *testing.T) {
 	rs.Start()
 	deadline := time.Now().Add(15 * time.Second)
 	for _, rp := range reps {
-		for !strings.Contains(string(rp.do(t, http.MethodGet, "/readyz").Body), "redis: up") {
+		for !strings.Contains(string(rp.Do(t, http.MethodGet, "/readyz").Body), "redis: up") {
 			if time.Now().After(deadline) {
 				t.Fatal("Redis is back but a replica still shows it down after 15s")
 			}
@@ -264,12 +237,12 @@ func TestFleetSharedTier(t *testing.T) {
 	phase("redis back seen")
 	backTags, backWant := pushTags(t, reg, "b", 5)
 	reg.ResetCounts()
-	if f := burst(t, reps, http.MethodGet, backTags, backWant, 60); len(f) > 0 {
+	if f := burst(reps, http.MethodGet, backTags, backWant, 60); len(f) > 0 {
 		t.Fatalf("after Redis came back: %d failures, first: %s", len(f), f[0])
 	}
 	if n := manifestRequests(reg); n != 5 {
 		for i, rp := range reps {
-			m := scrape(t, rp)
+			m := rp.Metrics(t)
 			t.Logf("replica %d: redis up %v errors %v hits %v misses %v lock waits %v; %s", i, m["regcache_redis_up"], m["regcache_redis_errors_total"],
 				m["regcache_redis_hits_total"], m["regcache_redis_misses_total"], m["regcache_fleet_lock_waits_total"], grepLines(rp.Logs.String(), "redis"))
 		}
@@ -338,21 +311,21 @@ func TestSharedTierPasswordAndTLS(t *testing.T) {
 	reg := registrytest.New(t, registrytest.NoAuth)
 	tags, want := pushTags(t, reg, "v", 3)
 	redisYAML := func(lines string) string {
-		return configYAML("  tag_ttl: 10m\n  redis:\n    addr: "+rs.Addr+"\n    timeout: 2s\n"+lines, upstreamYAML("reg.test", reg.URL))
+		return harness.Config("  tag_ttl: 10m\n  redis:\n    addr: "+rs.Addr+"\n    timeout: 2s\n"+lines, harness.Upstream("reg.test", reg.URL))
 	}
 	good := redisYAML("    password: ${TEST_REDIS_PASSWORD}\n    tls:\n      ca_file: " + certFile + "\n")
 	a, b := startReplica(t, good), startReplica(t, good)
-	if f := burst(t, []*fleetReplica{a}, http.MethodGet, tags, want, 3); len(f) > 0 {
+	if f := burst([]*harness.Instance{a}, http.MethodGet, tags, want, 3); len(f) > 0 {
 		t.Fatal(f[0])
 	}
 	before := manifestRequests(reg)
-	if f := burst(t, []*fleetReplica{b}, http.MethodGet, tags, want, 3); len(f) > 0 {
+	if f := burst([]*harness.Instance{b}, http.MethodGet, tags, want, 3); len(f) > 0 {
 		t.Fatal(f[0])
 	}
 	if n := manifestRequests(reg); n != before || before != 3 {
 		t.Fatalf("over TLS with a password, replica b made %d upstream requests after a's %d; want 0 more", n-before, before)
 	}
-	if r := b.do(t, http.MethodGet, "/readyz"); !strings.Contains(string(r.Body), "redis: up") {
+	if r := b.Do(t, http.MethodGet, "/readyz"); !strings.Contains(string(r.Body), "redis: up") {
 		t.Fatalf("/readyz: %s", r.Body)
 	}
 
@@ -365,7 +338,7 @@ func TestSharedTierPasswordAndTLS(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			lines := tc.lines
 			rp := startReplica(t, redisYAML(lines))
-			if f := burst(t, []*fleetReplica{rp}, http.MethodGet, tags, want, 6); len(f) > 0 {
+			if f := burst([]*harness.Instance{rp}, http.MethodGet, tags, want, 6); len(f) > 0 {
 				t.Fatalf("a replica that cannot use Redis must still serve: %s", f[0])
 			}
 			deadline := time.Now().Add(10 * time.Second)
@@ -374,7 +347,7 @@ func TestSharedTierPasswordAndTLS(t *testing.T) {
 				if time.Now().After(deadline) {
 					t.Fatalf("/readyz still says %q", ready)
 				}
-				ready = string(rp.do(t, http.MethodGet, "/readyz").Body)
+				ready = string(rp.Do(t, http.MethodGet, "/readyz").Body)
 				time.Sleep(50 * time.Millisecond)
 			}
 			// /readyz is on the clients' port: a category, not the peer's address or bytes.
@@ -384,7 +357,7 @@ func TestSharedTierPasswordAndTLS(t *testing.T) {
 			if !strings.Contains(rp.Logs.String(), "redis failing") {
 				t.Fatal("the failure is not in the log")
 			}
-			metrics := string(rp.do(t, http.MethodGet, "/metrics").Body)
+			metrics := string(rp.Do(t, http.MethodGet, "/metrics").Body)
 			for _, secret := range []string{password, "not-the-Secret-xyz", "Secret"} {
 				for what, text := range map[string]string{"logs": rp.Logs.String(), "/readyz": ready, "/metrics": metrics} {
 					if strings.Contains(text, secret) {

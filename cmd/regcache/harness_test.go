@@ -1,132 +1,48 @@
 package main
 
-import (
-	"bytes"
-	"io"
-	"net"
-	"net/http"
-	"strings"
-	"sync"
-	"testing"
-	"time"
+// The end-to-end tests' one way to start regcache: internal/harness serves it in process,
+// wired by build exactly as the binary wires it (build is package main's, so the harness
+// takes it from here).
 
+import (
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
 	"regcache/configs"
+	"regcache/internal/harness"
+	"regcache/upstream/registrytest"
 )
 
-// syncBuffer collects log output from many goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) Sync() error { return nil }
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// instance is a regcache running on 127.0.0.1 for one test.
-type instance struct {
-	URL  string
-	Logs *syncBuffer
-	// Client has no proxy from the environment and a short timeout.
-	Client *http.Client
-	// stop shuts the instance down (once; cleanup calls it too), for tests that replace it.
-	stop func()
-}
-
-// startRegcache parses cfgYAML exactly as the binary would, wires it with build, and serves
-// on a loopback port until the test ends. Logs are JSON at debug level, kept for checks.
-func startRegcache(t testing.TB, cfgYAML string) *instance {
+// startRegcache runs regcache from cfgYAML on 127.0.0.1 until the test ends, logging to
+// rc.Logs.
+func startRegcache(t testing.TB, cfgYAML string) *harness.Instance {
 	t.Helper()
-	return startRegcacheWith(t, cfgYAML, buildOptions{AccessLog: true})
+	return harness.Start(t, cfgYAML, wire, harness.Options{})
 }
 
-// startRegcacheWith is startRegcache with wiring options (an injected dialer).
-func startRegcacheWith(t testing.TB, cfgYAML string, bo buildOptions) *instance {
+// startRegcacheWith is startRegcache with the test's options (a dialer, quiet logs).
+func startRegcacheWith(t testing.TB, cfgYAML string, o harness.Options) *harness.Instance {
 	t.Helper()
-	cfg, err := configs.Parse([]byte(cfgYAML))
-	if err != nil {
-		t.Fatalf("config: %v", err)
-	}
-	logs := &syncBuffer{}
-	enc := zap.NewProductionEncoderConfig()
-	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(enc), logs, zapcore.DebugLevel))
-	srv, err := build(cfg, log, bo)
-	if err != nil {
-		t.Fatalf("build: %v", err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(ln) }()
-	var once sync.Once
-	stop := func() { once.Do(func() { _ = srv.ShutdownWithContext(t.Context()) }) }
-	t.Cleanup(stop)
-	return &instance{
-		URL:  "http://" + ln.Addr().String(),
-		Logs: logs,
-		Client: &http.Client{
-			Timeout:   15 * time.Second,
-			Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 256},
-		},
-		stop: stop,
-	}
+	return harness.Start(t, cfgYAML, wire, o)
 }
 
-// response is what a test needs from an answer.
-type response struct {
-	Status int
-	Header http.Header
-	Body   []byte
+// wire is build, for the harness.
+func wire(cfg *configs.Config, log *zap.Logger, o harness.Options) (harness.Server, error) {
+	return build(cfg, log, buildOptions{AccessLog: o.AccessLog(), Dial: o.Dial, Resolver: o.Resolver, Proxy: o.Proxy})
 }
 
-// do sends method to path (with query) and reads the whole answer.
-func (in *instance) do(t testing.TB, method, path string, header ...string) response {
+// startForAbuse starts a registry holding team/app:v1 and, in front of it, a quiet regcache
+// (a log kept in memory would grow with every abusive request) with serverLines in its
+// server: block. normal is the path an ordinary client asks meanwhile.
+func startForAbuse(t testing.TB, serverLines ...string) (reg *registrytest.Registry, rc *harness.Instance, normal string) {
 	t.Helper()
-	req, err := http.NewRequest(method, in.URL+path, nil)
-	if err != nil {
-		t.Fatal(err)
+	reg = registrytest.New(t, registrytest.NoAuth)
+	reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
+	cfg := harness.Config("", harness.Upstream("reg.test", reg.URL))
+	if len(serverLines) > 0 {
+		cfg += harness.Block("server", serverLines...)
 	}
-	for i := 0; i+1 < len(header); i += 2 {
-		req.Header.Add(header[i], header[i+1])
-	}
-	resp, err := in.Client.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("%s %s: reading body: %v", method, path, err)
-	}
-	return response{Status: resp.StatusCode, Header: resp.Header, Body: body}
-}
-
-// upstreamYAML is one upstreams: entry for a test registry.
-func upstreamYAML(name, url string, extra ...string) string {
-	s := "  - name: " + name + "\n    url: " + url + "\n"
-	for _, e := range extra {
-		s += "    " + e + "\n"
-	}
-	return s
-}
-
-// configYAML builds a config whose first upstream is the default.
-func configYAML(cacheExtra string, upstreams ...string) string {
-	def := strings.TrimSpace(strings.TrimPrefix(strings.SplitN(upstreams[0], "\n", 2)[0], "  - name:"))
-	return "listen: 127.0.0.1:0\ndefault_upstream: " + def + "\ncache:\n  max_size: 64MiB\n" + cacheExtra +
-		"upstreams:\n" + strings.Join(upstreams, "")
+	return reg, startRegcacheWith(t, cfg, harness.Options{Quiet: true}), "/v2/team/app/manifests/v1"
 }

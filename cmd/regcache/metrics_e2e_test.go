@@ -1,67 +1,43 @@
 package main
 
+// Metrics and probes: /healthz, /readyz and /metrics, the counters that move with each
+// request, and, with client auth on, probes open and /metrics behind auth on the main
+// listener or open on metrics_listen.
+
 import (
-	"bufio"
-	"bytes"
-	"encoding/json"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"regcache/internal/harness"
 	"regcache/upstream/registrytest"
 )
-
-// scrape reads /metrics into "name{labels}" -> value.
-func scrape(t *testing.T, rc *instance) map[string]float64 {
-	t.Helper()
-	r := rc.do(t, http.MethodGet, "/metrics")
-	if r.Status != 200 {
-		t.Fatalf("/metrics: %d %s", r.Status, r.Body)
-	}
-	out := map[string]float64{}
-	sc := bufio.NewScanner(bytes.NewReader(r.Body))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			t.Fatalf("metrics line %q: %v", line, err)
-		}
-		out[line[:i]] = v
-	}
-	return out
-}
 
 func TestMetricsMoveAndProbes(t *testing.T) {
 	t.Parallel()
 	reg := registrytest.New(t, registrytest.Bearer)
 	reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
 	reg.SetFault(registrytest.WithHeaders("RateLimit-Limit", "100;w=21600", "RateLimit-Remaining", "76;w=21600"))
-	rc := startRegcache(t, configYAML("", upstreamYAML("ghcr.io", reg.URL)))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("ghcr.io", reg.URL)))
 
-	if r := rc.do(t, http.MethodGet, "/healthz"); r.Status != 200 {
+	if r := rc.Do(t, http.MethodGet, "/healthz"); r.Status != 200 {
 		t.Fatalf("/healthz %d", r.Status)
 	}
-	if r := rc.do(t, http.MethodGet, "/readyz"); r.Status != 200 {
+	if r := rc.Do(t, http.MethodGet, "/readyz"); r.Status != 200 {
 		t.Fatalf("/readyz %d", r.Status)
 	}
-	before := scrape(t, rc)
+	before := rc.Metrics(t)
 	for i := 0; i < 3; i++ {
-		if r := rc.do(t, http.MethodHead, "/v2/ghcr.io/team/app/manifests/v1"); r.Status != 200 {
+		if r := rc.Do(t, http.MethodHead, "/v2/ghcr.io/team/app/manifests/v1"); r.Status != 200 {
 			t.Fatalf("HEAD %d", r.Status)
 		}
 	}
-	rc.do(t, http.MethodGet, "/v2/ghcr.io/team/app/manifests/nope")
-	m := scrape(t, rc)
+	rc.Do(t, http.MethodGet, "/v2/ghcr.io/team/app/manifests/nope")
+	m := rc.Metrics(t)
 	get := func(k string) float64 { return m[k] - before[k] }
 	if v := get(`regcache_requests_total{cache="MISS",method="HEAD",route="manifest",status="200"}`); v != 1 {
 		t.Fatalf("HEAD MISS counter moved by %v, want 1", v)
@@ -107,9 +83,9 @@ func TestProbesAndMetricsWithAuth(t *testing.T) {
 	authYAML := "auth:\n  tokens: [\"" + static + "\"]\n"
 
 	t.Run("probes are open", func(t *testing.T) {
-		rc := startRegcache(t, configYAML("", upstreamYAML("ghcr.io", reg.URL))+authYAML)
+		rc := startRegcache(t, harness.Config("", harness.Upstream("ghcr.io", reg.URL))+authYAML)
 		for _, path := range []string{"/healthz", "/readyz"} {
-			r := rc.do(t, http.MethodGet, path)
+			r := rc.Do(t, http.MethodGet, path)
 			if r.Status != http.StatusOK {
 				t.Errorf("%s without credentials: %d %s, want 200", path, r.Status, r.Body)
 			}
@@ -118,46 +94,36 @@ func TestProbesAndMetricsWithAuth(t *testing.T) {
 				t.Errorf("%s shows the static token: %s", path, r.Body)
 			}
 		}
-		if r := rc.do(t, http.MethodGet, "/metrics"); r.Status != http.StatusUnauthorized {
+		if r := rc.Do(t, http.MethodGet, "/metrics"); r.Status != http.StatusUnauthorized {
 			t.Errorf("/metrics on the main listener without credentials: %d, want 401", r.Status)
 		}
-		if r := rc.do(t, http.MethodGet, "/metrics", "Authorization", "Bearer "+static); r.Status != http.StatusOK {
+		if r := rc.Do(t, http.MethodGet, "/metrics", "Authorization", "Bearer "+static); r.Status != http.StatusOK {
 			t.Errorf("/metrics on the main listener with the token: %d, want 200", r.Status)
 		}
 	})
 
 	t.Run("metrics_listen", func(t *testing.T) {
-		rc := startRegcache(t, configYAML("", upstreamYAML("ghcr.io", reg.URL))+authYAML+"metrics_listen: 127.0.0.1:0\n")
-		addr := metricsAddr(t, rc)
-		if r := rc.do(t, http.MethodGet, "/metrics"); r.Status != http.StatusUnauthorized {
+		rc := startRegcache(t, harness.Config("", harness.Upstream("ghcr.io", reg.URL))+authYAML+"metrics_listen: 127.0.0.1:0\n")
+		addr, ok := rc.Logs.Listening("metrics listening")
+		if !ok {
+			t.Fatalf("no \"metrics listening\" log line in:\n%s", rc.Logs.String())
+		}
+		if r := rc.Do(t, http.MethodGet, "/metrics"); r.Status != http.StatusUnauthorized {
 			t.Errorf("/metrics on the main listener without credentials: %d, want 401", r.Status)
 		}
-		m := &instance{URL: "http://" + addr, Client: rc.Client}
-		r := m.do(t, http.MethodGet, "/metrics")
+		m := &harness.Instance{URL: "http://" + addr, Client: rc.Client}
+		r := m.Do(t, http.MethodGet, "/metrics")
 		if r.Status != http.StatusOK || !strings.Contains(string(r.Body), "regcache_requests_total") {
 			t.Fatalf("/metrics on metrics_listen: %d %.200s", r.Status, r.Body)
 		}
 		// Only metrics there: not the registry API, not a way around auth.
-		if r := m.do(t, http.MethodGet, "/v2/"); r.Status != http.StatusNotFound {
+		if r := m.Do(t, http.MethodGet, "/v2/"); r.Status != http.StatusNotFound {
 			t.Errorf("/v2/ on metrics_listen: %d, want 404", r.Status)
 		}
-		rc.stop()
+		rc.Stop(t)
 		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
 			c.Close()
 			t.Error("metrics_listen still accepts connections after shutdown")
 		}
 	})
-}
-
-// metricsAddr is the address metrics_listen opened, from the start-up log.
-func metricsAddr(t *testing.T, rc *instance) string {
-	t.Helper()
-	for _, line := range strings.Split(rc.Logs.String(), "\n") {
-		var l struct{ Msg, Listen string }
-		if json.Unmarshal([]byte(line), &l) == nil && l.Msg == "metrics listening" && l.Listen != "" {
-			return l.Listen
-		}
-	}
-	t.Fatalf("no \"metrics listening\" log line in:\n%s", rc.Logs.String())
-	return ""
 }

@@ -1,79 +1,21 @@
 package main
 
+// No open proxy, and read-only: only configured upstreams (and the token realms and
+// redirect targets they name) are ever contacted, however a client names a host, and every
+// method but GET and HEAD is refused.
+
 import (
-	"bufio"
-	"context"
-	"errors"
 	"fmt"
-	"net"
 	"net/http"
-	"net/netip"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"regcache/internal/harness"
+	"regcache/internal/loopback"
 	"regcache/upstream/registrytest"
 )
-
-// allowListDialer connects only to the addresses it was given and records every other
-// address it is asked for, connecting to none of them: the proof that no request makes
-// regcache reach a host that is not a configured upstream.
-type allowListDialer struct {
-	allowed map[string]bool
-	mu      sync.Mutex
-	refused []string
-	d       net.Dialer
-}
-
-func (a *allowListDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
-	if a.allowed[addr] {
-		return a.d.DialContext(ctx, network, addr)
-	}
-	a.mu.Lock()
-	a.refused = append(a.refused, addr)
-	a.mu.Unlock()
-	return nil, errors.New("test dialer: not an allowed address")
-}
-
-// LookupNetIP makes the dialer the test's resolver too: names are recorded, never asked of
-// DNS, and resolve to nothing.
-func (a *allowListDialer) LookupNetIP(_ context.Context, _, host string) ([]netip.Addr, error) {
-	a.mu.Lock()
-	a.refused = append(a.refused, "dns:"+host)
-	a.mu.Unlock()
-	return nil, &net.DNSError{Err: "test resolver resolves nothing", Name: host, IsNotFound: true}
-}
-
-func (a *allowListDialer) attempts() []string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return append([]string(nil), a.refused...)
-}
-
-// rawRequest sends text as-is over TCP and returns the status line and body.
-func rawRequest(t *testing.T, addr, text string) (string, string) {
-	t.Helper()
-	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := conn.Write([]byte(text)); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-	if err != nil {
-		t.Fatalf("reading the answer to %q: %v", strings.SplitN(text, "\r\n", 2)[0], err)
-	}
-	defer resp.Body.Close()
-	buf := make([]byte, 4096)
-	n, _ := resp.Body.Read(buf)
-	return resp.Status, string(buf[:n])
-}
 
 // TestNoOpenProxy tries every way a client could name a host: ns=, a path prefix, the
 // Host header, an absolute-URI request line, and upstream redirects. Only the configured
@@ -82,9 +24,8 @@ func TestNoOpenProxy(t *testing.T) {
 	t.Parallel()
 	reg := registrytest.New(t, registrytest.Bearer)
 	img := reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
-	dial := &allowListDialer{allowed: map[string]bool{reg.Host: true}}
-	rc := startRegcacheWith(t, configYAML("", upstreamYAML("ghcr.io", reg.URL, "aliases: [gh]")), buildOptions{AccessLog: true, Dial: dial.DialContext, Resolver: dial})
-	addr := strings.TrimPrefix(rc.URL, "http://")
+	dial := &loopback.Dialer{Allow: []string{reg.Host}}
+	rc := startRegcacheWith(t, harness.Config("", harness.Upstream("ghcr.io", reg.URL, "aliases: [gh]")), harness.Options{Dial: dial.DialContext, Resolver: dial})
 
 	for _, path := range []string{
 		"/v2/team/app/manifests/v1?ns=evil.example.com",
@@ -99,7 +40,7 @@ func TestNoOpenProxy(t *testing.T) {
 		"/api/v1/digest?image=evil.example.com/x:1",
 		"/api/v1/digest?image=169.254.169.254/latest:1",
 	} {
-		r := rc.do(t, http.MethodGet, path)
+		r := rc.Do(t, http.MethodGet, path)
 		if r.Status != 404 && r.Status != 400 {
 			t.Errorf("%s: %d %s, want a 404/400 registry error", path, r.Status, r.Body)
 		}
@@ -110,9 +51,12 @@ func TestNoOpenProxy(t *testing.T) {
 		"GET http://evil.example.com/v2/team/app/manifests/v1 HTTP/1.1\r\nHost: evil.example.com\r\nConnection: close\r\n\r\n",
 		"GET http://169.254.169.254/v2/evil.example.com/x/manifests/v1 HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n\r\n",
 	} {
-		status, body := rawRequest(t, addr, text)
-		if !strings.HasPrefix(status, "200") && !strings.HasPrefix(status, "404") {
-			t.Errorf("%q: %s %s", strings.SplitN(text, "\r\n", 2)[0], status, body)
+		resp, body, err := harness.Send(t, rc.Addr, text)
+		if err != nil {
+			t.Fatalf("reading the answer to %q: %v", strings.SplitN(text, "\r\n", 2)[0], err)
+		}
+		if resp.StatusCode != 200 && resp.StatusCode != 404 {
+			t.Errorf("%q: %s %.4096s", strings.SplitN(text, "\r\n", 2)[0], resp.Status, body)
 		}
 	}
 	// Upstream redirects to other hosts: to a name, to the metadata service, to a
@@ -124,19 +68,71 @@ func TestNoOpenProxy(t *testing.T) {
 			http.Redirect(w, r, target, http.StatusTemporaryRedirect)
 			return true
 		})))
-		if r := rc.do(t, http.MethodGet, "/v2/ghcr.io/team/app/manifests/"+fresh.Digest); r.Status < 400 {
+		if r := rc.Do(t, http.MethodGet, "/v2/ghcr.io/team/app/manifests/"+fresh.Digest); r.Status < 400 {
 			t.Errorf("redirect to %s: %d", to, r.Status)
 		}
 	}
 	reg.SetFault(nil)
-	if r := rc.do(t, http.MethodGet, "/v2/gh/team/app/manifests/v1"); r.Status != 200 {
+	if r := rc.Do(t, http.MethodGet, "/v2/gh/team/app/manifests/v1"); r.Status != 200 {
 		t.Fatalf("the configured upstream no longer answers: %d %s", r.Status, r.Body)
 	}
 	// Internal literals are refused before the dialer; a redirect to a public name is
 	// looked up (the test resolver answers nothing) and never dialled.
-	for _, a := range dial.attempts() {
+	for _, a := range dial.Refused() {
 		if a != "dns:evil.example.com" {
 			t.Fatalf("regcache tried to reach %s", a)
 		}
+	}
+}
+
+func TestBaseEndpointAndReadOnly(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t, registrytest.Bearer)
+	d := reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1).Digest
+	rc := startRegcache(t, harness.Config("", harness.Upstream("registry.test", reg.URL)))
+	reg.ResetCounts()
+
+	for _, path := range []string{"/v2/", "/v2"} {
+		for _, method := range []string{http.MethodGet, http.MethodHead} {
+			// Without Authorization the ping is challenged (client auth off or not: clients
+			// find the token realm this way; Diun takes 200 or 401, Renovate needs the
+			// challenge); with any Authorization it answers 200.
+			r := rc.Do(t, method, path)
+			if r.Status != http.StatusUnauthorized || r.Header.Get("WWW-Authenticate") == "" {
+				t.Fatalf("%s %s without Authorization: %d %v, want 401 with a challenge", method, path, r.Status, r.Header)
+			}
+			r = rc.Do(t, method, path, "Authorization", "Bearer Og==")
+			if r.Status != http.StatusOK || r.Header.Get("Docker-Distribution-API-Version") != "registry/2.0" {
+				t.Fatalf("%s %s: %d %v", method, path, r.Status, r.Header)
+			}
+			if r.Header.Get("WWW-Authenticate") != "" {
+				t.Fatalf("%s %s asks for credentials", method, path)
+			}
+		}
+	}
+	if r := rc.Do(t, http.MethodGet, "/v2/", "Authorization", "Bearer Og=="); string(r.Body) != "{}" || !strings.HasPrefix(r.Header.Get("Content-Type"), "application/json") {
+		t.Fatalf("GET /v2/ body %q type %q", r.Body, r.Header.Get("Content-Type"))
+	}
+	for _, method := range []string{http.MethodPut, http.MethodPost, http.MethodDelete, http.MethodPatch} {
+		for _, path := range []string{
+			"/v2/team/app/manifests/v1",
+			"/v2/team/app/manifests/" + d,
+			"/v2/team/app/blobs/" + d,
+			"/v2/team/app/blobs/uploads/",
+			"/v2/registry.test/team/app/manifests/v1",
+			"/v2/team/app/manifests/v1?ns=registry.test",
+			"/v2/",
+		} {
+			r := rc.Do(t, method, path)
+			harness.ExpectErrorCode(t, method+" "+path, r, method, http.StatusMethodNotAllowed, "UNSUPPORTED")
+			if allow := r.Header.Get("Allow"); allow != "GET, HEAD" {
+				t.Fatalf("%s %s: Allow %q, want \"GET, HEAD\" (RFC 9110 §15.5.6)", method, path, allow)
+			}
+		}
+	}
+	harness.ExpectNoTraffic(t, "read-only methods", reg)
+	// And the manifest is still there and unchanged.
+	if r := rc.Do(t, http.MethodGet, "/v2/team/app/manifests/v1"); r.Status != http.StatusOK || r.Header.Get("Docker-Content-Digest") != d {
+		t.Fatalf("after the refused writes: %d %s", r.Status, r.Header.Get("Docker-Content-Digest"))
 	}
 }

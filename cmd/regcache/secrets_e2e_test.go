@@ -1,5 +1,8 @@
 package main
 
+// Secrets never show: no upstream credential or token in regcache's logs or answers, and
+// no client credential sent upstream.
+
 import (
 	"encoding/base64"
 	"io"
@@ -10,6 +13,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"regcache/internal/harness"
 	"regcache/upstream/registrytest"
 )
 
@@ -24,19 +28,12 @@ func TestSecretsNeverShow(t *testing.T) {
 	basic.PushImage(t, "team/app", "v1", types.DockerManifestSchema2)
 	t.Setenv("REGCACHE_TEST_PASSWORD", reg.Password)
 	t.Setenv("REGCACHE_TEST_BASIC_PASSWORD", basic.Password)
-	rc := startRegcache(t, configYAML("  tag_ttl: 50ms\n  negative_ttl: 1ms\n",
-		upstreamYAML("ghcr.io", reg.URL, "credentials:", "  username: robot", "  password: ${REGCACHE_TEST_PASSWORD}", "timeout: 2s"),
-		upstreamYAML("quay.io", basic.URL, "credentials:", "  username: robot", "  password: ${REGCACHE_TEST_BASIC_PASSWORD}", "timeout: 2s")))
+	rc := startRegcache(t, harness.Config("  tag_ttl: 50ms\n  negative_ttl: 1ms\n",
+		harness.Upstream("ghcr.io", reg.URL, "credentials:", "  username: robot", "  password: ${REGCACHE_TEST_PASSWORD}", "timeout: 2s"),
+		harness.Upstream("quay.io", basic.URL, "credentials:", "  username: robot", "  password: ${REGCACHE_TEST_BASIC_PASSWORD}", "timeout: 2s")))
 
 	clientSecrets := []string{"client-bearer-7f3a9c", base64.StdEncoding.EncodeToString([]byte("alice:client-pass-51ee"))}
-	var answers strings.Builder
-	record := func(r response) {
-		for k, vs := range r.Header {
-			answers.WriteString(k + ": " + strings.Join(vs, ",") + "\n")
-		}
-		answers.Write(r.Body)
-		answers.WriteString("\n")
-	}
+	var answers harness.Transcript
 	paths := []string{
 		"/v2/", "/token?service=regcache&scope=repository:team/app:pull",
 		"/v2/ghcr.io/team/app/manifests/v1", "/v2/ghcr.io/team/app/tags/list",
@@ -47,16 +44,16 @@ func TestSecretsNeverShow(t *testing.T) {
 		"/metrics", "/readyz",
 	}
 	for _, p := range paths {
-		record(rc.do(t, http.MethodGet, p, "Authorization", "Bearer "+clientSecrets[0]))
-		record(rc.do(t, http.MethodHead, p, "Authorization", "Basic "+clientSecrets[1]))
+		answers.Add(rc.Do(t, http.MethodGet, p, "Authorization", "Bearer "+clientSecrets[0]))
+		answers.Add(rc.Do(t, http.MethodHead, p, "Authorization", "Basic "+clientSecrets[1]))
 	}
 	// Upstream failures and recoveries: errors are built from upstream's words.
 	time.Sleep(60 * time.Millisecond)
 	for _, f := range []registrytest.Fault{registrytest.Status(500), registrytest.CloseConnection(), registrytest.RateLimited(time.Second)} {
 		reg.SetFault(f)
 		basic.SetFault(f)
-		record(rc.do(t, http.MethodGet, "/v2/ghcr.io/team/app/manifests/v2"))
-		record(rc.do(t, http.MethodGet, "/v2/quay.io/team/app/manifests/v2"))
+		answers.Add(rc.Do(t, http.MethodGet, "/v2/ghcr.io/team/app/manifests/v2"))
+		answers.Add(rc.Do(t, http.MethodGet, "/v2/quay.io/team/app/manifests/v2"))
 	}
 	reg.SetFault(nil)
 	basic.SetFault(nil)
@@ -68,7 +65,7 @@ func TestSecretsNeverShow(t *testing.T) {
 	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	answers.Write(b)
+	answers.Add(harness.Response{Status: resp.StatusCode, Header: resp.Header, Body: b})
 
 	secrets := map[string]string{
 		"token-endpoint password": reg.Password,
@@ -80,7 +77,7 @@ func TestSecretsNeverShow(t *testing.T) {
 		secrets["upstream token "+string(rune('a'+i))] = tok
 	}
 	for _, p := range []string{"/v2/quay.io/team/app/manifests/v1", "/v2/ghcr.io/team/app/manifests/v1"} {
-		if r := rc.do(t, http.MethodGet, p); r.Status != 200 {
+		if r := rc.Do(t, http.MethodGet, p); r.Status != 200 {
 			t.Fatalf("%s: %d: the credentials did not work, so the test proves nothing", p, r.Status)
 		}
 	}

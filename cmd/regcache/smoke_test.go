@@ -8,6 +8,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"regcache/configs"
+	"regcache/internal/harness"
 	"regcache/proxy"
 	"regcache/upstream/registrytest"
 )
@@ -15,10 +16,10 @@ import (
 func TestSmokeManifestThroughBearerUpstream(t *testing.T) {
 	reg := registrytest.New(t, registrytest.Bearer)
 	idx := reg.PushIndex(t, "linuxserver/nginx", "latest", types.OCIImageIndex, "linux/amd64", "linux/arm64/v8")
-	rc := startRegcache(t, configYAML("", upstreamYAML("lscr.io", reg.URL)))
+	rc := startRegcache(t, harness.Config("", harness.Upstream("lscr.io", reg.URL)))
 	reg.ResetCounts()
 
-	r := rc.do(t, http.MethodGet, "/v2/lscr.io/linuxserver/nginx/manifests/latest")
+	r := rc.Do(t, http.MethodGet, "/v2/lscr.io/linuxserver/nginx/manifests/latest")
 	if r.Status != 200 {
 		t.Fatalf("status %d: %s", r.Status, r.Body)
 	}
@@ -31,7 +32,7 @@ func TestSmokeManifestThroughBearerUpstream(t *testing.T) {
 	if r.Header.Get("X-Cache") != "MISS" || r.Header.Get("Content-Type") != string(types.OCIImageIndex) {
 		t.Fatalf("headers %v", r.Header)
 	}
-	h := rc.do(t, http.MethodHead, "/v2/lscr.io/linuxserver/nginx/manifests/latest")
+	h := rc.Do(t, http.MethodHead, "/v2/lscr.io/linuxserver/nginx/manifests/latest")
 	if h.Status != 200 || h.Header.Get("X-Cache") != "HIT" || h.Header.Get("Content-Length") == "0" {
 		t.Fatalf("HEAD: %d %v", h.Status, h.Header)
 	}

@@ -1,5 +1,9 @@
 package main
 
+// upstreams[].max_concurrent: at most that many exchanges are open at an upstream; a miss
+// that finds no slot in time gets 503 UNAVAILABLE with Retry-After (or a stale answer),
+// and cached answers never queue behind the misses.
+
 import (
 	"fmt"
 	"net/http"
@@ -11,6 +15,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"regcache/internal/harness"
 	"regcache/upstream/registrytest"
 )
 
@@ -31,11 +36,11 @@ func TestPendingMissesAreBounded(t *testing.T) {
 	// slots at once, the next 4 when those finish (1.5s), and the rest are turned away;
 	// none runs into the timeout itself. tag_ttl 1s makes the tag stale before the load;
 	// revalidate_wait 20s means only a failed revalidation serves it stale.
-	rc := startRegcache(t, configYAML("  revalidate_wait: 20s\n",
-		upstreamYAML("ghcr.io", reg.URL, "max_concurrent: 4", "timeout: 8s", "tag_ttl: 1s")))
+	rc := startRegcache(t, harness.Config("  revalidate_wait: 20s\n",
+		harness.Upstream("ghcr.io", reg.URL, "max_concurrent: 4", "timeout: 8s", "tag_ttl: 1s")))
 	hit := "/v2/ghcr.io/team/app/manifests/" + img.Digest // a digest never goes stale
 	for _, path := range []string{hit, "/v2/ghcr.io/team/app/manifests/cached"} {
-		if r := rc.do(t, http.MethodGet, path); r.Status != http.StatusOK {
+		if r := rc.Do(t, http.MethodGet, path); r.Status != http.StatusOK {
 			t.Fatalf("warming %s: %d %s", path, r.Status, r.Body)
 		}
 	}
@@ -62,21 +67,21 @@ func TestPendingMissesAreBounded(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range clients {
 		wg.Go(func() {
-			r := rc.do(t, http.MethodGet, fmt.Sprintf("/v2/ghcr.io/team/app/manifests/miss-%d", i))
+			r := rc.Do(t, http.MethodGet, fmt.Sprintf("/v2/ghcr.io/team/app/manifests/miss-%d", i))
 			statuses[i], retryAfter[i], bodies[i] = r.Status, r.Header.Get("Retry-After"), string(r.Body)
 		})
 	}
 	// Hits while the misses wait: answered from the cache, never queued behind them.
 	time.Sleep(300 * time.Millisecond)
-	var stale response
+	var stale harness.Response
 	wg.Go(func() {
 		// A stale tag's revalidation finds the bound full like any miss; the failure is
 		// an upstream failure like any other, so the stale answer is served.
-		stale = rc.do(t, http.MethodGet, "/v2/ghcr.io/team/app/manifests/cached")
+		stale = rc.Do(t, http.MethodGet, "/v2/ghcr.io/team/app/manifests/cached")
 	})
 	for range 3 {
 		start := time.Now()
-		r := rc.do(t, http.MethodGet, hit)
+		r := rc.Do(t, http.MethodGet, hit)
 		if took := time.Since(start); r.Status != http.StatusOK || r.Header.Get("X-Cache") != "HIT" || took > time.Second {
 			t.Errorf("hit during the load: %d %s in %v, want a fast 200 HIT", r.Status, r.Header.Get("X-Cache"), took)
 		}
@@ -107,7 +112,7 @@ func TestPendingMissesAreBounded(t *testing.T) {
 		t.Errorf("%d of %d misses got 503; want the bound to turn some, not all, away", busy, clients)
 	}
 	// Each 503 was counted, and so was the stale tag's revalidation if it found no slot.
-	if n := scrape(t, rc)[`regcache_upstream_busy_total{upstream="ghcr.io"}`]; n < float64(busy) || n > float64(busy+1) {
+	if n := rc.Metrics(t)[`regcache_upstream_busy_total{upstream="ghcr.io"}`]; n < float64(busy) || n > float64(busy+1) {
 		t.Errorf("regcache_upstream_busy_total = %v, want the %d misses turned away (and at most the revalidation)", n, busy)
 	}
 	t.Logf("most open at upstream %d, 503s %d of %d", most.Load(), busy, clients)

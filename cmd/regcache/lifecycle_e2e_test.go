@@ -1,9 +1,12 @@
 package main
 
+// Lifecycle: the real binary's start-up refusals (one clear line, a non-zero exit), its
+// graceful stop on SIGTERM (requests in flight finish, the process exits 0), and an
+// in-process shutdown that leaves no goroutine behind.
+
 import (
-	"bufio"
+	"encoding/json"
 	"errors"
-	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -15,36 +18,17 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"go.uber.org/goleak"
 
+	"regcache/internal/harness"
 	"regcache/upstream/registrytest"
 )
-
-// buildBinary compiles regcache once per test run.
-func buildBinary(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "regcache")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
 
 // TestLifecycle runs the real binary: a config error is one clear line and a non-zero
 // exit, a missing -config says so, and SIGTERM lets an in-flight request finish before
 // the process exits 0.
 func TestLifecycle(t *testing.T) {
-	bin := buildBinary(t)
+	bin := harness.BuildBinary(t)
 	dir := t.TempDir()
 
 	bad := filepath.Join(dir, "bad.yaml")
@@ -79,25 +63,11 @@ func TestLifecycle(t *testing.T) {
 	reg := registrytest.New(t, registrytest.NoAuth)
 	reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
 	reg.SetFault(registrytest.OnManifests(registrytest.Delay(1500 * time.Millisecond)))
-	addr := freePort(t)
-	cfg := filepath.Join(dir, "ok.yaml")
-	_ = os.WriteFile(cfg, []byte(fmt.Sprintf("listen: %s\ndefault_upstream: ghcr.io\nupstreams:\n  - name: ghcr.io\n    url: %s\n", addr, reg.URL)), 0o644)
-	cmd := exec.Command(bin, "-config", cfg)
-	stderr, _ := cmd.StderrPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill() })
-	logs := bufio.NewScanner(stderr)
-	for logs.Scan() && !strings.Contains(logs.Text(), "listening") {
-	}
-	go func() {
-		for logs.Scan() {
-		}
-	}()
+	p := harness.StartProcess(t, bin, harness.Config("", harness.Upstream("ghcr.io", reg.URL)))
 	done := make(chan int, 1)
 	go func() {
-		resp, err := http.Get("http://" + addr + "/v2/team/app/manifests/v1")
+		client := &http.Client{Transport: &http.Transport{Proxy: nil}}
+		resp, err := client.Get("http://" + p.Addr + "/v2/team/app/manifests/v1")
 		if err != nil {
 			done <- -1
 			return
@@ -107,16 +77,14 @@ func TestLifecycle(t *testing.T) {
 	}()
 	time.Sleep(300 * time.Millisecond) // the request is in flight, waiting on upstream
 	start := time.Now()
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	if status := <-done; status != 200 {
 		t.Fatalf("in-flight request during shutdown: %d, want 200", status)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
 	select {
-	case err := <-exited:
+	case err := <-p.Exited:
 		if err != nil {
 			t.Fatalf("exit after SIGTERM: %v, want 0", err)
 		}
@@ -124,7 +92,45 @@ func TestLifecycle(t *testing.T) {
 		t.Fatal("regcache did not exit within 20 s of SIGTERM")
 	}
 	t.Logf("drained and exited %s after SIGTERM", time.Since(start).Round(time.Millisecond))
-	if _, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+	if _, err := net.DialTimeout("tcp", p.Addr, time.Second); err == nil {
 		t.Fatal("still listening after exit")
+	}
+}
+
+// TestShutdownLeavesNoGoroutines: after traffic that reaches upstream (manifests,
+// a 404, a blob, a tags page) and a shutdown, no goroutine of regcache's is left, the
+// upstream transports' idle connections included, checked while the upstream still runs
+// (its closing them would hide a leak).
+func TestShutdownLeavesNoGoroutines(t *testing.T) {
+	reg := registrytest.New(t, registrytest.Bearer)
+	pushed := reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
+	var m struct {
+		Config struct{ Digest string } `json:"config"`
+	}
+	if err := json.Unmarshal(pushed.Body, &m); err != nil {
+		t.Fatal(err)
+	}
+	// Whatever runs already (other tests' leftovers, the upstream's server) is not ours.
+	ignore := []goleak.Option{
+		goleak.IgnoreCurrent(),
+		// fasthttp's process-wide Date header clock, started once and never stopped.
+		goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.updateServerDate.func1"),
+		// fasthttp's worker-pool cleaner notices Stop only after its current sleep
+		// (MaxIdleWorkerDuration, 10 s): bounded, and not ours to shorten.
+		goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.(*workerPool).Start.func2"),
+	}
+	rc := startRegcacheWith(t, harness.Config("", harness.Upstream("reg.test", reg.URL)), harness.Options{Quiet: true})
+	for _, p := range []string{
+		"/v2/team/app/manifests/v1", "/v2/team/app/manifests/v1", "/v2/team/app/manifests/nope",
+		"/v2/team/app/blobs/" + m.Config.Digest, "/v2/team/app/tags/list", "/metrics",
+	} {
+		rc.Do(t, http.MethodGet, p)
+	}
+	if reg.Count("GET", "token") == 0 {
+		t.Fatal("upstream was never asked for a token: the test does not exercise auth")
+	}
+	rc.Stop(t)
+	if err := goleak.Find(ignore...); err != nil {
+		t.Fatalf("goroutines left after shutdown: %v", err)
 	}
 }
