@@ -92,7 +92,7 @@ func TestFailureLimiterBounded(t *testing.T) {
 
 // limitedCtx is a request from addr carrying Authorization authz (none if empty).
 func limitedCtx(uri, addr, authz string) *fasthttp.RequestCtx {
-	ctx := caCtx("GET", uri, "regcache.lan")
+	ctx := authRequest("GET", uri, "regcache.lan")
 	if authz != "" {
 		ctx.Request.Header.Set("Authorization", authz)
 	}
@@ -101,16 +101,16 @@ func limitedCtx(uri, addr, authz string) *fasthttp.RequestCtx {
 }
 
 func TestFailedAuthLimited(t *testing.T) {
-	a, now := caAuth(t, ClientAuthOptions{
-		Users:  map[string]string{"alice": caHash(t, "alice-pw")},
+	a, now := newTestAuth(t, ClientAuthOptions{
+		Users:  map[string]string{"alice": bcryptHash(t, "alice-pw")},
 		Tokens: []string{"static-token-1"},
 		Secret: []byte("k-0123456789abcdef0123456789abcdef"),
 	})
 	const path = "/v2/library/nginx/manifests/latest"
 	const attacker = "198.51.100.9"
 	issued, _ := a.issueToken("alice")
-	rememberedRight := caBasic("alice", "alice-pw")
-	remembered := []string{rememberedRight, "Bearer " + issued, "Bearer static-token-1", caBasic("ci", "static-token-1")}
+	rememberedRight := basicHeader("alice", "alice-pw")
+	remembered := []string{rememberedRight, "Bearer " + issued, "Bearer static-token-1", basicHeader("ci", "static-token-1")}
 	for _, h := range remembered {
 		if !a.authorize(limitedCtx(path, "203.0.113.1", h), []byte(path)) {
 			t.Fatalf("%.24q refused", h)
@@ -123,12 +123,12 @@ func TestFailedAuthLimited(t *testing.T) {
 		return ctx.Response.StatusCode(), ctx
 	}
 	for i := range failureLimit {
-		if code, _ := status(attacker, caBasic("alice", fmt.Sprintf("guess-%d", i))); code != 401 {
+		if code, _ := status(attacker, basicHeader("alice", fmt.Sprintf("guess-%d", i))); code != 401 {
 			t.Fatalf("failure %d: status %d, want 401", i+1, code)
 		}
 	}
 	// Unknown users cost a (dummy) comparison too, and count alike.
-	code, ctx := status(attacker, caBasic("mallory", "x"))
+	code, ctx := status(attacker, basicHeader("mallory", "x"))
 	if code != fasthttp.StatusTooManyRequests {
 		t.Fatalf("failure %d: status %d, want 429", failureLimit+1, code)
 	}
@@ -141,7 +141,7 @@ func TestFailedAuthLimited(t *testing.T) {
 	}
 	// While blocked, even the right password is refused from there (it would cost a
 	// comparison)...
-	unremembered := "basic " + caBasic("alice", "alice-pw")[len("Basic "):] // another header, same credentials
+	unremembered := "basic " + basicHeader("alice", "alice-pw")[len("Basic "):] // another header, same credentials
 	if code, _ := status(attacker, unremembered); code != 429 {
 		t.Errorf("right, unremembered password while blocked: %d, want 429", code)
 	}
@@ -158,27 +158,27 @@ func TestFailedAuthLimited(t *testing.T) {
 		}
 	}
 	// Other clients are not affected; the attacker's neighbours in its IPv6 /64 would be.
-	if code, _ := status("198.51.100.10", caBasic("alice", "wrong")); code != 401 {
+	if code, _ := status("198.51.100.10", basicHeader("alice", "wrong")); code != 401 {
 		t.Errorf("another address: %d, want 401", code)
 	}
 	for i := range failureLimit {
-		status(fmt.Sprintf("2001:db8:1:2::%x", i+1), caBasic("alice", "wrong"))
+		status(fmt.Sprintf("2001:db8:1:2::%x", i+1), basicHeader("alice", "wrong"))
 	}
-	if code, _ := status("2001:db8:1:2:ffff::1", caBasic("alice", "wrong")); code != 429 {
+	if code, _ := status("2001:db8:1:2:ffff::1", basicHeader("alice", "wrong")); code != 429 {
 		t.Errorf("same IPv6 /64: %d, want 429", code)
 	}
-	if code, _ := status("2001:db8:1:3::1", caBasic("alice", "wrong")); code != 401 {
+	if code, _ := status("2001:db8:1:3::1", basicHeader("alice", "wrong")); code != 401 {
 		t.Errorf("another IPv6 /64: %d, want 401", code)
 	}
 	// The token endpoint is rationed by the same table.
-	tctx := limitedCtx("/token", attacker, caBasic("alice", "guess"))
+	tctx := limitedCtx("/token", attacker, basicHeader("alice", "guess"))
 	a.serveToken(tctx)
 	if tctx.Response.StatusCode() != 429 || len(tctx.Response.Header.Peek("Retry-After")) == 0 {
 		t.Errorf("/token while blocked: %d, Retry-After %q", tctx.Response.StatusCode(), tctx.Response.Header.Peek("Retry-After"))
 	}
 	// After the block, guesses are answered 401 again (the next block would be longer).
 	*now = now.Add(time.Minute)
-	if code, _ := status(attacker, caBasic("alice", "wrong")); code != 401 {
+	if code, _ := status(attacker, basicHeader("alice", "wrong")); code != 401 {
 		t.Errorf("after the block: %d, want 401", code)
 	}
 	if code, _ := status(attacker, unremembered); code != 200 {
@@ -189,14 +189,14 @@ func TestFailedAuthLimited(t *testing.T) {
 // TestFailedAuthLimitedConcurrently: guesses sent at once cannot race past the limit,
 // because an attempt is counted before its comparison runs.
 func TestFailedAuthLimitedConcurrently(t *testing.T) {
-	a, _ := caAuth(t, ClientAuthOptions{Users: map[string]string{"alice": caHash(t, "alice-pw")}})
+	a, _ := newTestAuth(t, ClientAuthOptions{Users: map[string]string{"alice": bcryptHash(t, "alice-pw")}})
 	const n = 60
 	var mu sync.Mutex
 	codes := map[int]int{}
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
-			ctx := limitedCtx("/v2/", "198.51.100.20", caBasic("alice", fmt.Sprint("guess-", i)))
+			ctx := limitedCtx("/v2/", "198.51.100.20", basicHeader("alice", fmt.Sprint("guess-", i)))
 			a.authorize(ctx, []byte("/v2/"))
 			mu.Lock()
 			codes[ctx.Response.StatusCode()]++
@@ -212,20 +212,20 @@ func TestFailedAuthLimitedConcurrently(t *testing.T) {
 // TestFailedAuthForwardedFor: behind a proxy that sets X-Forwarded-For (and with
 // trust_forwarded_headers), clients are told apart by the address it appended last.
 func TestFailedAuthForwardedFor(t *testing.T) {
-	a, _ := caAuth(t, ClientAuthOptions{Users: map[string]string{"alice": caHash(t, "alice-pw")}, TrustForwardedHeaders: true})
+	a, _ := newTestAuth(t, ClientAuthOptions{Users: map[string]string{"alice": bcryptHash(t, "alice-pw")}, TrustForwardedHeaders: true})
 	const proxyAddr = "10.0.0.2"
 	for i := range failureLimit {
-		ctx := limitedCtx("/v2/", proxyAddr, caBasic("alice", fmt.Sprint("guess-", i)))
+		ctx := limitedCtx("/v2/", proxyAddr, basicHeader("alice", fmt.Sprint("guess-", i)))
 		ctx.Request.Header.Set("X-Forwarded-For", "1.2.3.4, 198.51.100.30")
 		a.authorize(ctx, []byte("/v2/"))
 	}
-	blocked := limitedCtx("/v2/", proxyAddr, caBasic("alice", "again"))
+	blocked := limitedCtx("/v2/", proxyAddr, basicHeader("alice", "again"))
 	blocked.Request.Header.Set("X-Forwarded-For", "5.6.7.8,198.51.100.30")
 	a.authorize(blocked, []byte("/v2/"))
 	if blocked.Response.StatusCode() != 429 {
 		t.Errorf("same forwarded client (spoofed first hop): %d, want 429", blocked.Response.StatusCode())
 	}
-	other := limitedCtx("/v2/", proxyAddr, caBasic("alice", "again"))
+	other := limitedCtx("/v2/", proxyAddr, basicHeader("alice", "again"))
 	other.Request.Header.Set("X-Forwarded-For", "198.51.100.31")
 	a.authorize(other, []byte("/v2/"))
 	if other.Response.StatusCode() != 401 {
@@ -248,8 +248,8 @@ func limitedStatus(a *ClientAuth, addr, authz string) (int, *fasthttp.RequestCtx
 // blocked no token from it is checked (a right one would otherwise tell itself apart).
 func TestFailedBearerTokensLimited(t *testing.T) {
 	const static = "static-token-0123456789"
-	a, now := caAuth(t, ClientAuthOptions{
-		Users:  map[string]string{"alice": caHash(t, "alice-pw")},
+	a, now := newTestAuth(t, ClientAuthOptions{
+		Users:  map[string]string{"alice": bcryptHash(t, "alice-pw")},
 		Tokens: []string{static},
 		Secret: []byte("k-0123456789abcdef0123456789abcdef"),
 	})
@@ -292,26 +292,26 @@ func TestFailedBearerTokensLimited(t *testing.T) {
 	// Tokens signed with another key (this replica restarted without auth.secret, or
 	// another replica issued them) are no guesses either: no one can forge an HMAC, and
 	// counting them would block every client behind one address after a restart.
-	before, _ := caAuth(t, ClientAuthOptions{Users: map[string]string{"alice": caHash(t, "alice-pw")}, Secret: []byte("another-key-0123456789abcdef0123456789")})
+	before, _ := newTestAuth(t, ClientAuthOptions{Users: map[string]string{"alice": bcryptHash(t, "alice-pw")}, Secret: []byte("another-key-0123456789abcdef0123456789")})
 	foreign, _ := before.issueToken("alice")
 	for i := range 3 * failureLimit {
 		if code, _ := limitedStatus(a, "203.0.113.7", "Bearer "+foreign); code != 401 {
 			t.Fatalf("token signed with another key %d: %d, want 401 (not counted)", i+1, code)
 		}
 	}
-	if code, _ := limitedStatus(a, "203.0.113.7", caBasic("alice", "alice-pw")); code != 200 {
+	if code, _ := limitedStatus(a, "203.0.113.7", basicHeader("alice", "alice-pw")); code != 200 {
 		t.Errorf("the right password after old tokens from one address: %d, want 200", code)
 	}
 
 	// With static tokens only there is no bcrypt at all; a Basic password guessing at one
 	// counts the same.
-	tokensOnly, _ := caAuth(t, ClientAuthOptions{Tokens: []string{static}})
+	tokensOnly, _ := newTestAuth(t, ClientAuthOptions{Tokens: []string{static}})
 	for i := range failureLimit {
-		if code, _ := limitedStatus(tokensOnly, attacker, caBasic("ci", fmt.Sprint("guess-", i))); code != 401 {
+		if code, _ := limitedStatus(tokensOnly, attacker, basicHeader("ci", fmt.Sprint("guess-", i))); code != 401 {
 			t.Fatalf("Basic guess %d: %d, want 401", i+1, code)
 		}
 	}
-	if code, _ := limitedStatus(tokensOnly, attacker, caBasic("ci", "guess-x")); code != 429 {
+	if code, _ := limitedStatus(tokensOnly, attacker, basicHeader("ci", "guess-x")); code != 429 {
 		t.Errorf("Basic guess %d with tokens only: %d, want 429", failureLimit+1, code)
 	}
 }

@@ -15,8 +15,8 @@ import (
 	"golang.org/x/crypto/bcrypt"
 )
 
-// caCtx is a request as the server would hand it to the handler.
-func caCtx(method, uri, host string, header ...string) *fasthttp.RequestCtx {
+// authRequest is a request as the server would hand it to the handler.
+func authRequest(method, uri, host string, header ...string) *fasthttp.RequestCtx {
 	var req fasthttp.Request
 	req.Header.SetMethod(method)
 	req.SetRequestURI(uri)
@@ -31,12 +31,12 @@ func caCtx(method, uri, host string, header ...string) *fasthttp.RequestCtx {
 	return ctx
 }
 
-func caBasic(user, pass string) string {
+func basicHeader(user, pass string) string {
 	return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))
 }
 
-// caAuth builds a ClientAuth whose clock the test moves.
-func caAuth(t testing.TB, opts ClientAuthOptions) (*ClientAuth, *time.Time) {
+// newTestAuth builds a ClientAuth whose clock the test moves.
+func newTestAuth(t testing.TB, opts ClientAuthOptions) (*ClientAuth, *time.Time) {
 	t.Helper()
 	a, err := NewClientAuth(opts)
 	if err != nil {
@@ -47,7 +47,7 @@ func caAuth(t testing.TB, opts ClientAuthOptions) (*ClientAuth, *time.Time) {
 	return a, &now
 }
 
-func caHash(t testing.TB, pw string) string {
+func bcryptHash(t testing.TB, pw string) string {
 	t.Helper()
 	h, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.MinCost)
 	if err != nil {
@@ -57,7 +57,7 @@ func caHash(t testing.TB, pw string) string {
 }
 
 func TestTokenSignVerify(t *testing.T) {
-	a, now := caAuth(t, ClientAuthOptions{Secret: []byte("k-0123456789abcdef0123456789abcdef"), TokenTTL: time.Minute})
+	a, now := newTestAuth(t, ClientAuthOptions{Secret: []byte("k-0123456789abcdef0123456789abcdef"), TokenTTL: time.Minute})
 	tok, ttl := a.issueToken("alice")
 	if ttl != time.Minute {
 		t.Errorf("ttl = %v, want 1m", ttl)
@@ -98,7 +98,7 @@ func TestTokenSignVerify(t *testing.T) {
 	t.Run("tamper", func(t *testing.T) {
 		forged, _ := json.Marshal(tokenClaims{Sub: "alice", Exp: now.Add(24 * time.Hour).Unix()})
 		forgedPayload := base64.RawURLEncoding.EncodeToString(forged)
-		other, _ := caAuth(t, ClientAuthOptions{Secret: []byte("another-key-0123456789abcdef012345")})
+		other, _ := newTestAuth(t, ClientAuthOptions{Secret: []byte("another-key-0123456789abcdef012345")})
 		otherTok, _ := other.issueToken("alice")
 		flip := func(s string, i int) string {
 			b := []byte(s)
@@ -148,15 +148,15 @@ func TestTokenSignVerify(t *testing.T) {
 
 func TestTokensAcrossReplicas(t *testing.T) {
 	shared := []byte("shared-secret-0123456789abcdef0123")
-	a, _ := caAuth(t, ClientAuthOptions{Secret: shared})
-	b, _ := caAuth(t, ClientAuthOptions{Secret: shared})
+	a, _ := newTestAuth(t, ClientAuthOptions{Secret: shared})
+	b, _ := newTestAuth(t, ClientAuthOptions{Secret: shared})
 	tok, _ := a.issueToken("alice")
 	if _, err := b.verifyToken([]byte(tok)); err != nil {
 		t.Errorf("replica with the same auth.secret refuses the token: %v", err)
 	}
 	// Without auth.secret each process draws its own key.
-	c, _ := caAuth(t, ClientAuthOptions{})
-	d, _ := caAuth(t, ClientAuthOptions{})
+	c, _ := newTestAuth(t, ClientAuthOptions{})
+	d, _ := newTestAuth(t, ClientAuthOptions{})
 	tok, _ = c.issueToken("alice")
 	if _, err := c.verifyToken([]byte(tok)); err != nil {
 		t.Errorf("random key: own token refused: %v", err)
@@ -196,8 +196,8 @@ func TestChallengeRealm(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			a, _ := caAuth(t, tc.opts)
-			ctx := caCtx("GET", "/v2/", tc.host, tc.headers...)
+			a, _ := newTestAuth(t, tc.opts)
+			ctx := authRequest("GET", "/v2/", tc.host, tc.headers...)
 			got := string(a.challengeFor(ctx))
 			want := `Bearer realm="` + tc.want + `/token",service="regcache"`
 			if got != want {
@@ -212,7 +212,7 @@ func TestChallengeRealm(t *testing.T) {
 }
 
 func TestAuthorizeAuthOff(t *testing.T) {
-	a, _ := caAuth(t, ClientAuthOptions{})
+	a, _ := newTestAuth(t, ClientAuthOptions{})
 	if a.Required() {
 		t.Fatal("Required() with no users and no tokens")
 	}
@@ -231,7 +231,7 @@ func TestAuthorizeAuthOff(t *testing.T) {
 		{"/v2/library/nginx/tags/list", "", true},
 		{"/api/v1/digest", "", true},
 	} {
-		ctx := caCtx("GET", tc.path, "regcache.lan")
+		ctx := authRequest("GET", tc.path, "regcache.lan")
 		if tc.authz != "" {
 			ctx.Request.Header.Set("Authorization", tc.authz)
 		}
@@ -240,19 +240,19 @@ func TestAuthorizeAuthOff(t *testing.T) {
 			continue
 		}
 		if !tc.want {
-			caWant401(t, ctx, `Bearer realm="http://regcache.lan/token",service="regcache"`)
+			want401(t, ctx, `Bearer realm="http://regcache.lan/token",service="regcache"`)
 		}
 	}
 	// Writes to /v2/ go on to their 405: a challenge would suggest credentials help.
 	for _, method := range []string{"PUT", "POST", "DELETE"} {
-		if !a.authorize(caCtx(method, "/v2/", "regcache.lan"), []byte("/v2/")) {
+		if !a.authorize(authRequest(method, "/v2/", "regcache.lan"), []byte("/v2/")) {
 			t.Errorf("%s /v2/ without Authorization challenged, want it to reach the 405", method)
 		}
 	}
 }
 
-// caWant401 checks an UNAUTHORIZED registry error with the given challenge.
-func caWant401(t *testing.T, ctx *fasthttp.RequestCtx, challenge string) {
+// want401 checks an UNAUTHORIZED registry error with the given challenge.
+func want401(t *testing.T, ctx *fasthttp.RequestCtx, challenge string) {
 	t.Helper()
 	if ctx.Response.StatusCode() != fasthttp.StatusUnauthorized {
 		t.Fatalf("status %d, want 401", ctx.Response.StatusCode())
@@ -269,8 +269,8 @@ func caWant401(t *testing.T, ctx *fasthttp.RequestCtx, challenge string) {
 }
 
 func TestAuthorizeAuthOn(t *testing.T) {
-	a, now := caAuth(t, ClientAuthOptions{
-		Users:  map[string]string{"alice": caHash(t, "alice-pw")},
+	a, now := newTestAuth(t, ClientAuthOptions{
+		Users:  map[string]string{"alice": bcryptHash(t, "alice-pw")},
 		Tokens: []string{"static-token-1", "static-token-2"},
 		Secret: []byte("k-0123456789abcdef0123456789abcdef"),
 		// Shorter than verifiedTTL: a remembered token must still expire on time.
@@ -280,17 +280,17 @@ func TestAuthorizeAuthOn(t *testing.T) {
 		t.Fatal("Required() = false with users and tokens")
 	}
 	issued, _ := a.issueToken("alice")
-	other, _ := caAuth(t, ClientAuthOptions{})
+	other, _ := newTestAuth(t, ClientAuthOptions{})
 	foreign, _ := other.issueToken("alice")
 
 	ok := []string{
-		caBasic("alice", "alice-pw"),
+		basicHeader("alice", "alice-pw"),
 		"basic " + base64.StdEncoding.EncodeToString([]byte("alice:alice-pw")), // scheme is case-insensitive
 		"Bearer " + issued,
 		"bearer " + issued,
 		"Bearer static-token-2",
-		caBasic("ci", "static-token-1"), // docker login with a static token as password
-		caBasic("alice", "static-token-1"),
+		basicHeader("ci", "static-token-1"), // docker login with a static token as password
+		basicHeader("alice", "static-token-1"),
 	}
 	refused := []string{
 		"",
@@ -299,9 +299,9 @@ func TestAuthorizeAuthOn(t *testing.T) {
 		"Bearer " + issued[:len(issued)-2],
 		"Bearer static-token-3",
 		"Bearer",
-		caBasic("alice", "wrong"),
-		caBasic("bob", "alice-pw"),
-		caBasic("alice", ""),
+		basicHeader("alice", "wrong"),
+		basicHeader("bob", "alice-pw"),
+		basicHeader("alice", ""),
 		"Basic !!!not-base64",
 		"Basic " + base64.StdEncoding.EncodeToString([]byte("no-colon")),
 		"Digest username=alice",
@@ -312,7 +312,7 @@ func TestAuthorizeAuthOn(t *testing.T) {
 		for _, path := range []string{"/v2/", "/v2/library/nginx/manifests/latest", "/api/v1/digest", "/nope"} {
 			// Which headers pass is the point here; rationing failures is TestFailedAuthLimited's.
 			a.failures = newFailureLimiter()
-			ctx := caCtx("HEAD", path, "regcache.lan")
+			ctx := authRequest("HEAD", path, "regcache.lan")
 			if authz != "" {
 				ctx.Request.Header.Set("Authorization", authz)
 			}
@@ -321,7 +321,7 @@ func TestAuthorizeAuthOn(t *testing.T) {
 				return
 			}
 			if !want {
-				caWant401(t, ctx, `Bearer realm="http://regcache.lan/token",service="regcache"`)
+				want401(t, ctx, `Bearer realm="http://regcache.lan/token",service="regcache"`)
 			}
 		}
 	}
@@ -338,8 +338,8 @@ func TestAuthorizeAuthOn(t *testing.T) {
 }
 
 func TestBasicVerificationCache(t *testing.T) {
-	a, now := caAuth(t, ClientAuthOptions{Users: map[string]string{"alice": caHash(t, "alice-pw")}})
-	h := []byte(caBasic("alice", "alice-pw"))
+	a, now := newTestAuth(t, ClientAuthOptions{Users: map[string]string{"alice": bcryptHash(t, "alice-pw")}})
+	h := []byte(basicHeader("alice", "alice-pw"))
 	if sub, ok := a.check(h); !ok || sub != "alice" {
 		t.Fatalf("check = %q, %v", sub, ok)
 	}
@@ -353,7 +353,7 @@ func TestBasicVerificationCache(t *testing.T) {
 		}
 	}
 	// Remembered: it passes even once the hash no longer matches (no bcrypt on a hit)...
-	a.users["alice"] = []byte(caHash(t, "changed"))
+	a.users["alice"] = []byte(bcryptHash(t, "changed"))
 	if _, ok := a.check(h); !ok {
 		t.Error("cached header refused within the minute")
 	}
@@ -363,7 +363,7 @@ func TestBasicVerificationCache(t *testing.T) {
 		t.Error("cached header still accepted after verifiedTTL")
 	}
 	// Failures are never remembered.
-	if _, ok := a.verified.get(sha256.Sum256([]byte(caBasic("alice", "wrong"))), *now); ok {
+	if _, ok := a.verified.get(sha256.Sum256([]byte(basicHeader("alice", "wrong"))), *now); ok {
 		t.Error("a failure was cached")
 	}
 
@@ -410,9 +410,9 @@ func TestServeToken(t *testing.T) {
 	}
 
 	t.Run("auth off: anonymous, whatever the client sends", func(t *testing.T) {
-		a, _ := caAuth(t, ClientAuthOptions{TokenTTL: 90 * time.Second})
-		for _, authz := range []string{"", caBasic("someone", "anything"), "Bearer Og=="} {
-			ctx := caCtx("GET", "/token?service=regcache&scope=repository:library/nginx:pull&account=x", "regcache.lan")
+		a, _ := newTestAuth(t, ClientAuthOptions{TokenTTL: 90 * time.Second})
+		for _, authz := range []string{"", basicHeader("someone", "anything"), "Bearer Og=="} {
+			ctx := authRequest("GET", "/token?service=regcache&scope=repository:library/nginx:pull&account=x", "regcache.lan")
 			if authz != "" {
 				ctx.Request.Header.Set("Authorization", authz)
 			}
@@ -427,10 +427,10 @@ func TestServeToken(t *testing.T) {
 		}
 	})
 
-	a, _ := caAuth(t, ClientAuthOptions{Users: map[string]string{"alice": caHash(t, "alice-pw")}, Tokens: []string{"static-token"}})
+	a, _ := newTestAuth(t, ClientAuthOptions{Users: map[string]string{"alice": bcryptHash(t, "alice-pw")}, Tokens: []string{"static-token"}})
 	t.Run("auth on: Basic credentials get a token", func(t *testing.T) {
-		for authz, sub := range map[string]string{caBasic("alice", "alice-pw"): "alice", caBasic("ci", "static-token"): "token"} {
-			ctx := caCtx("GET", "/token?service=regcache&scope=repository:x:pull", "regcache.lan", "Authorization", authz)
+		for authz, sub := range map[string]string{basicHeader("alice", "alice-pw"): "alice", basicHeader("ci", "static-token"): "token"} {
+			ctx := authRequest("GET", "/token?service=regcache&scope=repository:x:pull", "regcache.lan", "Authorization", authz)
 			a.serveToken(ctx)
 			tj := read(t, ctx)
 			if tj.ExpiresIn != 300 {
@@ -443,17 +443,17 @@ func TestServeToken(t *testing.T) {
 	})
 	t.Run("auth on: anything else gets a Basic challenge", func(t *testing.T) {
 		issued, _ := a.issueToken("alice")
-		for _, authz := range []string{"", caBasic("alice", "wrong"), "Bearer " + issued, "Bearer static-token"} {
-			ctx := caCtx("GET", "/token", "regcache.lan")
+		for _, authz := range []string{"", basicHeader("alice", "wrong"), "Bearer " + issued, "Bearer static-token"} {
+			ctx := authRequest("GET", "/token", "regcache.lan")
 			if authz != "" {
 				ctx.Request.Header.Set("Authorization", authz)
 			}
 			a.serveToken(ctx)
-			caWant401(t, ctx, `Basic realm="regcache"`)
+			want401(t, ctx, `Basic realm="regcache"`)
 		}
 	})
 	t.Run("POST is refused with 404 so OAuth2 clients fall back to GET", func(t *testing.T) {
-		ctx := caCtx("POST", "/token", "regcache.lan", "Authorization", caBasic("alice", "alice-pw"))
+		ctx := authRequest("POST", "/token", "regcache.lan", "Authorization", basicHeader("alice", "alice-pw"))
 		a.serveToken(ctx)
 		if ctx.Response.StatusCode() != 404 {
 			t.Errorf("status %d, want 404", ctx.Response.StatusCode())
@@ -480,29 +480,29 @@ func TestNewClientAuthRefusesBadInput(t *testing.T) {
 
 // The per-request cost of auth on the hit path.
 func BenchmarkAuthorizeIssuedToken(b *testing.B) {
-	a, _ := caAuth(b, ClientAuthOptions{Tokens: []string{"static"}})
+	a, _ := newTestAuth(b, ClientAuthOptions{Tokens: []string{"static"}})
 	tok, _ := a.issueToken("alice")
 	benchAuthorize(b, a, "Bearer "+tok)
 }
 
 func BenchmarkAuthorizeStaticToken(b *testing.B) {
-	a, _ := caAuth(b, ClientAuthOptions{Tokens: []string{"static-token-0123456789"}})
+	a, _ := newTestAuth(b, ClientAuthOptions{Tokens: []string{"static-token-0123456789"}})
 	benchAuthorize(b, a, "Bearer static-token-0123456789")
 }
 
 func BenchmarkAuthorizeBasicCached(b *testing.B) {
-	a, _ := caAuth(b, ClientAuthOptions{Users: map[string]string{"alice": caHash(b, "alice-pw")}})
-	benchAuthorize(b, a, caBasic("alice", "alice-pw"))
+	a, _ := newTestAuth(b, ClientAuthOptions{Users: map[string]string{"alice": bcryptHash(b, "alice-pw")}})
+	benchAuthorize(b, a, basicHeader("alice", "alice-pw"))
 }
 
 func BenchmarkAuthorizeAuthOff(b *testing.B) {
-	a, _ := caAuth(b, ClientAuthOptions{})
+	a, _ := newTestAuth(b, ClientAuthOptions{})
 	benchAuthorize(b, a, "Bearer Og==")
 }
 
 func benchAuthorize(b *testing.B, a *ClientAuth, authz string) {
 	path := []byte("/v2/library/nginx/manifests/latest")
-	ctx := caCtx("HEAD", string(path), "regcache.lan", "Authorization", authz)
+	ctx := authRequest("HEAD", string(path), "regcache.lan", "Authorization", authz)
 	if !a.authorize(ctx, path) {
 		b.Fatal("refused")
 	}
@@ -515,8 +515,8 @@ func benchAuthorize(b *testing.B, a *ClientAuth, authz string) {
 	}
 }
 
-// caHashCost is caHash at a chosen bcrypt cost (htpasswd -B writes cost 5).
-func caHashCost(t testing.TB, pw string, cost int) string {
+// bcryptHashCost is bcryptHash at a chosen bcrypt cost (htpasswd -B writes cost 5).
+func bcryptHashCost(t testing.TB, pw string, cost int) string {
 	t.Helper()
 	h, err := bcrypt.GenerateFromPassword([]byte(pw), cost)
 	if err != nil {
@@ -541,9 +541,9 @@ func TestUnknownUserCostsWhatUsersCost(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			users := map[string]string{}
 			for i, c := range tc.costs {
-				users[fmt.Sprint("user", i)] = caHashCost(t, "pw", c)
+				users[fmt.Sprint("user", i)] = bcryptHashCost(t, "pw", c)
 			}
-			a, _ := caAuth(t, ClientAuthOptions{Users: users})
+			a, _ := newTestAuth(t, ClientAuthOptions{Users: users})
 			if got, err := bcrypt.Cost(a.dummyHash); err != nil || got != tc.want {
 				t.Fatalf("dummy hash cost %d (%v), want %d", got, err, tc.want)
 			}
@@ -552,12 +552,12 @@ func TestUnknownUserCostsWhatUsersCost(t *testing.T) {
 
 	// And coarsely by the clock: the fastest of a few unknown-user checks is within a wide
 	// factor of the fastest wrong-password check.
-	a, _ := caAuth(t, ClientAuthOptions{Users: map[string]string{"alice": caHashCost(t, "alice-pw", 5)}})
+	a, _ := newTestAuth(t, ClientAuthOptions{Users: map[string]string{"alice": bcryptHashCost(t, "alice-pw", 5)}})
 	fastest := func(user string) time.Duration {
 		best := time.Duration(1 << 62)
 		for i := range 3 {
 			start := time.Now()
-			if _, ok := a.check([]byte(caBasic(user, fmt.Sprint("wrong-", i)))); ok {
+			if _, ok := a.check([]byte(basicHeader(user, fmt.Sprint("wrong-", i)))); ok {
 				t.Fatal("a wrong password passed")
 			}
 			best = min(best, time.Since(start))
@@ -574,9 +574,9 @@ func TestUnknownUserCostsWhatUsersCost(t *testing.T) {
 // anyone; a replica with auth on that shares its secret must not take them as credentials.
 func TestAnonymousTokensRefusedWithAuthOn(t *testing.T) {
 	shared := []byte("shared-secret-0123456789abcdef0123")
-	off, _ := caAuth(t, ClientAuthOptions{Secret: shared})
-	on, _ := caAuth(t, ClientAuthOptions{Secret: shared, Tokens: []string{"static-token-0123456789"}})
-	ctx := caCtx("GET", "/token?service=regcache", "regcache.lan")
+	off, _ := newTestAuth(t, ClientAuthOptions{Secret: shared})
+	on, _ := newTestAuth(t, ClientAuthOptions{Secret: shared, Tokens: []string{"static-token-0123456789"}})
+	ctx := authRequest("GET", "/token?service=regcache", "regcache.lan")
 	off.serveToken(ctx)
 	var tj struct{ Token string }
 	if err := json.Unmarshal(ctx.Response.Body(), &tj); err != nil || tj.Token == "" {
@@ -584,21 +584,21 @@ func TestAnonymousTokensRefusedWithAuthOn(t *testing.T) {
 	}
 	const path = "/v2/library/nginx/manifests/latest"
 	for range 2 { // the second time from the verification cache, if it wrongly held it
-		req := caCtx("GET", path, "regcache.lan", "Authorization", "Bearer "+tj.Token)
+		req := authRequest("GET", path, "regcache.lan", "Authorization", "Bearer "+tj.Token)
 		if on.authorize(req, []byte(path)) {
 			t.Fatal("an auth-on replica accepted an anonymous token from an auth-off replica sharing its secret")
 		}
-		caWant401(t, req, `Bearer realm="http://regcache.lan/token",service="regcache"`)
+		want401(t, req, `Bearer realm="http://regcache.lan/token",service="regcache"`)
 	}
 	// Its own tokens, for a user or a static token, still pass.
 	for _, sub := range []string{"alice", "token"} {
 		tok, _ := on.issueToken(sub)
-		if !on.authorize(caCtx("GET", path, "regcache.lan", "Authorization", "Bearer "+tok), []byte(path)) {
+		if !on.authorize(authRequest("GET", path, "regcache.lan", "Authorization", "Bearer "+tok), []byte(path)) {
 			t.Errorf("own token for %s refused", sub)
 		}
 	}
 	// So no user may be called anonymous: their tokens would be refused.
-	if _, err := NewClientAuth(ClientAuthOptions{Users: map[string]string{"anonymous": caHash(t, "pw")}}); err == nil ||
+	if _, err := NewClientAuth(ClientAuthOptions{Users: map[string]string{"anonymous": bcryptHash(t, "pw")}}); err == nil ||
 		!strings.Contains(err.Error(), "anonymous") {
 		t.Errorf("htpasswd user anonymous: err %v, want it refused by name", err)
 	}

@@ -16,7 +16,7 @@ import (
 // limit, never runs more bcrypt comparisons at once than the bound (the number of CPUs).
 // Before, 32 addresses ran 32 at once and starved every other request.
 func TestBcryptBoundedGlobally(t *testing.T) {
-	a, _ := caAuth(t, ClientAuthOptions{Users: map[string]string{"alice": caHash(t, "alice-pw")}})
+	a, _ := newTestAuth(t, ClientAuthOptions{Users: map[string]string{"alice": bcryptHash(t, "alice-pw")}})
 	if n := cap(a.hashes.slots); n != runtime.GOMAXPROCS(0) {
 		t.Errorf("bound %d, want GOMAXPROCS %d", n, runtime.GOMAXPROCS(0))
 	}
@@ -28,7 +28,7 @@ func TestBcryptBoundedGlobally(t *testing.T) {
 	for c := range clients {
 		wg.Go(func() {
 			for i := range each {
-				ctx := limitedCtx("/v2/", fmt.Sprintf("198.18.0.%d", c+1), caBasic("alice", fmt.Sprint("guess-", i)))
+				ctx := limitedCtx("/v2/", fmt.Sprintf("198.18.0.%d", c+1), basicHeader("alice", fmt.Sprint("guess-", i)))
 				a.authorize(ctx, []byte("/v2/"))
 				mu.Lock()
 				codes[ctx.Response.StatusCode()]++
@@ -50,13 +50,13 @@ func TestBcryptBoundedGlobally(t *testing.T) {
 // that need no comparison go on.
 func TestBcryptBusyAnswers429(t *testing.T) {
 	const static = "static-token-0123456789"
-	a, _ := caAuth(t, ClientAuthOptions{Users: map[string]string{"alice": caHash(t, "alice-pw")}, Tokens: []string{static}})
+	a, _ := newTestAuth(t, ClientAuthOptions{Users: map[string]string{"alice": bcryptHash(t, "alice-pw")}, Tokens: []string{static}})
 	a.hashes = newHashSlots(1, 20*time.Millisecond)
 	if !a.hashes.acquire() { // a storm holds the only slot
 		t.Fatal("no slot")
 	}
 	const addr = "198.51.100.50"
-	for _, h := range []string{caBasic("alice", "alice-pw"), caBasic("mallory", "x")} {
+	for _, h := range []string{basicHeader("alice", "alice-pw"), basicHeader("mallory", "x")} {
 		code, ctx := limitedStatus(a, addr, h)
 		if code != fasthttp.StatusTooManyRequests || string(ctx.Response.Header.Peek("Retry-After")) != "1" ||
 			!strings.Contains(string(ctx.Response.Body()), `"TOOMANYREQUESTS"`) {
@@ -64,7 +64,7 @@ func TestBcryptBusyAnswers429(t *testing.T) {
 				h, code, ctx.Response.Header.Peek("Retry-After"), ctx.Response.Body())
 		}
 	}
-	tctx := limitedCtx("/token", addr, caBasic("alice", "alice-pw"))
+	tctx := limitedCtx("/token", addr, basicHeader("alice", "alice-pw"))
 	a.serveToken(tctx)
 	if tctx.Response.StatusCode() != fasthttp.StatusTooManyRequests {
 		t.Errorf("/token while bcrypt is busy: %d, want 429", tctx.Response.StatusCode())
@@ -76,7 +76,7 @@ func TestBcryptBusyAnswers429(t *testing.T) {
 		t.Errorf("static token while bcrypt is busy: %d, want 200", code)
 	}
 	a.hashes.release()
-	if code, _ := limitedStatus(a, addr, caBasic("alice", "alice-pw")); code != 200 {
+	if code, _ := limitedStatus(a, addr, basicHeader("alice", "alice-pw")); code != 200 {
 		t.Errorf("right password once a slot is free: %d, want 200", code)
 	}
 }
