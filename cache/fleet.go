@@ -51,7 +51,7 @@ func (noFleet) setManifest(string, string, upstream.Manifest)            {}
 func (noFleet) getTagList(string, string, Config, time.Time) *tagList    { return nil }
 func (noFleet) setTagList(string, string, *tagList, time.Duration)       {}
 func (noFleet) delTagList(string, string)                                {}
-func (noFleet) lock(string) (func(), bool)                               { return func() {}, true }
+func (noFleet) lock(string) (func(), bool)                               { return nil, true }
 func (noFleet) setFailure(string, error)                                 {}
 func (noFleet) stats() *RedisStats                                       { return nil }
 func (noFleet) close()                                                   {}

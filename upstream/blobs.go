@@ -109,7 +109,10 @@ func (r *Registry) GetBlob(ctx context.Context, repo string, d digest.Digest, ra
 	if b.Size > limit {
 		return nil, whole(nil), nil
 	}
-	expired := time.AfterFunc(r.timeout, func() { _ = b.Body.Close() })
+	// The timer closes the body it was given: b itself is set to nil on the error returns
+	// below, and a timer that fires just as one of them runs must not read it.
+	body := b.Body
+	expired := time.AfterFunc(r.timeout, func() { _ = body.Close() })
 	data, err = io.ReadAll(io.LimitReader(b.Body, limit+1))
 	if !expired.Stop() {
 		err = context.DeadlineExceeded // the timer closed the body under the read

@@ -6,7 +6,10 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -120,4 +123,45 @@ func TestGetBlobOneRequest(t *testing.T) {
 			t.Fatalf("%s: %d upstream GETs, want 1", tc.name, n)
 		}
 	}
+}
+
+// A small blob whose body stalls after its first bytes: the whole read is bounded by the
+// upstream timeout and ends in a timeout error, and the timer that bounds it fires safely
+// however the read ended (it once read the returned *Blob as it was set to nil, and
+// crashed the process from its own goroutine).
+func TestGetBlobSmallBodyStalls(t *testing.T) {
+	reg := registrytest.New(t, registrytest.NoAuth)
+	small := []byte(`{"architecture":"amd64","os":"linux"}`)
+	ds := digest.Digest(reg.PushBlob(t, "team/app", small))
+	r, err := New(Options{Name: "reg.test", URL: reg.URL, Timeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Close)
+	reg.SetFault(func(w http.ResponseWriter, req *http.Request) bool {
+		if req.Method != http.MethodGet || !strings.Contains(req.URL.Path, "/blobs/") {
+			return false
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(small)))
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write(small[:5])
+		w.(http.Flusher).Flush()
+		select {
+		case <-time.After(3 * time.Second):
+		case <-req.Context().Done():
+		}
+		return true
+	})
+	for range 3 {
+		start := time.Now()
+		data, b, err := r.GetBlob(context.Background(), "team/app", ds, "", 1024)
+		var ue *Error
+		if data != nil || b != nil || !errors.As(err, &ue) || !ue.Timeout {
+			t.Fatalf("a stalled small blob: %d bytes, %v, %v; want a timeout", len(data), b, err)
+		}
+		if took := time.Since(start); took > 2*time.Second {
+			t.Fatalf("a stalled small blob answered after %v; the timeout is 300ms", took)
+		}
+	}
+	time.Sleep(500 * time.Millisecond) // any timer still to fire does so while the test runs
 }
