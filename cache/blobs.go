@@ -44,25 +44,40 @@ func blobNegativeKey(up, repo string, d digest.Digest) string {
 	return negativeKey(up, repo, "blob\x00"+string(d))
 }
 
-// Blob answers a blob request. With wantBody false (a client HEAD) its size is enough,
-// and one upstream HEAD finds it. With wantBody true a small blob comes from memory or
-// from one coalesced upstream GET, verified against d and kept; a larger one streams from
-// that same GET (a client's Range, rangeHeader, passed on), and is known as large after.
-func (c *Cache) Blob(ctx context.Context, o *Origin, repo string, d digest.Digest, wantBody bool, rangeHeader string) (Blob, Status, error) {
+// BlobRequest is what a client asks of a blob.
+type BlobRequest struct {
+	// Body is false for a HEAD: the size is enough, and one upstream HEAD finds it.
+	Body bool
+	// Range is the client's Range header. A blob small enough to keep is fetched whole
+	// and answered whole (RFC 9110 allows it); a larger one streams the part asked for.
+	Range string
+	// NoStream asks for a small blob's bytes only: a blob too large to keep is answered
+	// with neither bytes nor a stream (the digest API reads image configs, never streams).
+	NoStream bool
+}
+
+// Blob answers a blob request. A small blob comes from memory or from one coalesced
+// upstream GET, verified against d and kept; a larger one streams from that same GET
+// (a Range's part from a GET of its own), and is known as large after, so that later GETs
+// open their stream at once.
+func (c *Cache) Blob(ctx context.Context, o *Origin, repo string, d digest.Digest, req BlobRequest) (Blob, Status, error) {
 	up := o.Registry.Name()
 	repo, d = strings.Clone(repo), digest.Digest(strings.Clone(string(d))) // may alias request buffers
 	key := blobKey(up, repo, d)
 	if info, ok := c.blobInfo(key); ok {
 		switch {
-		case info.Data != nil, !wantBody && info.Size >= 0:
+		case info.Data != nil, !req.Body && info.Size >= 0:
 			return Blob{BlobInfo: info}, Hit, nil
-		case wantBody && (info.Size > c.cfg.MaxBlobSize || info.Size < 0):
+		case req.Body && (info.Size > c.cfg.MaxBlobSize || info.Size < 0):
 			// Known too large to keep: straight to its stream.
-			s, err := c.streamBlob(o, repo, d, rangeHeader)
+			if req.NoStream {
+				return Blob{BlobInfo: BlobInfo{Size: -1}}, Hit, nil
+			}
+			s, err := c.streamBlob(o, repo, d, req.Range)
 			return Blob{BlobInfo: BlobInfo{Size: -1}, Stream: s}, Miss, err
 		}
 	}
-	l := &blobLookup{c: c, o: o, up: up, repo: repo, d: d, wantBody: wantBody, rng: rangeHeader, mkey: key}
+	l := &blobLookup{c: c, o: o, up: up, repo: repo, d: d, wantBody: req.Body, mkey: key}
 	f, err := load(ctx, &c.blobFlights, c.fleet, 0, l)
 	if err != nil {
 		return Blob{}, Miss, err
@@ -70,12 +85,18 @@ func (c *Cache) Blob(ctx context.Context, o *Origin, repo string, d digest.Diges
 	b := Blob{BlobInfo: f.info}
 	if f.stream != nil {
 		// The GET that found the blob large is handed to one of the requests that shared
-		// it; the others open their own.
-		if b.Stream = f.stream.take(); b.Stream == nil {
-			if b.Stream, err = c.streamBlob(o, repo, d, rangeHeader); err != nil {
+		// it; one that wants a part, or no stream, closes it, and the others open their own.
+		s := f.stream.take()
+		if s != nil && (req.Range != "" || req.NoStream) {
+			_ = s.Body.Close()
+			s = nil
+		}
+		if s == nil && !req.NoStream {
+			if s, err = c.streamBlob(o, repo, d, req.Range); err != nil {
 				return Blob{}, Miss, err
 			}
 		}
+		b.Stream = s
 	}
 	return b, Miss, nil
 }
@@ -126,16 +147,15 @@ type blobLookup struct {
 	up, repo string
 	d        digest.Digest
 	wantBody bool
-	rng      string // a client's Range, passed on with a GET
 	mkey     string // its memory key
 }
 
-// key: a HEAD, and a GET for each Range, are flights of their own.
+// key: a HEAD and a GET are flights of their own.
 func (l *blobLookup) key() string {
 	if !l.wantBody {
 		return "head\x00" + l.mkey
 	}
-	return "get\x00" + l.mkey + "\x00" + l.rng
+	return "get\x00" + l.mkey
 }
 
 func (l *blobLookup) waits() bool              { return false }
@@ -148,8 +168,8 @@ func (l *blobLookup) memory() (blobFetch, bool, error) {
 	return blobFetch{}, false, l.c.store.negative(blobNegativeKey(l.up, l.repo, l.d))
 }
 
-// fetch asks upstream: a HEAD for the size, or one GET that is kept when small and
-// streamed otherwise.
+// fetch asks upstream: a HEAD for the size, or one GET of the whole blob that is kept when
+// small and streamed otherwise.
 func (l *blobLookup) fetch() (blobFetch, error) {
 	if !l.wantBody {
 		b, err := l.o.Registry.OpenBlob(context.Background(), http.MethodHead, l.repo, l.d, "")
@@ -159,7 +179,7 @@ func (l *blobLookup) fetch() (blobFetch, error) {
 		_ = b.Body.Close()
 		return blobFetch{info: BlobInfo{Size: b.Size}}, nil
 	}
-	data, s, err := l.o.Registry.GetBlob(context.Background(), l.repo, l.d, l.rng, l.c.cfg.MaxBlobSize)
+	data, s, err := l.o.Registry.GetBlob(context.Background(), l.repo, l.d, "", l.c.cfg.MaxBlobSize)
 	if err != nil {
 		return blobFetch{}, err
 	}
@@ -169,13 +189,10 @@ func (l *blobLookup) fetch() (blobFetch, error) {
 	return blobFetch{info: BlobInfo{Size: int64(len(data)), Data: data}}, nil
 }
 
-// store keeps what a blob is, content-addressed, until evicted. A blob that streamed as a
-// whole is remembered as too large to keep (size -1: a HEAD finds its size), so later GETs
-// stream straight away; a part says nothing of the blob.
+// store keeps what a blob is, content-addressed, until evicted. A blob that streams is
+// remembered as too large to keep (size -1: a HEAD finds its size), so later GETs stream
+// straight away.
 func (l *blobLookup) store(f blobFetch) blobFetch {
-	if f.stream != nil && f.stream.b.Status != http.StatusOK {
-		return f
-	}
 	info := f.info
 	l.c.store.set(l.mkey, &info, int64(len(info.Data)), 0)
 	return f

@@ -26,8 +26,11 @@ type Request struct {
 	// WantBody is false when only the descriptor is needed (a client HEAD): upstream is
 	// then never asked with GET for it unless upstream's HEAD answers lack a digest.
 	WantBody bool
-	// Now is the request's one clock read; every freshness decision and every entry the
-	// lookup stores takes its time from it.
+	// Now is the request's one clock read, which every freshness decision about what this
+	// replica holds takes. Only a miss reads the clock again: to stamp what upstream
+	// answered with when it answered (a slow upstream must not hand back entries already
+	// old), and to judge another replica's entry against the clock as it is read (a fleet
+	// wait may be long, and a request's old clock read would take fresh entries for skew).
 	Now time.Time
 
 	looked bool      // Hit has run
@@ -220,15 +223,15 @@ func (l *tagLookup) memory() (resolved, bool, error) {
 }
 
 func (l *tagLookup) fleet() (resolved, bool) {
-	c, now := l.c, l.r.Now
+	c, now := l.c, time.Now()
 	te := c.fleet.getTag(l.up, l.r.Repo, l.r.Ref, now)
 	if te == nil {
 		return resolved{}, false
 	}
 	l.seen = te
 	if te.FetchedAt.After(now) {
-		// Fetched after this request began, or by a replica whose clock runs ahead (getTag
-		// refused more than a minute): fresh as of now.
+		// A replica whose clock runs ahead (getTag refused more than a minute): fresh as of
+		// now.
 		te.FetchedAt = now
 	}
 	if now.Sub(te.FetchedAt) >= l.r.Origin.TagTTL {
@@ -275,7 +278,7 @@ func (l *tagLookup) store(m upstream.Manifest) resolved {
 			prev = l.seen.Descriptor
 		}
 	}
-	te := c.putTag(o, l.mkey, d, l.r.Now, prev, claim)
+	te := c.putTag(o, l.mkey, d, time.Now(), prev, claim)
 	c.fleet.setTag(l.up, l.r.Repo, l.r.Ref, te, o.TagTTL+c.cfg.MaxStale)
 	return resolved{tag: te, body: body}
 }

@@ -136,7 +136,7 @@ func tagsBody(repo string, tags []string) []byte {
 }
 
 // extend asks upstream for up to cfg.TagsMaxPages more pages of base (of a new listing
-// when base is nil) and returns the grown listing. A failure on the first page is the
+// when base is nil, fetched as of now) and returns the grown listing. A failure on the first page is the
 // answer; a failure after it keeps what came (the next request goes on from there).
 func (c *Cache) extend(o *Origin, repo string, base *tagList, now time.Time) (*tagList, error) {
 	l := &tagList{FetchedAt: now}

@@ -143,7 +143,8 @@ func (l *listLookup) memory() (*tagList, bool, error) {
 }
 
 func (l *listLookup) fleet() (*tagList, bool) {
-	tl := l.c.fleet.getTagList(l.up, l.repo, l.c.cfg, l.now)
+	now := time.Now() // another replica's listing, judged by the clock as it is read
+	tl := l.c.fleet.getTagList(l.up, l.repo, l.c.cfg, now)
 	l.looks++
 	if l.looks == 1 {
 		l.seen = tl
@@ -153,7 +154,7 @@ func (l *listLookup) fleet() (*tagList, bool) {
 	}
 	seen := l.seen
 	moved := l.looks > 1 && (seen == nil || !tl.FetchedAt.Equal(seen.FetchedAt) || len(tl.Tags) != len(seen.Tags) || tl.Complete != seen.Complete)
-	if !(tagsFresh(l.o, tl, l.now) && tl.covers(l.req)) && !moved {
+	if !(tagsFresh(l.o, tl, now) && tl.covers(l.req)) && !moved {
 		return nil, false
 	}
 	l.c.keepTags(l.o, l.mkey, tl)
@@ -166,7 +167,7 @@ func (l *listLookup) fetch() (*tagList, error) {
 	if base != nil && !tagsFresh(l.o, base, l.now) && !base.beyond(l.req) {
 		base = nil // stale: list anew, unless req walks on past its end
 	}
-	return l.c.extend(l.o, l.repo, base, l.now)
+	return l.c.extend(l.o, l.repo, base, time.Now())
 }
 
 func (l *listLookup) store(tl *tagList) *tagList {

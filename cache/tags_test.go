@@ -14,20 +14,10 @@ import (
 // tagsCache is a Cache without a shared tier in front of reg, with cfg's tags bounds.
 func tagsCache(t *testing.T, reg *registrytest.Registry, ttl time.Duration, cfg Config) (*Cache, *Origin) {
 	t.Helper()
-	r, err := upstream.New(upstream.Options{Name: "reg.test", URL: reg.URL, Timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.MaxSize = 8 << 20
 	if cfg.RevalidateWait == 0 {
 		cfg.RevalidateWait = 5 * time.Second
 	}
-	c, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(); r.Close() })
-	return c, &Origin{Registry: r, TagTTL: ttl}
+	return newLocal(t, reg, cfg, ttl)
 }
 
 // walkTags follows NextLast from the start with pages of n, as a client follows Links,

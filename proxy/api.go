@@ -57,7 +57,9 @@ func (p *Proxy) serveDigest(ctx *fasthttp.RequestCtx, now time.Time) {
 }
 
 // serveDigests answers POST /api/v1/digests {"images":[...],"platform":"..."}.
-func (p *Proxy) serveDigests(ctx *fasthttp.RequestCtx, now time.Time) {
+// Each image is a lookup of its own, with its own clock read: a batch of 1000 may take
+// longer than a tag's TTL.
+func (p *Proxy) serveDigests(ctx *fasthttp.RequestCtx) {
 	var req struct {
 		Images   []string `json:"images"`
 		Platform string   `json:"platform"`
@@ -88,7 +90,7 @@ func (p *Proxy) serveDigests(ctx *fasthttp.RequestCtx, now time.Time) {
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			res, aerr := p.lookupDigest(detached, image, req.Platform, now)
+			res, aerr := p.lookupDigest(detached, image, req.Platform, time.Now())
 			if aerr != nil {
 				out[i] = batchError{Image: image, Error: aerr.item()}
 				return
@@ -217,12 +219,9 @@ func (p *Proxy) pickPlatform(ctx context.Context, up *Upstream, repo string, a c
 		if err := json.Unmarshal(a.Body, &m); err != nil || m.Config.Digest == "" {
 			return "", plat, errManifestInvalid.with("manifest has no config to read its platform from")
 		}
-		cfg, _, err := p.cache.Blob(ctx, up.Origin, repo, m.Config.Digest, true, "")
+		cfg, _, err := p.cache.Blob(ctx, up.Origin, repo, m.Config.Digest, cache.BlobRequest{Body: true, NoStream: true})
 		if err != nil {
 			return "", plat, fromUpstream(err, errBlobUnknown)
-		}
-		if cfg.Stream != nil {
-			cfg.Stream.Body.Close() // too large to keep, so too large to read here
 		}
 		if cfg.Data == nil {
 			return "", plat, errManifestInvalid.with("image config too large to read its platform")

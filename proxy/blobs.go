@@ -22,7 +22,7 @@ var strAcceptRanges = []byte("Accept-Ranges")
 func (p *Proxy) serveBlob(ctx *fasthttp.RequestCtx, rt *Route) cache.Status {
 	d := digest.Digest(rt.Ref)
 	head := ctx.IsHead()
-	b, st, err := p.cache.Blob(detached, rt.Upstream.Origin, rt.Repo, d, !head, string(ctx.Request.Header.Peek("Range")))
+	b, st, err := p.cache.Blob(detached, rt.Upstream.Origin, rt.Repo, d, cache.BlobRequest{Body: !head, Range: string(ctx.Request.Header.Peek("Range"))})
 	if err != nil {
 		writeError(ctx, fromUpstream(err, errBlobUnknown))
 		return cache.None

@@ -216,7 +216,7 @@ func (p *Proxy) Handler(ctx *fasthttp.RequestCtx) {
 		p.serveDigest(ctx, start)
 	case string(path) == "/api/v1/digests" && ctx.IsPost():
 		r = KindAPI
-		p.serveDigests(ctx, start)
+		p.serveDigests(ctx)
 	case string(path) == "/api/v1/digest" || string(path) == "/api/v1/digests":
 		r = KindAPI
 		writeError(ctx, errUnsupported.with("use GET /api/v1/digest?image=... or POST /api/v1/digests"))
