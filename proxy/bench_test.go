@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"io"
 	"testing"
 	"time"
 
@@ -20,6 +21,11 @@ func newBenchProxy(b *testing.B) (*Proxy, registrytest.Pushed) {
 
 // newBenchProxySeeded is newBenchProxy with more pushed to the registry by seed.
 func newBenchProxySeeded(b *testing.B, seed func(*registrytest.Registry)) (*Proxy, registrytest.Pushed) {
+	return newBenchProxyWith(b, seed, nil)
+}
+
+// newBenchProxyWith is newBenchProxySeeded with an access log (nil: off).
+func newBenchProxyWith(b *testing.B, seed func(*registrytest.Registry), access *AccessLog) (*Proxy, registrytest.Pushed) {
 	reg := registrytest.New(b, registrytest.Bearer)
 	pushed := reg.PushIndex(b, "linuxserver/nginx", "latest", types.OCIImageIndex, "linux/amd64", "linux/arm64/v8")
 	if seed != nil {
@@ -35,7 +41,7 @@ func newBenchProxySeeded(b *testing.B, seed func(*registrytest.Registry)) (*Prox
 	}
 	b.Cleanup(c.Close)
 	up := &Upstream{Name: "lscr.io", Origin: &cache.Origin{Registry: r, TagTTL: time.Hour}}
-	p, err := New(Options{Upstreams: []*Upstream{up}, Default: "lscr.io", Cache: c, Metrics: NewMetrics()})
+	p, err := New(Options{Upstreams: []*Upstream{up}, Default: "lscr.io", Cache: c, Metrics: NewMetrics(), AccessLog: access})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -84,6 +90,23 @@ func BenchmarkHitHeadByTag(b *testing.B) {
 
 func BenchmarkHitGetByTag(b *testing.B) {
 	benchHit(b, "GET", "/v2/lscr.io/linuxserver/nginx/manifests/latest")
+}
+
+// The hit path with the access log on, as regcache runs by default: the line is encoded
+// into the log's buffer (written out here to io.Discard, in the production JSON layout).
+func BenchmarkHitHeadByTagAccessLog(b *testing.B) {
+	benchHitLogged(b, "HEAD", "/v2/linuxserver/nginx/manifests/latest")
+}
+
+func BenchmarkHitGetByTagAccessLog(b *testing.B) {
+	benchHitLogged(b, "GET", "/v2/lscr.io/linuxserver/nginx/manifests/latest")
+}
+
+func benchHitLogged(b *testing.B, method, uri string) {
+	access := NewAccessLog(io.Discard, "json")
+	b.Cleanup(func() { _ = access.Close() })
+	p, pushed := newBenchProxyWith(b, nil, access)
+	benchServe(b, p, method, uri, pushed.Digest)
 }
 
 // BenchmarkHitHeadByTagParallel runs the hit path from every P at once: with -cpu 1,2 it

@@ -38,8 +38,8 @@ type Options struct {
 	Default string
 	Cache   *cache.Cache
 	Logger  *zap.Logger
-	// AccessLog writes one line per request.
-	AccessLog bool
+	// AccessLog, when set, gets one line per request.
+	AccessLog *AccessLog
 	// Auth is client-facing authentication; nil is auth off (anonymous tokens).
 	Auth *ClientAuth
 	// Metrics, when set, counts requests and serves /metrics.
@@ -55,7 +55,7 @@ type Proxy struct {
 	def       *Upstream
 	cache     *cache.Cache
 	log       *zap.Logger
-	accessLog bool
+	accessLog *AccessLog
 	auth      *ClientAuth
 	metrics   *Metrics
 	limits    Limits
@@ -223,13 +223,13 @@ func (p *Proxy) Handler(ctx *fasthttp.RequestCtx) {
 	default:
 		writeError(ctx, errEndpointUnknown.with("not found: regcache serves the registry API under /v2/"))
 	}
-	if p.metrics != nil || p.accessLog {
+	if p.metrics != nil || p.accessLog != nil {
 		took := time.Since(start)
 		if p.metrics != nil {
 			p.metrics.observe(r, ctx.Method(), ctx.Response.StatusCode(), st, took)
 		}
-		if p.accessLog {
-			p.logRequest(ctx, &rt, st, took)
+		if p.accessLog != nil {
+			p.accessLog.log(ctx, &rt, st, took, start.Add(took))
 		}
 	}
 }
@@ -332,22 +332,6 @@ func (p *Proxy) serveManifest(ctx *fasthttp.RequestCtx, rt *Route, now time.Time
 		ctx.Response.SetBodyRaw(a.Body)
 	}
 	return a.Status
-}
-
-func (p *Proxy) logRequest(ctx *fasthttp.RequestCtx, rt *Route, st cache.Status, d time.Duration) {
-	fields := []zap.Field{
-		zap.ByteString("method", ctx.Method()),
-		zap.ByteString("path", ctx.URI().PathOriginal()),
-		zap.Int("status", ctx.Response.StatusCode()),
-		zap.Duration("duration", d),
-	}
-	if rt.Upstream != nil {
-		fields = append(fields, zap.String("upstream", rt.Upstream.Name), zap.String("repository", rt.Repo), zap.String("reference", rt.Ref))
-	}
-	if st < cache.None {
-		fields = append(fields, zap.ByteString("cache", xCache[st]))
-	}
-	p.log.Info("request", fields...)
 }
 
 // detached is the context handed down for a request's lookups. It is not the

@@ -5,8 +5,11 @@ package main
 
 import (
 	"encoding/json"
+	"net/http"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
@@ -74,5 +77,52 @@ func TestAccessLogOneLinePerRequest(t *testing.T) {
 		if m["path"] != strings.SplitN(w.path, "?", 2)[0] {
 			t.Errorf("line %d: path %v", i, m["path"])
 		}
+	}
+}
+
+// The access log is buffered, and SIGTERM loses none of it: N requests answered, then
+// SIGTERM, then N request lines in the process's log, each one JSON.
+func TestAccessLogNoLineLostOnSIGTERM(t *testing.T) {
+	t.Parallel()
+	bin := harness.BuildBinary(t)
+	reg := registrytest.New(t, registrytest.NoAuth)
+	reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
+	p := harness.StartProcess(t, bin, harness.Config("", harness.Upstream("ghcr.io", reg.URL))) // default flags: access log on
+	client := &http.Client{Transport: &http.Transport{Proxy: nil}}
+	const n = 500
+	for i := range n {
+		resp, err := client.Head("http://" + p.Addr + "/v2/team/app/manifests/v1")
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("request %d: %d", i, resp.StatusCode)
+		}
+	}
+	client.CloseIdleConnections()
+	if err := p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-p.Exited:
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("regcache did not exit within 20 s of SIGTERM")
+	}
+	got := 0
+	for _, line := range strings.Split(strings.TrimSpace(p.Logs.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("log line is not JSON: %q", line)
+		}
+		if m["msg"] == "request" {
+			got++
+		}
+	}
+	if got != n {
+		t.Fatalf("%d request lines after SIGTERM for %d requests", got, n)
 	}
 }

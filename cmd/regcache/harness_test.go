@@ -30,7 +30,7 @@ func startRegcacheWith(t testing.TB, cfgYAML string, o harness.Options) *harness
 
 // wire is build, for the harness.
 func wire(cfg *configs.Config, log *zap.Logger, o harness.Options) (harness.Server, error) {
-	return build(cfg, log, buildOptions{AccessLog: o.AccessLog(), Dial: o.Dial, Resolver: o.Resolver, Proxy: o.Proxy})
+	return build(cfg, log, buildOptions{AccessLog: o.AccessLogTo, LogFormat: "json", Dial: o.Dial, Resolver: o.Resolver, Proxy: o.Proxy})
 }
 
 // startForAbuse starts a registry holding team/app:v1 and, in front of it, a quiet regcache

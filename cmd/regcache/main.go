@@ -9,6 +9,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	_ "net/http/pprof" // served only with -pprof
@@ -69,7 +70,13 @@ func run(args []string) error {
 			log.Warn("pprof server stopped", zap.Error(http.ListenAndServe(*pprofAddr, nil)))
 		}()
 	}
-	srv, err := build(cfg, log, buildOptions{AccessLog: *accessLog})
+	bo := buildOptions{LogFormat: *logFormat}
+	if *accessLog && log.Core().Enabled(zapcore.InfoLevel) {
+		// Request lines are info lines: below that level the access log is off, decided
+		// here once, not per request. They go where zap writes (stderr).
+		bo.AccessLog = os.Stderr
+	}
+	srv, err := build(cfg, log, bo)
 	if err != nil {
 		return err
 	}
@@ -106,7 +113,10 @@ type server interface {
 
 // buildOptions are the wiring choices that are not configuration.
 type buildOptions struct {
-	AccessLog bool
+	// AccessLog, when set, receives one line per request, in LogFormat ("json" or
+	// "console"), buffered and flushed at least once a second and at shutdown.
+	AccessLog io.Writer
+	LogFormat string
 	// Dial replaces the upstream dialer (tests use it to prove no packet leaves loopback).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Resolver replaces DNS for the upstream dial guard (tests: no query leaves the host).
@@ -118,6 +128,7 @@ type buildOptions struct {
 // app is a wired regcache: the proxy and its fasthttp server.
 type app struct {
 	proxy  *proxy.Proxy
+	access *proxy.AccessLog // nil when off
 	server *fasthttp.Server
 	cache  *cache.Cache
 	// upstreams are closed on shutdown: their idle keep-alive connections (and the
@@ -156,7 +167,17 @@ func (a *app) ShutdownWithContext(ctx context.Context) error {
 	for _, r := range a.upstreams {
 		r.Close()
 	}
+	if a.access != nil {
+		_ = a.access.Close() // after the server: every answered request's line is in
+	}
 	return err
+}
+
+// FlushLogs writes out the access log's buffered lines (for tests that read the log).
+func (a *app) FlushLogs() {
+	if a.access != nil {
+		a.access.Flush()
+	}
 }
 
 // build turns a validated config into a ready server.
@@ -219,14 +240,18 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err
 	if err != nil {
 		return nil, err
 	}
+	var access *proxy.AccessLog
+	if bo.AccessLog != nil {
+		access = proxy.NewAccessLog(bo.AccessLog, bo.LogFormat)
+	}
 	p, err := proxy.New(proxy.Options{Upstreams: ups, Default: cfg.DefaultUpstream, Cache: c, Logger: log,
-		AccessLog: bo.AccessLog, Auth: auth, Metrics: metrics, Limits: limits(&cfg.Server)})
+		AccessLog: access, Auth: auth, Metrics: metrics, Limits: limits(&cfg.Server)})
 	if err != nil {
 		return nil, err
 	}
 	metrics.WatchCache(c)
 	metrics.WatchUpstreams(ups)
-	a := &app{proxy: p, server: p.Server(), cache: c, upstreams: regs, log: log}
+	a := &app{proxy: p, server: p.Server(), cache: c, upstreams: regs, log: log, access: access}
 	if cfg.MetricsListen != "" {
 		// Opened here, so that a taken port fails the start rather than a goroutine later.
 		if a.metricsLn, err = net.Listen("tcp", cfg.MetricsListen); err != nil {

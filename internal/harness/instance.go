@@ -5,6 +5,7 @@ package harness
 
 import (
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -45,10 +46,10 @@ type Options struct {
 	}
 	// Proxy replaces the HTTP(S) proxy from the environment.
 	Proxy func(*http.Request) (*url.URL, error)
+	// AccessLogTo is where the wiring writes the access log: Start sets it to Logs unless
+	// NoAccessLog or Quiet.
+	AccessLogTo io.Writer
 }
-
-// AccessLog reports whether the wiring is to log one line per request.
-func (o Options) AccessLog() bool { return !o.NoAccessLog && !o.Quiet }
 
 // Instance is a regcache serving on 127.0.0.1 for one test.
 type Instance struct {
@@ -79,9 +80,15 @@ func Start(t testing.TB, cfgYAML string, wire Wiring, o Options) *Instance {
 	if !o.Quiet {
 		log = zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), logs, zapcore.DebugLevel))
 	}
+	if !o.NoAccessLog && !o.Quiet {
+		o.AccessLogTo = logs
+	}
 	srv, err := wire(cfg, log, o)
 	if err != nil {
 		t.Fatalf("build: %v", err)
+	}
+	if f, ok := srv.(interface{ FlushLogs() }); ok {
+		logs.flush = f.FlushLogs // the access log is buffered: a test reads it whole
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -15,6 +15,8 @@ import (
 type Logs struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
+	// flush writes out what the access log holds back, before the log is read.
+	flush func()
 }
 
 func (l *Logs) Write(p []byte) (int, error) {
@@ -27,6 +29,9 @@ func (l *Logs) Write(p []byte) (int, error) {
 func (l *Logs) Sync() error { return nil }
 
 func (l *Logs) String() string {
+	if l.flush != nil {
+		l.flush()
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.buf.String()

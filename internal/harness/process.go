@@ -31,6 +31,8 @@ type Process struct {
 	Addr string
 	// Exited yields Cmd.Wait's result once the process has ended.
 	Exited <-chan error
+	// Logs holds every line it wrote to stderr (its log), complete once it has exited.
+	Logs *Logs
 }
 
 // StartProcess runs bin with cfgYAML (written to a file) as its -config and args after it,
@@ -52,12 +54,15 @@ func StartProcess(t testing.TB, bin, cfgYAML string, args ...string) *Process {
 	}
 	exited := make(chan error, 1)
 	listening := make(chan string, 1)
+	logs := &Logs{}
 	go func() {
 		// The log is read to its end, so the process never blocks writing it; Wait comes
 		// after the last read, as StderrPipe requires.
-		logs := bufio.NewScanner(stderr)
-		for logs.Scan() {
-			if addr, ok := Listening(logs.Text(), "regcache listening"); ok {
+		lines := bufio.NewScanner(stderr)
+		lines.Buffer(make([]byte, 64<<10), 1<<20)
+		for lines.Scan() {
+			_, _ = logs.Write(append(lines.Bytes(), '\n'))
+			if addr, ok := Listening(lines.Text(), "regcache listening"); ok {
 				listening <- addr
 			}
 		}
@@ -65,7 +70,7 @@ func StartProcess(t testing.TB, bin, cfgYAML string, args ...string) *Process {
 		close(listening)
 	}()
 	t.Cleanup(func() { _ = cmd.Process.Kill() })
-	p := &Process{Cmd: cmd, Exited: exited}
+	p := &Process{Cmd: cmd, Exited: exited, Logs: logs}
 	select {
 	case addr, ok := <-listening:
 		if !ok {
