@@ -1,7 +1,8 @@
 package main
 
 // The processes a run starts: each server pinned to the server CPU in its own process
-// group, waited for until it answers, and all killed at the end (or on a signal).
+// group, its output in a file of its own, waited for until it answers, and all killed at
+// the end (or on a signal).
 
 import (
 	"bufio"
@@ -28,12 +29,19 @@ func cleanup() {
 	_ = os.RemoveAll(work)
 }
 
-// start runs a server pinned to the server CPU, in its own process group.
+// binary is the path of one of the binaries bench/run.sh built.
+func binary(name string) string { return filepath.Join(*bin, name) }
+
+// start runs a server pinned to the server CPU, in its own process group; its stdout and
+// stderr go to one log file under the work directory (logPath).
 func start(name string, args ...string) *exec.Cmd {
 	full := append([]string{"-c", serverCPU, name}, args...)
 	cmd := exec.Command("taskset", full...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	logf, _ := os.Create(filepath.Join(work, filepath.Base(name)+"-"+strconv.Itoa(len(procs))+".log"))
+	logf, err := os.Create(filepath.Join(work, filepath.Base(name)+"-"+strconv.Itoa(len(procs))+".log"))
+	if err != nil {
+		log.Fatal(err)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		log.Fatalf("start %s: %v", name, err)
@@ -41,6 +49,9 @@ func start(name string, args ...string) *exec.Cmd {
 	procs = append(procs, cmd)
 	return cmd
 }
+
+// logPath is the file a process started by start writes its stdout and stderr to.
+func logPath(cmd *exec.Cmd) string { return cmd.Stdout.(*os.File).Name() }
 
 func waitHTTP(url string) {
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
