@@ -70,9 +70,13 @@ func newStore(maxCost int64) (*store, error) {
 	// ristretto wants ~10 counters per item it may hold; assume 2 KiB per item on average.
 	counters := max(maxCost/2048*10, 100_000)
 	rc, err := ristretto.NewCache(&ristretto.Config[string, any]{
-		NumCounters:        counters,
-		MaxCost:            maxCost,
-		BufferItems:        64,
+		NumCounters: counters,
+		MaxCost:     maxCost,
+		// Gets are handed to the admission policy in batches of this many: 256 rather than
+		// ristretto's suggested 64 wakes its goroutine a quarter as often, about 5% of a
+		// HEAD hit (BenchmarkHitHeadByTag, 485 -> 458 ns, best of 6); admission still sees
+		// every batch it has room for.
+		BufferItems:        256,
 		IgnoreInternalCost: true,
 		Metrics:            true,
 	})
