@@ -74,8 +74,9 @@ func newStore(maxCost int64) (*store, error) {
 		MaxCost:     maxCost,
 		// Gets are handed to the admission policy in batches of this many: 256 rather than
 		// ristretto's suggested 64 wakes its goroutine a quarter as often, about 5% of a
-		// HEAD hit (BenchmarkHitHeadByTag, 485 -> 458 ns, best of 6); admission still sees
-		// every batch it has room for.
+		// HEAD hit (BenchmarkHitHeadByTag, 485 -> 458 ns, best of 6). The price: a batch
+		// not yet full when the GC empties ristretto's pool is lost, so on a quiet
+		// instance fewer reads reach the frequency counts that admission judges by.
 		BufferItems:        256,
 		IgnoreInternalCost: true,
 		Metrics:            true,

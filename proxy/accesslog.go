@@ -28,6 +28,7 @@ const accessLogBuffer = 64 << 10
 // AccessLog writes the request lines. Its zero value is not usable: use NewAccessLog.
 type AccessLog struct {
 	mu      sync.Mutex
+	out     io.Writer
 	w       *bufio.Writer
 	console bool
 	closed  bool
@@ -45,7 +46,7 @@ type AccessLog struct {
 // level, ts, msg, then the request's fields) or "console" (zap's development layout, tab
 // separated), and flushes them at least once a second until Close.
 func NewAccessLog(w io.Writer, format string) *AccessLog {
-	l := &AccessLog{w: bufio.NewWriterSize(w, accessLogBuffer), console: format == "console",
+	l := &AccessLog{out: w, w: bufio.NewWriterSize(w, accessLogBuffer), console: format == "console",
 		stop: make(chan struct{}), done: make(chan struct{})}
 	go l.flushEvery(accessLogFlushEvery)
 	return l
@@ -68,8 +69,19 @@ func (l *AccessLog) flushEvery(d time.Duration) {
 // Flush writes out what the buffer holds.
 func (l *AccessLog) Flush() {
 	l.mu.Lock()
-	_ = l.w.Flush()
+	_ = l.flush()
 	l.mu.Unlock()
+}
+
+// flush writes the buffer out, with mu held. A failed write (a full disk, a closed pipe)
+// loses what the buffer held, but not the lines after it: bufio would otherwise keep the
+// error and refuse every later write.
+func (l *AccessLog) flush() error {
+	err := l.w.Flush()
+	if err != nil {
+		l.w.Reset(l.out)
+	}
+	return err
 }
 
 // Close flushes the last lines and stops the flusher; lines after it are dropped. The
@@ -81,7 +93,7 @@ func (l *AccessLog) Close() error {
 		return nil
 	}
 	l.closed = true
-	err := l.w.Flush()
+	err := l.flush()
 	l.mu.Unlock()
 	close(l.stop)
 	<-l.done
@@ -101,7 +113,7 @@ func (l *AccessLog) log(ctx *fasthttp.RequestCtx, rt *Route, st cache.Status, d 
 		return
 	}
 	if l.w.Available() < maxAccessLine {
-		_ = l.w.Flush()
+		_ = l.flush()
 	}
 	b := l.w.AvailableBuffer()
 	if l.console {
@@ -119,7 +131,13 @@ func (l *AccessLog) log(ctx *fasthttp.RequestCtx, rt *Route, st cache.Status, d 
 	b = l.field(b, "status", true)
 	b = strconv.AppendInt(b, int64(ctx.Response.StatusCode()), 10)
 	b = l.field(b, "duration", true)
-	b = appendSeconds(b, d) // seconds, as zap's production config writes a duration
+	if l.console {
+		// As zap's development config writes a duration: "250ms" (one allocation, in a
+		// format meant for people reading a terminal).
+		b = appendJSONString(b, s2b(d.String()))
+	} else {
+		b = appendSeconds(b, d) // seconds, as zap's production config writes a duration
+	}
 	if rt.Upstream != nil {
 		b = l.field(b, "upstream", true)
 		b = appendJSONString(b, s2b(rt.Upstream.Name))
@@ -133,6 +151,12 @@ func (l *AccessLog) log(ctx *fasthttp.RequestCtx, rt *Route, st cache.Status, d 
 		b = appendJSONString(b, xCache[st])
 	}
 	b = append(b, "}\n"...)
+	if len(b) > l.w.Available() {
+		// A line longer than the room left (a long path grew it past maxAccessLine) goes
+		// out whole after what is buffered: bufio would split it across two writes, and
+		// another log line written between them would land inside it.
+		_ = l.flush()
+	}
 	_, _ = l.w.Write(b)
 }
 

@@ -55,7 +55,7 @@ func TestAccessLogJSONLine(t *testing.T) {
 func TestAccessLogConsoleLine(t *testing.T) {
 	at := time.Date(2026, 12, 2, 17, 27, 4, 5_000_000, time.UTC)
 	line := accessLine(t, "console", "GET", "/v2/", &Route{}, cache.None, 250*time.Millisecond, at)
-	want := "2026-12-02T17:27:04.005Z\tINFO\trequest\t" + `{"method": "GET", "path": "/v2/", "status": 200, "duration": 0.25}` + "\n"
+	want := "2026-12-02T17:27:04.005Z\tINFO\trequest\t" + `{"method": "GET", "path": "/v2/", "status": 200, "duration": "250ms"}` + "\n"
 	if line != want {
 		t.Fatalf("line\n%q\nwant\n%q", line, want)
 	}
@@ -99,6 +99,43 @@ func TestAppendSeconds(t *testing.T) {
 		var f float64
 		if err := json.Unmarshal([]byte(got), &f); err != nil || f != d.Seconds() {
 			t.Fatalf("%v: %q (%v), want %v", d, got, err, d.Seconds())
+		}
+	}
+}
+
+// writeCalls records each Write it gets, to see how lines are cut into writes.
+type writeCalls struct{ calls [][]byte }
+
+func (w *writeCalls) Write(p []byte) (int, error) {
+	w.calls = append(w.calls, bytes.Clone(p))
+	return len(p), nil
+}
+
+// Every write the access log makes ends at the end of a line, long lines included: a line
+// cut across two writes to stderr could have another log line land inside it.
+func TestAccessLogWritesWholeLines(t *testing.T) {
+	w := &writeCalls{}
+	l := NewAccessLog(w, "json")
+	logOne := func(path string) {
+		var ctx fasthttp.RequestCtx
+		var req fasthttp.Request
+		req.Header.SetMethod("GET")
+		req.SetRequestURI(path)
+		ctx.Init(&req, nil, nil)
+		ctx.SetStatusCode(fasthttp.StatusNotFound)
+		l.log(&ctx, &Route{}, cache.None, time.Millisecond, time.Now())
+	}
+	for l.w.Available() >= 2<<10 {
+		logOne("/v2/short")
+	}
+	logOne("/v2/" + strings.Repeat("a", 2<<10))
+	logOne("/v2/" + strings.Repeat("b", 100<<10)) // longer than the whole buffer
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range w.calls {
+		if len(c) == 0 || c[len(c)-1] != '\n' {
+			t.Fatalf("write %d of %d ends mid-line: ...%q", i+1, len(w.calls), c[max(0, len(c)-40):])
 		}
 	}
 }

@@ -150,7 +150,11 @@ func (a *app) Serve(ln net.Listener) error {
 		}()
 	}
 	a.proxy.SetReady(true)
-	return a.server.Serve(ln)
+	err := a.server.Serve(ln)
+	if err != nil && a.access != nil {
+		_ = a.access.Close() // the server failed: the lines of what it answered still go out
+	}
+	return err
 }
 
 // ShutdownWithContext stops taking requests (readyz turns 503 first), drains those in
