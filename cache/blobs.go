@@ -77,7 +77,7 @@ func (c *Cache) Blob(ctx context.Context, o *Origin, repo string, d digest.Diges
 			return Blob{BlobInfo: BlobInfo{Size: -1}, Stream: s}, Miss, err
 		}
 	}
-	l := &blobLookup{c: c, o: o, up: up, repo: repo, d: d, wantBody: req.Body, mkey: key}
+	l := &blobLookup{content{c: c, o: o, up: up, repo: repo, d: d, wantBody: req.Body, mkey: key}}
 	f, err := load(ctx, &c.blobFlights, c.fleet, 0, l)
 	if err != nil {
 		return Blob{}, Miss, err
@@ -141,14 +141,7 @@ func (h *handoff) take() *upstream.Blob {
 }
 
 // blobLookup is a blob's miss, for load. Blobs are not shared through the fleet tier.
-type blobLookup struct {
-	c        *Cache
-	o        *Origin
-	up, repo string
-	d        digest.Digest
-	wantBody bool
-	mkey     string // its memory key
-}
+type blobLookup struct{ content }
 
 // key: a HEAD and a GET are flights of their own.
 func (l *blobLookup) key() string {

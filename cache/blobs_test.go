@@ -3,7 +3,6 @@ package cache
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"errors"
 	"io"
 	"testing"
@@ -14,18 +13,12 @@ import (
 	"regcache/upstream/registrytest"
 )
 
-func randomBytes(n int) []byte {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return b
-}
-
 // A small blob asked for with a Range is fetched whole once, kept, and answered whole
 // from then on (RFC 9110 allows a whole answer to a Range): a client's Range on an image
 // config must not cost an upstream request each time.
 func TestBlobSmallRangedKept(t *testing.T) {
 	reg := registrytest.New(t, registrytest.NoAuth)
-	data := randomBytes(4096)
+	data := registrytest.RandomBytes(4096)
 	d := digest.Digest(reg.PushBlob(t, "team/app", data))
 	c, o := newLocal(t, reg, Config{}, time.Minute)
 	reg.ResetCounts()
@@ -45,7 +38,7 @@ func TestBlobSmallRangedKept(t *testing.T) {
 // knows, with no upstream request and no stream.
 func TestBlobKnownLargeNoStream(t *testing.T) {
 	reg := registrytest.New(t, registrytest.NoAuth)
-	d := digest.Digest(reg.PushBlob(t, "team/app", randomBytes(4096)))
+	d := digest.Digest(reg.PushBlob(t, "team/app", registrytest.RandomBytes(4096)))
 	c, o := newLocal(t, reg, Config{MaxBlobSize: 1024}, time.Minute)
 	reg.ResetCounts()
 	for i := range 3 {
@@ -64,7 +57,7 @@ func TestBlobKnownLargeNoStream(t *testing.T) {
 // closed twice.
 func TestBlobLargeConcurrentFirstGets(t *testing.T) {
 	reg := registrytest.New(t, registrytest.NoAuth)
-	data := randomBytes(64 << 10)
+	data := registrytest.RandomBytes(64 << 10)
 	d := digest.Digest(reg.PushBlob(t, "team/app", data))
 	c, o := newLocal(t, reg, Config{MaxBlobSize: 1024}, time.Minute)
 	reg.SetFault(registrytest.Delay(100 * time.Millisecond))

@@ -17,11 +17,12 @@ import (
 func (c *Cache) manifestByDigest(ctx context.Context, o *Origin, repo string, d digest.Digest, wantBody bool) (*ManifestEntry, error) {
 	up := o.Registry.Name()
 	return load(ctx, &c.digestFlights, c.fleet, c.fleetWait(o),
-		&digestLookup{c: c, o: o, up: up, repo: repo, d: d, wantBody: wantBody, mkey: manifestKey(up, repo, string(d))})
+		&digestLookup{content{c: c, o: o, up: up, repo: repo, d: d, wantBody: wantBody, mkey: manifestKey(up, repo, string(d))}})
 }
 
-// digestLookup is a manifest's miss by digest, for load.
-type digestLookup struct {
+// content is what a lookup of content-addressed bytes (a manifest or a blob by digest)
+// names: the bytes of d in repo on o, or (wantBody false) only what a HEAD tells.
+type content struct {
 	c        *Cache
 	o        *Origin
 	up, repo string
@@ -29,6 +30,9 @@ type digestLookup struct {
 	wantBody bool
 	mkey     string // its memory key
 }
+
+// digestLookup is a manifest's miss by digest, for load.
+type digestLookup struct{ content }
 
 // key is also the fleet lock's name for a GET: <prefix>lock:manifest:<upstream>/<repo>@<digest>.
 // A HEAD is another flight, and takes no lock.

@@ -7,7 +7,6 @@ package main
 
 import (
 	"bytes"
-	"crypto/rand"
 	"fmt"
 	"io"
 	"net/http"
@@ -22,13 +21,6 @@ import (
 	"regcache/internal/harness"
 	"regcache/upstream/registrytest"
 )
-
-// randomBlob is n random bytes: a blob that cannot be mistaken for another.
-func randomBlob(n int) []byte {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return b
-}
 
 func TestBlobsConfigCachedAndVerified(t *testing.T) {
 	t.Parallel()
@@ -80,7 +72,7 @@ func TestBlobsConfigCachedAndVerified(t *testing.T) {
 func TestBlobsLargeStreamedVerifiedWithRange(t *testing.T) {
 	t.Parallel()
 	reg := registrytest.New(t, registrytest.Bearer)
-	big := randomBlob(24 << 20)
+	big := registrytest.RandomBytes(24 << 20)
 	d := reg.PushBlob(t, "team/app", big)
 	rc := startRegcache(t, harness.Config("", harness.Upstream("ghcr.io", reg.URL)))
 	path := "/v2/ghcr.io/team/app/blobs/" + d
@@ -127,7 +119,7 @@ func TestBlobsLargeStreamedVerifiedWithRange(t *testing.T) {
 
 func TestStreamedBlobMemoryBounded(t *testing.T) {
 	reg := registrytest.New(t, registrytest.NoAuth)
-	big := randomBlob(32 << 20)
+	big := registrytest.RandomBytes(32 << 20)
 	d := reg.PushBlob(t, "team/app", big)
 	rc := startRegcache(t, harness.Config("", harness.Upstream("ghcr.io", reg.URL)))
 	var before, after runtime.MemStats
@@ -157,7 +149,7 @@ func TestBlobHeadAndLargeBlobEconomy(t *testing.T) {
 	t.Parallel()
 	reg := registrytest.New(t, registrytest.NoAuth)
 	small := reg.PushBlob(t, "team/app", []byte(`{"os":"linux","architecture":"amd64"}`))
-	bigData := randomBlob(3 << 20)
+	bigData := registrytest.RandomBytes(3 << 20)
 	big := reg.PushBlob(t, "team/app", bigData)
 	rc := startRegcache(t, harness.Config("", harness.Upstream("ghcr.io", reg.URL)))
 	reg.ResetCounts()
@@ -203,7 +195,7 @@ func TestBlobAndManifestNegativeCacheApart(t *testing.T) {
 func TestStalledBlobStreamEnds(t *testing.T) {
 	t.Parallel()
 	reg := registrytest.New(t, registrytest.NoAuth)
-	data := randomBlob(3 << 20)
+	data := registrytest.RandomBytes(3 << 20)
 	d := reg.PushBlob(t, "team/app", data)
 	stall := make(chan struct{})
 	t.Cleanup(func() { close(stall) })
@@ -241,7 +233,7 @@ func TestStalledBlobStreamEnds(t *testing.T) {
 func TestBlobStreamFailsBeforeFirstByte(t *testing.T) {
 	t.Parallel()
 	reg := registrytest.New(t, registrytest.NoAuth)
-	bigData := randomBlob(3 << 20)
+	bigData := registrytest.RandomBytes(3 << 20)
 	big := reg.PushBlob(t, "team/app", bigData)
 	rc := startRegcache(t, harness.Config("", harness.Upstream("ghcr.io", reg.URL, "timeout: 500ms")))
 	headersThen := func(after func(http.ResponseWriter)) registrytest.Fault {
@@ -289,7 +281,7 @@ func TestBlobStreamFailsBeforeFirstByte(t *testing.T) {
 func TestBlobWholeAnswered206Refused(t *testing.T) {
 	t.Parallel()
 	reg := registrytest.New(t, registrytest.NoAuth)
-	large := randomBlob(1536 << 10) // over the default max_blob_size: streamed
+	large := registrytest.RandomBytes(1536 << 10) // over the default max_blob_size: streamed
 	small := []byte(`{"architecture":"amd64","os":"linux"}`)
 	ld := reg.PushBlob(t, "team/app", large)
 	sd := reg.PushBlob(t, "team/app", small)
@@ -300,7 +292,7 @@ func TestBlobWholeAnswered206Refused(t *testing.T) {
 		d     string
 		other []byte // what upstream sends instead, with 206
 	}{
-		{"large blob, other bytes", ld, randomBlob(1280 << 10)},
+		{"large blob, other bytes", ld, registrytest.RandomBytes(1280 << 10)},
 		{"large blob, its own first part", ld, large[:1280<<10]},
 		{"small blob, other bytes", sd, []byte(`{"os":"evil"}`)},
 	} {
@@ -339,7 +331,7 @@ func TestBlobWholeAnswered206Refused(t *testing.T) {
 func TestBlobStreamMismatchNeverComplete(t *testing.T) {
 	t.Parallel()
 	reg := registrytest.New(t, registrytest.NoAuth)
-	blob := randomBlob(1536 << 10)
+	blob := registrytest.RandomBytes(1536 << 10)
 	d := reg.PushBlob(t, "team/app", blob)
 	rc := startRegcache(t, harness.Config("", harness.Upstream("ghcr.io", reg.URL)))
 	flipped := bytes.Clone(blob)
@@ -394,7 +386,7 @@ func TestBlobStreamMismatchNeverComplete(t *testing.T) {
 func TestBlobClientRangePartialWithoutDigest(t *testing.T) {
 	t.Parallel()
 	reg := registrytest.New(t, registrytest.Bearer)
-	blob := randomBlob(1536 << 10)
+	blob := registrytest.RandomBytes(1536 << 10)
 	d := reg.PushBlob(t, "team/app", blob)
 	rc := startRegcache(t, harness.Config("", harness.Upstream("ghcr.io", reg.URL)))
 	path := "/v2/ghcr.io/team/app/blobs/" + d
