@@ -68,8 +68,19 @@ type Config struct {
 	// DefaultTagsMaxCount, DefaultTagsMaxBytes.
 	TagsMaxPages, TagsMaxCount, TagsMaxBytes int
 	Logger                                   *zap.Logger
+	// OnTagMove, when set, is told each time upstream's answer shows a tag pointing
+	// somewhere new (not the first time a tag is seen). With a fleet, the replica that asked
+	// upstream tells it; those that read the answer from Redis do not. It must not block.
+	OnTagMove func(TagMove)
 	// Redis, when set, is the second tier the replicas of a fleet share.
 	Redis *RedisConfig
+}
+
+// TagMove is a tag found pointing somewhere new.
+type TagMove struct {
+	Upstream, Repository, Tag string
+	From, To                  upstream.Descriptor
+	At                        time.Time // when upstream answered
 }
 
 // Answer is a resolved manifest lookup.

@@ -278,8 +278,19 @@ func (l *tagLookup) store(m upstream.Manifest) resolved {
 			prev = l.seen.Descriptor
 		}
 	}
-	te := c.putTag(o, l.mkey, d, time.Now(), prev, claim)
+	// Where the tag pointed before this answer: this replica's entry, else the fleet's.
+	var was upstream.Descriptor
+	if old := c.store.tag(l.mkey); old != nil {
+		was = old.Descriptor
+	} else if l.seen != nil {
+		was = l.seen.Descriptor
+	}
+	at := time.Now()
+	te := c.putTag(o, l.mkey, d, at, prev, claim)
 	c.fleet.setTag(l.up, l.r.Repo, l.r.Ref, te, o.TagTTL+c.cfg.MaxStale)
+	if was.Digest != "" && was.Digest != d.Digest && c.cfg.OnTagMove != nil {
+		c.cfg.OnTagMove(TagMove{Upstream: l.up, Repository: l.r.Repo, Tag: l.r.Ref, From: was, To: d, At: at})
+	}
 	return resolved{tag: te, body: body}
 }
 

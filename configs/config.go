@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"regcache/cache"
+	"regcache/internal/feed"
 	"regcache/proxy"
 	"regcache/upstream"
 )
@@ -40,6 +41,14 @@ type Config struct {
 	// (for a scraper that holds no credentials; keep the address off clients' reach). On
 	// listen, /metrics stays behind auth.
 	MetricsListen string `yaml:"metrics_listen"`
+	// Events is the change feed (GET /api/v1/events).
+	Events Events `yaml:"events"`
+}
+
+// Events configures the change feed.
+type Events struct {
+	// LogSize is how many events are kept for subscribers that resume (Last-Event-ID).
+	LogSize int `yaml:"log_size"`
 }
 
 // Auth is client-facing authentication. With neither htpasswd nor tokens it is off: any
@@ -228,7 +237,8 @@ func defaults() *Config {
 			TagsMaxCount:           cache.DefaultTagsMaxCount,
 			TagsMaxBytes:           cache.DefaultTagsMaxBytes,
 		},
-		Auth: Auth{TokenTTL: Duration(proxy.DefaultTokenTTL)},
+		Auth:   Auth{TokenTTL: Duration(proxy.DefaultTokenTTL)},
+		Events: Events{LogSize: feed.DefaultLogSize},
 		Server: Server{
 			ReadTimeout:    Duration(proxy.DefaultReadTimeout),
 			WriteTimeout:   Duration(proxy.DefaultWriteTimeout),

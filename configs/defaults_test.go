@@ -14,6 +14,7 @@ import (
 	yaml "go.yaml.in/yaml/v3"
 
 	"regcache/cache"
+	"regcache/internal/feed"
 	"regcache/proxy"
 	"regcache/upstream"
 )
@@ -33,6 +34,7 @@ var ownedDefaults = []struct {
 	{"listen", defaultListen, false, true},
 	{"default_upstream", defaultUpstream, false, true},
 	{"cache.max_size", Size(cache.DefaultMaxSize), false, true},
+	{"events.log_size", feed.DefaultLogSize, false, true},
 	{"cache.max_blob_size", Size(cache.DefaultMaxBlobSize), false, true},
 	{"cache.tag_ttl", Duration(cache.DefaultTagTTL), false, true},
 	{"cache.max_stale", Duration(cache.DefaultMaxStale), false, true},

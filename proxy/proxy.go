@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"regcache/cache"
+	"regcache/internal/feed"
 )
 
 // Upstream is one configured registry as the front end sees it.
@@ -40,6 +41,8 @@ type Options struct {
 	Logger  *zap.Logger
 	// AccessLog, when set, gets one line per request.
 	AccessLog *AccessLog
+	// Events, when set, is the change feed served at /api/v1/events.
+	Events *feed.Log
 	// Auth is client-facing authentication; nil is auth off (anonymous tokens).
 	Auth *ClientAuth
 	// Metrics, when set, counts requests and serves /metrics.
@@ -56,6 +59,7 @@ type Proxy struct {
 	cache     *cache.Cache
 	log       *zap.Logger
 	accessLog *AccessLog
+	events    *feed.Log
 	auth      *ClientAuth
 	metrics   *Metrics
 	limits    Limits
@@ -64,7 +68,7 @@ type Proxy struct {
 
 // New builds a Proxy.
 func New(opts Options) (*Proxy, error) {
-	p := &Proxy{names: map[string]*Upstream{}, upstreams: opts.Upstreams, cache: opts.Cache, log: opts.Logger, accessLog: opts.AccessLog, auth: opts.Auth, metrics: opts.Metrics, limits: opts.Limits.withDefaults()}
+	p := &Proxy{names: map[string]*Upstream{}, upstreams: opts.Upstreams, cache: opts.Cache, log: opts.Logger, accessLog: opts.AccessLog, events: opts.Events, auth: opts.Auth, metrics: opts.Metrics, limits: opts.Limits.withDefaults()}
 	if p.log == nil {
 		p.log = zap.NewNop()
 	}
@@ -217,6 +221,9 @@ func (p *Proxy) Handler(ctx *fasthttp.RequestCtx) {
 	case string(path) == "/api/v1/digests" && ctx.IsPost():
 		r = KindAPI
 		p.serveDigests(ctx)
+	case string(path) == "/api/v1/events" && ctx.IsGet() && p.events != nil:
+		r = KindAPI
+		p.serveEvents(ctx)
 	case string(path) == "/api/v1/digest" || string(path) == "/api/v1/digests":
 		r = KindAPI
 		writeError(ctx, errUnsupported.with("use GET /api/v1/digest?image=... or POST /api/v1/digests"))

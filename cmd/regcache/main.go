@@ -26,6 +26,7 @@ import (
 
 	"regcache/cache"
 	"regcache/configs"
+	"regcache/internal/feed"
 	"regcache/proxy"
 	"regcache/upstream"
 )
@@ -129,6 +130,7 @@ type buildOptions struct {
 type app struct {
 	proxy  *proxy.Proxy
 	access *proxy.AccessLog // nil when off
+	events *feed.Log
 	server *fasthttp.Server
 	cache  *cache.Cache
 	// upstreams are closed on shutdown: their idle keep-alive connections (and the
@@ -162,6 +164,7 @@ func (a *app) Serve(ln net.Listener) error {
 // connections.
 func (a *app) ShutdownWithContext(ctx context.Context) error {
 	a.proxy.SetReady(false)
+	a.events.Close() // the change feed's streams end, or the server would wait for them
 	err := a.server.ShutdownWithContext(ctx)
 	if a.metrics != nil {
 		_ = a.metrics.ShutdownWithContext(ctx)
@@ -194,7 +197,9 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err
 	if err != nil {
 		return nil, err
 	}
+	events := feed.NewLog(cfg.Events.LogSize)
 	c, err := cache.New(cache.Config{
+		OnTagMove:      events.RecordMove,
 		MaxSize:        int64(cfg.Cache.MaxSize),
 		MaxStale:       cfg.Cache.MaxStale.D(),
 		NegativeTTL:    cfg.Cache.NegativeTTL.D(),
@@ -249,13 +254,13 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err
 		access = proxy.NewAccessLog(bo.AccessLog, bo.LogFormat)
 	}
 	p, err := proxy.New(proxy.Options{Upstreams: ups, Default: cfg.DefaultUpstream, Cache: c, Logger: log,
-		AccessLog: access, Auth: auth, Metrics: metrics, Limits: limits(&cfg.Server)})
+		AccessLog: access, Events: events, Auth: auth, Metrics: metrics, Limits: limits(&cfg.Server)})
 	if err != nil {
 		return nil, err
 	}
 	metrics.WatchCache(c)
 	metrics.WatchUpstreams(ups)
-	a := &app{proxy: p, server: p.Server(), cache: c, upstreams: regs, log: log, access: access}
+	a := &app{proxy: p, server: p.Server(), cache: c, upstreams: regs, log: log, access: access, events: events}
 	if cfg.MetricsListen != "" {
 		// Opened here, so that a taken port fails the start rather than a goroutine later.
 		if a.metricsLn, err = net.Listen("tcp", cfg.MetricsListen); err != nil {

@@ -1,0 +1,224 @@
+// Package feed is regcache's change feed: the events it records when it learns that a tag
+// points somewhere new, kept in a bounded log that subscribers read live or resume from.
+package feed
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"regcache/cache"
+)
+
+// Event types.
+const (
+	TagChanged = "tag.changed"
+	// Reset tells a subscriber that the events after the id it resumed from are no longer
+	// held (too far behind, or an id from before a restart): it resumes from now.
+	Reset = "feed.reset"
+)
+
+// DefaultLogSize is how many events the log keeps (events.log_size).
+const DefaultLogSize = 10000
+
+// Event is one change, as subscribers receive it.
+type Event struct {
+	ID             string `json:"id"`
+	Type           string `json:"type"`
+	Time           string `json:"time"` // RFC 3339
+	Image          string `json:"image,omitempty"`
+	Registry       string `json:"registry,omitempty"`
+	Repository     string `json:"repository,omitempty"`
+	Tag            string `json:"tag,omitempty"`
+	Digest         string `json:"digest,omitempty"`
+	PreviousDigest string `json:"previousDigest,omitempty"`
+	MediaType      string `json:"mediaType,omitempty"`
+}
+
+// Log keeps the last events in order and hands new ones to subscribers. Ids are
+// "<epoch>-<sequence>", both fixed-width so that they sort as they were emitted; the epoch
+// is the process's start, so an id from before a restart is told apart and answered with
+// a reset.
+type Log struct {
+	mu     sync.Mutex
+	size   int
+	events []Event // a ring of size entries, oldest at start
+	start  int
+	seq    uint64
+	epoch  string
+	subs   map[*Subscription]struct{}
+	closed bool // no more subscribers: the server is shutting down
+}
+
+// NewLog keeps size events (DefaultLogSize for 0).
+func NewLog(size int) *Log {
+	if size <= 0 {
+		size = DefaultLogSize
+	}
+	return &Log{size: size, epoch: fmt.Sprintf("%013d", time.Now().UnixMilli()), subs: map[*Subscription]struct{}{}}
+}
+
+// RecordMove records a tag that a revalidation or a miss found pointing somewhere new.
+func (l *Log) RecordMove(m cache.TagMove) {
+	l.Publish(Event{
+		Type:           TagChanged,
+		Time:           m.At.UTC().Format(time.RFC3339),
+		Image:          m.Upstream + "/" + m.Repository + ":" + m.Tag,
+		Registry:       m.Upstream,
+		Repository:     m.Repository,
+		Tag:            m.Tag,
+		Digest:         string(m.To.Digest),
+		PreviousDigest: string(m.From.Digest),
+		MediaType:      m.To.MediaType,
+	})
+}
+
+// Publish gives e the next id, keeps it, and hands it to every subscriber that keeps up;
+// one that does not is dropped (its last id still resumes it).
+func (l *Log) Publish(e Event) Event {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.seq++
+	e.ID = l.epoch + "-" + fmt.Sprintf("%012d", l.seq)
+	if len(l.events) < l.size {
+		l.events = append(l.events, e)
+	} else {
+		l.events[l.start] = e
+		l.start = (l.start + 1) % l.size
+	}
+	for s := range l.subs {
+		select {
+		case s.C <- e:
+		default:
+			delete(l.subs, s)
+			close(s.C)
+		}
+	}
+	return e
+}
+
+// at is the i-th kept event, oldest first; l.mu held.
+func (l *Log) at(i int) Event { return l.events[(l.start+i)%len(l.events)] }
+
+// since is the kept events after id (all of them for ""); reset is true when id is not
+// one this log can resume from (too old, malformed, or from before a restart). l.mu held.
+func (l *Log) since(id string) (out []Event, reset bool) {
+	n := len(l.events)
+	if id == "" {
+		for i := range n {
+			out = append(out, l.at(i))
+		}
+		return out, false
+	}
+	epoch, seqText, ok := strings.Cut(id, "-")
+	seq, err := strconv.ParseUint(seqText, 10, 64)
+	if !ok || err != nil || epoch != l.epoch || seq > l.seq {
+		return nil, true
+	}
+	oldest := l.seq - uint64(n) + 1 // the first kept event's sequence (seq+1 when none)
+	if seq+1 < oldest {
+		return nil, true // the events right after it are gone
+	}
+	for i := int(seq + 1 - oldest); i < n; i++ {
+		out = append(out, l.at(i))
+	}
+	return out, false
+}
+
+// Since is the kept events after id; see since.
+func (l *Log) Since(id string) ([]Event, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.since(id)
+}
+
+// Subscription receives events as they are published. C is closed when the subscriber
+// fell behind by more than its buffer, or on Cancel.
+type Subscription struct {
+	C   chan Event
+	log *Log
+}
+
+// subscriberBuffer is how many events a subscriber may be behind before it is dropped.
+const subscriberBuffer = 256
+
+// Subscribe returns what a subscriber resuming after id gets first (the events after it,
+// or a Reset event when they are gone) and, atomically with them, a subscription to
+// every event after those. After Close the subscription is closed at once.
+func (l *Log) Subscribe(id string) (first []Event, s *Subscription) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if id != "" {
+		var reset bool
+		if first, reset = l.since(id); reset {
+			first = []Event{l.resetEvent()}
+		}
+	}
+	s = &Subscription{C: make(chan Event, subscriberBuffer), log: l}
+	if l.closed {
+		close(s.C)
+		return first, s
+	}
+	l.subs[s] = struct{}{}
+	return first, s
+}
+
+// Close ends every subscription, and those made after it: a server shutting down must
+// not wait for its streams.
+func (l *Log) Close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.closed = true
+	for s := range l.subs {
+		delete(l.subs, s)
+		close(s.C)
+	}
+}
+
+// Cancel ends the subscription.
+func (s *Subscription) Cancel() {
+	s.log.mu.Lock()
+	defer s.log.mu.Unlock()
+	if _, ok := s.log.subs[s]; ok {
+		delete(s.log.subs, s)
+		close(s.C)
+	}
+}
+
+// Subscribers is how many subscriptions are open.
+func (l *Log) Subscribers() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.subs)
+}
+
+// SinceOrReset is Since for a reader that is to be told of a reset: the events after id,
+// or a Reset event alone.
+func (l *Log) SinceOrReset(id string) []Event {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out, reset := l.since(id)
+	if reset {
+		return []Event{l.resetEvent()}
+	}
+	return out
+}
+
+// resetEvent tells a subscriber it resumes from now: its id is the last event's, so that
+// resuming from it gives what follows. l.mu held.
+func (l *Log) resetEvent() Event {
+	return Event{ID: l.epoch + "-" + fmt.Sprintf("%012d", l.seq), Type: Reset, Time: time.Now().UTC().Format(time.RFC3339)}
+}
+
+// Last is the newest event's id ("" before the first): where a reader that has seen
+// everything resumes.
+func (l *Log) Last() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.seq == 0 {
+		return ""
+	}
+	return l.epoch + "-" + fmt.Sprintf("%012d", l.seq)
+}

@@ -1,0 +1,144 @@
+package proxy
+
+// GET /api/v1/events: the change feed, as Server-Sent Events (live, or resumed after
+// Last-Event-ID or ?since=) or, with ?format=json, as one JSON answer for scripts.
+
+import (
+	"bufio"
+	"encoding/json"
+	"strings"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"regcache/internal/feed"
+)
+
+// keepAliveEvery is how often an idle stream gets a comment line, so that proxies and
+// clients on the way do not take it for dead.
+const keepAliveEvery = 15 * time.Second
+
+// eventFilter is what a subscriber asked for: images (registry/repository[:tag]),
+// registries and types, each a set where empty means all.
+type eventFilter struct {
+	images, registries, types []string
+}
+
+func parseEventFilter(args *fasthttp.Args) eventFilter {
+	var f eventFilter
+	for _, v := range args.PeekMulti("image") {
+		f.images = append(f.images, string(v))
+	}
+	for _, v := range args.PeekMulti("registry") {
+		f.registries = append(f.registries, string(v))
+	}
+	for _, v := range args.PeekMulti("type") {
+		f.types = append(f.types, string(v))
+	}
+	return f
+}
+
+// match reports whether e is for this subscriber; a reset always is.
+func (f eventFilter) match(e feed.Event) bool {
+	if e.Type == feed.Reset {
+		return true
+	}
+	in := func(set []string, v string) bool {
+		if len(set) == 0 {
+			return true
+		}
+		for _, s := range set {
+			if s == v {
+				return true
+			}
+		}
+		return false
+	}
+	if !in(f.registries, e.Registry) || !in(f.types, e.Type) {
+		return false
+	}
+	if len(f.images) == 0 {
+		return true
+	}
+	for _, img := range f.images {
+		// registry/repository[:tag]: without a tag, every tag of the repository.
+		if img == e.Image || img == e.Registry+"/"+e.Repository {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *Proxy) serveEvents(ctx *fasthttp.RequestCtx) {
+	args := ctx.QueryArgs()
+	f := parseEventFilter(args)
+	since := string(args.Peek("since"))
+	if id := ctx.Request.Header.Peek("Last-Event-ID"); len(id) > 0 {
+		since = string(id)
+	}
+	if string(args.Peek("format")) == "json" {
+		events := p.events.SinceOrReset(since)
+		out := make([]feed.Event, 0, len(events))
+		for _, e := range events {
+			if f.match(e) {
+				out = append(out, e)
+			}
+		}
+		// next resumes after everything this answer covered, filtered out or not.
+		next := since
+		if n := len(events); n > 0 {
+			next = events[n-1].ID
+		} else if since == "" {
+			next = p.events.Last()
+		}
+		writeJSON(ctx, struct {
+			Events []feed.Event `json:"events"`
+			Next   string       `json:"next"`
+		}{out, next})
+		return
+	}
+	first, sub := p.events.Subscribe(since)
+	ctx.SetContentType("text/event-stream")
+	ctx.Response.Header.Set("Cache-Control", "no-cache")
+	// The stream outlives the handler: fasthttp runs the writer once the headers are out,
+	// until it returns (the client went away, the subscriber fell behind, or shutdown).
+	ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
+		defer sub.Cancel()
+		send := func(e feed.Event) error {
+			if !f.match(e) {
+				return nil
+			}
+			data, _ := json.Marshal(e)
+			_, _ = w.WriteString("id: " + strings.ReplaceAll(e.ID, "\n", "") + "\ndata: ")
+			_, _ = w.Write(data)
+			_, _ = w.WriteString("\n\n")
+			return w.Flush()
+		}
+		_, _ = w.WriteString(": regcache change feed\n\n")
+		for _, e := range first {
+			if send(e) != nil {
+				return
+			}
+		}
+		if w.Flush() != nil {
+			return
+		}
+		tick := time.NewTicker(keepAliveEvery)
+		defer tick.Stop()
+		for {
+			select {
+			case e, ok := <-sub.C:
+				if !ok {
+					return // fell behind (its last id resumes it), or shutdown
+				}
+				if send(e) != nil {
+					return
+				}
+			case <-tick.C:
+				if _, err := w.WriteString(": keep-alive\n\n"); err != nil || w.Flush() != nil {
+					return
+				}
+			}
+		}
+	})
+}
