@@ -13,6 +13,7 @@ import (
 	"github.com/valyala/fasthttp/fasthttpadaptor"
 
 	"regcache/cache"
+	"regcache/internal/feed"
 	"regcache/upstream"
 )
 
@@ -175,6 +176,20 @@ func (m *Metrics) WatchCache(c *cache.Cache) {
 
 // WatchUpstreams exports each upstream's last seen rate-limit headers. Unknown values are
 // NaN, so an alert on "remaining < N" cannot fire before the upstream has said anything.
+// WatchEvents publishes the change feed's counters.
+func (m *Metrics) WatchEvents(l *feed.Log) {
+	m.registry.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_events_total", ConstLabels: prometheus.Labels{"type": feed.TagChanged},
+			Help: "Change-feed events recorded, by type."},
+			func() float64 { return float64(l.Stats().Changed) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "regcache_events_subscribers", Help: "Change-feed streams open."},
+			func() float64 { return float64(l.Stats().Subscribers) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_events_subscribers_dropped_total",
+			Help: "Change-feed streams dropped for falling more than 256 events behind (they resume with Last-Event-ID)."},
+			func() float64 { return float64(l.Stats().Dropped) }),
+	)
+}
+
 func (m *Metrics) WatchUpstreams(ups []*Upstream) {
 	for _, u := range ups {
 		reg := u.Origin.Registry

@@ -173,6 +173,13 @@ func TestEventsTagChanged(t *testing.T) {
 		t.Fatalf("after the reset: %+v", got)
 	}
 
+	// The streams whose clients left count until a write to them fails (the next event or
+	// keep-alive): at least the open one.
+	m := rc.Metrics(t)
+	if m[`regcache_events_total{type="tag.changed"}`] != 3 || m["regcache_events_subscribers"] < 1 {
+		t.Fatalf("metrics: %v events, %v subscribers; want 3 and at least 1", m[`regcache_events_total{type="tag.changed"}`], m["regcache_events_subscribers"])
+	}
+
 	// Shutdown does not wait for open streams.
 	start := time.Now()
 	rc.Stop(t)

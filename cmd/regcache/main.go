@@ -260,6 +260,7 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err
 	}
 	metrics.WatchCache(c)
 	metrics.WatchUpstreams(ups)
+	metrics.WatchEvents(events)
 	a := &app{proxy: p, server: p.Server(), cache: c, upstreams: regs, log: log, access: access, events: events}
 	if cfg.MetricsListen != "" {
 		// Opened here, so that a taken port fails the start rather than a goroutine later.

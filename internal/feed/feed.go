@@ -50,6 +50,8 @@ type Log struct {
 	epoch  string
 	subs   map[*Subscription]struct{}
 	closed bool // no more subscribers: the server is shutting down
+	// changed counts tag.changed events; dropped, subscribers dropped for falling behind.
+	changed, dropped uint64
 }
 
 // NewLog keeps size events (DefaultLogSize for 0).
@@ -82,6 +84,9 @@ func (l *Log) Publish(e Event) Event {
 	defer l.mu.Unlock()
 	l.seq++
 	e.ID = l.epoch + "-" + fmt.Sprintf("%012d", l.seq)
+	if e.Type == TagChanged {
+		l.changed++
+	}
 	if len(l.events) < l.size {
 		l.events = append(l.events, e)
 	} else {
@@ -94,6 +99,7 @@ func (l *Log) Publish(e Event) Event {
 		default:
 			delete(l.subs, s)
 			close(s.C)
+			l.dropped++
 		}
 	}
 	return e
@@ -185,6 +191,21 @@ func (s *Subscription) Cancel() {
 		delete(s.log.subs, s)
 		close(s.C)
 	}
+}
+
+// Stats is what the metrics show of the feed.
+type Stats struct {
+	// Changed counts tag.changed events; Dropped, subscribers dropped for falling behind.
+	Changed, Dropped uint64
+	// Subscribers is how many subscriptions are open.
+	Subscribers int
+}
+
+// Stats reads the feed's counters.
+func (l *Log) Stats() Stats {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return Stats{Changed: l.changed, Dropped: l.dropped, Subscribers: len(l.subs)}
 }
 
 // Subscribers is how many subscriptions are open.
