@@ -278,12 +278,16 @@ func (l *tagLookup) store(m upstream.Manifest) resolved {
 			prev = l.seen.Descriptor
 		}
 	}
-	// Where the tag pointed before this answer: this replica's entry, else the fleet's.
+	// Where the tag pointed before this answer: the newer of this replica's entry and the
+	// fleet's. A move another replica already recorded (and shared) is not this one's to
+	// record again, however old this replica's own entry is.
 	var was upstream.Descriptor
-	if old := c.store.tag(l.mkey); old != nil {
-		was = old.Descriptor
-	} else if l.seen != nil {
+	old := c.store.tag(l.mkey)
+	switch {
+	case l.seen != nil && (old == nil || l.seen.FetchedAt.After(old.FetchedAt)):
 		was = l.seen.Descriptor
+	case old != nil:
+		was = old.Descriptor
 	}
 	at := time.Now()
 	te := c.putTag(o, l.mkey, d, at, prev, claim)

@@ -686,3 +686,35 @@ func TestFleetKeepsBusyToItself(t *testing.T) {
 		t.Fatalf("an upstream failure was not shared: %v", err)
 	}
 }
+
+// A move one replica fetched and shared is recorded once for the fleet: the replica that
+// later revalidates past the shared entry, still holding the old digest in its own memory,
+// compares with the newer (shared) entry and records nothing.
+func TestFleetMoveRecordedOnce(t *testing.T) {
+	rs := redistest.Start(t)
+	reg := registrytest.New(t, registrytest.NoAuth)
+	reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
+	a, b := newReplica(t, reg, rs.Addr, time.Second), newReplica(t, reg, rs.Addr, time.Second)
+	var mu sync.Mutex
+	moves := map[string]int{}
+	a.c.cfg.OnTagMove = func(TagMove) { mu.Lock(); moves["a"]++; mu.Unlock() }
+	b.c.cfg.OnTagMove = func(TagMove) { mu.Lock(); moves["b"]++; mu.Unlock() }
+	ttl := 300 * time.Millisecond
+	a.o.TagTTL, b.o.TagTTL = ttl, ttl
+	a.get(t, "v1", false) // a fetches the first digest
+	b.get(t, "v1", false) // b reads it from Redis
+	moved := reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
+	time.Sleep(ttl + 50*time.Millisecond)
+	if got := a.get(t, "v1", false); string(got.Digest) != moved.Digest {
+		t.Fatalf("a: %s", got.Digest)
+	}
+	time.Sleep(ttl + 50*time.Millisecond) // the shared entry is stale too now; b still holds the first
+	if got := b.get(t, "v1", false); string(got.Digest) != moved.Digest {
+		t.Fatalf("b: %s", got.Digest)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if moves["a"] != 1 || moves["b"] != 0 {
+		t.Fatalf("moves recorded: a %d, b %d; want 1 and 0 (b learnt of the move from Redis)", moves["a"], moves["b"])
+	}
+}

@@ -100,6 +100,15 @@ func (p *Proxy) serveEvents(ctx *fasthttp.RequestCtx) {
 	first, sub := p.events.Subscribe(since)
 	ctx.SetContentType("text/event-stream")
 	ctx.Response.Header.Set("Cache-Control", "no-cache")
+	// The connection serves this stream and nothing after it: when the subscription ends
+	// (shutdown, or the subscriber fell behind) it is closed, which also frees a writer
+	// blocked on a client that stopped reading.
+	ctx.SetConnectionClose()
+	conn := ctx.Conn()
+	go func() {
+		<-sub.Done()
+		_ = conn.Close()
+	}()
 	// The stream outlives the handler: fasthttp runs the writer once the headers are out,
 	// until it returns (the client went away, the subscriber fell behind, or shutdown).
 	ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
@@ -114,8 +123,17 @@ func (p *Proxy) serveEvents(ctx *fasthttp.RequestCtx) {
 			_, _ = w.WriteString("\n\n")
 			return w.Flush()
 		}
+		// seen is the last event this stream was handed, shown or filtered out; sent, the
+		// last id it wrote. A keep-alive carries seen as a bare id line, which moves the
+		// client's Last-Event-ID past filtered-out events without an event (the SSE rule):
+		// a narrow filter resumes where it was, not from its last match.
+		var seen, sent string
 		_, _ = w.WriteString(": regcache change feed\n\n")
 		for _, e := range first {
+			seen = e.ID
+			if f.match(e) {
+				sent = e.ID
+			}
 			if send(e) != nil {
 				return
 			}
@@ -131,10 +149,18 @@ func (p *Proxy) serveEvents(ctx *fasthttp.RequestCtx) {
 				if !ok {
 					return // fell behind (its last id resumes it), or shutdown
 				}
+				seen = e.ID
+				if f.match(e) {
+					sent = e.ID
+				}
 				if send(e) != nil {
 					return
 				}
 			case <-tick.C:
+				if seen != sent {
+					_, _ = w.WriteString("id: " + seen + "\n\n")
+					sent = seen
+				}
 				if _, err := w.WriteString(": keep-alive\n\n"); err != nil || w.Flush() != nil {
 					return
 				}

@@ -174,8 +174,6 @@ func (m *Metrics) WatchCache(c *cache.Cache) {
 	)
 }
 
-// WatchUpstreams exports each upstream's last seen rate-limit headers. Unknown values are
-// NaN, so an alert on "remaining < N" cannot fire before the upstream has said anything.
 // WatchEvents publishes the change feed's counters.
 func (m *Metrics) WatchEvents(l *feed.Log) {
 	m.registry.MustRegister(
@@ -190,6 +188,8 @@ func (m *Metrics) WatchEvents(l *feed.Log) {
 	)
 }
 
+// WatchUpstreams exports each upstream's last seen rate-limit headers. Unknown values are
+// NaN, so an alert on "remaining < N" cannot fire before the upstream has said anything.
 func (m *Metrics) WatchUpstreams(ups []*Upstream) {
 	for _, u := range ups {
 		reg := u.Origin.Registry

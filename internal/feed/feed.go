@@ -97,8 +97,7 @@ func (l *Log) Publish(e Event) Event {
 		select {
 		case s.C <- e:
 		default:
-			delete(l.subs, s)
-			close(s.C)
+			s.end()
 			l.dropped++
 		}
 	}
@@ -143,8 +142,20 @@ func (l *Log) Since(id string) ([]Event, bool) {
 // Subscription receives events as they are published. C is closed when the subscriber
 // fell behind by more than its buffer, or on Cancel.
 type Subscription struct {
-	C   chan Event
-	log *Log
+	C    chan Event
+	done chan struct{}
+	log  *Log
+}
+
+// Done is closed when the subscription ends, as C is: for a writer blocked on a client
+// that stopped reading, which never gets to see C closed.
+func (s *Subscription) Done() <-chan struct{} { return s.done }
+
+// end closes the subscription; l.mu held, s still in l.subs (or never added).
+func (s *Subscription) end() {
+	delete(s.log.subs, s)
+	close(s.C)
+	close(s.done)
 }
 
 // subscriberBuffer is how many events a subscriber may be behind before it is dropped.
@@ -162,9 +173,9 @@ func (l *Log) Subscribe(id string) (first []Event, s *Subscription) {
 			first = []Event{l.resetEvent()}
 		}
 	}
-	s = &Subscription{C: make(chan Event, subscriberBuffer), log: l}
+	s = &Subscription{C: make(chan Event, subscriberBuffer), done: make(chan struct{}), log: l}
 	if l.closed {
-		close(s.C)
+		s.end()
 		return first, s
 	}
 	l.subs[s] = struct{}{}
@@ -178,8 +189,7 @@ func (l *Log) Close() {
 	defer l.mu.Unlock()
 	l.closed = true
 	for s := range l.subs {
-		delete(l.subs, s)
-		close(s.C)
+		s.end()
 	}
 }
 
@@ -188,8 +198,7 @@ func (s *Subscription) Cancel() {
 	s.log.mu.Lock()
 	defer s.log.mu.Unlock()
 	if _, ok := s.log.subs[s]; ok {
-		delete(s.log.subs, s)
-		close(s.C)
+		s.end()
 	}
 }
 
