@@ -38,7 +38,7 @@ func TestEventsStalledStreamEndsAtShutdown(t *testing.T) {
 	}
 	defer c.Close()
 	fmt.Fprintf(c, "GET /api/v1/events?since=%s HTTP/1.1\r\nHost: x\r\n\r\n", first) // and never read
-	time.Sleep(time.Second) // the writer fills the connection's buffers and blocks
+	time.Sleep(time.Second)                                                          // the writer fills the connection's buffers and blocks
 	events.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
