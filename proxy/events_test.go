@@ -37,8 +37,10 @@ func TestEventsStalledStreamEndsAtShutdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	fmt.Fprintf(c, "GET /api/v1/events?since=%s HTTP/1.1\r\nHost: x\r\n\r\n", first) // and never read
-	time.Sleep(time.Second)                                                          // the writer fills the connection's buffers and blocks
+	// Ask for the whole log, then never read: the writer fills the connection's buffers and
+	// blocks.
+	fmt.Fprintf(c, "GET /api/v1/events?since=%s HTTP/1.1\r\nHost: x\r\n\r\n", first)
+	time.Sleep(time.Second)
 	events.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
