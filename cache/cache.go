@@ -81,6 +81,9 @@ type TagMove struct {
 	Upstream, Repository, Tag string
 	From, To                  upstream.Descriptor
 	At                        time.Time // when upstream answered
+	// Body is To's verified manifest when the cache holds it (nil otherwise): for an index
+	// or list, what it names per platform.
+	Body []byte
 }
 
 // Answer is a resolved manifest lookup.

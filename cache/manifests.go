@@ -293,7 +293,11 @@ func (l *tagLookup) store(m upstream.Manifest) resolved {
 	te := c.putTag(o, l.mkey, d, at, prev, claim)
 	c.fleet.setTag(l.up, l.r.Repo, l.r.Ref, te, o.TagTTL+c.cfg.MaxStale)
 	if was.Digest != "" && was.Digest != d.Digest && c.cfg.OnTagMove != nil {
-		c.cfg.OnTagMove(TagMove{Upstream: l.up, Repository: l.r.Repo, Tag: l.r.Ref, From: was, To: d, At: at})
+		mv := TagMove{Upstream: l.up, Repository: l.r.Repo, Tag: l.r.Ref, From: was, To: d, At: at}
+		if body != nil {
+			mv.Body = body.Body
+		}
+		c.cfg.OnTagMove(mv)
 	}
 	return resolved{tag: te, body: body}
 }

@@ -3,6 +3,7 @@
 package feed
 
 import (
+	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"regcache/cache"
+	"regcache/upstream"
 )
 
 // Event types.
@@ -35,6 +37,9 @@ type Event struct {
 	Digest         string `json:"digest,omitempty"`
 	PreviousDigest string `json:"previousDigest,omitempty"`
 	MediaType      string `json:"mediaType,omitempty"`
+	// Platforms maps "os/arch[/variant]" to the digest of its manifest, for an index or
+	// list whose body regcache holds.
+	Platforms map[string]string `json:"platforms,omitempty"`
 }
 
 // Log keeps the last events in order and hands new ones to subscribers. Ids are
@@ -74,7 +79,47 @@ func (l *Log) RecordMove(m cache.TagMove) {
 		Digest:         string(m.To.Digest),
 		PreviousDigest: string(m.From.Digest),
 		MediaType:      m.To.MediaType,
+		Platforms:      platforms(m.To.MediaType, m.Body),
 	})
+}
+
+// platforms reads what an index or list names per platform; nil for anything else, or a
+// body not held. The body was verified (digest and JSON shape) before it was kept.
+func platforms(mediaType string, body []byte) map[string]string {
+	if body == nil || (mediaType != upstream.MediaTypeOCIIndex && mediaType != upstream.MediaTypeDockerList) {
+		return nil
+	}
+	var index struct {
+		Manifests []struct {
+			Digest   string `json:"digest"`
+			Platform *struct {
+				OS           string `json:"os"`
+				Architecture string `json:"architecture"`
+				Variant      string `json:"variant"`
+			} `json:"platform"`
+		} `json:"manifests"`
+	}
+	if json.Unmarshal(body, &index) != nil {
+		return nil
+	}
+	out := map[string]string{}
+	for _, m := range index.Manifests {
+		p := m.Platform
+		if p == nil || p.OS == "" || p.Architecture == "" || p.OS == "unknown" {
+			continue // attestations and the like: no platform of their own
+		}
+		key := p.OS + "/" + p.Architecture
+		if p.Variant != "" {
+			key += "/" + p.Variant
+		}
+		if _, seen := out[key]; !seen {
+			out[key] = m.Digest
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
 }
 
 // Publish gives e the next id, keeps it, and hands it to every subscriber that keeps up;

@@ -111,3 +111,27 @@ func TestStalledSubscriberDropped(t *testing.T) {
 		t.Fatalf("%d subscribers after Close", l.Subscribers())
 	}
 }
+
+// An index whose body regcache holds names its platforms; attestation entries (platform
+// unknown/unknown) and anything that is not an index name none.
+func TestRecordMovePlatforms(t *testing.T) {
+	l := NewLog(10)
+	m := move(1)
+	m.Body = []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
+		{"digest":"sha256:aaa","platform":{"os":"linux","architecture":"amd64"}},
+		{"digest":"sha256:bbb","platform":{"os":"linux","architecture":"arm64","variant":"v8"}},
+		{"digest":"sha256:ccc","platform":{"os":"unknown","architecture":"unknown"}}]}`)
+	l.RecordMove(m)
+	m.To.MediaType = "application/vnd.oci.image.manifest.v1+json"
+	l.RecordMove(m)
+	m = move(2)
+	l.RecordMove(m) // an index not held
+	got, _ := l.Since("")
+	want := map[string]string{"linux/amd64": "sha256:aaa", "linux/arm64/v8": "sha256:bbb"}
+	if fmt.Sprint(got[0].Platforms) != fmt.Sprint(want) {
+		t.Fatalf("platforms %v, want %v", got[0].Platforms, want)
+	}
+	if got[1].Platforms != nil || got[2].Platforms != nil {
+		t.Fatalf("platforms for a manifest (%v) or an index not held (%v)", got[1].Platforms, got[2].Platforms)
+	}
+}
