@@ -113,27 +113,25 @@ func (p *Proxy) serveEvents(ctx *fasthttp.RequestCtx) {
 	// until it returns (the client went away, the subscriber fell behind, or shutdown).
 	ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
 		defer sub.Cancel()
+		// seen is the last event this stream was handed, shown or filtered out; sent, the
+		// last id it wrote. A keep-alive carries seen as a bare id line, which moves the
+		// client's Last-Event-ID past filtered-out events without an event (the SSE rule):
+		// a narrow filter resumes where it was, not from its last match.
+		var seen, sent string
 		send := func(e feed.Event) error {
+			seen = e.ID
 			if !f.match(e) {
 				return nil
 			}
+			sent = e.ID
 			data, _ := json.Marshal(e)
 			_, _ = w.WriteString("id: " + strings.ReplaceAll(e.ID, "\n", "") + "\ndata: ")
 			_, _ = w.Write(data)
 			_, _ = w.WriteString("\n\n")
 			return w.Flush()
 		}
-		// seen is the last event this stream was handed, shown or filtered out; sent, the
-		// last id it wrote. A keep-alive carries seen as a bare id line, which moves the
-		// client's Last-Event-ID past filtered-out events without an event (the SSE rule):
-		// a narrow filter resumes where it was, not from its last match.
-		var seen, sent string
 		_, _ = w.WriteString(": regcache change feed\n\n")
 		for _, e := range first {
-			seen = e.ID
-			if f.match(e) {
-				sent = e.ID
-			}
 			if send(e) != nil {
 				return
 			}
@@ -148,10 +146,6 @@ func (p *Proxy) serveEvents(ctx *fasthttp.RequestCtx) {
 			case e, ok := <-sub.C:
 				if !ok {
 					return // fell behind (its last id resumes it), or shutdown
-				}
-				seen = e.ID
-				if f.match(e) {
-					sent = e.ID
 				}
 				if send(e) != nil {
 					return

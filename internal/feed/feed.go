@@ -262,13 +262,6 @@ func (l *Log) Stats() Stats {
 	return Stats{Changed: l.changed, Dropped: l.dropped, Subscribers: len(l.subs)}
 }
 
-// Subscribers is how many subscriptions are open.
-func (l *Log) Subscribers() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.subs)
-}
-
 // SinceOrReset is Since for a reader that is to be told of a reset: the events after id,
 // or a Reset event alone.
 func (l *Log) SinceOrReset(id string) []Event {

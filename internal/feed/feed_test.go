@@ -107,8 +107,8 @@ func TestStalledSubscriberDropped(t *testing.T) {
 	if m := seen.Load(); m != n {
 		t.Fatalf("the live subscriber got %d of %d events", m, n)
 	}
-	if l.Subscribers() != 0 {
-		t.Fatalf("%d subscribers after Close", l.Subscribers())
+	if n := l.Stats().Subscribers; n != 0 {
+		t.Fatalf("%d subscribers after Close", n)
 	}
 }
 
