@@ -18,55 +18,19 @@ import (
 // clients on the way do not take it for dead.
 const keepAliveEvery = 15 * time.Second
 
-// eventFilter is what a subscriber asked for: images (registry/repository[:tag]),
-// registries and types, each a set where empty means all.
-type eventFilter struct {
-	images, registries, types []string
-}
-
-func parseEventFilter(args *fasthttp.Args) eventFilter {
-	var f eventFilter
+// parseEventFilter reads ?image= (repeatable), ?registry= and ?type=.
+func parseEventFilter(args *fasthttp.Args) feed.Filter {
+	var f feed.Filter
 	for _, v := range args.PeekMulti("image") {
-		f.images = append(f.images, string(v))
+		f.Images = append(f.Images, string(v))
 	}
 	for _, v := range args.PeekMulti("registry") {
-		f.registries = append(f.registries, string(v))
+		f.Registries = append(f.Registries, string(v))
 	}
 	for _, v := range args.PeekMulti("type") {
-		f.types = append(f.types, string(v))
+		f.Types = append(f.Types, string(v))
 	}
 	return f
-}
-
-// match reports whether e is for this subscriber; a reset always is.
-func (f eventFilter) match(e feed.Event) bool {
-	if e.Type == feed.Reset {
-		return true
-	}
-	in := func(set []string, v string) bool {
-		if len(set) == 0 {
-			return true
-		}
-		for _, s := range set {
-			if s == v {
-				return true
-			}
-		}
-		return false
-	}
-	if !in(f.registries, e.Registry) || !in(f.types, e.Type) {
-		return false
-	}
-	if len(f.images) == 0 {
-		return true
-	}
-	for _, img := range f.images {
-		// registry/repository[:tag]: without a tag, every tag of the repository.
-		if img == e.Image || img == e.Registry+"/"+e.Repository {
-			return true
-		}
-	}
-	return false
 }
 
 func (p *Proxy) serveEvents(ctx *fasthttp.RequestCtx) {
@@ -80,7 +44,7 @@ func (p *Proxy) serveEvents(ctx *fasthttp.RequestCtx) {
 		events := p.events.SinceOrReset(since)
 		out := make([]feed.Event, 0, len(events))
 		for _, e := range events {
-			if f.match(e) {
+			if f.Match(e) {
 				out = append(out, e)
 			}
 		}
@@ -120,7 +84,7 @@ func (p *Proxy) serveEvents(ctx *fasthttp.RequestCtx) {
 		var seen, sent string
 		send := func(e feed.Event) error {
 			seen = e.ID
-			if !f.match(e) {
+			if !f.Match(e) {
 				return nil
 			}
 			sent = e.ID

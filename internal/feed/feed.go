@@ -17,6 +17,9 @@ import (
 // Event types.
 const (
 	TagChanged = "tag.changed"
+	// TagCreated and TagDeleted come from the tag lists of watched repositories.
+	TagCreated = "tag.created"
+	TagDeleted = "tag.deleted"
 	// Reset tells a subscriber that the events after the id it resumed from are no longer
 	// held (too far behind, or an id from before a restart): it resumes from now.
 	Reset = "feed.reset"
@@ -54,6 +57,9 @@ type Log struct {
 	seq    uint64
 	epoch  string
 	subs   map[*Subscription]struct{}
+	// notify are called with each event as it is kept, in order, under the log's lock:
+	// they must not block (webhook queues take or count a drop).
+	notify []func(Event)
 	closed bool // no more subscribers: the server is shutting down
 	// changed counts tag.changed events; dropped, subscribers dropped for falling behind.
 	changed, dropped uint64
@@ -138,6 +144,9 @@ func (l *Log) Publish(e Event) Event {
 		l.events[l.start] = e
 		l.start = (l.start + 1) % l.size
 	}
+	for _, fn := range l.notify {
+		fn(e)
+	}
 	for s := range l.subs {
 		select {
 		case s.C <- e:
@@ -147,6 +156,14 @@ func (l *Log) Publish(e Event) Event {
 		}
 	}
 	return e
+}
+
+// Notify has fn called with every event kept from now on, in order. fn runs under the
+// log's lock and must not block.
+func (l *Log) Notify(fn func(Event)) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.notify = append(l.notify, fn)
 }
 
 // at is the i-th kept event, oldest first; l.mu held.
