@@ -43,6 +43,9 @@ type Config struct {
 	MetricsListen string `yaml:"metrics_listen"`
 	// Events is the change feed (GET /api/v1/events).
 	Events Events `yaml:"events"`
+	// Watch names tags kept revalidated when no client asks, so that their moves reach
+	// the change feed.
+	Watch []Watch `yaml:"watch"`
 }
 
 // Events configures the change feed.

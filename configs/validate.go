@@ -142,6 +142,9 @@ func (c *Config) validate() error {
 	if err := c.Server.validate(); err != nil {
 		return err
 	}
+	if err := c.validateWatch(); err != nil {
+		return err
+	}
 	if c.Events.LogSize < 1 || c.Events.LogSize > 1_000_000 {
 		return fmt.Errorf("events.log_size: must be from 1 to 1000000 (e.g. %d)", feed.DefaultLogSize)
 	}

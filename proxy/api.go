@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"strconv"
 	"strings"
 	"sync"
@@ -146,17 +147,11 @@ func (p *Proxy) lookupDigest(ctx context.Context, image, platform string, now ti
 		}
 		plat = &pl
 	}
-	domain := reference.Domain(named)
-	up := p.lookup([]byte(domain))
-	if up == nil {
-		return nil, errNameUnknown.with("registry " + quote([]byte(domain)) + " is not configured in regcache")
+	up, repo, aerr := p.resolve(named)
+	if aerr != nil {
+		return nil, aerr
 	}
-	res := &DigestResult{Registry: domain, Repository: reference.Path(named)}
-	if up.DockerHub && !strings.Contains(res.Repository, "/") {
-		// reference normalizes docker.io itself, but not Docker Hub's other names
-		// (registry-1.docker.io, an alias like hub).
-		res.Repository = "library/" + res.Repository
-	}
+	res := &DigestResult{Registry: reference.Domain(named), Repository: repo}
 	ref := "latest"
 	if t, ok := named.(reference.Tagged); ok {
 		ref, res.Tag = t.Tag(), t.Tag()
@@ -186,6 +181,32 @@ func (p *Proxy) lookupDigest(ctx context.Context, image, platform string, now ti
 		res.Platform, res.PlatformDigest = platforms.Format(matched), string(d)
 	}
 	return res, nil
+}
+
+// Resolve names the upstream and repository of an image name, Docker-style (nginx is
+// docker.io/library/nginx): for what is configured by name rather than asked by path
+// (watches).
+func (p *Proxy) Resolve(named reference.Named) (*Upstream, string, error) {
+	up, repo, aerr := p.resolve(named)
+	if aerr != nil {
+		return nil, "", errors.New(aerr.message)
+	}
+	return up, repo, nil
+}
+
+func (p *Proxy) resolve(named reference.Named) (*Upstream, string, *apiError) {
+	domain := reference.Domain(named)
+	up := p.lookup([]byte(domain))
+	if up == nil {
+		return nil, "", errNameUnknown.with("registry " + quote([]byte(domain)) + " is not configured in regcache")
+	}
+	repo := reference.Path(named)
+	if up.DockerHub && !strings.Contains(repo, "/") {
+		// reference normalizes docker.io itself, but not Docker Hub's other names
+		// (registry-1.docker.io, an alias like hub).
+		repo = "library/" + repo
+	}
+	return up, repo, nil
 }
 
 // pickPlatform finds the manifest for plat in an index, or checks a single manifest's

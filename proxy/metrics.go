@@ -14,6 +14,7 @@ import (
 
 	"regcache/cache"
 	"regcache/internal/feed"
+	"regcache/internal/watch"
 	"regcache/upstream"
 )
 
@@ -186,6 +187,41 @@ func (m *Metrics) WatchEvents(l *feed.Log) {
 			Help: "Change-feed streams dropped for falling more than 256 events behind (they resume with Last-Event-ID)."},
 			func() float64 { return float64(l.Stats().Dropped) }),
 	)
+}
+
+// WatchWatches publishes the watches' counters, per upstream with a watch.
+func (m *Metrics) WatchWatches(w *watch.Watcher) {
+	for _, st := range w.Stats() {
+		up := st.Upstream
+		of := func(f func(watch.Stats) float64) func() float64 {
+			return func() float64 {
+				for _, s := range w.Stats() {
+					if s.Upstream == up {
+						return f(s)
+					}
+				}
+				return 0
+			}
+		}
+		labels := prometheus.Labels{"upstream": up}
+		m.registry.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "regcache_watch_tags", ConstLabels: labels,
+				Help: "Tags kept revalidated by watch: (named, or matching a watched repository's pattern)."},
+				of(func(s watch.Stats) float64 { return float64(s.Tags) })),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_watch_revalidations_total", ConstLabels: labels,
+				Help: "Watched tags looked up after going stale (by upstream, or from another replica's answer through Redis)."},
+				of(func(s watch.Stats) float64 { return float64(s.Revalidations) })),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_watch_listings_total", ConstLabels: labels,
+				Help: "Tag listings of watched repositories read."},
+				of(func(s watch.Stats) float64 { return float64(s.Listings) })),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_watch_errors_total", ConstLabels: labels,
+				Help: "Watch lookups and listings that failed."},
+				of(func(s watch.Stats) float64 { return float64(s.Errors) })),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_watch_waits_total", ConstLabels: labels,
+				Help: "Watch lookups put off because the upstream's rate limit was spent or held."},
+				of(func(s watch.Stats) float64 { return float64(s.Waits) })),
+		)
+	}
 }
 
 // WatchUpstreams exports each upstream's last seen rate-limit headers. Unknown values are

@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/distribution/reference"
 	"github.com/valyala/fasthttp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -27,6 +28,7 @@ import (
 	"regcache/cache"
 	"regcache/configs"
 	"regcache/internal/feed"
+	"regcache/internal/watch"
 	"regcache/proxy"
 	"regcache/upstream"
 )
@@ -131,8 +133,10 @@ type app struct {
 	proxy  *proxy.Proxy
 	access *proxy.AccessLog // nil when off
 	events *feed.Log
-	server *fasthttp.Server
-	cache  *cache.Cache
+	// watches is nil without a watch: list.
+	watches *watch.Watcher
+	server  *fasthttp.Server
+	cache   *cache.Cache
 	// upstreams are closed on shutdown: their idle keep-alive connections (and the
 	// transport goroutines that read them) would otherwise outlive the server.
 	upstreams []*upstream.Registry
@@ -169,6 +173,9 @@ func (a *app) ShutdownWithContext(ctx context.Context) error {
 	if a.metrics != nil {
 		_ = a.metrics.ShutdownWithContext(ctx)
 		_ = a.metricsLn.Close() // in case Serve never ran
+	}
+	if a.watches != nil {
+		a.watches.Close()
 	}
 	a.cache.Close()
 	for _, r := range a.upstreams {
@@ -262,6 +269,15 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err
 	metrics.WatchUpstreams(ups)
 	metrics.WatchEvents(events)
 	a := &app{proxy: p, server: p.Server(), cache: c, upstreams: regs, log: log, access: access, events: events}
+	if len(cfg.Watch) > 0 {
+		opts, err := watches(cfg, p)
+		if err != nil {
+			return nil, err
+		}
+		opts.Cache, opts.Publish, opts.Logger = c, func(e feed.Event) { events.Publish(e) }, log
+		a.watches = watch.Start(opts)
+		metrics.WatchWatches(a.watches)
+	}
 	if cfg.MetricsListen != "" {
 		// Opened here, so that a taken port fails the start rather than a goroutine later.
 		if a.metricsLn, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
@@ -271,6 +287,30 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err
 		log.Info("metrics listening", zap.String("listen", a.metricsLn.Addr().String()))
 	}
 	return a, nil
+}
+
+// watches resolves the watch: entries to upstreams, as the digest API resolves images.
+func watches(cfg *configs.Config, p *proxy.Proxy) (watch.Options, error) {
+	var opts watch.Options
+	for i := range cfg.Watch {
+		w := &cfg.Watch[i]
+		named, tags, err := w.Named()
+		if err == nil {
+			var up *proxy.Upstream
+			var repo string
+			if up, repo, err = p.Resolve(named); err == nil {
+				if tags != nil {
+					opts.Repos = append(opts.Repos, watch.Repo{Upstream: up.Name, Origin: up.Origin, Repository: repo, Tags: tags})
+				} else {
+					opts.Tags = append(opts.Tags, watch.Tag{Upstream: up.Name, Origin: up.Origin, Repository: repo,
+						Tag: named.(reference.Tagged).Tag()})
+				}
+				continue
+			}
+		}
+		return opts, fmt.Errorf("watch[%d]: %w", i, err) // configs validated it: not expected
+	}
+	return opts, nil
 }
 
 // limits carries the server: block to the proxy.

@@ -335,3 +335,17 @@ func randHex(n int) string {
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
 }
+
+// DeleteTag removes repo:tag (the manifest it names stays, under its digest).
+func (r *Registry) DeleteTag(t testing.TB, repo, tag string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodDelete, r.seed.URL+"/v2/"+repo+"/manifests/"+tag, nil)
+	resp, err := r.seed.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("DELETE %s:%s: %s", repo, tag, resp.Status)
+	}
+}

@@ -1,0 +1,483 @@
+// Package watch keeps named tags revalidated when no client asks. Each watched tag is
+// looked up through the cache once per tag TTL: when it has gone stale that costs one HEAD,
+// as a client HEAD would, and in a fleet the Redis tier's lock and shared entries make it
+// one HEAD for the whole fleet. A move upstream then reaches the change feed (the cache
+// reports it) with no client asking. A watched repository's tag list is read each TTL too:
+// matching tags that appear or go are tag.created and tag.deleted events, and each
+// matching tag is watched.
+package watch
+
+import (
+	"container/heap"
+	"context"
+	"encoding/json"
+	"math/rand/v2"
+	"regexp"
+	"sort"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"regcache/cache"
+	"regcache/internal/feed"
+	"regcache/upstream"
+)
+
+// Tag is one watched tag.
+type Tag struct {
+	// Upstream is the upstream's name, as events write it.
+	Upstream        string
+	Origin          *cache.Origin
+	Repository, Tag string
+}
+
+// Repo is a watched repository: its tags that match Tags are watched, and appear in
+// the feed when they are created or deleted.
+type Repo struct {
+	Upstream   string
+	Origin     *cache.Origin
+	Repository string
+	Tags       *regexp.Regexp
+}
+
+// Options configure a Watcher.
+type Options struct {
+	Cache *cache.Cache
+	Tags  []Tag
+	Repos []Repo
+	// Publish records tag.created and tag.deleted events (tag.changed comes from the
+	// cache itself, whoever asked).
+	Publish func(feed.Event)
+	Logger  *zap.Logger
+	// Concurrency bounds the lookups in flight at once; 0 means defaultConcurrency.
+	Concurrency int
+}
+
+// Timings of the watcher.
+const (
+	defaultConcurrency = 8
+	// minInterval is the shortest a watch waits between two looks at one thing (a tag_ttl
+	// of 0 would otherwise be a loop).
+	minInterval = time.Second
+	// retryAfter is the longest a failed look waits before the next (at most the TTL).
+	retryAfter = 30 * time.Second
+	// spread is the most a look is put off past its due time, so that the replicas of a
+	// fleet do not all queue on the fleet lock at the same instant.
+	spread = 250 * time.Millisecond
+	// maxPages bounds the tags pages one listing reads (at 10,000 tags a page).
+	maxPages = 100
+)
+
+// Watcher runs the watches until Close.
+type Watcher struct {
+	opts   Options
+	log    *zap.Logger
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	wake   chan struct{}
+
+	mu    sync.Mutex
+	queue schedule
+	tags  map[string]*tagWatch // by upstream/repository:tag
+	stats map[string]*counters // by upstream
+}
+
+// tagWatch is a watched tag and what it was last seen pointing to.
+type tagWatch struct {
+	Tag
+	byImage bool        // named by an image watch, not only by a repository's listing
+	repos   int         // repository watches whose listings hold it
+	gone    bool        // no longer watched: dropped when next due
+	last    digestState // where it pointed at the last look
+}
+
+type digestState struct{ digest, mediaType string }
+
+// repoWatch is a watched repository and the matching tags its last listing held (nil
+// before the first: the first look records, it reports nothing).
+type repoWatch struct {
+	Repo
+	known map[string]bool
+}
+
+type counters struct {
+	revalidations, listings, errors, waits uint64
+}
+
+// Start begins every watch at once (the first look records where each tag points).
+func Start(opts Options) *Watcher {
+	if opts.Concurrency <= 0 {
+		opts.Concurrency = defaultConcurrency
+	}
+	log := opts.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	w := &Watcher{opts: opts, log: log, wake: make(chan struct{}, 1), tags: map[string]*tagWatch{}, stats: map[string]*counters{}}
+	w.ctx, w.cancel = context.WithCancel(context.Background())
+	now := time.Now()
+	for _, t := range opts.Tags {
+		w.counters(t.Upstream)
+		w.addTag(t, true, now)
+	}
+	for _, r := range opts.Repos {
+		w.counters(r.Upstream)
+		heap.Push(&w.queue, &item{due: now, repo: &repoWatch{Repo: r}})
+	}
+	w.wg.Add(1)
+	go w.run()
+	return w
+}
+
+// Close stops the watches and waits for the lookups in flight.
+func (w *Watcher) Close() {
+	w.cancel()
+	w.wg.Wait()
+}
+
+// counters is up's counters; w.mu held or the watcher not started.
+func (w *Watcher) counters(up string) *counters {
+	c := w.stats[up]
+	if c == nil {
+		c = &counters{}
+		w.stats[up] = c
+	}
+	return c
+}
+
+// addTag watches t from at, or marks an existing watch as named by an image; w.mu held or
+// the watcher not started. It reports whether the tag was not watched before.
+func (w *Watcher) addTag(t Tag, byImage bool, at time.Time) *tagWatch {
+	key := t.Upstream + "/" + t.Repository + ":" + t.Tag
+	if tw := w.tags[key]; tw != nil {
+		tw.byImage = tw.byImage || byImage
+		if !byImage {
+			tw.repos++
+		}
+		return tw
+	}
+	tw := &tagWatch{Tag: t, byImage: byImage}
+	if !byImage {
+		tw.repos = 1
+	}
+	w.tags[key] = tw
+	heap.Push(&w.queue, &item{due: at, tag: tw})
+	return tw
+}
+
+// run hands each look to a worker when it is due, at most Concurrency at once.
+func (w *Watcher) run() {
+	defer w.wg.Done()
+	sem := make(chan struct{}, w.opts.Concurrency)
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		w.mu.Lock()
+		var next *item
+		wait := time.Hour
+		if len(w.queue) > 0 {
+			if d := time.Until(w.queue[0].due); d > 0 {
+				wait = d
+			} else {
+				next = heap.Pop(&w.queue).(*item)
+			}
+		}
+		w.mu.Unlock()
+		if next == nil {
+			timer.Reset(wait)
+			select {
+			case <-timer.C:
+			case <-w.wake:
+				if !timer.Stop() {
+					<-timer.C
+				}
+			case <-w.ctx.Done():
+				return
+			}
+			continue
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-w.ctx.Done():
+			return
+		}
+		w.wg.Add(1)
+		go func() {
+			defer func() { <-sem; w.wg.Done() }()
+			var due time.Time
+			if next.tag != nil {
+				due = w.lookTag(next.tag)
+			} else {
+				due = w.list(next.repo)
+			}
+			if due.IsZero() || w.ctx.Err() != nil {
+				return // no longer watched, or stopping
+			}
+			w.mu.Lock()
+			next.due = due.Add(rand.N(spread))
+			heap.Push(&w.queue, next)
+			w.mu.Unlock()
+			select {
+			case w.wake <- struct{}{}:
+			default:
+			}
+		}()
+	}
+}
+
+// held is until when upstream asked not to be asked (a 429's hold, or a rate limit it
+// says is spent): watches are background work and never spend what clients may need.
+func held(o *cache.Origin, now time.Time) time.Time {
+	rl := o.Registry.RateLimit()
+	until := rl.AllBlockedUntil
+	if rl.Known && rl.Remaining == 0 {
+		// Remaining is only learnt from answers: look again after a guard hold's time.
+		if t := rl.Updated.Add(upstream.DefaultRateLimitHold); t.After(until) {
+			until = t
+		}
+	}
+	if until.After(now) {
+		return until
+	}
+	return time.Time{}
+}
+
+// lookTag looks the tag up through the cache (upstream is asked only when what is held
+// went stale) and says when to look next; zero when the tag is no longer watched.
+func (w *Watcher) lookTag(tw *tagWatch) time.Time {
+	o := tw.Origin
+	now := time.Now()
+	w.mu.Lock()
+	gone := tw.gone
+	w.mu.Unlock()
+	if gone {
+		return time.Time{}
+	}
+	if until := held(o, now); !until.IsZero() {
+		w.count(tw.Upstream, func(c *counters) { c.waits++ })
+		return until
+	}
+	a, err := w.opts.Cache.Manifest(w.ctx, o, tw.Repository, tw.Tag.Tag, false)
+	if err != nil {
+		if w.ctx.Err() == nil {
+			w.count(tw.Upstream, func(c *counters) { c.revalidations++; c.errors++ })
+			w.log.Warn("watch: lookup failed", zap.String("upstream", tw.Upstream),
+				zap.String("repository", tw.Repository), zap.String("tag", tw.Tag.Tag), zap.Error(err))
+		}
+		return now.Add(retry(o))
+	}
+	if a.Status != cache.Hit {
+		w.count(tw.Upstream, func(c *counters) { c.revalidations++ })
+	}
+	w.mu.Lock()
+	tw.last = digestState{digest: string(a.Digest), mediaType: a.MediaType}
+	w.mu.Unlock()
+	return nextLook(o, a.FetchedAt, now)
+}
+
+// nextLook is when something fetched at fetched goes stale, or a retry's wait from now
+// when that is already (a stale answer served while upstream fails).
+func nextLook(o *cache.Origin, fetched, now time.Time) time.Time {
+	due := fetched.Add(o.TagTTL)
+	if due.Before(now.Add(minInterval)) {
+		return now.Add(retry(o))
+	}
+	return due
+}
+
+// retry is how long a failed look waits: the TTL, at most retryAfter, at least
+// minInterval.
+func retry(o *cache.Origin) time.Duration {
+	return max(min(o.TagTTL, retryAfter), minInterval)
+}
+
+func (w *Watcher) count(up string, f func(*counters)) {
+	w.mu.Lock()
+	f(w.counters(up))
+	w.mu.Unlock()
+}
+
+// list reads the repository's tags through the cache and reports what appeared and went
+// among the matching ones.
+func (w *Watcher) list(rw *repoWatch) time.Time {
+	o := rw.Origin
+	now := time.Now()
+	if until := held(o, now); !until.IsZero() {
+		w.count(rw.Upstream, func(c *counters) { c.waits++ })
+		return until
+	}
+	tags, fetched, err := w.listing(rw, now)
+	w.count(rw.Upstream, func(c *counters) {
+		c.listings++
+		if err != nil {
+			c.errors++
+		}
+	})
+	if err != nil {
+		if w.ctx.Err() == nil {
+			w.log.Warn("watch: tags listing failed", zap.String("upstream", rw.Upstream),
+				zap.String("repository", rw.Repository), zap.Error(err))
+		}
+		return now.Add(retry(o))
+	}
+	matching := map[string]bool{}
+	for _, t := range tags {
+		if rw.Tags.MatchString(t) {
+			matching[t] = true
+		}
+	}
+	first := rw.known == nil
+	var created, deleted []string
+	for t := range matching {
+		if first || !rw.known[t] {
+			created = append(created, t)
+		}
+	}
+	for t := range rw.known {
+		if !matching[t] {
+			deleted = append(deleted, t)
+		}
+	}
+	sort.Strings(created)
+	sort.Strings(deleted)
+	if rw.known == nil {
+		rw.known = map[string]bool{}
+	}
+	for _, t := range created {
+		tag := Tag{Upstream: rw.Upstream, Origin: o, Repository: rw.Repository, Tag: t}
+		if first {
+			w.mu.Lock()
+			w.addTag(tag, false, now)
+			w.mu.Unlock()
+			rw.known[t] = true
+			continue
+		}
+		// A new tag: where it points is part of the event. A tag whose lookup fails is not
+		// taken as known, so the next listing tries again.
+		a, err := w.opts.Cache.Manifest(w.ctx, o, rw.Repository, t, false)
+		if err != nil {
+			w.count(rw.Upstream, func(c *counters) { c.errors++ })
+			continue
+		}
+		rw.known[t] = true
+		w.mu.Lock()
+		tw := w.addTag(tag, false, nextLook(o, a.FetchedAt, now))
+		tw.last = digestState{digest: string(a.Digest), mediaType: a.MediaType}
+		w.mu.Unlock()
+		w.publish(feed.TagCreated, tag, tw.last)
+	}
+	for _, t := range deleted {
+		delete(rw.known, t)
+		key := rw.Upstream + "/" + rw.Repository + ":" + t
+		w.mu.Lock()
+		tw := w.tags[key]
+		var last digestState
+		if tw != nil {
+			last = tw.last
+			tw.repos--
+			if tw.repos <= 0 && !tw.byImage {
+				tw.gone = true
+				delete(w.tags, key)
+			}
+		}
+		w.mu.Unlock()
+		w.publish(feed.TagDeleted, Tag{Upstream: rw.Upstream, Origin: o, Repository: rw.Repository, Tag: t}, last)
+	}
+	return nextLook(o, fetched, now)
+}
+
+// listing reads a repository's whole listing, page by page, as a client following Links
+// would; fetched is when the listing was fetched upstream.
+func (w *Watcher) listing(rw *repoWatch, now time.Time) (tags []string, fetched time.Time, err error) {
+	req := cache.TagsRequest{N: cache.MaxTagsPage}
+	for range maxPages {
+		a, _, err := w.opts.Cache.Tags(w.ctx, rw.Origin, rw.Repository, req, now)
+		if err != nil {
+			return nil, time.Time{}, err
+		}
+		var page struct {
+			Tags []string `json:"tags"`
+		}
+		if err := json.Unmarshal(a.Body, &page); err != nil {
+			return nil, time.Time{}, err
+		}
+		tags = append(tags, page.Tags...)
+		if fetched.IsZero() {
+			fetched = a.FetchedAt
+		}
+		if !a.More {
+			break
+		}
+		req.Last = a.NextLast
+	}
+	return tags, fetched, nil
+}
+
+// publish records a created or deleted tag; a deleted tag's digest is where it pointed
+// at the last look (none when it was never looked at).
+func (w *Watcher) publish(typ string, t Tag, last digestState) {
+	if w.opts.Publish == nil {
+		return
+	}
+	w.opts.Publish(feed.Event{
+		Type:       typ,
+		Time:       time.Now().UTC().Format(time.RFC3339),
+		Image:      t.Upstream + "/" + t.Repository + ":" + t.Tag,
+		Registry:   t.Upstream,
+		Repository: t.Repository,
+		Tag:        t.Tag,
+		Digest:     last.digest,
+		MediaType:  last.mediaType,
+	})
+}
+
+// Stats is one upstream's watches, for the metrics.
+type Stats struct {
+	Upstream string
+	// Tags is how many tags are watched. Revalidations counts looks that found the tag
+	// stale (answered by upstream, or by another replica's fresh answer through Redis);
+	// Listings, tag listings read; Errors, looks and listings that failed; Waits, looks put
+	// off because upstream's rate limit was spent or held.
+	Tags                                   int
+	Revalidations, Listings, Errors, Waits uint64
+}
+
+// Stats reads the counters of every upstream with a watch, by name.
+func (w *Watcher) Stats() []Stats {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	tags := map[string]int{}
+	for _, tw := range w.tags {
+		tags[tw.Upstream]++
+	}
+	out := make([]Stats, 0, len(w.stats))
+	for up, c := range w.stats {
+		out = append(out, Stats{Upstream: up, Tags: tags[up], Revalidations: c.revalidations,
+			Listings: c.listings, Errors: c.errors, Waits: c.waits})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Upstream < out[j].Upstream })
+	return out
+}
+
+// item is one look in the schedule: a tag's or a repository listing's.
+type item struct {
+	due  time.Time
+	tag  *tagWatch
+	repo *repoWatch
+}
+
+// schedule is a min-heap of looks by due time.
+type schedule []*item
+
+func (s schedule) Len() int           { return len(s) }
+func (s schedule) Less(i, j int) bool { return s[i].due.Before(s[j].due) }
+func (s schedule) Swap(i, j int)      { s[i], s[j] = s[j], s[i] }
+func (s *schedule) Push(x any)        { *s = append(*s, x.(*item)) }
+func (s *schedule) Pop() any {
+	old := *s
+	it := old[len(old)-1]
+	*s = old[:len(old)-1]
+	return it
+}
