@@ -6,6 +6,7 @@ package configs
 import (
 	"fmt"
 	"regexp"
+	"strings"
 
 	"github.com/distribution/reference"
 )
@@ -49,6 +50,7 @@ func (w *Watch) Named() (reference.Named, *regexp.Regexp, error) {
 }
 
 func (c *Config) validateWatch() error {
+	seen := map[string]int{}
 	for i := range c.Watch {
 		w := &c.Watch[i]
 		key := fmt.Sprintf("watch[%d]", i)
@@ -64,13 +66,27 @@ func (c *Config) validateWatch() error {
 		if err != nil {
 			return fmt.Errorf("%s.%v", key, err)
 		}
-		if c.Lookup(reference.Domain(named)) == nil {
-			field := "image"
-			if w.Repository != "" {
-				field = "repository"
-			}
+		field := "image"
+		if w.Repository != "" {
+			field = "repository"
+		}
+		u := c.Lookup(reference.Domain(named))
+		if u == nil {
 			return fmt.Errorf("%s.%s: registry %q is not configured in upstreams", key, field, reference.Domain(named))
 		}
+		if c.TagTTLFor(u) <= 0 {
+			return fmt.Errorf("%s.%s: upstream %s has a tag_ttl of 0 (nothing stays fresh), so a watch would ask it "+
+				"over and over; give it a tag_ttl", key, field, u.Name)
+		}
+		// The same name twice would be two listings, and each event twice.
+		name := strings.ToLower(u.Name) + "/" + reference.Path(named)
+		if t, ok := named.(reference.Tagged); ok {
+			name += ":" + t.Tag()
+		}
+		if prev, dup := seen[name]; dup {
+			return fmt.Errorf("%s.%s: %q is watched by watch[%d] already", key, field, named.String(), prev)
+		}
+		seen[name] = i
 	}
 	return nil
 }

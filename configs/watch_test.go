@@ -37,10 +37,19 @@ func TestWatchRefusals(t *testing.T) {
 		{"- image: nginx@sha256:" + strings.Repeat("a", 64), "names a digest, which never moves"},
 		{"- image: ghcr.io/home-assistant/home-assistant:stable", `watch[0].image: registry "ghcr.io" is not configured in upstreams`},
 		{"- image: nginx\n    tag: latest", "watch[0].tag: unknown key"},
+		{"- image: nginx\n  - image: docker.io/library/nginx:latest", `watch[1].image: "docker.io/library/nginx:latest" is watched by watch[0] already`},
+		{"- repository: alpine\n    tags: a\n  - repository: docker.io/library/alpine\n    tags: b", "watch[1].repository: \"docker.io/library/alpine\" is watched by watch[0] already"},
 	} {
 		_, err := Parse([]byte(minimalUpstream + "watch:\n  " + tc.entry + "\n"))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("watch %q: error %v; want one saying %q", tc.entry, err, tc.want)
 		}
+	}
+}
+
+func TestWatchRefusesTagTTLZero(t *testing.T) {
+	_, err := Parse([]byte(minimalUpstream + "    tag_ttl: 0s\nwatch:\n  - image: nginx\n"))
+	if err == nil || !strings.Contains(err.Error(), "watch[0].image: upstream docker.io has a tag_ttl of 0") {
+		t.Fatalf("error %v; want one naming the tag_ttl of 0", err)
 	}
 }

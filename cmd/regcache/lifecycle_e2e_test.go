@@ -119,7 +119,11 @@ func TestShutdownLeavesNoGoroutines(t *testing.T) {
 		// (MaxIdleWorkerDuration, 10 s): bounded, and not ours to shorten.
 		goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.(*workerPool).Start.func2"),
 	}
-	rc := startRegcacheWith(t, harness.Config("", harness.Upstream("reg.test", reg.URL)), harness.Options{Quiet: true})
+	// A watch, too: its looks run on their own and end with the server (tag_ttl 50ms: one
+	// is in flight or due at any moment).
+	rc := startRegcacheWith(t, harness.Config("  tag_ttl: 50ms\n", harness.Upstream("reg.test", reg.URL))+
+		harness.Block("watch", "- image: reg.test/team/app:v1", "- repository: reg.test/team/app", "  tags: '.*'"),
+		harness.Options{Quiet: true})
 	for _, p := range []string{
 		"/v2/team/app/manifests/v1", "/v2/team/app/manifests/v1", "/v2/team/app/manifests/nope",
 		"/v2/team/app/blobs/" + m.Config.Digest, "/v2/team/app/tags/list", "/metrics",

@@ -175,7 +175,7 @@ func (a *app) ShutdownWithContext(ctx context.Context) error {
 		_ = a.metricsLn.Close() // in case Serve never ran
 	}
 	if a.watches != nil {
-		a.watches.Close()
+		a.watches.Close(ctx) // before the cache: their looks write to it
 	}
 	a.cache.Close()
 	for _, r := range a.upstreams {
@@ -268,16 +268,11 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err
 	metrics.WatchCache(c)
 	metrics.WatchUpstreams(ups)
 	metrics.WatchEvents(events)
-	a := &app{proxy: p, server: p.Server(), cache: c, upstreams: regs, log: log, access: access, events: events}
-	if len(cfg.Watch) > 0 {
-		opts, err := watches(cfg, p)
-		if err != nil {
-			return nil, err
-		}
-		opts.Cache, opts.Publish, opts.Logger = c, func(e feed.Event) { events.Publish(e) }, log
-		a.watches = watch.Start(opts)
-		metrics.WatchWatches(a.watches)
+	wopts, err := watches(cfg, p)
+	if err != nil {
+		return nil, err
 	}
+	a := &app{proxy: p, server: p.Server(), cache: c, upstreams: regs, log: log, access: access, events: events}
 	if cfg.MetricsListen != "" {
 		// Opened here, so that a taken port fails the start rather than a goroutine later.
 		if a.metricsLn, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
@@ -285,6 +280,13 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err
 		}
 		a.metrics = p.MetricsServer()
 		log.Info("metrics listening", zap.String("listen", a.metricsLn.Addr().String()))
+	}
+	if len(cfg.Watch) > 0 {
+		// Started last: nothing after it may fail, or its looks would run on against a
+		// closed cache.
+		wopts.Cache, wopts.Publish, wopts.Logger = c, func(e feed.Event) { events.Publish(e) }, log
+		a.watches = watch.Start(wopts)
+		metrics.WatchWatches(a.watches)
 	}
 	return a, nil
 }

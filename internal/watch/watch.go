@@ -11,6 +11,7 @@ import (
 	"container/heap"
 	"context"
 	"encoding/json"
+	"errors"
 	"math/rand/v2"
 	"regexp"
 	"sort"
@@ -57,22 +58,27 @@ type Options struct {
 // Timings of the watcher.
 const (
 	defaultConcurrency = 8
-	// minInterval is the shortest a watch waits between two looks at one thing (a tag_ttl
-	// of 0 would otherwise be a loop).
-	minInterval = time.Second
-	// retryAfter is the longest a failed look waits before the next (at most the TTL).
-	retryAfter = 30 * time.Second
-	// spread is the most a look is put off past its due time, so that the replicas of a
-	// fleet do not all queue on the fleet lock at the same instant.
-	spread = 250 * time.Millisecond
+	// minInterval is the shortest a watch waits between two looks at one thing.
+	minInterval = 100 * time.Millisecond
+	// retryFirst is the wait after a first failed look; it doubles with each failure in a
+	// row, up to the TTL. A look that upstream answers "no such tag" or "denied" waits a
+	// whole TTL: asking sooner would not change the answer.
+	retryFirst = 5 * time.Second
+	// maxSpread is the most a look is put off past its due time (and at most a tenth of
+	// the TTL), so that the replicas of a fleet do not all queue on the fleet lock at the
+	// same instant.
+	maxSpread = 250 * time.Millisecond
 	// maxPages bounds the tags pages one listing reads (at 10,000 tags a page).
 	maxPages = 100
 )
 
 // Watcher runs the watches until Close.
 type Watcher struct {
-	opts   Options
-	log    *zap.Logger
+	opts Options
+	log  *zap.Logger
+	// stop ends the scheduling of looks; ctx, cancelled when Close gives up waiting, the
+	// looks in flight.
+	stop   chan struct{}
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -91,6 +97,7 @@ type tagWatch struct {
 	repos   int         // repository watches whose listings hold it
 	gone    bool        // no longer watched: dropped when next due
 	last    digestState // where it pointed at the last look
+	fails   int         // looks failed in a row
 }
 
 type digestState struct{ digest, mediaType string }
@@ -100,6 +107,7 @@ type digestState struct{ digest, mediaType string }
 type repoWatch struct {
 	Repo
 	known map[string]bool
+	fails int
 }
 
 type counters struct {
@@ -115,7 +123,8 @@ func Start(opts Options) *Watcher {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	w := &Watcher{opts: opts, log: log, wake: make(chan struct{}, 1), tags: map[string]*tagWatch{}, stats: map[string]*counters{}}
+	w := &Watcher{opts: opts, log: log, stop: make(chan struct{}), wake: make(chan struct{}, 1),
+		tags: map[string]*tagWatch{}, stats: map[string]*counters{}}
 	w.ctx, w.cancel = context.WithCancel(context.Background())
 	now := time.Now()
 	for _, t := range opts.Tags {
@@ -131,10 +140,19 @@ func Start(opts Options) *Watcher {
 	return w
 }
 
-// Close stops the watches and waits for the lookups in flight.
-func (w *Watcher) Close() {
+// Close stops the watches and waits for the looks in flight (the cache is closed after
+// them) until ctx ends; then it stops waiting for them too.
+func (w *Watcher) Close(ctx context.Context) {
+	close(w.stop)
+	done := make(chan struct{})
+	go func() { w.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		w.cancel()
+		<-done
+	}
 	w.cancel()
-	w.wg.Wait()
 }
 
 // counters is up's counters; w.mu held or the watcher not started.
@@ -147,8 +165,8 @@ func (w *Watcher) counters(up string) *counters {
 	return c
 }
 
-// addTag watches t from at, or marks an existing watch as named by an image; w.mu held or
-// the watcher not started. It reports whether the tag was not watched before.
+// addTag watches t from at, or counts one more watch naming it; w.mu held or the watcher
+// not started. It returns the tag's watch.
 func (w *Watcher) addTag(t Tag, byImage bool, at time.Time) *tagWatch {
 	key := t.Upstream + "/" + t.Repository + ":" + t.Tag
 	if tw := w.tags[key]; tw != nil {
@@ -193,14 +211,14 @@ func (w *Watcher) run() {
 				if !timer.Stop() {
 					<-timer.C
 				}
-			case <-w.ctx.Done():
+			case <-w.stop:
 				return
 			}
 			continue
 		}
 		select {
 		case sem <- struct{}{}:
-		case <-w.ctx.Done():
+		case <-w.stop:
 			return
 		}
 		w.wg.Add(1)
@@ -212,11 +230,11 @@ func (w *Watcher) run() {
 			} else {
 				due = w.list(next.repo)
 			}
-			if due.IsZero() || w.ctx.Err() != nil {
+			if due.IsZero() || w.stopped() {
 				return // no longer watched, or stopping
 			}
 			w.mu.Lock()
-			next.due = due.Add(rand.N(spread))
+			next.due = due.Add(rand.N(spread(next.origin())))
 			heap.Push(&w.queue, next)
 			w.mu.Unlock()
 			select {
@@ -227,11 +245,27 @@ func (w *Watcher) run() {
 	}
 }
 
+func (w *Watcher) stopped() bool {
+	select {
+	case <-w.stop:
+		return true
+	default:
+		return false
+	}
+}
+
+// spread is how much a look may be put off past its due time.
+func spread(o *cache.Origin) time.Duration { return max(min(maxSpread, o.TagTTL/10), 1) }
+
 // held is until when upstream asked not to be asked (a 429's hold, or a rate limit it
-// says is spent): watches are background work and never spend what clients may need.
-func held(o *cache.Origin, now time.Time) time.Time {
+// says is spent), for a tag look or (listing) a tags listing: watches are background work
+// and never spend what clients may need.
+func held(o *cache.Origin, listing bool, now time.Time) time.Time {
 	rl := o.Registry.RateLimit()
 	until := rl.AllBlockedUntil
+	if listing && rl.TagsBlockedUntil.After(until) {
+		until = rl.TagsBlockedUntil
+	}
 	if rl.Known && rl.Remaining == 0 {
 		// Remaining is only learnt from answers: look again after a guard hold's time.
 		if t := rl.Updated.Add(upstream.DefaultRateLimitHold); t.After(until) {
@@ -244,6 +278,9 @@ func held(o *cache.Origin, now time.Time) time.Time {
 	return time.Time{}
 }
 
+// errStale is a look the cache answered with what it held because upstream failed.
+var errStale = errors.New("upstream failed; the cache answered with what it held")
+
 // lookTag looks the tag up through the cache (upstream is asked only when what is held
 // went stale) and says when to look next; zero when the tag is no longer watched.
 func (w *Watcher) lookTag(tw *tagWatch) time.Time {
@@ -255,42 +292,68 @@ func (w *Watcher) lookTag(tw *tagWatch) time.Time {
 	if gone {
 		return time.Time{}
 	}
-	if until := held(o, now); !until.IsZero() {
+	if until := held(o, false, now); !until.IsZero() {
 		w.count(tw.Upstream, func(c *counters) { c.waits++ })
 		return until
 	}
-	a, err := w.opts.Cache.Manifest(w.ctx, o, tw.Repository, tw.Tag.Tag, false)
+	a, err := w.look(o, tw.Repository, tw.Tag.Tag)
+	w.count(tw.Upstream, func(c *counters) {
+		if a.Status != cache.Hit {
+			c.revalidations++
+		}
+		if err != nil {
+			c.errors++
+		}
+	})
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	if err != nil {
-		if w.ctx.Err() == nil {
-			w.count(tw.Upstream, func(c *counters) { c.revalidations++; c.errors++ })
-			w.log.Warn("watch: lookup failed", zap.String("upstream", tw.Upstream),
+		tw.fails++
+		if tw.fails == 1 && !w.stopped() {
+			w.log.Warn("watch: look failed; retrying with backoff", zap.String("upstream", tw.Upstream),
 				zap.String("repository", tw.Repository), zap.String("tag", tw.Tag.Tag), zap.Error(err))
 		}
-		return now.Add(retry(o))
+		return now.Add(backoff(o, tw.fails, err))
 	}
-	if a.Status != cache.Hit {
-		w.count(tw.Upstream, func(c *counters) { c.revalidations++ })
+	if tw.fails > 0 {
+		w.log.Info("watch: looks succeed again", zap.String("upstream", tw.Upstream),
+			zap.String("repository", tw.Repository), zap.String("tag", tw.Tag.Tag), zap.Int("failed", tw.fails))
+		tw.fails = 0
 	}
-	w.mu.Lock()
 	tw.last = digestState{digest: string(a.Digest), mediaType: a.MediaType}
-	w.mu.Unlock()
 	return nextLook(o, a.FetchedAt, now)
 }
 
-// nextLook is when something fetched at fetched goes stale, or a retry's wait from now
-// when that is already (a stale answer served while upstream fails).
-func nextLook(o *cache.Origin, fetched, now time.Time) time.Time {
-	due := fetched.Add(o.TagTTL)
-	if due.Before(now.Add(minInterval)) {
-		return now.Add(retry(o))
+// look asks the cache where a tag points; a stale answer (upstream failed) is a failure.
+func (w *Watcher) look(o *cache.Origin, repo, tag string) (cache.Answer, error) {
+	a, err := w.opts.Cache.Manifest(w.ctx, o, repo, tag, false)
+	if err == nil && a.Status == cache.Stale {
+		err = errStale
 	}
-	return due
+	return a, err
 }
 
-// retry is how long a failed look waits: the TTL, at most retryAfter, at least
-// minInterval.
-func retry(o *cache.Origin) time.Duration {
-	return max(min(o.TagTTL, retryAfter), minInterval)
+// nextLook is when an answer fetched at fetched goes stale.
+func nextLook(o *cache.Origin, fetched, now time.Time) time.Time {
+	return later(fetched.Add(o.TagTTL), now.Add(minInterval))
+}
+
+// backoff is how long the fails-th failed look in a row waits: retryFirst doubling, up to
+// the TTL, or the TTL at once when upstream said the tag is not there or not ours.
+func backoff(o *cache.Origin, fails int, err error) time.Duration {
+	ttl := max(o.TagTTL, minInterval)
+	if k := upstream.KindOf(err); k == upstream.KindNotFound || k == upstream.KindDenied {
+		return ttl
+	}
+	d := retryFirst << min(fails-1, 16)
+	return max(min(d, ttl), minInterval)
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 func (w *Watcher) count(up string, f func(*counters)) {
@@ -304,11 +367,11 @@ func (w *Watcher) count(up string, f func(*counters)) {
 func (w *Watcher) list(rw *repoWatch) time.Time {
 	o := rw.Origin
 	now := time.Now()
-	if until := held(o, now); !until.IsZero() {
+	if until := held(o, true, now); !until.IsZero() {
 		w.count(rw.Upstream, func(c *counters) { c.waits++ })
 		return until
 	}
-	tags, fetched, err := w.listing(rw, now)
+	tags, fetched, truncated, err := w.listing(rw, now)
 	w.count(rw.Upstream, func(c *counters) {
 		c.listings++
 		if err != nil {
@@ -316,12 +379,14 @@ func (w *Watcher) list(rw *repoWatch) time.Time {
 		}
 	})
 	if err != nil {
-		if w.ctx.Err() == nil {
-			w.log.Warn("watch: tags listing failed", zap.String("upstream", rw.Upstream),
+		rw.fails++
+		if rw.fails == 1 && !w.stopped() {
+			w.log.Warn("watch: tags listing failed; retrying with backoff", zap.String("upstream", rw.Upstream),
 				zap.String("repository", rw.Repository), zap.Error(err))
 		}
-		return now.Add(retry(o))
+		return now.Add(backoff(o, rw.fails, err))
 	}
+	rw.fails = 0
 	matching := map[string]bool{}
 	for _, t := range tags {
 		if rw.Tags.MatchString(t) {
@@ -336,7 +401,9 @@ func (w *Watcher) list(rw *repoWatch) time.Time {
 		}
 	}
 	for t := range rw.known {
-		if !matching[t] {
+		// A listing cut at its bound (tags_max_count, tags_max_bytes) lacks its last tags:
+		// their absence says nothing.
+		if !matching[t] && !truncated {
 			deleted = append(deleted, t)
 		}
 	}
@@ -354,9 +421,13 @@ func (w *Watcher) list(rw *repoWatch) time.Time {
 			rw.known[t] = true
 			continue
 		}
-		// A new tag: where it points is part of the event. A tag whose lookup fails is not
-		// taken as known, so the next listing tries again.
-		a, err := w.opts.Cache.Manifest(w.ctx, o, rw.Repository, t, false)
+		// A new tag: where it points is part of the event. A tag whose look fails (or waits
+		// on the rate limit) is not taken as known, so the next listing tries again.
+		if !held(o, false, time.Now()).IsZero() {
+			w.count(rw.Upstream, func(c *counters) { c.waits++ })
+			continue
+		}
+		a, err := w.look(o, rw.Repository, t)
 		if err != nil {
 			w.count(rw.Upstream, func(c *counters) { c.errors++ })
 			continue
@@ -390,29 +461,33 @@ func (w *Watcher) list(rw *repoWatch) time.Time {
 
 // listing reads a repository's whole listing, page by page, as a client following Links
 // would; fetched is when the listing was fetched upstream.
-func (w *Watcher) listing(rw *repoWatch, now time.Time) (tags []string, fetched time.Time, err error) {
+func (w *Watcher) listing(rw *repoWatch, now time.Time) (tags []string, fetched time.Time, truncated bool, err error) {
 	req := cache.TagsRequest{N: cache.MaxTagsPage}
 	for range maxPages {
-		a, _, err := w.opts.Cache.Tags(w.ctx, rw.Origin, rw.Repository, req, now)
+		a, st, err := w.opts.Cache.Tags(w.ctx, rw.Origin, rw.Repository, req, now)
+		if err == nil && st == cache.Stale {
+			err = errStale
+		}
 		if err != nil {
-			return nil, time.Time{}, err
+			return nil, time.Time{}, false, err
 		}
 		var page struct {
 			Tags []string `json:"tags"`
 		}
 		if err := json.Unmarshal(a.Body, &page); err != nil {
-			return nil, time.Time{}, err
+			return nil, time.Time{}, false, err
 		}
 		tags = append(tags, page.Tags...)
 		if fetched.IsZero() {
 			fetched = a.FetchedAt
 		}
+		truncated = truncated || a.TruncatedBy != ""
 		if !a.More {
-			break
+			return tags, fetched, truncated, nil
 		}
 		req.Last = a.NextLast
 	}
-	return tags, fetched, nil
+	return tags, fetched, true, nil // more pages than one listing reads: cut here
 }
 
 // publish records a created or deleted tag; a deleted tag's digest is where it pointed
@@ -437,9 +512,10 @@ func (w *Watcher) publish(typ string, t Tag, last digestState) {
 type Stats struct {
 	Upstream string
 	// Tags is how many tags are watched. Revalidations counts looks that found the tag
-	// stale (answered by upstream, or by another replica's fresh answer through Redis);
-	// Listings, tag listings read; Errors, looks and listings that failed; Waits, looks put
-	// off because upstream's rate limit was spent or held.
+	// stale (answered by upstream, by another replica's fresh answer through Redis, or not
+	// at all: a failure); Listings, tag listings read; Errors, looks and listings that
+	// failed (a stale answer served because upstream failed is one); Waits, looks put off
+	// because upstream's rate limit was spent or held.
 	Tags                                   int
 	Revalidations, Listings, Errors, Waits uint64
 }
@@ -466,6 +542,13 @@ type item struct {
 	due  time.Time
 	tag  *tagWatch
 	repo *repoWatch
+}
+
+func (it *item) origin() *cache.Origin {
+	if it.tag != nil {
+		return it.tag.Origin
+	}
+	return it.repo.Origin
 }
 
 // schedule is a min-heap of looks by due time.
