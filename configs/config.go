@@ -12,6 +12,7 @@ import (
 
 	"regcache/cache"
 	"regcache/internal/feed"
+	"regcache/internal/webhook"
 	"regcache/proxy"
 	"regcache/upstream"
 )
@@ -52,6 +53,45 @@ type Config struct {
 type Events struct {
 	// LogSize is how many events are kept for subscribers that resume (Last-Event-ID).
 	LogSize int `yaml:"log_size"`
+	// Webhooks are HTTP receivers each event is posted to.
+	Webhooks []Webhook `yaml:"webhooks"`
+}
+
+// Webhook is one receiver of change-feed events; internal/webhook delivers to it. It is the
+// one place regcache contacts a host that is no upstream, and the operator names it.
+type Webhook struct {
+	// Name labels the hook in metrics and logs; default: the URL's host and path.
+	Name string `yaml:"name"`
+	URL  string `yaml:"url"`
+	// Format is regcache, cloudevents, dockerhub or template (placeholders in URL).
+	Format string `yaml:"format"`
+	// Secret signs each delivery (X-Regcache-Signature).
+	Secret Secret `yaml:"secret"`
+	// Headers are sent with every delivery (Authorization: Bearer ${TOKEN}).
+	Headers map[string]Secret `yaml:"headers"`
+	Filter  EventFilter       `yaml:"filter"`
+	// Timeout bounds one attempt; MaxRetries counts the attempts after the first (0: none).
+	Timeout    Duration `yaml:"timeout"`
+	MaxRetries int      `yaml:"max_retries"`
+	// QueueSize bounds the events waiting for this receiver; beyond, they are dropped.
+	QueueSize int `yaml:"queue_size"`
+}
+
+// setDefaults gives a hook's keys their owner's defaults before the file's are read, so
+// that a key written 0 (max_retries: 0) stays 0.
+func (w *Webhook) setDefaults() {
+	w.Format = webhook.DefaultFormat
+	w.Timeout = Duration(webhook.DefaultTimeout)
+	w.MaxRetries = webhook.DefaultMaxRetries
+	w.QueueSize = webhook.DefaultQueueSize
+}
+
+// EventFilter picks the events a webhook gets; each list empty means all.
+type EventFilter struct {
+	// Images are registry/repository[:tag] (without a tag, every tag of the repository).
+	Images     []string `yaml:"images"`
+	Registries []string `yaml:"registries"`
+	Types      []string `yaml:"types"`
 }
 
 // Auth is client-facing authentication. With neither htpasswd nor tokens it is off: any
@@ -223,7 +263,8 @@ func Parse(data []byte) (*Config, error) {
 // written). The config carries the value rather than 0 because for most keys 0 is a setting
 // of its own: refused (no timeout, no room) or meaning none (a TTL). server.concurrency and
 // upstreams[].max_concurrent stay 0, which their owners read as their default; the keys
-// inside upstreams[] and cache.redis get theirs from fillZeros once decoded.
+// inside upstreams[] and cache.redis get theirs from fillZeros once decoded, those inside
+// events.webhooks[] from setDefaults as each is decoded.
 func defaults() *Config {
 	return &Config{
 		Listen:          defaultListen,
@@ -253,8 +294,14 @@ func defaults() *Config {
 }
 
 // fillZeros gives the keys inside upstreams[] and cache.redis their owners' defaults where
-// the file leaves them out or writes 0 (or "" for key_prefix).
+// the file leaves them out or writes 0 (or "" for key_prefix), and a webhook without a
+// name its URL's. (The other keys of events.webhooks[] get theirs as each is decoded.)
 func (c *Config) fillZeros() {
+	for i := range c.Events.Webhooks {
+		if w := &c.Events.Webhooks[i]; w.Name == "" {
+			w.Name = webhook.DefaultName(w.URL)
+		}
+	}
 	for i := range c.Upstreams {
 		u := &c.Upstreams[i]
 		if u.Timeout == 0 {

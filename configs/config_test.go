@@ -539,6 +539,9 @@ func TestParseRefusals(t *testing.T) {
 	md5Htpasswd := writeFile(t, "htpasswd-md5", "alice:"+bcryptHash(t, "pw")+"\nbob:$apr1$Hunter2Salt$abcdefghijklmnopqrstuv\n")
 	emptyHtpasswd := writeFile(t, "htpasswd-empty", "# nobody yet\n\n")
 	auth := func(lines string) string { return "auth:\n" + lines + minimalUpstream }
+	hook := func(line string) string {
+		return minimalUpstream + "events:\n  webhooks:\n    - url: http://hooks.example/x\n      " + line + "\n"
+	}
 
 	tests := []struct {
 		name string
@@ -727,6 +730,45 @@ func TestParseRefusals(t *testing.T) {
 			[]string{"auth.htpasswd", md5Htpasswd + " line 2", `user "bob"`, "bcrypt only", "htpasswd -B"}, []string{"Hunter2Salt"}},
 		{"htpasswd without users", auth("  htpasswd: " + emptyHtpasswd + "\n"),
 			[]string{"auth.htpasswd", "holds no users"}, nil},
+
+		{"webhook unknown format", hook("format: xml"),
+			[]string{`events.webhooks[0].format: unknown format "xml" (regcache, cloudevents, dockerhub, template)`}, nil},
+		{"webhook empty format", hook(`format: ""`), []string{`events.webhooks[0].format: unknown format ""`}, nil},
+		{"webhook unknown key", hook("retries: 3"), []string{"events.webhooks[0].retries: unknown key", "max_retries"}, nil},
+		{"webhook unknown filter key", hook("filter: {image: [a]}"), []string{"events.webhooks[0].filter.image: unknown key", "images"}, nil},
+		{"webhooks is a mapping", "events:\n  webhooks:\n    url: http://x\n" + minimalUpstream, []string{"events.webhooks: expected a list"}, nil},
+		{"webhook without url", "events:\n  webhooks:\n    - format: regcache\n" + minimalUpstream, []string{"events.webhooks[0].url: not a URL"}, nil},
+		{"webhook url without scheme", "events:\n  webhooks:\n    - url: hooks.example/x\n" + minimalUpstream,
+			[]string{"events.webhooks[0].url: scheme must be http or https"}, nil},
+		{"webhook url with credentials", "events:\n  webhooks:\n    - url: https://bob:Hunter2Pw@hooks.example/x\n" + minimalUpstream,
+			[]string{"events.webhooks[0].url: put credentials in headers"}, []string{"Hunter2Pw"}},
+		{"webhook placeholder without template", "events:\n  webhooks:\n    - url: http://wt/v1/update?image={{.Image}}\n" + minimalUpstream,
+			[]string{"events.webhooks[0].url: placeholders such as {{.Image}} need format: template"}, nil},
+		{"webhook unknown placeholder", "events:\n  webhooks:\n    - url: http://wt/v1/update?image={{.Name}}&token=QueryTok3n\n      format: template\n" + minimalUpstream,
+			[]string{"events.webhooks[0].url", "the placeholders are {{.Image}}"}, []string{"QueryTok3n"}},
+		{"webhook placeholder in host", "events:\n  webhooks:\n    - url: http://{{.Repository}}.example/\n      format: template\n" + minimalUpstream,
+			[]string{"events.webhooks[0].url: placeholders may stand in the path and query only"}, nil},
+		{"second webhook bad", hook("") + "    - url: ftp://hooks.example/\n", []string{"events.webhooks[1].url: scheme must be http or https"}, nil},
+		{"webhook names collide", hook("") + "    - url: http://hooks.example/x?other=1\n",
+			[]string{`events.webhooks[1].name: "hooks.example/x" is already used by events.webhooks[0]`, "set name:"}, nil},
+		{"webhook zero timeout", hook("timeout: 0s"), []string{"events.webhooks[0].timeout: must be above zero (e.g. 10s)"}, nil},
+		{"webhook negative max_retries", hook("max_retries: -1"), []string{"events.webhooks[0].max_retries: must be from 0 to 100"}, nil},
+		{"webhook zero queue_size", hook("queue_size: 0"), []string{"events.webhooks[0].queue_size: must be from 1 to 100000 (e.g. 1000)"}, nil},
+		{"webhook huge queue_size", hook("queue_size: 1000000"), []string{"events.webhooks[0].queue_size: must be from 1 to 100000"}, nil},
+		{"webhook unset variable in a header", hook("headers:\n        Authorization: Bearer ${REGCACHE_TEST_SURELY_UNSET}"),
+			[]string{"events.webhooks[0].headers.Authorization", "REGCACHE_TEST_SURELY_UNSET is not set"}, nil},
+		{"webhook header name", hook("headers:\n        \"X Token\": Hunter2Hdr"), []string{"events.webhooks[0].headers.X Token: not a header name"}, []string{"Hunter2Hdr"}},
+		{"webhook header regcache sets", hook("headers:\n        x-regcache-signature: Hunter2Hdr"),
+			[]string{"events.webhooks[0].headers.x-regcache-signature: regcache sets this header itself"}, []string{"Hunter2Hdr"}},
+		{"webhook empty header", hook("headers:\n        X-Token:"), []string{"events.webhooks[0].headers.X-Token: must not be empty"}, nil},
+		{"webhook headers is a list", hook("headers: [a]"), []string{"events.webhooks[0].headers: expected a mapping"}, nil},
+		{"webhook filter type", hook("filter: {types: [tag.changed, tag.pushed]}"),
+			[]string{`events.webhooks[0].filter.types[1]: unknown type "tag.pushed" (tag.changed, tag.created, tag.deleted)`}, nil},
+		{"webhook filter registry", hook("filter: {registries: [quay.io]}"), []string{`events.webhooks[0].filter.registries[0]: "quay.io" is no upstream name`}, nil},
+		{"webhook filter alias", "upstreams:\n  - name: docker.io\n    url: https://registry-1.docker.io\n    aliases: [hub]\n" +
+			"events:\n  webhooks:\n    - url: http://hooks.example/x\n      filter: {images: [hub/library/nginx]}\n",
+			[]string{`events.webhooks[0].filter.images[0]: "hub": events name the upstream "docker.io"`}, nil},
+		{"webhook filter image", hook("filter: {images: [nginx]}"), []string{`events.webhooks[0].filter.images[0]: "nginx" is not registry/repository[:tag]`}, nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -1445,5 +1487,55 @@ func TestWarnings(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestParseWebhooks(t *testing.T) {
+	t.Setenv("REGCACHE_TEST_WT_TOKEN", "wt-Sup3rS3cret")
+	cfg := mustParse(t, minimalUpstream+`    aliases: [hub]
+events:
+  webhooks:
+    - url: https://hooks.example.com/regcache?token=q
+      secret: hook-s3cret-value
+    - name: watchtower
+      url: http://watchtower:8080/v1/update?image={{.Image}}
+      format: template
+      headers:
+        Authorization: Bearer ${REGCACHE_TEST_WT_TOKEN}
+        x-source: regcache
+      filter:
+        images: [docker.io/library/nginx, docker.io/library/redis:7]
+        registries: [docker.io]
+        types: [tag.changed, tag.created]
+      timeout: 3s
+      max_retries: 0
+      queue_size: 50
+`)
+	hooks := cfg.Events.Webhooks
+	if len(hooks) != 2 {
+		t.Fatalf("%d webhooks", len(hooks))
+	}
+	first := hooks[0]
+	if first.Name != "hooks.example.com/regcache" || first.Format != "regcache" || first.Timeout.D() != 10*time.Second ||
+		first.MaxRetries != 5 || first.QueueSize != 1000 || reveal(first.Secret) != "hook-s3cret-value" || first.Headers != nil {
+		t.Errorf("first hook %+v: want the defaults, and its URL's host and path as its name", first)
+	}
+	wt := hooks[1]
+	wantFilter := EventFilter{Images: []string{"docker.io/library/nginx", "docker.io/library/redis:7"}, Registries: []string{"docker.io"},
+		Types: []string{"tag.changed", "tag.created"}}
+	if wt.Name != "watchtower" || wt.Format != "template" || wt.Timeout.D() != 3*time.Second || wt.MaxRetries != 0 ||
+		wt.QueueSize != 50 || !reflect.DeepEqual(wt.Filter, wantFilter) {
+		t.Errorf("second hook %+v (max_retries: 0 is kept: no retries)", wt)
+	}
+	if len(wt.Headers) != 2 || reveal(wt.Headers["Authorization"]) != "Bearer wt-Sup3rS3cret" || reveal(wt.Headers["x-source"]) != "regcache" {
+		t.Errorf("headers: ${VAR} is expanded from the environment")
+	}
+	for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%x", "%d"} {
+		out := fmt.Sprintf(verb, cfg.Events)
+		for _, leak := range []string{"wt-Sup3rS3cret", "hook-s3cret-value", fmt.Sprintf("%x", "wt-Sup3rS3cret")} {
+			if strings.Contains(out, leak) {
+				t.Fatalf("%s of the events config shows a secret: %s", verb, out)
+			}
+		}
 	}
 }

@@ -26,6 +26,10 @@ func decode(data []byte, out *Config) error {
 	return decodeNode(doc.Content[0], reflect.ValueOf(out).Elem(), "")
 }
 
+// defaulter is a list item whose keys have defaults of their own, set before the file's
+// keys are read, so that a key written 0 is told from one left out.
+type defaulter interface{ setDefaults() }
+
 var (
 	durationType = reflect.TypeOf(Duration(0))
 	sizeType     = reflect.TypeOf(Size(0))
@@ -112,11 +116,37 @@ func decodeNode(n *yaml.Node, v reflect.Value, path string) error {
 		}
 		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
 		for i, item := range n.Content {
+			if d, ok := s.Index(i).Addr().Interface().(defaulter); ok {
+				d.setDefaults()
+			}
 			if err := decodeNode(item, s.Index(i), fmt.Sprintf("%s[%d]", path, i)); err != nil {
 				return err
 			}
 		}
 		v.Set(s)
+		return nil
+	case reflect.Map:
+		// Keys of the user's choosing (header names): taken as written, never expanded.
+		if n.Kind != yaml.MappingNode {
+			return where("expected a mapping")
+		}
+		m := reflect.MakeMapWithSize(v.Type(), len(n.Content)/2)
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k := n.Content[i]
+			sub := path + "." + k.Value
+			if k.Kind != yaml.ScalarNode || k.Value == "" {
+				return fmt.Errorf("%s: a key must be a plain word (line %d)", path, k.Line)
+			}
+			if m.MapIndex(reflect.ValueOf(k.Value)).IsValid() {
+				return fmt.Errorf("%s: key appears twice (line %d); keep one", sub, k.Line)
+			}
+			elem := reflect.New(v.Type().Elem()).Elem()
+			if err := decodeNode(n.Content[i+1], elem, sub); err != nil {
+				return err
+			}
+			m.SetMapIndex(reflect.ValueOf(k.Value), elem)
+		}
+		v.Set(m)
 		return nil
 	}
 	if n.Kind != yaml.ScalarNode {

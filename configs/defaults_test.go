@@ -15,6 +15,7 @@ import (
 
 	"regcache/cache"
 	"regcache/internal/feed"
+	"regcache/internal/webhook"
 	"regcache/proxy"
 	"regcache/upstream"
 )
@@ -54,10 +55,14 @@ var ownedDefaults = []struct {
 	{"upstreams[0].timeout", Duration(upstream.DefaultTimeout), false, false},
 	{"upstreams[0].connect_timeout", Duration(upstream.DefaultConnectTimeout), false, false},
 	{"upstreams[0].max_concurrent", upstream.DefaultMaxConcurrent, true, true},
+	{"events.webhooks[0].format", webhook.DefaultFormat, false, false},
+	{"events.webhooks[0].timeout", Duration(webhook.DefaultTimeout), false, false},
+	{"events.webhooks[0].max_retries", webhook.DefaultMaxRetries, false, false},
+	{"events.webhooks[0].queue_size", webhook.DefaultQueueSize, false, false},
 }
 
 func TestParseGivesOwnersDefaults(t *testing.T) {
-	cfg := mustParse(t, minimalUpstream+"cache:\n  redis:\n    addr: valkey:6379\n")
+	cfg := mustParse(t, minimalUpstream+"cache:\n  redis:\n    addr: valkey:6379\nevents:\n  webhooks:\n    - url: http://hooks.example/x\n")
 	for _, d := range ownedDefaults {
 		got := configAt(t, reflect.ValueOf(cfg).Elem(), d.key).Interface()
 		want := d.want

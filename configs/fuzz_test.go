@@ -105,6 +105,19 @@ upstreams:
 		"listen: ${REGCACHE_FUZZ_UNSET:-:6000}\nupstreams: [{name: q, url: 'https://quay.io', tag_ttl: ~}]\ndefault_upstream: q\n",
 		"upstreams:\n  - name: a.io\n    url: https://a.io\n    tls: {ca_file: /nonexistent/ca.pem}\n",
 		"unknown: 1\n",
+		`upstreams: [{name: a.io, url: 'https://a.io'}]
+default_upstream: a.io
+events:
+  webhooks:
+    - url: http://hooks.example/x
+      secret: ${REGCACHE_FUZZ_SECRET}
+      filter: {registries: [a.io], types: [tag.changed]}
+    - url: http://wt:8080/v1/update?image={{.Image}}
+      format: template
+      headers: {Authorization: "Bearer ${REGCACHE_FUZZ_A}"}
+      max_retries: 0
+      queue_size: 10
+`,
 		"listen: [1, 2]\n",
 		"{{{",
 	} {

@@ -6,15 +6,19 @@ package configs
 import (
 	"fmt"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"regcache/cache"
 	"regcache/internal/feed"
 	"regcache/internal/hostname"
+	"regcache/internal/webhook"
 	"regcache/proxy"
 	"regcache/upstream"
 )
@@ -148,7 +152,131 @@ func (c *Config) validate() error {
 	if c.Events.LogSize < 1 || c.Events.LogSize > 1_000_000 {
 		return fmt.Errorf("events.log_size: must be from 1 to 1000000 (e.g. %d)", feed.DefaultLogSize)
 	}
+	if err := c.validateWebhooks(); err != nil {
+		return err
+	}
 	return c.Auth.validate()
+}
+
+// maxWebhookRetries bounds max_retries: at the 60 s ceiling of the backoff, 100 retries
+// hold a receiver's queue well over an hour already.
+const maxWebhookRetries = 100
+
+// validateWebhooks checks events.webhooks. Errors name the hook by index, and never show
+// a secret, a header value, or the URL (its path or query may hold a token).
+func (c *Config) validateWebhooks() error {
+	names := map[string]string{}
+	for i := range c.Events.Webhooks {
+		w := &c.Events.Webhooks[i]
+		key := fmt.Sprintf("events.webhooks[%d]", i)
+		if !slices.Contains(webhook.Formats, w.Format) {
+			return fmt.Errorf("%s.format: unknown format %q (%s)", key, w.Format, strings.Join(webhook.Formats, ", "))
+		}
+		if err := webhook.CheckURL(w.Format, w.URL); err != nil {
+			return fmt.Errorf("%s.url: %v", key, err)
+		}
+		if strings.TrimSpace(w.Name) == "" || strings.ContainsFunc(w.Name, unicode.IsControl) {
+			return fmt.Errorf("%s.name: must be a label without control characters (metrics and logs show it)", key)
+		}
+		if prev, dup := names[w.Name]; dup {
+			return fmt.Errorf("%s.name: %q is already used by %s (set name: to tell them apart)", key, w.Name, prev)
+		}
+		names[w.Name] = key
+		if w.Timeout <= 0 {
+			return fmt.Errorf("%s.timeout: must be above zero (e.g. %s)", key, durationText(webhook.DefaultTimeout))
+		}
+		if w.MaxRetries < 0 || w.MaxRetries > maxWebhookRetries {
+			return fmt.Errorf("%s.max_retries: must be from 0 to %d (e.g. %d)", key, maxWebhookRetries, webhook.DefaultMaxRetries)
+		}
+		if w.QueueSize < 1 || w.QueueSize > webhook.MaxQueueSize {
+			return fmt.Errorf("%s.queue_size: must be from 1 to %d (e.g. %d)", key, webhook.MaxQueueSize, webhook.DefaultQueueSize)
+		}
+		if err := validHeaders(w.Headers); err != nil {
+			return fmt.Errorf("%s.headers.%v", key, err)
+		}
+		if err := c.validEventFilter(&w.Filter); err != nil {
+			return fmt.Errorf("%s.filter.%v", key, err)
+		}
+	}
+	return nil
+}
+
+// validHeaders accepts header names that are HTTP tokens and none regcache sets itself, and
+// values without line breaks. Errors start with the header's name.
+func validHeaders(h map[string]Secret) error {
+	seen := map[string]string{}
+	for name, v := range h {
+		canon := http.CanonicalHeaderKey(name)
+		if !validToken(name) {
+			return fmt.Errorf("%s: not a header name (letters, digits and !#$%%&'*+-.^_`|~)", name)
+		}
+		if prev, dup := seen[canon]; dup {
+			return fmt.Errorf("%s: the same header as %s (names ignore case); keep one", name, prev)
+		}
+		seen[canon] = name
+		if reserved := canon == "Host" || canon == "Content-Type" || canon == "Content-Length" ||
+			canon == "Transfer-Encoding" || canon == "Connection" || strings.HasPrefix(canon, "X-Regcache-"); reserved {
+			return fmt.Errorf("%s: regcache sets this header itself", name)
+		}
+		if v.Reveal() == "" {
+			return fmt.Errorf("%s: must not be empty", name)
+		}
+		if strings.ContainsAny(v.Reveal(), "\r\n\x00") {
+			return fmt.Errorf("%s: the value must be one line", name)
+		}
+	}
+	return nil
+}
+
+// validToken reports whether s is an HTTP token (RFC 9110), what a header name must be.
+func validToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, r := range s {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("!#$%&'*+-.^_`|~", r)
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// validEventFilter checks a webhook's filter: known event types, and registries (also the
+// registry part of images) that are upstream names, as events carry them: an alias or a
+// typo would match nothing, silently. Errors start with the filter's key.
+func (c *Config) validEventFilter(f *EventFilter) error {
+	types := []string{feed.TagChanged, feed.TagCreated, feed.TagDeleted}
+	for i, t := range f.Types {
+		if !slices.Contains(types, t) {
+			return fmt.Errorf("types[%d]: unknown type %q (%s)", i, t, strings.Join(types, ", "))
+		}
+	}
+	registry := func(name string) error {
+		u := c.Lookup(name)
+		switch {
+		case u == nil:
+			return fmt.Errorf("%q is no upstream name", name)
+		case u.Name != name:
+			return fmt.Errorf("%q: events name the upstream %q, not an alias of it", name, u.Name)
+		}
+		return nil
+	}
+	for i, r := range f.Registries {
+		if err := registry(r); err != nil {
+			return fmt.Errorf("registries[%d]: %v", i, err)
+		}
+	}
+	for i, img := range f.Images {
+		reg, repo, ok := strings.Cut(img, "/")
+		if !ok || repo == "" || strings.HasPrefix(repo, "/") {
+			return fmt.Errorf("images[%d]: %q is not registry/repository[:tag] (e.g. docker.io/library/nginx:latest)", i, img)
+		}
+		if err := registry(reg); err != nil {
+			return fmt.Errorf("images[%d]: %v", i, err)
+		}
+	}
+	return nil
 }
 
 // validateTags checks the tags listing bounds. Each has a floor (a listing must be able to

@@ -15,6 +15,7 @@ import (
 	"regcache/cache"
 	"regcache/internal/feed"
 	"regcache/internal/watch"
+	"regcache/internal/webhook"
 	"regcache/upstream"
 )
 
@@ -221,6 +222,40 @@ func (m *Metrics) WatchWatches(w *watch.Watcher) {
 				Help: "Watch lookups put off because the upstream's rate limit was spent or held."},
 				of(func(s watch.Stats) float64 { return float64(s.Waits) })),
 		)
+	}
+}
+
+// The webhook series: one per hook, read from the dispatcher at each scrape.
+var (
+	webhookDeliveries = prometheus.NewDesc("regcache_webhook_deliveries_total",
+		"Webhook deliveries, by hook and outcome: delivered (2xx), failed (refused, or failing past max_retries), "+
+			"retried (a failed attempt followed by another).", []string{"hook", "outcome"}, nil)
+	webhookQueue = prometheus.NewDesc("regcache_webhook_queue",
+		"Events waiting for a webhook, the one being delivered included.", []string{"hook"}, nil)
+	webhookDropped = prometheus.NewDesc("regcache_webhook_dropped_total",
+		"Events a webhook never got: its queue was full, or regcache shut down first.", []string{"hook"}, nil)
+)
+
+// WatchWebhooks exports each webhook's deliveries, queue and drops.
+func (m *Metrics) WatchWebhooks(d *webhook.Dispatcher) {
+	m.registry.MustRegister(webhookCollector{d})
+}
+
+type webhookCollector struct{ d *webhook.Dispatcher }
+
+func (c webhookCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- webhookDeliveries
+	ch <- webhookQueue
+	ch <- webhookDropped
+}
+
+func (c webhookCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, s := range c.d.Stats() {
+		for outcome, n := range map[string]uint64{"delivered": s.Delivered, "failed": s.Failed, "retried": s.Retries} {
+			ch <- prometheus.MustNewConstMetric(webhookDeliveries, prometheus.CounterValue, float64(n), s.Name, outcome)
+		}
+		ch <- prometheus.MustNewConstMetric(webhookQueue, prometheus.GaugeValue, float64(s.Queued), s.Name)
+		ch <- prometheus.MustNewConstMetric(webhookDropped, prometheus.CounterValue, float64(s.Dropped), s.Name)
 	}
 }
 

@@ -1,14 +1,16 @@
 package main
 
-// docs/events.md's recipes, run as written: the shell subscriber and the cron job (the
-// webhook recipes are in webhooks_e2e_test.go). Only the address changes, from
-// localhost:5000 to the test's regcache, and the cron job's files to the test's directory.
+// docs/events.md's recipes, run as written: the shell subscriber, the cron job, and the
+// webhooks for a receiver built for Docker Hub (Keel) and for Watchtower's HTTP API. Only
+// addresses change (localhost:5000 to the test's regcache, a receiver's host to the test's
+// receiver), and the cron job's files to the test's directory.
 
 import (
 	"bufio"
 	"context"
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -46,15 +48,20 @@ func docBlock(t *testing.T, file, heading, lang string) string {
 // tag_ttl, and move, which retags v1 and asks for it past the TTL (a client's HEAD
 // revalidates it: one tag.changed event).
 func movingTag(t *testing.T, extraConfig string) (*harness.Instance, func() (from, to registrytest.Pushed)) {
+	return movingTagOn(t, "reg.test", "team/app", "v1", extraConfig)
+}
+
+// movingTagOn is movingTag for repo:tag on an upstream named name.
+func movingTagOn(t *testing.T, name, repo, tag, extraConfig string) (*harness.Instance, func() (from, to registrytest.Pushed)) {
 	reg := registrytest.New(t, registrytest.Bearer)
-	cur := reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
-	rc := startRegcache(t, harness.Config("  tag_ttl: 200ms\n", harness.Upstream("reg.test", reg.URL))+extraConfig)
-	const path = "/v2/reg.test/team/app/manifests/v1"
+	cur := reg.PushImage(t, repo, tag, types.OCIManifestSchema1)
+	rc := startRegcache(t, harness.Config("  tag_ttl: 200ms\n", harness.Upstream(name, reg.URL))+extraConfig)
+	path := "/v2/" + name + "/" + repo + "/manifests/" + tag
 	if r := rc.Do(t, http.MethodHead, path); r.Status != http.StatusOK {
 		t.Fatalf("first HEAD: %d", r.Status)
 	}
 	return rc, func() (from, to registrytest.Pushed) {
-		from, to = cur, reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
+		from, to = cur, reg.PushImage(t, repo, tag, types.OCIManifestSchema1)
 		cur = to
 		time.Sleep(250 * time.Millisecond)
 		if r := rc.Do(t, http.MethodHead, path); r.Header.Get("Docker-Content-Digest") != to.Digest {
@@ -141,5 +148,102 @@ func TestEventsDocsCronJob(t *testing.T) {
 	_, second := move()
 	if ev := run(); len(ev) != 1 || ev[0].Digest != second.Digest {
 		t.Fatalf("third run: %+v; want only the move to %s", ev, second.Digest)
+	}
+}
+
+// keelDockerHubWebhook is the payload as Keel's Docker Hub trigger decodes it (typed: a
+// field of another JSON type fails the decode, as it would in Keel).
+type keelDockerHubWebhook struct {
+	PushData struct {
+		PushedAt int    `json:"pushed_at"`
+		Images   []any  `json:"images"`
+		Tag      string `json:"tag"`
+		Pusher   string `json:"pusher"`
+	} `json:"push_data"`
+	CallbackURL string `json:"callback_url"`
+	Repository  struct {
+		Status          string `json:"status"`
+		Description     string `json:"description"`
+		IsTrusted       bool   `json:"is_trusted"`
+		FullDescription string `json:"full_description"`
+		RepoURL         string `json:"repo_url"`
+		Owner           string `json:"owner"`
+		IsOfficial      bool   `json:"is_official"`
+		IsPrivate       bool   `json:"is_private"`
+		Name            string `json:"name"`
+		Namespace       string `json:"namespace"`
+		StarCount       int    `json:"star_count"`
+		CommentCount    int    `json:"comment_count"`
+		DateCreated     int    `json:"date_created"`
+		Dockerfile      string `json:"dockerfile"`
+		RepoName        string `json:"repo_name"`
+	} `json:"repository"`
+}
+
+func TestEventsDocsDockerHubReceiver(t *testing.T) {
+	t.Parallel()
+	got := make(chan keelDockerHubWebhook, 4)
+	receiver := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var hook keelDockerHubWebhook
+		if r.Method != http.MethodPost || r.URL.Path != "/v1/webhooks/dockerhub" {
+			t.Errorf("%s %s; Keel takes POST /v1/webhooks/dockerhub", r.Method, r.URL.Path)
+		} else if err := json.NewDecoder(r.Body).Decode(&hook); err != nil {
+			t.Errorf("Keel's decode fails: %v", err)
+		}
+		got <- hook
+	}))
+	defer receiver.Close()
+	recipe := docBlock(t, "events.md", "### Recipe: a receiver built for Docker Hub (Keel)", "yaml")
+	recipe = strings.ReplaceAll(recipe, "http://keel.keel.svc:9300", receiver.URL)
+	_, move := movingTagOn(t, "docker.io", "library/nginx", "latest", recipe)
+	moved := time.Now()
+	move()
+	select {
+	case hook := <-got:
+		r := hook.Repository
+		if r.RepoName != "library/nginx" || r.Name != "nginx" || r.Namespace != "library" || hook.PushData.Tag != "latest" ||
+			hook.CallbackURL != "" || time.Unix(int64(hook.PushData.PushedAt), 0).Before(moved.Add(-2*time.Second)) {
+			t.Fatalf("payload %+v; want library/nginx:latest pushed now", hook)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no delivery within 5 s of the move")
+	}
+}
+
+func TestEventsDocsWatchtower(t *testing.T) {
+	// Not parallel: the token comes from the environment (t.Setenv), as the recipe has it.
+	const token = "wt-token-0123456789abcdef"
+	t.Setenv("WATCHTOWER_TOKEN", token)
+	// Watchtower's HTTP API: POST /v1/update with the token; ?image= names images as the
+	// containers were created, and a container matches when its image without the tag is
+	// one of them (Watchtower's FilterByImage).
+	container := "lscr.io/linuxserver/nginx:latest"
+	updated := make(chan string, 4)
+	watchtower := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost || r.URL.Path != "/v1/update" || r.Header.Get("Authorization") != "Bearer "+token {
+			t.Errorf("%s %s with Authorization %q: Watchtower refuses it", r.Method, r.URL.Path, r.Header.Get("Authorization"))
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		for _, image := range strings.Split(r.URL.Query().Get("image"), ",") {
+			if image == strings.Split(container, ":")[0] {
+				updated <- container
+				return
+			}
+		}
+		updated <- "no container matched image=" + r.URL.Query().Get("image")
+	}))
+	defer watchtower.Close()
+	recipe := docBlock(t, "events.md", "### Recipe: Watchtower's HTTP API", "yaml")
+	recipe = strings.ReplaceAll(recipe, "http://watchtower:8080", watchtower.URL)
+	_, move := movingTagOn(t, "lscr.io", "linuxserver/nginx", "latest", recipe)
+	move()
+	select {
+	case c := <-updated:
+		if c != container {
+			t.Fatalf("Watchtower: %s", c)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no update call within 5 s of the move")
 	}
 }

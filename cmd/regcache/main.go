@@ -29,6 +29,7 @@ import (
 	"regcache/configs"
 	"regcache/internal/feed"
 	"regcache/internal/watch"
+	"regcache/internal/webhook"
 	"regcache/proxy"
 	"regcache/upstream"
 )
@@ -135,6 +136,7 @@ type app struct {
 	events *feed.Log
 	// watches is nil without a watch: list.
 	watches *watch.Watcher
+	hooks   *webhook.Dispatcher
 	server  *fasthttp.Server
 	cache   *cache.Cache
 	// upstreams are closed on shutdown: their idle keep-alive connections (and the
@@ -164,8 +166,8 @@ func (a *app) Serve(ln net.Listener) error {
 }
 
 // ShutdownWithContext stops taking requests (readyz turns 503 first), drains those in
-// flight until ctx ends, stops metrics_listen and the cache, and closes upstream idle
-// connections.
+// flight until ctx ends, stops metrics_listen, the webhooks (a delivery in flight has until
+// ctx ends) and the cache, and closes upstream idle connections.
 func (a *app) ShutdownWithContext(ctx context.Context) error {
 	a.proxy.SetReady(false)
 	a.events.Close() // the change feed's streams end, or the server would wait for them
@@ -177,6 +179,7 @@ func (a *app) ShutdownWithContext(ctx context.Context) error {
 	if a.watches != nil {
 		a.watches.Close(ctx) // before the cache: their looks write to it
 	}
+	a.hooks.Close(ctx) // after the server and the watches: the events they found are queued
 	a.cache.Close()
 	for _, r := range a.upstreams {
 		r.Close()
@@ -272,7 +275,20 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err
 	if err != nil {
 		return nil, err
 	}
-	a := &app{proxy: p, server: p.Server(), cache: c, upstreams: regs, log: log, access: access, events: events}
+	hooks, err := webhooks(cfg, log, bo)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			hooks.Close(context.Background())
+		}
+	}()
+	if len(hooks.Hooks()) > 0 {
+		events.Notify(hooks.Deliver)
+	}
+	metrics.WatchWebhooks(hooks)
+	a := &app{proxy: p, server: p.Server(), cache: c, upstreams: regs, log: log, access: access, events: events, hooks: hooks}
 	if cfg.MetricsListen != "" {
 		// Opened here, so that a taken port fails the start rather than a goroutine later.
 		if a.metricsLn, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
@@ -313,6 +329,34 @@ func watches(cfg *configs.Config, p *proxy.Proxy) (watch.Options, error) {
 		return opts, fmt.Errorf("watch[%d]: %w", i, err) // configs validated it: not expected
 	}
 	return opts, nil
+}
+
+// webhooks starts a sender for each of events.webhooks (none without them).
+func webhooks(cfg *configs.Config, log *zap.Logger, bo buildOptions) (*webhook.Dispatcher, error) {
+	hub := map[string]bool{}
+	for i := range cfg.Upstreams {
+		hub[cfg.Upstreams[i].Name] = isDockerHub(&cfg.Upstreams[i])
+	}
+	var hooks []webhook.Config
+	for _, w := range cfg.Events.Webhooks {
+		h := webhook.Config{
+			Name: w.Name, URL: w.URL, Format: w.Format, Secret: w.Secret.Reveal(),
+			Filter:  feed.Filter{Images: w.Filter.Images, Registries: w.Filter.Registries, Types: w.Filter.Types},
+			Timeout: w.Timeout.D(), MaxRetries: w.MaxRetries, QueueSize: w.QueueSize,
+		}
+		if len(w.Headers) > 0 {
+			h.Headers = make(map[string]string, len(w.Headers))
+			for k, v := range w.Headers {
+				h.Headers[k] = v.Reveal()
+			}
+		}
+		hooks = append(hooks, h)
+	}
+	// The CloudEvents source: public_url, or urn:regcache:<hostname> without one (New's).
+	return webhook.New(hooks, webhook.Options{
+		Source: strings.TrimSuffix(cfg.PublicURL, "/"), DockerHub: func(r string) bool { return hub[r] },
+		Logger: log, DialContext: bo.Dial,
+	})
 }
 
 // limits carries the server: block to the proxy.
