@@ -111,3 +111,26 @@ func TestWatchRepositoryCreatedDeleted(t *testing.T) {
 		t.Fatalf("%v tags watched; want v2 and v3", n)
 	}
 }
+
+// TestWatchWaitsOnSpentRateLimit: once upstream says no pulls remain, a watch sends
+// nothing (not even a free HEAD) until the guard's hold has passed; clients are not held.
+func TestWatchWaitsOnSpentRateLimit(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t, registrytest.Bearer)
+	reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
+	reg.SetFault(registrytest.WithHeaders("RateLimit-Limit", "100;w=21600", "RateLimit-Remaining", "0;w=21600"))
+	rc := startRegcache(t, harness.Config("  tag_ttl: 200ms\n", harness.Upstream("reg.test", reg.URL))+
+		harness.Block("watch", "- image: reg.test/team/app:v1"))
+	waitFor(t, "the first look", func() bool { return reg.Count(http.MethodHead, "manifest") >= 1 })
+	time.Sleep(time.Second) // five TTLs
+	if n := reg.Count(http.MethodHead, "manifest"); n != 1 {
+		t.Fatalf("%d HEADs in five TTLs after upstream said 0 remaining; want the first look alone", n)
+	}
+	if w := rc.Metric(t, `regcache_watch_waits_total{upstream="reg.test"}`); w < 1 {
+		t.Fatalf("regcache_watch_waits_total %v; want the looks put off counted", w)
+	}
+	// A client still revalidates on demand: the rate-limit guard, not the watch, decides.
+	if r := rc.Do(t, http.MethodHead, "/v2/reg.test/team/app/manifests/v1"); r.Status != http.StatusOK || reg.Count(http.MethodHead, "manifest") != 2 {
+		t.Fatalf("client HEAD: %d, %d upstream HEADs", r.Status, reg.Count(http.MethodHead, "manifest"))
+	}
+}
