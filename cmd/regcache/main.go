@@ -131,6 +131,7 @@ type app struct {
 	proxy  *proxy.Proxy
 	access *proxy.AccessLog // nil when off
 	events *feed.Log
+	fleet  *feed.Fleet // the fleet's change feed, with the shared tier; nil without
 	server *fasthttp.Server
 	cache  *cache.Cache
 	// upstreams are closed on shutdown: their idle keep-alive connections (and the
@@ -166,6 +167,9 @@ func (a *app) ShutdownWithContext(ctx context.Context) error {
 	a.proxy.SetReady(false)
 	a.events.Close() // the change feed's streams end, or the server would wait for them
 	err := a.server.ShutdownWithContext(ctx)
+	if a.fleet != nil {
+		a.fleet.Close() // after the server: the moves its last requests found are published
+	}
 	if a.metrics != nil {
 		_ = a.metrics.ShutdownWithContext(ctx)
 		_ = a.metricsLn.Close() // in case Serve never ran
@@ -269,6 +273,9 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err
 		}
 		a.metrics = p.MetricsServer()
 		log.Info("metrics listening", zap.String("listen", a.metricsLn.Addr().String()))
+	}
+	if shared != nil {
+		a.fleet = feed.NewFleet(events, *shared, log) // one change feed for the fleet
 	}
 	return a, nil
 }
