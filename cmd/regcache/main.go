@@ -202,6 +202,15 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err
 		return nil, err
 	}
 	events := feed.NewLog(cfg.Events.LogSize)
+	var fleet *feed.Fleet
+	if shared != nil {
+		fleet = feed.NewFleet(events, *shared, log) // one change feed for the fleet
+		defer func() {
+			if err != nil {
+				fleet.Close()
+			}
+		}()
+	}
 	c, err := cache.New(cache.Config{
 		OnTagMove:      events.RecordMove,
 		MaxSize:        int64(cfg.Cache.MaxSize),
@@ -274,9 +283,7 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err
 		a.metrics = p.MetricsServer()
 		log.Info("metrics listening", zap.String("listen", a.metricsLn.Addr().String()))
 	}
-	if shared != nil {
-		a.fleet = feed.NewFleet(events, *shared, log) // one change feed for the fleet
-	}
+	a.fleet = fleet
 	return a, nil
 }
 
