@@ -182,7 +182,7 @@ func TestFleetRestartResumes(t *testing.T) {
 	}
 }
 
-// room is a webhook with a given room, recording what it was offered.
+// hook is a webhook with a given room, recording what it was offered.
 type hook struct {
 	room atomic.Int64
 	mu   sync.Mutex
@@ -279,10 +279,7 @@ func TestFleetGroupDeliversOnce(t *testing.T) {
 	if fmt.Sprint(delivered) != fmt.Sprint(all) {
 		t.Fatalf("delivered %v, want %v", delivered, all)
 	}
-	waitFor(t, "every entry acknowledged", func() bool {
-		p, _ := rs.Do("EVAL", "return redis.call('XPENDING', KEYS[1], ARGV[1])[1]", "1", "regcache:events", "ci")
-		return p == ":0"
-	})
+	waitFor(t, "every entry acknowledged", func() bool { return pending(rs, "ci") == ":0" })
 }
 
 // A replica that dies with deliveries unfinished has them taken over by another after
@@ -319,10 +316,7 @@ func TestFleetGroupReclaimsDead(t *testing.T) {
 		ack()
 	}
 	survivor.mu.Unlock()
-	waitFor(t, "the acknowledgements", func() bool {
-		p, _ := rs.Do("EVAL", "return redis.call('XPENDING', KEYS[1], ARGV[1])[1]", "1", "regcache:events", "ci")
-		return p == ":0"
-	})
+	waitFor(t, "the acknowledgements", func() bool { return pending(rs, "ci") == ":0" })
 	if len(other.events()) != 0 || len(survivor.events()) != 2 {
 		t.Fatalf("deliveries: survivor %d, other %d", len(survivor.events()), len(other.events()))
 	}
@@ -415,5 +409,32 @@ func TestFleetStartsWithoutRedis(t *testing.T) {
 	got := waitEvents(t, l, 1, "the event kept here")
 	if _, ok := parseID(got[0].ID); !ok || l.Stats().Unshared != 1 {
 		t.Fatalf("%+v %+v", got, l.Stats())
+	}
+}
+
+// pending is how many of the group's entries wait for an acknowledgement.
+func pending(rs *redistest.Server, group string) string {
+	p, _ := rs.Do("EVAL", "return redis.call('XPENDING', KEYS[1], ARGV[1])[1]", "1", "regcache:events", group)
+	return p
+}
+
+// A delivery that finishes after its group's Run returned (a webhook shutting down) is
+// still acknowledged, so that no other replica delivers it again.
+func TestFleetGroupAckAfterRun(t *testing.T) {
+	rs := redistest.Start(t)
+	l, f := replica(t, rs.Addr, 100)
+	h := newHook(10)
+	h.hold = true
+	stop := run(t, f.Group("ci", time.Minute), h)
+	waitFor(t, "the group", func() bool { n, _ := rs.Do("EXISTS", "regcache:events:group:ci:seq"); return n == ":1" })
+	l.Publish(changed("t1", "sha256:x"))
+	waitFor(t, "the delivery", func() bool { return len(h.events()) == 1 })
+	stop()
+	if p := pending(rs, "ci"); p != ":1" {
+		t.Fatalf("pending before the ack: %s", p)
+	}
+	h.acks[0]()
+	if p := pending(rs, "ci"); p != ":0" {
+		t.Fatalf("pending after the ack: %s", p)
 	}
 }

@@ -44,6 +44,7 @@ type Group struct {
 	mu       sync.Mutex
 	inflight map[string]struct{} // handed to the webhook, not acknowledged yet
 	acked    []string            // acknowledged, not yet XACKed
+	running  bool                // Run is there to XACK them
 
 	// Run's own state.
 	cursor string // where XAUTOCLAIM goes on
@@ -146,14 +147,16 @@ func (g *Group) Run(ctx context.Context, room func() int, offer func(Event, func
 	f.busy.Add(1)
 	f.mu.Unlock()
 	defer f.busy.Done()
-	defer g.flushAcks()
+	g.setRunning(true)
+	defer func() { _ = g.flushAcks() }()
+	defer g.setRunning(false)
 	beatEvery := min(max(g.minIdle/3, 10*time.Millisecond), 10*time.Second)
 	tick := time.NewTicker(min(beatEvery, groupPoll))
 	defer tick.Stop()
 	var ready bool // the group exists
 	var beat time.Time
 	for {
-		g.flushAcks()
+		g.try(g.flushAcks())
 		g.offerLocal(room, offer)
 		if !ready {
 			ready = g.try(g.create())
@@ -184,6 +187,14 @@ func (g *Group) Run(ctx context.Context, room func() int, offer func(Event, func
 		case <-tick.C:
 		}
 	}
+}
+
+// setRunning records whether Run is there to acknowledge: a delivery finished after it
+// returned is acknowledged by its ack call itself.
+func (g *Group) setRunning(on bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.running = on
 }
 
 // try logs err (once per interval) and reports whether the group may still be used: a
@@ -273,8 +284,13 @@ func (g *Group) hand(id string, data any, offer func(Event, func()) bool) {
 			g.mu.Lock()
 			delete(g.inflight, id)
 			g.acked = append(g.acked, id)
+			running := g.running
 			g.mu.Unlock()
-			g.signal()
+			if running {
+				g.signal()
+			} else {
+				_ = g.flushAcks()
+			}
 		})
 	}
 	if !offer(e, ack) {
@@ -286,22 +302,23 @@ func (g *Group) hand(id string, data any, offer func(Event, func()) bool) {
 
 // flushAcks acknowledges the finished deliveries; those Redis did not take are tried
 // again (and kept fresh meanwhile, so that no replica delivers them again).
-func (g *Group) flushAcks() {
+func (g *Group) flushAcks() error {
 	g.mu.Lock()
 	ids := g.acked
 	g.acked = nil
 	g.mu.Unlock()
 	if len(ids) == 0 {
-		return
+		return nil
 	}
 	ctx, cancel := g.ctx()
 	defer cancel()
-	if err := g.f.rdb.XAck(ctx, g.f.stream, g.name, ids...).Err(); err != nil {
+	err := g.f.rdb.XAck(ctx, g.f.stream, g.name, ids...).Err()
+	if err != nil {
 		g.mu.Lock()
 		g.acked = append(ids, g.acked...)
 		g.mu.Unlock()
-		g.try(err)
 	}
+	return err
 }
 
 // heartbeat keeps the entries this replica holds from being claimed by another.
