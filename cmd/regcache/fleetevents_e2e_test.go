@@ -62,7 +62,7 @@ func TestFleetEventsOneFeed(t *testing.T) {
 	reps := []*harness.Instance{startReplica(t, cfg), startReplica(t, cfg), startReplica(t, cfg)}
 	path := func(tag string) string { return "/v2/reg.test/team/app/manifests/" + tag }
 
-	const n = 4
+	const n = 10 // the count
 	var tags []string
 	for i := range n {
 		tag := fmt.Sprint("v", i)
