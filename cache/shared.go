@@ -92,28 +92,31 @@ type nopRedisLogger struct{}
 
 func (nopRedisLogger) Printf(context.Context, string, ...any) {}
 
-func newShared(cfg RedisConfig, log *zap.Logger) *shared {
+// WithDefaults is cfg with its zero KeyPrefix, OpTimeout and LockTTL set to the defaults.
+func (cfg RedisConfig) WithDefaults() RedisConfig {
+	if cfg.KeyPrefix == "" {
+		cfg.KeyPrefix = DefaultRedisKeyPrefix
+	}
+	if cfg.OpTimeout <= 0 {
+		cfg.OpTimeout = DefaultRedisTimeout
+	}
+	if cfg.LockTTL <= 0 {
+		cfg.LockTTL = defaultLockTTL
+	}
+	return cfg
+}
+
+// NewRedisClient is a client for cfg's server as regcache uses one: every call bounded by
+// OpTimeout (set by WithDefaults), no retries, no warmed idle connections, and go-redis's
+// own logger silenced. The shared tier and the fleet's change feed each have their own.
+func NewRedisClient(cfg RedisConfig) *redis.Client {
 	quietRedis.Do(func() { redis.SetLogger(nopRedisLogger{}) })
-	s := &shared{
-		prefix:  cfg.KeyPrefix,
-		lockTTL: cfg.LockTTL,
-		opTime:  cfg.OpTimeout,
-		log:     log,
-	}
-	if s.prefix == "" {
-		s.prefix = DefaultRedisKeyPrefix
-	}
-	if s.lockTTL <= 0 {
-		s.lockTTL = defaultLockTTL
-	}
-	if s.opTime <= 0 {
-		s.opTime = DefaultRedisTimeout
-	}
-	s.rdb = redis.NewClient(&redis.Options{
+	cfg = cfg.WithDefaults()
+	return redis.NewClient(&redis.Options{
 		Addr: cfg.Addr, Username: cfg.Username, Password: cfg.Password, DB: cfg.DB, TLSConfig: cfg.TLS,
-		// Each call's own deadline (opTime) bounds its dial too; DialTimeout only bounds the
-		// pool's dials outside a call.
-		DialTimeout: max(time.Second, 2*s.opTime), ReadTimeout: s.opTime, WriteTimeout: s.opTime,
+		// Each call's own deadline (OpTimeout) bounds its dial too; DialTimeout only bounds
+		// the pool's dials outside a call.
+		DialTimeout: max(time.Second, 2*cfg.OpTimeout), ReadTimeout: cfg.OpTimeout, WriteTimeout: cfg.OpTimeout,
 		// Fail fast and let the caller treat it as a miss: upstream is the fallback, and a
 		// retry against a Redis that is down only delays the answer. No idle connections
 		// warmed in the background: their dials would outlive Close.
@@ -123,6 +126,17 @@ func newShared(cfg RedisConfig, log *zap.Logger) *shared {
 		// No RESP3 HELLO: it is not needed, and some managed servers refuse it.
 		Protocol: 2,
 	})
+}
+
+func newShared(cfg RedisConfig, log *zap.Logger) *shared {
+	cfg = cfg.WithDefaults()
+	s := &shared{
+		rdb:     NewRedisClient(cfg),
+		prefix:  cfg.KeyPrefix,
+		lockTTL: cfg.LockTTL,
+		opTime:  cfg.OpTimeout,
+		log:     log,
+	}
 	s.up.Store(true)
 	return s
 }

@@ -178,10 +178,19 @@ func (m *Metrics) WatchCache(c *cache.Cache) {
 
 // WatchEvents publishes the change feed's counters.
 func (m *Metrics) WatchEvents(l *feed.Log) {
-	m.registry.MustRegister(
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_events_total", ConstLabels: prometheus.Labels{"type": feed.TagChanged},
+	for typ, count := range map[string]func(feed.Stats) uint64{
+		feed.TagChanged: func(s feed.Stats) uint64 { return s.Changed },
+		feed.TagCreated: func(s feed.Stats) uint64 { return s.Created },
+		feed.TagDeleted: func(s feed.Stats) uint64 { return s.Deleted },
+	} {
+		m.registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_events_total", ConstLabels: prometheus.Labels{"type": typ},
 			Help: "Change-feed events recorded, by type."},
-			func() float64 { return float64(l.Stats().Changed) }),
+			func() float64 { return float64(count(l.Stats())) }))
+	}
+	m.registry.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_events_unshared_total",
+			Help: "Change-feed events kept on this replica alone because the fleet's Redis failed (the other replicas and the fleet's webhooks do not have them)."},
+			func() float64 { return float64(l.Stats().Unshared) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "regcache_events_subscribers", Help: "Change-feed streams open."},
 			func() float64 { return float64(l.Stats().Subscribers) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_events_subscribers_dropped_total",

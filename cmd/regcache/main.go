@@ -137,6 +137,7 @@ type app struct {
 	// watches is nil without a watch: list.
 	watches *watch.Watcher
 	hooks   *webhook.Dispatcher
+	fleet   *feed.Fleet // the fleet's change feed, with the shared tier; nil without
 	server  *fasthttp.Server
 	cache   *cache.Cache
 	// upstreams are closed on shutdown: their idle keep-alive connections (and the
@@ -172,6 +173,9 @@ func (a *app) ShutdownWithContext(ctx context.Context) error {
 	a.proxy.SetReady(false)
 	a.events.Close() // the change feed's streams end, or the server would wait for them
 	err := a.server.ShutdownWithContext(ctx)
+	if a.fleet != nil {
+		a.fleet.Close() // after the server: the moves its last requests found are published
+	}
 	if a.metrics != nil {
 		_ = a.metrics.ShutdownWithContext(ctx)
 		_ = a.metricsLn.Close() // in case Serve never ran
@@ -208,6 +212,15 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err
 		return nil, err
 	}
 	events := feed.NewLog(cfg.Events.LogSize)
+	var fleet *feed.Fleet
+	if shared != nil {
+		fleet = feed.NewFleet(events, *shared, log) // one change feed for the fleet
+		defer func() {
+			if err != nil {
+				fleet.Close()
+			}
+		}()
+	}
 	c, err := cache.New(cache.Config{
 		OnTagMove:      events.RecordMove,
 		MaxSize:        int64(cfg.Cache.MaxSize),
@@ -297,6 +310,7 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err
 		a.metrics = p.MetricsServer()
 		log.Info("metrics listening", zap.String("listen", a.metricsLn.Addr().String()))
 	}
+	a.fleet = fleet
 	if len(cfg.Watch) > 0 {
 		// Started last: nothing after it may fail, or its looks would run on against a
 		// closed cache.

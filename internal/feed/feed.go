@@ -5,9 +5,10 @@ package feed
 import (
 	"encoding/json"
 	"fmt"
+	"sort"
 	"strconv"
-	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"regcache/cache"
@@ -45,24 +46,39 @@ type Event struct {
 	Platforms map[string]string `json:"platforms,omitempty"`
 }
 
-// Log keeps the last events in order and hands new ones to subscribers. Ids are
-// "<epoch>-<sequence>", both fixed-width so that they sort as they were emitted; the epoch
-// is the process's start, so an id from before a restart is told apart and answered with
-// a reset.
+// Log keeps the last events in id order and hands new ones to subscribers. Ids are
+// "<13-digit milliseconds>-<12-digit sequence>", fixed-width so that they sort as they
+// were emitted. Alone, a log numbers its events itself from the process's start, so an id
+// from before a restart is told apart and answered with a reset; with a Fleet attached,
+// an event's id is its Redis stream entry's, the same on every replica and across
+// restarts, and ids need not be contiguous.
 type Log struct {
-	mu     sync.Mutex
-	size   int
-	events []Event // a ring of size entries, oldest at start
-	start  int
-	seq    uint64
-	epoch  string
-	subs   map[*Subscription]struct{}
+	mu    sync.Mutex
+	size  int
+	ring  []kept // up to size events, oldest at start, ids increasing
+	start int
+	// floor is the newest id known to be gone (evicted, trimmed from the fleet's stream,
+	// or older than what this log started with): a resumer from an older id may have
+	// missed events. newest is the newest id this log knows (an event's, or the floor).
+	floor, newest eventID
+	subs          map[*Subscription]struct{}
 	// notify are called with each event as it is kept, in order, under the log's lock:
 	// they must not block (webhook queues take or count a drop).
 	notify []func(Event)
 	closed bool // no more subscribers: the server is shutting down
-	// changed counts tag.changed events; dropped, subscribers dropped for falling behind.
-	changed, dropped uint64
+	// fleet, when attached, is where Publish sends events (they come back through its
+	// reader, with the fleet's ids).
+	fleet atomic.Pointer[Fleet]
+	// changed, created and deleted count the events of each type this log delivered live;
+	// dropped, subscribers dropped for falling behind; unshared, events kept here alone
+	// because the fleet's Redis failed.
+	changed, created, deleted, dropped, unshared uint64
+}
+
+// kept is an event with its parsed id.
+type kept struct {
+	id eventID
+	e  Event
 }
 
 // NewLog keeps size events (DefaultLogSize for 0).
@@ -70,7 +86,8 @@ func NewLog(size int) *Log {
 	if size <= 0 {
 		size = DefaultLogSize
 	}
-	return &Log{size: size, epoch: fmt.Sprintf("%013d", time.Now().UnixMilli()), subs: map[*Subscription]struct{}{}}
+	start := eventID{ms: uint64(time.Now().UnixMilli())}
+	return &Log{size: size, floor: start, newest: start, subs: map[*Subscription]struct{}{}}
 }
 
 // RecordMove records a tag that a revalidation or a miss found pointing somewhere new.
@@ -128,21 +145,59 @@ func platforms(mediaType string, body []byte) map[string]string {
 	return out
 }
 
-// Publish gives e the next id, keeps it, and hands it to every subscriber that keeps up;
-// one that does not is dropped (its last id still resumes it).
+// Publish records e. Alone, the log gives it the next id, keeps it and hands it to every
+// subscriber that keeps up (one that does not is dropped: its last id still resumes it),
+// and returns it with its id. With a fleet attached, e is queued for Redis and returned
+// without an id: it arrives, with the fleet's id, through the fleet's reader like every
+// other replica's events (or here alone, if Redis fails).
 func (l *Log) Publish(e Event) Event {
+	if f := l.fleet.Load(); f != nil {
+		if !f.enqueue(e) {
+			f.keepLocal(e) // Redis is too slow to keep up: not a reason to block or lose it
+		}
+		return e
+	}
+	return l.keepLocal(e, false)
+}
+
+// keepLocal gives e the id after the newest this log knows and keeps it; unshared counts
+// it as one that the fleet's Redis did not take.
+func (l *Log) keepLocal(e Event, unshared bool) Event {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.seq++
-	e.ID = l.epoch + "-" + fmt.Sprintf("%012d", l.seq)
-	if e.Type == TagChanged {
-		l.changed++
+	if unshared {
+		l.unshared++
 	}
-	if len(l.events) < l.size {
-		l.events = append(l.events, e)
+	id := l.newest.next()
+	e.ID = id.String()
+	l.add(id, e, true)
+	return e
+}
+
+// add keeps e, whose id is newer than any kept, and when live hands it on; l.mu held.
+func (l *Log) add(id eventID, e Event, live bool) {
+	if len(l.ring) < l.size {
+		l.ring = append(l.ring, kept{id, e})
 	} else {
-		l.events[l.start] = e
+		l.floor = l.ring[l.start].id // evicted: resuming from before it is a reset
+		l.ring[l.start] = kept{id, e}
 		l.start = (l.start + 1) % l.size
+	}
+	l.newest = id
+	if live {
+		l.deliver(e)
+	}
+}
+
+// deliver counts e and hands it to the listeners and subscribers; l.mu held.
+func (l *Log) deliver(e Event) {
+	switch e.Type {
+	case TagChanged:
+		l.changed++
+	case TagCreated:
+		l.created++
+	case TagDeleted:
+		l.deleted++
 	}
 	for _, fn := range l.notify {
 		fn(e)
@@ -155,11 +210,66 @@ func (l *Log) Publish(e Event) Event {
 			l.dropped++
 		}
 	}
-	return e
+}
+
+// addShared keeps an event from the fleet's stream, with its stream id, and hands it on.
+// One that does not sort after the newest id known (possible only after events kept here
+// alone while Redis failed, which took ids after the last fleet id seen) is handed on but
+// not kept, and raises the floor past everything: a resumer from any id up to now, which
+// could not be given it in order, gets a reset rather than a gap.
+func (l *Log) addShared(id eventID, e Event) {
+	e.ID = id.String()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.newest.less(id) {
+		l.floor = l.newest.next()
+		l.newest = l.floor
+		l.deliver(e)
+		return
+	}
+	l.add(id, e, true)
+}
+
+// raiseFloor records that the events up to id are gone (trimmed from the fleet's stream
+// before this log saw them).
+func (l *Log) raiseFloor(id eventID) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.floor.less(id) {
+		l.floor = id
+	}
+	if l.newest.less(l.floor) {
+		l.newest = l.floor
+	}
+}
+
+// load starts the log from the fleet's history: events (oldest first) are kept without
+// being handed on, and floor is the newest id known to be gone. It is called before the
+// log is used; should it hold events already, only newer ones are added.
+func (l *Log) load(events []kept, floor eventID) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.ring) == 0 {
+		l.floor, l.newest = floor, floor
+	}
+	for _, k := range events {
+		if l.newest.less(k.id) {
+			k.e.ID = k.id.String()
+			l.add(k.id, k.e, false)
+		}
+	}
+}
+
+// bounds is the log's floor and newest id.
+func (l *Log) bounds() (floor, newest eventID) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.floor, l.newest
 }
 
 // Notify has fn called with every event kept from now on, in order. fn runs under the
-// log's lock and must not block.
+// log's lock and must not block. With a fleet, fn sees every event of the fleet on every
+// replica: a webhook delivered once per fleet reads a Group instead.
 func (l *Log) Notify(fn func(Event)) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -167,35 +277,53 @@ func (l *Log) Notify(fn func(Event)) {
 }
 
 // at is the i-th kept event, oldest first; l.mu held.
-func (l *Log) at(i int) Event { return l.events[(l.start+i)%len(l.events)] }
+func (l *Log) at(i int) kept { return l.ring[(l.start+i)%len(l.ring)] }
 
 // since is the kept events after id (all of them for ""); reset is true when id is not
-// one this log can resume from (too old, malformed, or from before a restart). l.mu held.
+// one this log can resume from: malformed, newer than any it knows, or older than its
+// floor (the events right after it are gone, or it is from before a restart). l.mu held.
 func (l *Log) since(id string) (out []Event, reset bool) {
-	n := len(l.events)
-	if id == "" {
-		for i := range n {
-			out = append(out, l.at(i))
+	n := len(l.ring)
+	first := 0
+	if id != "" {
+		p, ok := parseID(id)
+		if !ok || p.less(l.floor) || l.newest.less(p) {
+			return nil, true
 		}
-		return out, false
+		first = sort.Search(n, func(i int) bool { return p.less(l.at(i).id) })
 	}
-	epoch, seqText, ok := strings.Cut(id, "-")
-	seq, err := strconv.ParseUint(seqText, 10, 64)
-	if !ok || err != nil || epoch != l.epoch || seq > l.seq {
-		return nil, true
-	}
-	oldest := l.seq - uint64(n) + 1 // the first kept event's sequence (seq+1 when none)
-	if seq+1 < oldest {
-		return nil, true // the events right after it are gone
-	}
-	for i := int(seq + 1 - oldest); i < n; i++ {
-		out = append(out, l.at(i))
+	for i := first; i < n; i++ {
+		out = append(out, l.at(i).e)
 	}
 	return out, false
 }
 
+// catchUpWait bounds how long a resumer waits for this replica's reader to reach an id
+// newer than it knows (catchUp).
+const catchUpWait = time.Second
+
+// catchUp waits, with a fleet, until the log knows id or catchUpWait has passed: a
+// client that reconnects to another replica behind a load balancer may bring an id that
+// this replica's reader is a few milliseconds from reaching, which is not a reason to
+// reset it.
+func (l *Log) catchUp(id string) {
+	p, ok := parseID(id)
+	if !ok || l.fleet.Load() == nil {
+		return
+	}
+	for deadline := time.Now().Add(catchUpWait); ; time.Sleep(5 * time.Millisecond) {
+		l.mu.Lock()
+		behind := l.newest.less(p)
+		l.mu.Unlock()
+		if !behind || time.Now().After(deadline) {
+			return
+		}
+	}
+}
+
 // Since is the kept events after id; see since.
 func (l *Log) Since(id string) ([]Event, bool) {
+	l.catchUp(id)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.since(id)
@@ -227,6 +355,7 @@ const subscriberBuffer = 256
 // or a Reset event when they are gone) and, atomically with them, a subscription to
 // every event after those. After Close the subscription is closed at once.
 func (l *Log) Subscribe(id string) (first []Event, s *Subscription) {
+	l.catchUp(id)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if id != "" {
@@ -266,8 +395,13 @@ func (s *Subscription) Cancel() {
 
 // Stats is what the metrics show of the feed.
 type Stats struct {
-	// Changed counts tag.changed events; Dropped, subscribers dropped for falling behind.
-	Changed, Dropped uint64
+	// Changed, Created and Deleted count the events of each type delivered live (with a
+	// fleet, every replica counts every event of the fleet); Dropped, subscribers dropped
+	// for falling behind.
+	Changed, Created, Deleted, Dropped uint64
+	// Unshared counts events this replica kept alone because the fleet's Redis failed:
+	// the other replicas' streams and the fleet's webhooks do not have them.
+	Unshared uint64
 	// Subscribers is how many subscriptions are open.
 	Subscribers int
 }
@@ -276,12 +410,14 @@ type Stats struct {
 func (l *Log) Stats() Stats {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return Stats{Changed: l.changed, Dropped: l.dropped, Subscribers: len(l.subs)}
+	return Stats{Changed: l.changed, Created: l.created, Deleted: l.deleted, Dropped: l.dropped,
+		Unshared: l.unshared, Subscribers: len(l.subs)}
 }
 
 // SinceOrReset is Since for a reader that is to be told of a reset: the events after id,
 // or a Reset event alone.
 func (l *Log) SinceOrReset(id string) []Event {
+	l.catchUp(id)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	out, reset := l.since(id)
@@ -294,7 +430,7 @@ func (l *Log) SinceOrReset(id string) []Event {
 // resetEvent tells a subscriber it resumes from now: its id is the last event's, so that
 // resuming from it gives what follows. l.mu held.
 func (l *Log) resetEvent() Event {
-	return Event{ID: l.epoch + "-" + fmt.Sprintf("%012d", l.seq), Type: Reset, Time: time.Now().UTC().Format(time.RFC3339)}
+	return Event{ID: l.newest.String(), Type: Reset, Time: time.Now().UTC().Format(time.RFC3339)}
 }
 
 // Last is the newest event's id ("" before the first): where a reader that has seen
@@ -302,8 +438,48 @@ func (l *Log) resetEvent() Event {
 func (l *Log) Last() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.seq == 0 {
+	if len(l.ring) == 0 {
 		return ""
 	}
-	return l.epoch + "-" + fmt.Sprintf("%012d", l.seq)
+	return l.newest.String()
+}
+
+// eventID is an id parsed: milliseconds and a sequence within them.
+type eventID struct{ ms, seq uint64 }
+
+// maxSeq is the largest sequence the 12-digit form holds.
+const maxSeq = 999_999_999_999
+
+// parseID reads the fixed-width form, and nothing else.
+func parseID(s string) (eventID, bool) {
+	if len(s) != 26 || s[13] != '-' {
+		return eventID{}, false
+	}
+	ms, err1 := strconv.ParseUint(s[:13], 10, 64)
+	seq, err2 := strconv.ParseUint(s[14:], 10, 64)
+	return eventID{ms, seq}, err1 == nil && err2 == nil
+}
+
+// String is the fixed-width form.
+func (i eventID) String() string { return fmt.Sprintf("%013d-%012d", i.ms, i.seq) }
+
+func (i eventID) less(j eventID) bool { return i.ms < j.ms || (i.ms == j.ms && i.seq < j.seq) }
+
+// next is the smallest id after i.
+func (i eventID) next() eventID {
+	if i.seq >= maxSeq {
+		return eventID{ms: i.ms + 1}
+	}
+	return eventID{i.ms, i.seq + 1}
+}
+
+// prev is the largest id before i (the zero id for itself).
+func (i eventID) prev() eventID {
+	switch {
+	case i.seq > 0:
+		return eventID{i.ms, i.seq - 1}
+	case i.ms > 0:
+		return eventID{i.ms - 1, maxSeq}
+	}
+	return i
 }

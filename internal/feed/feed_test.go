@@ -135,3 +135,141 @@ func TestRecordMovePlatforms(t *testing.T) {
 		t.Fatalf("platforms for a manifest (%v) or an index not held (%v)", got[1].Platforms, got[2].Platforms)
 	}
 }
+
+// id is the fixed-width id of (ms, seq).
+func id(ms, seq uint64) string { return eventID{ms, seq}.String() }
+
+// With ids that are not contiguous (a fleet's stream ids), resuming after any id gives the
+// kept events after it, found by binary search on a ring that has wrapped: checked
+// against a plain scan at every rotation of the ring.
+func TestSinceNonContiguousIDs(t *testing.T) {
+	all := []eventID{{1000, 0}, {1000, 5}, {1003, 0}, {2000, 7}, {2000, 8}, {2500, 1}, {2500, 2}, {9000, 0}, {9001, 3}}
+	for n := 4; n <= len(all); n++ { // n events through a ring of 4: every wrap position
+		l := NewLog(4)
+		l.load(nil, eventID{999, 0})
+		for _, k := range all[:n] {
+			l.addShared(k, Event{Type: TagChanged, Tag: k.String()})
+		}
+		keptFrom := n - 4
+		floor := eventID{999, 0}
+		if keptFrom > 0 {
+			floor = all[keptFrom-1] // the newest evicted
+		}
+		// Every id from just below the floor to just past the newest.
+		var probes []eventID
+		for _, k := range append([]eventID{floor}, all[:n]...) {
+			probes = append(probes, k.prev(), k, k.next())
+		}
+		for _, p := range probes {
+			got, reset := l.Since(p.String())
+			wantReset := p.less(floor) || all[n-1].less(p)
+			if reset != wantReset {
+				t.Fatalf("%d events, since %s: reset %v, want %v (floor %s)", n, p, reset, wantReset, floor)
+			}
+			if reset {
+				continue
+			}
+			var want []string
+			for _, k := range all[keptFrom:n] {
+				if p.less(k) {
+					want = append(want, k.String())
+				}
+			}
+			var ids []string
+			for _, e := range got {
+				ids = append(ids, e.ID)
+				if e.Tag != e.ID {
+					t.Fatalf("event %s carries %s", e.ID, e.Tag)
+				}
+			}
+			if fmt.Sprint(ids) != fmt.Sprint(want) {
+				t.Fatalf("%d events, since %s: %v, want %v", n, p, ids, want)
+			}
+		}
+		if last := l.Last(); last != all[n-1].String() {
+			t.Fatalf("Last %s, want %s", last, all[n-1])
+		}
+	}
+}
+
+// A log started from a fleet's history resumes from any id not older than its floor; a
+// raised floor (entries trimmed before this replica read them) resets the ids below it.
+func TestLoadAndRaiseFloor(t *testing.T) {
+	l := NewLog(10)
+	l.load([]kept{{eventID{5000, 0}, Event{Type: TagChanged, ID: id(5000, 0)}}, {eventID{6000, 2}, Event{Type: TagCreated, ID: id(6000, 2)}}}, eventID{4000, 9})
+	if got, reset := l.Since(id(4000, 9)); reset || len(got) != 2 {
+		t.Fatalf("since the floor: %v %v", got, reset)
+	}
+	if _, reset := l.Since(id(4000, 8)); !reset {
+		t.Fatal("an id below the floor resumed")
+	}
+	if s := l.Stats(); s.Changed != 0 || s.Created != 0 {
+		t.Fatalf("history counted as new events: %+v", s)
+	}
+	l.raiseFloor(eventID{6999, 0})
+	l.addShared(eventID{7000, 0}, Event{Type: TagDeleted, ID: id(7000, 0)})
+	if _, reset := l.Since(id(6000, 2)); !reset {
+		t.Fatal("an id from before a gap resumed")
+	}
+	if got, reset := l.Since(id(6999, 0)); reset || len(got) != 1 || got[0].ID != id(7000, 0) {
+		t.Fatalf("since the raised floor: %v %v", got, reset)
+	}
+	if s := l.Stats(); s.Deleted != 1 {
+		t.Fatalf("stats %+v", s)
+	}
+	// Reset's id is the newest: resuming from it gives what follows.
+	first, s := l.Subscribe("garbage")
+	s.Cancel()
+	if len(first) != 1 || first[0].Type != Reset || first[0].ID != id(7000, 0) {
+		t.Fatalf("reset %+v", first)
+	}
+}
+
+// An event kept here alone (Redis failing) takes the id after the newest; a fleet event
+// that then arrives with a smaller id is still handed to subscribers, and every resumer
+// from before it gets a reset rather than a silent gap.
+func TestLocalThenOlderFleetEvent(t *testing.T) {
+	l := NewLog(10)
+	l.load([]kept{{eventID{5000, 0}, Event{Type: TagChanged, ID: id(5000, 0)}}}, eventID{4000, 0})
+	local := l.keepLocal(Event{Type: TagChanged}, true)
+	if local.ID != id(5000, 1) || l.Stats().Unshared != 1 {
+		t.Fatalf("local id %s, stats %+v", local.ID, l.Stats())
+	}
+	_, sub := l.Subscribe("")
+	defer sub.Cancel()
+	l.addShared(eventID{5000, 1}, Event{Type: TagChanged, ID: id(5000, 1), Tag: "fleet"})
+	if e := <-sub.C; e.Tag != "fleet" {
+		t.Fatalf("live: %+v", e)
+	}
+	for _, from := range []string{id(5000, 0), local.ID} {
+		if _, reset := l.Since(from); !reset {
+			t.Fatalf("resuming from %s did not reset", from)
+		}
+	}
+	next := l.Last()
+	l.addShared(eventID{5001, 0}, Event{Type: TagChanged, ID: id(5001, 0)})
+	if got, reset := l.Since(next); reset || len(got) != 1 || got[0].ID != id(5001, 0) {
+		t.Fatalf("from the reset id %s: %v %v", next, got, reset)
+	}
+}
+
+// With a fleet, an id this replica's reader has not reached yet (a client moving from
+// another replica) waits for it, up to catchUpWait, rather than reset at once.
+func TestResumeWaitsForTheReader(t *testing.T) {
+	l := NewLog(10)
+	l.load(nil, eventID{4000, 0})
+	l.fleet.Store(&Fleet{}) // attached: nothing is published in this test
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		l.addShared(eventID{5000, 0}, Event{Type: TagChanged})
+		l.addShared(eventID{5000, 1}, Event{Type: TagChanged})
+	}()
+	got, reset := l.Since(id(5000, 0))
+	if reset || len(got) > 1 {
+		t.Fatalf("an id the reader reached 50 ms later: %v %v", got, reset)
+	}
+	start := time.Now()
+	if _, reset := l.Since(id(9000, 0)); !reset || time.Since(start) < catchUpWait {
+		t.Fatalf("an id never reached: reset %v after %v", reset, time.Since(start))
+	}
+}

@@ -1,0 +1,380 @@
+package feed
+
+// Deliveries once per fleet: a webhook reads the fleet's stream through a Redis consumer
+// group of its own. Every replica runs the group's loop; Redis hands each entry to one of
+// them, which acknowledges it (XACK) once its delivery is finished. An entry whose replica
+// died before that is claimed (XAUTOCLAIM) by another after minIdle, so a live replica
+// keeps the entries it is still delivering fresh (XCLAIM of its own, however long its
+// retries take) and none is taken from it.
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+)
+
+const (
+	// localQueue is how many events kept on this replica alone (Redis failing) wait for a
+	// group's loop; past that they are dropped and counted.
+	localQueue = 1024
+	// groupPoll is how often a group's loop looks for entries without being woken (the
+	// reader wakes it when entries arrive).
+	groupPoll = time.Second
+)
+
+// Group is one webhook's consumer group on the fleet's stream (Fleet.Group).
+type Group struct {
+	f       *Fleet
+	name    string
+	minIdle time.Duration
+	seqKey  string // the highest entry number handed out to the group
+	wake    chan struct{}
+	local   chan Event // events kept on this replica alone
+	dropped atomic.Uint64
+
+	mu       sync.Mutex
+	inflight map[string]struct{} // handed to the webhook, not acknowledged yet
+	acked    []string            // acknowledged, not yet XACKed
+	running  bool                // Run is there to XACK them
+
+	// Run's own state.
+	cursor string // where XAUTOCLAIM goes on
+	logged time.Time
+}
+
+// groupCreateScript creates the group at the stream's end, with the entry counter as its
+// bookkeeping's start (nothing before it was the group's to miss); an existing group is
+// left as it is. KEYS stream, group counter, stream counter; ARGV group.
+var groupCreateScript = redis.NewScript(`
+local r = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '$', 'MKSTREAM')
+if type(r) == 'table' and r.err then
+  if string.find(r.err, 'BUSYGROUP', 1, true) then return 0 end
+  return r
+end
+redis.call('SET', KEYS[2], redis.call('GET', KEYS[3]) or '0')
+return 1
+`)
+
+// groupReadScript reads up to ARGV count new entries for consumer ARGV[2] of group ARGV[1]
+// and, atomically with it (the replicas' reads interleave), counts the entries the group
+// never got: trimmed from the stream (MAXLEN) before any replica read them, told by the
+// gaps in their numbers. KEYS stream, group counter. It answers {dropped, entries}.
+var groupReadScript = redis.NewScript(`
+local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
+if not r then return {0, {}} end
+local entries = r[1][2]
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+local dropped = 0
+for _, e in ipairs(entries) do
+  local f = e[2]
+  for i = 1, #f, 2 do
+    if f[i] == 'seq' then
+      local seq = tonumber(f[i + 1])
+      if seq > last + 1 then dropped = dropped + seq - last - 1 end
+      if seq > last then last = seq end
+    end
+  end
+end
+redis.call('SET', KEYS[2], last)
+return {dropped, entries}
+`)
+
+// heartbeatScript resets the idle time of the entries ARGV[3..] that consumer ARGV[2] of
+// group ARGV[1] still holds (one another replica claimed meanwhile is left to it), so that
+// no replica claims a delivery still in progress. KEYS stream.
+var heartbeatScript = redis.NewScript(`
+local claim = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then table.insert(claim, ARGV[i]) end
+end
+if #claim == 5 then return 0 end
+table.insert(claim, 'JUSTID')
+return #redis.call(unpack(claim))
+`)
+
+// Group is the consumer group name on the fleet's stream, for one webhook: Run hands it
+// the fleet's events, each to one replica. minIdle is how long an entry handed out and not
+// acknowledged may sit before another replica takes it over (its replica died); it must
+// exceed the time a live replica takes to refresh its own (a third of minIdle).
+func (f *Fleet) Group(name string, minIdle time.Duration) *Group {
+	g := &Group{
+		f: f, name: name, minIdle: minIdle, seqKey: f.groupPrefix + name + ":seq",
+		wake: make(chan struct{}, 1), local: make(chan Event, localQueue),
+		inflight: map[string]struct{}{}, cursor: "0-0",
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.groups = append(f.groups, g)
+	return g
+}
+
+// Dropped counts the group's deliveries lost on this replica: entries trimmed from the
+// stream before the group read them, or before a replica could take over a dead one's,
+// and events kept here alone that found the group's queue full or were refused.
+func (g *Group) Dropped() uint64 { return g.dropped.Load() }
+
+// signal wakes Run.
+func (g *Group) signal() {
+	select {
+	case g.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run hands the group's events to offer until ctx ends or the fleet closes: never more at
+// once than room() says the webhook can take. offer returns false for an event it refused;
+// for one it took, it calls ack exactly once, when the delivery is finished (delivered or
+// given up), which acknowledges the entry for the fleet. Events this replica kept alone
+// (Redis failing) come too, with an ack that does nothing. A refused entry is taken over
+// after minIdle like a dead replica's, by whichever replica claims it first.
+func (g *Group) Run(ctx context.Context, room func() int, offer func(Event, func()) bool) {
+	f := g.f
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		return
+	}
+	f.busy.Add(1)
+	f.mu.Unlock()
+	defer f.busy.Done()
+	g.setRunning(true)
+	defer func() { _ = g.flushAcks() }()
+	defer g.setRunning(false)
+	beatEvery := min(max(g.minIdle/3, 10*time.Millisecond), 10*time.Second)
+	tick := time.NewTicker(min(beatEvery, groupPoll))
+	defer tick.Stop()
+	var ready bool // the group exists
+	var beat time.Time
+	for {
+		g.try(g.flushAcks())
+		g.offerLocal(room, offer)
+		if !ready {
+			ready = g.try(g.create())
+		}
+		more := false
+		if ready && time.Since(beat) >= beatEvery {
+			beat = time.Now()
+			g.try(g.heartbeat())
+			ready = g.try(g.claim(room, offer))
+		}
+		if n := room(); ready && n > 0 {
+			got, err := g.read(n, offer)
+			ready = g.try(err)
+			more = got == n
+		}
+		if ctx.Err() != nil || f.ctx.Err() != nil {
+			return
+		}
+		if more {
+			continue // more may be waiting
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-f.ctx.Done():
+			return
+		case <-g.wake:
+		case <-tick.C:
+		}
+	}
+}
+
+// setRunning records whether Run is there to acknowledge: a delivery finished after it
+// returned is acknowledged by its ack call itself.
+func (g *Group) setRunning(on bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.running = on
+}
+
+// try logs err (once per interval) and reports whether the group may still be used: a
+// group that Redis lost (NOGROUP, Redis restarted empty) is created again.
+func (g *Group) try(err error) bool {
+	if err == nil {
+		return true
+	}
+	if due(&g.logged) {
+		g.f.zl.Warn("change feed: a Redis call failed; webhook deliveries from the fleet's stream wait for it (logged once per 30s)",
+			zap.String("group", g.name), zap.Error(err))
+	}
+	return !strings.Contains(err.Error(), "NOGROUP")
+}
+
+func (g *Group) ctx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), g.f.opTime)
+}
+
+func (g *Group) create() error {
+	ctx, cancel := g.ctx()
+	defer cancel()
+	return groupCreateScript.Run(ctx, g.f.rdb, []string{g.f.stream, g.seqKey, g.f.seqKey}, g.name).Err()
+}
+
+// offerLocal hands on the events kept on this replica alone.
+func (g *Group) offerLocal(room func() int, offer func(Event, func()) bool) {
+	for room() > 0 {
+		select {
+		case e := <-g.local:
+			if !offer(e, func() {}) {
+				g.dropped.Add(1)
+			}
+		default:
+			return
+		}
+	}
+}
+
+// read takes up to n new entries for this replica and hands them on.
+func (g *Group) read(n int, offer func(Event, func()) bool) (int, error) {
+	ctx, cancel := g.ctx()
+	defer cancel()
+	res, err := groupReadScript.Run(ctx, g.f.rdb, []string{g.f.stream, g.seqKey}, g.name, g.f.consumer, n).Slice()
+	if err != nil {
+		return 0, err
+	}
+	if len(res) != 2 {
+		return 0, fmt.Errorf("group read answered %d values", len(res))
+	}
+	if d, ok := res[0].(int64); ok && d > 0 {
+		g.dropped.Add(uint64(d))
+	}
+	entries, _ := res[1].([]any)
+	for _, raw := range entries {
+		entry, _ := raw.([]any)
+		if len(entry) != 2 {
+			continue
+		}
+		id, _ := entry[0].(string)
+		fields, _ := entry[1].([]any)
+		var data any
+		for i := 0; i+1 < len(fields); i += 2 {
+			if fields[i] == "event" {
+				data = fields[i+1]
+			}
+		}
+		g.hand(id, data, offer)
+	}
+	return len(entries), nil
+}
+
+// hand offers one entry; one that does not decode is acknowledged, as nothing can deliver it.
+func (g *Group) hand(id string, data any, offer func(Event, func()) bool) {
+	_, e, ok := decodeEntry(id, data)
+	g.mu.Lock()
+	if !ok {
+		g.acked = append(g.acked, id)
+		g.mu.Unlock()
+		return
+	}
+	g.inflight[id] = struct{}{}
+	g.mu.Unlock()
+	var once sync.Once
+	ack := func() {
+		once.Do(func() {
+			g.mu.Lock()
+			delete(g.inflight, id)
+			g.acked = append(g.acked, id)
+			running := g.running
+			g.mu.Unlock()
+			if running {
+				g.signal()
+			} else {
+				_ = g.flushAcks()
+			}
+		})
+	}
+	if !offer(e, ack) {
+		g.mu.Lock()
+		delete(g.inflight, id)
+		g.mu.Unlock()
+	}
+}
+
+// flushAcks acknowledges the finished deliveries; those Redis did not take are tried
+// again (and kept fresh meanwhile, so that no replica delivers them again).
+func (g *Group) flushAcks() error {
+	g.mu.Lock()
+	ids := g.acked
+	g.acked = nil
+	g.mu.Unlock()
+	if len(ids) == 0 {
+		return nil
+	}
+	ctx, cancel := g.ctx()
+	defer cancel()
+	err := g.f.rdb.XAck(ctx, g.f.stream, g.name, ids...).Err()
+	if err != nil {
+		g.mu.Lock()
+		g.acked = append(ids, g.acked...)
+		g.mu.Unlock()
+	}
+	return err
+}
+
+// heartbeat keeps the entries this replica holds from being claimed by another.
+func (g *Group) heartbeat() error {
+	g.mu.Lock()
+	args := make([]any, 0, 2+len(g.inflight)+len(g.acked))
+	args = append(args, g.name, g.f.consumer)
+	for id := range g.inflight {
+		args = append(args, id)
+	}
+	for _, id := range g.acked {
+		args = append(args, id)
+	}
+	g.mu.Unlock()
+	if len(args) == 2 {
+		return nil
+	}
+	ctx, cancel := g.ctx()
+	defer cancel()
+	return heartbeatScript.Run(ctx, g.f.rdb, []string{g.f.stream}, args...).Err()
+}
+
+// claim takes over the entries idle longer than minIdle (their replica died, or refused
+// them), as many as the webhook has room for, and hands them on. Those trimmed from the
+// stream meanwhile are lost deliveries.
+func (g *Group) claim(room func() int, offer func(Event, func()) bool) error {
+	n := room()
+	if n <= 0 {
+		return nil
+	}
+	ctx, cancel := g.ctx()
+	defer cancel()
+	msgs, next, deleted, err := g.f.rdb.XAutoClaimWithDeleted(ctx, &redis.XAutoClaimArgs{
+		Stream: g.f.stream, Group: g.name, Consumer: g.f.consumer, MinIdle: g.minIdle, Start: g.cursor, Count: int64(n),
+	}).Result()
+	if err != nil {
+		return err
+	}
+	g.cursor = next
+	g.dropped.Add(uint64(len(deleted)))
+	for _, m := range msgs {
+		g.mu.Lock()
+		_, mine := g.inflight[m.ID] // this replica's own, whose refresh failed: still in progress
+		g.mu.Unlock()
+		if !mine {
+			g.hand(m.ID, m.Values["event"], offer)
+		}
+	}
+	return nil
+}
+
+// consumerName names this process in the groups: host, pid and a random part, so that a
+// restarted replica is a new consumer and the old one's entries are claimed as a dead one's.
+func consumerName() string {
+	host, _ := os.Hostname()
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b))
+}
