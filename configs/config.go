@@ -346,6 +346,20 @@ func (c *Config) Warnings() []string {
 	return w
 }
 
+// IsDockerHub reports whether u is Docker Hub (named or aliased docker.io), whose
+// one-segment names live under library/. A nil u is none.
+func (u *Upstream) IsDockerHub() bool {
+	if u == nil {
+		return false
+	}
+	for _, n := range append([]string{u.Name}, u.Aliases...) {
+		if strings.EqualFold(n, "docker.io") {
+			return true
+		}
+	}
+	return false
+}
+
 // Lookup finds the upstream whose name or alias is name (case-insensitive, as host names
 // are), or nil.
 func (c *Config) Lookup(name string) *Upstream {

@@ -750,7 +750,7 @@ func TestParseRefusals(t *testing.T) {
 			[]string{"events.webhooks[0].url: placeholders may stand in the path and query only"}, nil},
 		{"second webhook bad", hook("") + "    - url: ftp://hooks.example/\n", []string{"events.webhooks[1].url: scheme must be http or https"}, nil},
 		{"webhook names collide", hook("") + "    - url: http://hooks.example/x?other=1\n",
-			[]string{`events.webhooks[1].name: "hooks.example/x" is already used by events.webhooks[0]`, "set name:"}, nil},
+			[]string{`events.webhooks[1].name: "hooks.example" is already used by events.webhooks[0]`, "set name:"}, nil},
 		{"webhook zero timeout", hook("timeout: 0s"), []string{"events.webhooks[0].timeout: must be above zero (e.g. 10s)"}, nil},
 		{"webhook negative max_retries", hook("max_retries: -1"), []string{"events.webhooks[0].max_retries: must be from 0 to 100"}, nil},
 		{"webhook zero queue_size", hook("queue_size: 0"), []string{"events.webhooks[0].queue_size: must be from 1 to 100000 (e.g. 1000)"}, nil},
@@ -759,7 +759,7 @@ func TestParseRefusals(t *testing.T) {
 			[]string{"events.webhooks[0].headers.Authorization", "REGCACHE_TEST_SURELY_UNSET is not set"}, nil},
 		{"webhook header name", hook("headers:\n        \"X Token\": Hunter2Hdr"), []string{"events.webhooks[0].headers.X Token: not a header name"}, []string{"Hunter2Hdr"}},
 		{"webhook header regcache sets", hook("headers:\n        x-regcache-signature: Hunter2Hdr"),
-			[]string{"events.webhooks[0].headers.x-regcache-signature: regcache sets this header itself"}, []string{"Hunter2Hdr"}},
+			[]string{"events.webhooks[0].headers.x-regcache-signature: regcache (or HTTP itself) sets this header"}, []string{"Hunter2Hdr"}},
 		{"webhook empty header", hook("headers:\n        X-Token:"), []string{"events.webhooks[0].headers.X-Token: must not be empty"}, nil},
 		{"webhook headers is a list", hook("headers: [a]"), []string{"events.webhooks[0].headers: expected a mapping"}, nil},
 		{"webhook filter type", hook("filter: {types: [tag.changed, tag.pushed]}"),
@@ -769,6 +769,13 @@ func TestParseRefusals(t *testing.T) {
 			"events:\n  webhooks:\n    - url: http://hooks.example/x\n      filter: {images: [hub/library/nginx]}\n",
 			[]string{`events.webhooks[0].filter.images[0]: "hub": events name the upstream "docker.io"`}, nil},
 		{"webhook filter image", hook("filter: {images: [nginx]}"), []string{`events.webhooks[0].filter.images[0]: "nginx" is not registry/repository[:tag]`}, nil},
+		{"webhook filter official image", hook("filter: {images: [docker.io/nginx]}"),
+			[]string{`events.webhooks[0].filter.images[0]: "docker.io/nginx": events name Docker Hub's official images under library/ (docker.io/library/nginx)`}, nil},
+		{"webhook filter digest", hook("filter: {images: ['docker.io/library/nginx@sha256:abc']}"),
+			[]string{`events.webhooks[0].filter.images[0]: "docker.io/library/nginx@sha256:abc" names a digest`}, nil},
+		{"webhook header control character", hook("headers:\n        X-Token: \"Hunter2\\x01Hdr\""),
+			[]string{"events.webhooks[0].headers.X-Token: the value must be one line, without control characters"}, []string{"Hunter2"}},
+		{"webhook hop-by-hop header", hook("headers:\n        Upgrade: h2c"), []string{"events.webhooks[0].headers.Upgrade: regcache (or HTTP itself) sets this header"}, nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -1516,9 +1523,9 @@ events:
 		t.Fatalf("%d webhooks", len(hooks))
 	}
 	first := hooks[0]
-	if first.Name != "hooks.example.com/regcache" || first.Format != "regcache" || first.Timeout.D() != 10*time.Second ||
+	if first.Name != "hooks.example.com" || first.Format != "regcache" || first.Timeout.D() != 10*time.Second ||
 		first.MaxRetries != 5 || first.QueueSize != 1000 || reveal(first.Secret) != "hook-s3cret-value" || first.Headers != nil {
-		t.Errorf("first hook %+v: want the defaults, and its URL's host and path as its name", first)
+		t.Errorf("first hook %+v: want the defaults, and its URL's host as its name", first)
 	}
 	wt := hooks[1]
 	wantFilter := EventFilter{Images: []string{"docker.io/library/nginx", "docker.io/library/redis:7"}, Registries: []string{"docker.io"},

@@ -201,6 +201,11 @@ func (c *Config) validateWebhooks() error {
 	return nil
 }
 
+// reservedHeaders are set by regcache or by the HTTP connection itself (HTTP/2 refuses
+// the hop-by-hop ones): a hook's headers may not name them.
+var reservedHeaders = []string{"Host", "Content-Type", "Content-Length", "Transfer-Encoding", "Connection",
+	"Upgrade", "Te", "Trailer", "Keep-Alive", "Proxy-Connection", "User-Agent"}
+
 // validHeaders accepts header names that are HTTP tokens and none regcache sets itself, and
 // values without line breaks. Errors start with the header's name.
 func validHeaders(h map[string]Secret) error {
@@ -214,15 +219,14 @@ func validHeaders(h map[string]Secret) error {
 			return fmt.Errorf("%s: the same header as %s (names ignore case); keep one", name, prev)
 		}
 		seen[canon] = name
-		if reserved := canon == "Host" || canon == "Content-Type" || canon == "Content-Length" ||
-			canon == "Transfer-Encoding" || canon == "Connection" || strings.HasPrefix(canon, "X-Regcache-"); reserved {
-			return fmt.Errorf("%s: regcache sets this header itself", name)
+		if slices.Contains(reservedHeaders, canon) || strings.HasPrefix(canon, "X-Regcache-") {
+			return fmt.Errorf("%s: regcache (or HTTP itself) sets this header", name)
 		}
 		if v.Reveal() == "" {
 			return fmt.Errorf("%s: must not be empty", name)
 		}
-		if strings.ContainsAny(v.Reveal(), "\r\n\x00") {
-			return fmt.Errorf("%s: the value must be one line", name)
+		if strings.ContainsFunc(v.Reveal(), func(r rune) bool { return r < 0x20 && r != '\t' || r == 0x7f }) {
+			return fmt.Errorf("%s: the value must be one line, without control characters", name)
 		}
 	}
 	return nil
@@ -274,6 +278,12 @@ func (c *Config) validEventFilter(f *EventFilter) error {
 		}
 		if err := registry(reg); err != nil {
 			return fmt.Errorf("images[%d]: %v", i, err)
+		}
+		if strings.Contains(repo, "@") {
+			return fmt.Errorf("images[%d]: %q names a digest; events name tags (registry/repository[:tag])", i, img)
+		}
+		if name, _, _ := strings.Cut(repo, ":"); c.Lookup(reg).IsDockerHub() && !strings.Contains(name, "/") {
+			return fmt.Errorf("images[%d]: %q: events name Docker Hub's official images under library/ (%s/library/%s)", i, img, reg, repo)
 		}
 	}
 	return nil

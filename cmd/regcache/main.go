@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -138,6 +139,7 @@ type app struct {
 	watches *watch.Watcher
 	hooks   *webhook.Dispatcher
 	fleet   *feed.Fleet // the fleet's change feed, with the shared tier; nil without
+	groups  func()      // stops the hooks' consumer groups on the fleet's stream; nil without
 	server  *fasthttp.Server
 	cache   *cache.Cache
 	// upstreams are closed on shutdown: their idle keep-alive connections (and the
@@ -173,9 +175,6 @@ func (a *app) ShutdownWithContext(ctx context.Context) error {
 	a.proxy.SetReady(false)
 	a.events.Close() // the change feed's streams end, or the server would wait for them
 	err := a.server.ShutdownWithContext(ctx)
-	if a.fleet != nil {
-		a.fleet.Close() // after the server: the moves its last requests found are published
-	}
 	if a.metrics != nil {
 		_ = a.metrics.ShutdownWithContext(ctx)
 		_ = a.metricsLn.Close() // in case Serve never ran
@@ -183,7 +182,15 @@ func (a *app) ShutdownWithContext(ctx context.Context) error {
 	if a.watches != nil {
 		a.watches.Close(ctx) // before the cache: their looks write to it
 	}
+	if a.groups != nil {
+		a.groups() // the fleet's stream hands the hooks no more
+	}
 	a.hooks.Close(ctx) // after the server and the watches: the events they found are queued
+	if a.fleet != nil {
+		// After the server, the watches and the hooks: the moves they found are published,
+		// and the deliveries they finished acknowledged.
+		a.fleet.Close()
+	}
 	a.cache.Close()
 	for _, r := range a.upstreams {
 		r.Close()
@@ -264,7 +271,7 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err
 		}
 		regs = append(regs, reg)
 		ups = append(ups, &proxy.Upstream{
-			Name: u.Name, Aliases: u.Aliases, StrictAccept: u.StrictAccept, DockerHub: isDockerHub(u),
+			Name: u.Name, Aliases: u.Aliases, StrictAccept: u.StrictAccept, DockerHub: u.IsDockerHub(),
 			Origin: &cache.Origin{Registry: reg, TagTTL: cfg.TagTTLFor(u)},
 		})
 	}
@@ -297,11 +304,8 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err
 			hooks.Close(context.Background())
 		}
 	}()
-	if len(hooks.Hooks()) > 0 {
-		events.Notify(hooks.Deliver)
-	}
-	metrics.WatchWebhooks(hooks)
 	a := &app{proxy: p, server: p.Server(), cache: c, upstreams: regs, log: log, access: access, events: events, hooks: hooks}
+	metrics.WatchWebhooks(hooks)
 	if cfg.MetricsListen != "" {
 		// Opened here, so that a taken port fails the start rather than a goroutine later.
 		if a.metricsLn, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
@@ -310,15 +314,41 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err
 		a.metrics = p.MetricsServer()
 		log.Info("metrics listening", zap.String("listen", a.metricsLn.Addr().String()))
 	}
+	// Started last: nothing after them may fail, or they would run on against a closed
+	// cache and fleet.
 	a.fleet = fleet
+	switch {
+	case len(hooks.Hooks()) == 0:
+	case fleet != nil:
+		// Each hook reads the fleet's stream through its own consumer group: every event
+		// is delivered once for the fleet, by whichever replica Redis hands it to.
+		a.groups = deliverFromFleet(fleet, hooks)
+	default:
+		events.Notify(hooks.Deliver)
+	}
 	if len(cfg.Watch) > 0 {
-		// Started last: nothing after it may fail, or its looks would run on against a
-		// closed cache.
 		wopts.Cache, wopts.Publish, wopts.Logger = c, func(e feed.Event) { events.Publish(e) }, log
 		a.watches = watch.Start(wopts)
 		metrics.WatchWatches(a.watches)
 	}
 	return a, nil
+}
+
+// groupMinIdle is how long a delivery handed to a replica may go unacknowledged and
+// unrenewed (the replica died) before another replica takes it over.
+const groupMinIdle = 30 * time.Second
+
+// deliverFromFleet runs each hook's consumer group on the fleet's stream until the
+// returned stop is called.
+func deliverFromFleet(fleet *feed.Fleet, hooks *webhook.Dispatcher) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for _, h := range hooks.Hooks() {
+		g := fleet.Group("webhook:"+h.Name(), groupMinIdle)
+		h.CountDropped(g.Dropped)
+		wg.Go(func() { g.Run(ctx, h.Room, h.Offer) })
+	}
+	return func() { cancel(); wg.Wait() }
 }
 
 // watches resolves the watch: entries to upstreams, as the digest API resolves images.
@@ -349,7 +379,7 @@ func watches(cfg *configs.Config, p *proxy.Proxy) (watch.Options, error) {
 func webhooks(cfg *configs.Config, log *zap.Logger, bo buildOptions) (*webhook.Dispatcher, error) {
 	hub := map[string]bool{}
 	for i := range cfg.Upstreams {
-		hub[cfg.Upstreams[i].Name] = isDockerHub(&cfg.Upstreams[i])
+		hub[cfg.Upstreams[i].Name] = cfg.Upstreams[i].IsDockerHub()
 	}
 	var hooks []webhook.Config
 	for _, w := range cfg.Events.Webhooks {
@@ -401,16 +431,6 @@ func clientAuth(cfg *configs.Config) (*proxy.ClientAuth, error) {
 		opts.Tokens = append(opts.Tokens, t.Reveal())
 	}
 	return proxy.NewClientAuth(opts)
-}
-
-// isDockerHub: Docker Hub's one-segment names live under library/.
-func isDockerHub(u *configs.Upstream) bool {
-	for _, n := range append([]string{u.Name}, u.Aliases...) {
-		if strings.EqualFold(n, "docker.io") {
-			return true
-		}
-	}
-	return false
 }
 
 // redisConfig carries cache.redis to the cache; nil without a shared tier.

@@ -187,18 +187,18 @@ type hook struct {
 	room atomic.Int64
 	mu   sync.Mutex
 	got  []Event
-	acks []func()
+	acks []func(bool)
 	hold bool // keep the acks instead of calling them
 }
 
-func (h *hook) offer(e Event, ack func()) bool {
+func (h *hook) offer(e Event, ack func(bool)) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.got = append(h.got, e)
 	if h.hold {
 		h.acks = append(h.acks, ack)
 	} else {
-		ack()
+		ack(true)
 	}
 	return true
 }
@@ -313,7 +313,7 @@ func TestFleetGroupReclaimsDead(t *testing.T) {
 	}
 	survivor.mu.Lock()
 	for _, ack := range survivor.acks {
-		ack()
+		ack(true)
 	}
 	survivor.mu.Unlock()
 	waitFor(t, "the acknowledgements", func() bool { return pending(rs, "ci") == ":0" })
@@ -433,7 +433,7 @@ func TestFleetGroupAckAfterRun(t *testing.T) {
 	if p := pending(rs, "ci"); p != ":1" {
 		t.Fatalf("pending before the ack: %s", p)
 	}
-	h.acks[0]()
+	h.acks[0](true)
 	if p := pending(rs, "ci"); p != ":0" {
 		t.Fatalf("pending after the ack: %s", p)
 	}

@@ -133,11 +133,12 @@ func (g *Group) signal() {
 
 // Run hands the group's events to offer until ctx ends or the fleet closes: never more at
 // once than room() says the webhook can take. offer returns false for an event it refused;
-// for one it took, it calls ack exactly once, when the delivery is finished (delivered or
-// given up), which acknowledges the entry for the fleet. Events this replica kept alone
-// (Redis failing) come too, with an ack that does nothing. A refused entry is taken over
-// after minIdle like a dead replica's, by whichever replica claims it first.
-func (g *Group) Run(ctx context.Context, room func() int, offer func(Event, func()) bool) {
+// for one it took, it calls ack exactly once: with done true when the delivery is finished
+// (delivered or given up), which acknowledges the entry for the fleet, with done false
+// when it let the event go unfinished (shutting down). Events this replica kept alone
+// (Redis failing) come too, with an ack that does nothing. A refused or unfinished entry is
+// taken over after minIdle like a dead replica's, by whichever replica claims it first.
+func (g *Group) Run(ctx context.Context, room func() int, offer func(Event, func(done bool)) bool) {
 	f := g.f
 	f.mu.Lock()
 	if f.closed {
@@ -221,11 +222,11 @@ func (g *Group) create() error {
 }
 
 // offerLocal hands on the events kept on this replica alone.
-func (g *Group) offerLocal(room func() int, offer func(Event, func()) bool) {
+func (g *Group) offerLocal(room func() int, offer func(Event, func(bool)) bool) {
 	for room() > 0 {
 		select {
 		case e := <-g.local:
-			if !offer(e, func() {}) {
+			if !offer(e, func(bool) {}) {
 				g.dropped.Add(1)
 			}
 		default:
@@ -235,7 +236,7 @@ func (g *Group) offerLocal(room func() int, offer func(Event, func()) bool) {
 }
 
 // read takes up to n new entries for this replica and hands them on.
-func (g *Group) read(n int, offer func(Event, func()) bool) (int, error) {
+func (g *Group) read(n int, offer func(Event, func(bool)) bool) (int, error) {
 	ctx, cancel := g.ctx()
 	defer cancel()
 	res, err := groupReadScript.Run(ctx, g.f.rdb, []string{g.f.stream, g.seqKey}, g.name, g.f.consumer, n).Slice()
@@ -268,7 +269,7 @@ func (g *Group) read(n int, offer func(Event, func()) bool) (int, error) {
 }
 
 // hand offers one entry; one that does not decode is acknowledged, as nothing can deliver it.
-func (g *Group) hand(id string, data any, offer func(Event, func()) bool) {
+func (g *Group) hand(id string, data any, offer func(Event, func(bool)) bool) {
 	_, e, ok := decodeEntry(id, data)
 	g.mu.Lock()
 	if !ok {
@@ -279,10 +280,15 @@ func (g *Group) hand(id string, data any, offer func(Event, func()) bool) {
 	g.inflight[id] = struct{}{}
 	g.mu.Unlock()
 	var once sync.Once
-	ack := func() {
+	ack := func(done bool) {
 		once.Do(func() {
 			g.mu.Lock()
 			delete(g.inflight, id)
+			if !done {
+				// Left pending and no longer kept fresh: another replica takes it over.
+				g.mu.Unlock()
+				return
+			}
 			g.acked = append(g.acked, id)
 			running := g.running
 			g.mu.Unlock()
@@ -344,7 +350,7 @@ func (g *Group) heartbeat() error {
 // claim takes over the entries idle longer than minIdle (their replica died, or refused
 // them), as many as the webhook has room for, and hands them on. Those trimmed from the
 // stream meanwhile are lost deliveries.
-func (g *Group) claim(room func() int, offer func(Event, func()) bool) error {
+func (g *Group) claim(room func() int, offer func(Event, func(bool)) bool) error {
 	n := room()
 	if n <= 0 {
 		return nil

@@ -191,5 +191,7 @@ func DefaultName(raw string) string {
 	if err != nil || u.Host == "" {
 		return "webhook"
 	}
-	return strings.TrimSuffix(u.Host+u.Path, "/")
+	// The host alone: many receivers (Slack, Discord, Teams) carry their credential in the
+	// path, and the name is in every metric and log line.
+	return u.Host
 }

@@ -56,6 +56,7 @@ type Hook struct {
 	// a run of drops, not one per event.
 	dropping                            bool
 	delivered, failed, retries, dropped uint64
+	droppedElsewhere                    func() uint64 // CountDropped's
 	// wake tells the sender that the queue has something.
 	wake chan struct{}
 }
@@ -63,7 +64,7 @@ type Hook struct {
 // job is an event to deliver and the ack owed when it is done.
 type job struct {
 	e   feed.Event
-	ack func()
+	ack func(done bool)
 }
 
 func newHook(c Config, o *Options) (*Hook, error) {
@@ -108,15 +109,16 @@ func newHook(c Config, o *Options) (*Hook, error) {
 // Name is the hook's label.
 func (h *Hook) Name() string { return h.cfg.Name }
 
-// Offer queues e for delivery, with ack (optional) to be called exactly once when its
-// delivery is finished: delivered, given up, or dropped at Close. An event the hook does
-// not want (its filter, or a feed.Reset) is finished at once. Offer never blocks; it returns
-// false, and does not call ack, when the queue is full or the hook closed: the event is
-// still the caller's.
-func (h *Hook) Offer(e feed.Event, ack func()) bool {
+// Offer queues e for delivery, with ack (optional) to be called exactly once when this
+// hook is through with it: done is true when the delivery is finished (delivered, or given
+// up), false when it was dropped unfinished at Close (a fleet's other replicas may deliver
+// it). An event the hook does not want (its filter, or a feed.Reset) is finished at once.
+// Offer never blocks; it returns false, and does not call ack, when the queue is full or
+// the hook closed: the event is still the caller's.
+func (h *Hook) Offer(e feed.Event, ack func(done bool)) bool {
 	if e.Type == feed.Reset || !h.cfg.Filter.Match(e) {
 		if ack != nil {
-			ack()
+			ack(true)
 		}
 		return true
 	}
@@ -164,8 +166,20 @@ func (h *Hook) drop(e feed.Event) {
 func (h *Hook) Stats() HookStats {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	dropped := h.dropped
+	if h.droppedElsewhere != nil {
+		dropped += h.droppedElsewhere()
+	}
 	return HookStats{Name: h.cfg.Name, Delivered: h.delivered, Failed: h.failed, Retries: h.retries,
-		Dropped: h.dropped, Queued: len(h.queue)}
+		Dropped: dropped, Queued: len(h.queue)}
+}
+
+// CountDropped adds what f counts to the hook's dropped events: those lost before they
+// reached its queue (a fleet's stream trimmed before the hook's consumer group read them).
+func (h *Hook) CountDropped(f func() uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.droppedElsewhere = f
 }
 
 // outcome is how one event's delivery ended.
@@ -198,7 +212,7 @@ func (h *Hook) run(stop <-chan struct{}, abort context.Context) {
 		}
 		h.mu.Unlock()
 		if j.ack != nil {
-			j.ack()
+			j.ack(out != abandoned)
 		}
 	}
 }
@@ -238,7 +252,7 @@ func (h *Hook) drain() {
 	}
 	for _, j := range left {
 		if j.ack != nil {
-			j.ack()
+			j.ack(false)
 		}
 	}
 }
@@ -267,7 +281,11 @@ func (h *Hook) deliver(e feed.Event, stop <-chan struct{}, abort context.Context
 	log := h.log.With(zap.String("delivery", delivery))
 	for attempt := 0; ; attempt++ {
 		status, retryAfter, err := h.attempt(abort, target, body, header)
+		var never *unsendable
 		switch {
+		case errors.As(err, &never):
+			log.Warn("webhook failed: no request can be made for this event", zap.String("error", describe(err)))
+			return failed
 		case err == nil && status >= 200 && status < 300:
 			log.Debug("webhook delivered", zap.Int("status", status), zap.Int("attempt", attempt+1))
 			return delivered
@@ -315,13 +333,19 @@ func (h *Hook) deliver(e feed.Event, stop <-chan struct{}, abort context.Context
 	}
 }
 
+// unsendable is a request that could not be made: no retry would make it.
+type unsendable struct{ err error }
+
+func (u *unsendable) Error() string { return u.err.Error() }
+func (u *unsendable) Unwrap() error { return u.err }
+
 // attempt posts body once; retryAfter is the receiver's Retry-After, or -1 without one.
 func (h *Hook) attempt(ctx context.Context, target string, body []byte, header http.Header) (status int, retryAfter time.Duration, err error) {
 	ctx, cancel := context.WithTimeout(ctx, h.cfg.Timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
 	if err != nil {
-		return 0, -1, err
+		return 0, -1, &unsendable{err}
 	}
 	req.Header = header.Clone()
 	resp, err := h.client.Do(req)
