@@ -5,6 +5,7 @@ package cache
 // failures a stale answer covers).
 
 import (
+	"regexp"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,8 +37,29 @@ func (s Status) String() string { return statusNames[s] }
 // Origin is one upstream as the cache sees it.
 type Origin struct {
 	Registry *upstream.Registry
-	// TagTTL is how long a tag -> digest answer from this upstream stays fresh.
+	// TagTTL is how long a tag -> digest answer from this upstream stays fresh, unless a
+	// rule says otherwise for its tag; a tags listing's freshness too.
 	TagTTL time.Duration
+	// Rules are tried in order against a tag; the first whose Match matches gives its TTL
+	// (cache.tag_ttl_rules after upstreams[].tag_ttl_rules).
+	Rules []TTLRule
+}
+
+// TTLRule gives the tags that Match matches their own TTL.
+type TTLRule struct {
+	Match *regexp.Regexp
+	TTL   time.Duration
+}
+
+// TTLFor is how long an answer for tag stays fresh: the first rule matching it, or
+// TagTTL. A tag entry keeps what it was stored with, so the hit path never matches rules.
+func (o *Origin) TTLFor(tag string) time.Duration {
+	for i := range o.Rules {
+		if o.Rules[i].Match.MatchString(tag) {
+			return o.Rules[i].TTL
+		}
+	}
+	return o.TagTTL
 }
 
 // Defaults of the cache: keys. DefaultMaxSize and DefaultMaxBlobSize are also what zero

@@ -68,7 +68,7 @@ func (c *Cache) Hit(r *Request) (Answer, bool) {
 	te := c.store.tag(k.String())
 	k.release()
 	r.held = te
-	if te == nil || r.Now.Sub(te.FetchedAt) >= r.Origin.TagTTL {
+	if te == nil || r.Now.Sub(te.FetchedAt) >= te.TTL {
 		return Answer{}, false
 	}
 	if !r.WantBody {
@@ -108,7 +108,7 @@ func (c *Cache) Load(ctx context.Context, r Request) (Answer, error) {
 func (c *Cache) byTag(ctx context.Context, r Request) (Answer, error) {
 	o := r.Origin
 	te := r.held
-	if te != nil && r.Now.Sub(te.FetchedAt) > o.TagTTL+c.cfg.MaxStale {
+	if te != nil && r.Now.Sub(te.FetchedAt) > te.TTL+c.cfg.MaxStale {
 		te = nil // past serving even as stale
 	}
 	switch {
@@ -118,7 +118,7 @@ func (c *Cache) byTag(ctx context.Context, r Request) (Answer, error) {
 			return Answer{}, err
 		}
 		return c.complete(ctx, r, res, Miss)
-	case r.Now.Sub(te.FetchedAt) < o.TagTTL:
+	case r.Now.Sub(te.FetchedAt) < te.TTL:
 		// Fresh, but the body is not here (Hit looked): one GET by digest.
 		a, err := c.bodyByDigest(ctx, r, te.Digest, Miss, te.FetchedAt)
 		return c.orPrevious(r, a, err, te.Previous, te.FetchedAt)
@@ -193,7 +193,7 @@ func (c *Cache) bodyByDigest(ctx context.Context, r Request, d digest.Digest, st
 func (c *Cache) resolveTag(ctx context.Context, r Request) (resolved, error) {
 	up := r.Origin.Registry.Name()
 	return load(ctx, &c.tagFlights, c.fleet, c.fleetWait(r.Origin),
-		&tagLookup{c: c, r: r, up: up, mkey: tagKey(up, r.Repo, r.Ref)})
+		&tagLookup{c: c, r: r, up: up, mkey: tagKey(up, r.Repo, r.Ref), ttl: r.Origin.TTLFor(r.Ref)})
 }
 
 // tagLookup is a tag's miss, for load.
@@ -201,7 +201,8 @@ type tagLookup struct {
 	c    *Cache
 	r    Request
 	up   string
-	mkey string // its memory key
+	mkey string        // its memory key
+	ttl  time.Duration // the tag's TTL
 	// seen is the fleet's entry last read, fresh or not: where the tag pointed before, for
 	// the entry the fetch writes (its Previous), even on a replica that never saw it.
 	seen *TagEntry
@@ -216,7 +217,7 @@ func (l *tagLookup) memory() (resolved, bool, error) {
 	// A flight for this tag that finished since the caller looked (a burst's straggler, or
 	// a revalidation that just landed) has answered already: upstream must not be asked
 	// twice.
-	if te := l.c.store.tag(l.mkey); te != nil && l.r.Now.Sub(te.FetchedAt) < l.r.Origin.TagTTL {
+	if te := l.c.store.tag(l.mkey); te != nil && l.r.Now.Sub(te.FetchedAt) < te.TTL {
 		return resolved{tag: te, body: l.c.cachedBody(l.up, l.r.Repo, te.Digest)}, true, nil
 	}
 	return resolved{}, false, l.c.store.negative(negativeKey(l.up, l.r.Repo, l.r.Ref))
@@ -234,7 +235,7 @@ func (l *tagLookup) fleet() (resolved, bool) {
 		// now.
 		te.FetchedAt = now
 	}
-	if now.Sub(te.FetchedAt) >= l.r.Origin.TagTTL {
+	if now.Sub(te.FetchedAt) >= l.ttl {
 		return resolved{}, false
 	}
 	// The entry names a digest; a verified body for it, here or shared, says what its
@@ -246,7 +247,7 @@ func (l *tagLookup) fleet() (resolved, bool) {
 			d, claim = body.Descriptor, nil
 		}
 	}
-	return resolved{tag: c.putTag(l.r.Origin, l.mkey, d, te.FetchedAt, te.Previous, claim), body: body}, true
+	return resolved{tag: c.putTag(l.mkey, d, te.FetchedAt, l.ttl, te.Previous, claim), body: body}, true
 }
 
 func (l *tagLookup) fetch() (upstream.Manifest, error) {
@@ -259,7 +260,7 @@ func (l *tagLookup) fetch() (upstream.Manifest, error) {
 // store keeps where the tag points in both tiers. The manifest is shared before the tag
 // entry, so a replica that finds the tag finds its body.
 func (l *tagLookup) store(m upstream.Manifest) resolved {
-	c, o := l.c, l.r.Origin
+	c := l.c
 	d := m.Descriptor
 	var body, claim *ManifestEntry
 	if m.Body != nil {
@@ -290,8 +291,8 @@ func (l *tagLookup) store(m upstream.Manifest) resolved {
 		was = old.Descriptor
 	}
 	at := time.Now()
-	te := c.putTag(o, l.mkey, d, at, prev, claim)
-	c.fleet.setTag(l.up, l.r.Repo, l.r.Ref, te, o.TagTTL+c.cfg.MaxStale)
+	te := c.putTag(l.mkey, d, at, l.ttl, prev, claim)
+	c.fleet.setTag(l.up, l.r.Repo, l.r.Ref, te, l.ttl+c.cfg.MaxStale)
 	if was.Digest != "" && was.Digest != d.Digest && c.cfg.OnTagMove != nil {
 		mv := TagMove{Upstream: l.up, Repository: l.r.Repo, Tag: l.r.Ref, From: was, To: d, At: at}
 		if body != nil {
@@ -311,13 +312,13 @@ func (l *tagLookup) failed(err error) {
 	}
 }
 
-// putTag stores where a tag points as of at, keeping where it pointed before it last moved
-// (prev, from another replica, unless this one saw a later move); claim is nil when d's
-// type and size came from a verified body (see claimed). It returns the entry, which is
-// not kept when tags are not kept at all (tag_ttl and max_stale both 0).
-func (c *Cache) putTag(o *Origin, key string, d upstream.Descriptor, at time.Time, prev upstream.Descriptor, claim *ManifestEntry) *TagEntry {
-	e := &TagEntry{Descriptor: d, FetchedAt: at, Previous: prev, claim: claim}
-	if o.TagTTL+c.cfg.MaxStale <= 0 {
+// putTag stores where a tag points as of at, fresh for ttl, keeping where it pointed before
+// it last moved (prev, from another replica, unless this one saw a later move); claim is
+// nil when d's type and size came from a verified body (see claimed). It returns the
+// entry, which is not kept when the tag is not kept at all (its TTL and max_stale both 0).
+func (c *Cache) putTag(key string, d upstream.Descriptor, at time.Time, ttl time.Duration, prev upstream.Descriptor, claim *ManifestEntry) *TagEntry {
+	e := &TagEntry{Descriptor: d, FetchedAt: at, TTL: ttl, Previous: prev, claim: claim}
+	if ttl+c.cfg.MaxStale <= 0 {
 		return e
 	}
 	if old := c.store.tag(key); old != nil {

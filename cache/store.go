@@ -18,6 +18,9 @@ import (
 type TagEntry struct {
 	upstream.Descriptor
 	FetchedAt time.Time
+	// TTL is how long the entry stays fresh from FetchedAt: its tag's (Origin.TTLFor),
+	// decided when it was stored.
+	TTL time.Duration
 	// Previous is where the tag pointed before it last moved (zero if it never did), so
 	// that a client can still be served the old manifest if the new one cannot be fetched.
 	Previous upstream.Descriptor

@@ -7,6 +7,7 @@ import (
 	_ "embed"
 	"fmt"
 	"os"
+	"regexp"
 	"strings"
 	"time"
 
@@ -113,11 +114,13 @@ func (a *Auth) Enabled() bool { return a.Htpasswd != "" || len(a.Tokens) > 0 }
 
 // Cache configures the in-process cache and its freshness rules.
 type Cache struct {
-	MaxSize        Size     `yaml:"max_size"`
-	TagTTL         Duration `yaml:"tag_ttl"`
-	MaxStale       Duration `yaml:"max_stale"`
-	NegativeTTL    Duration `yaml:"negative_ttl"`
-	RevalidateWait Duration `yaml:"revalidate_wait"`
+	MaxSize Size     `yaml:"max_size"`
+	TagTTL  Duration `yaml:"tag_ttl"`
+	// TagTTLRules give matching tags a TTL of their own (after any upstream's rules).
+	TagTTLRules    []TTLRule `yaml:"tag_ttl_rules"`
+	MaxStale       Duration  `yaml:"max_stale"`
+	NegativeTTL    Duration  `yaml:"negative_ttl"`
+	RevalidateWait Duration  `yaml:"revalidate_wait"`
 	// MaxBlobSize is the largest blob (an image config, typically) kept in memory.
 	MaxBlobSize Size `yaml:"max_blob_size"`
 	// TagsMaxPagesPerRequest bounds the upstream pages one client's tags request may cost;
@@ -171,6 +174,8 @@ type Upstream struct {
 	Aliases []string `yaml:"aliases"`
 	// TagTTL overrides cache.tag_ttl for this upstream when set.
 	TagTTL *Duration `yaml:"tag_ttl"`
+	// TagTTLRules are tried before cache.tag_ttl_rules, for this upstream's tags.
+	TagTTLRules []TTLRule `yaml:"tag_ttl_rules"`
 	// StrictAccept answers like a registry (404) when the client's Accept leaves out the
 	// manifest's type, instead of serving it anyway.
 	StrictAccept bool         `yaml:"strict_accept"`
@@ -319,6 +324,23 @@ func (c *Config) fillZeros() {
 			r.Timeout = Duration(cache.DefaultRedisTimeout)
 		}
 	}
+}
+
+// TTLRule gives the tags Match matches (a Go regular expression, unanchored unless
+// written ^...$) their own TTL.
+type TTLRule struct {
+	Match string   `yaml:"match"`
+	TTL   Duration `yaml:"ttl"`
+}
+
+// TTLRulesFor are the rules for u's tags, in the order tried: u's own, then the cache's.
+// The patterns were checked by validation.
+func (c *Config) TTLRulesFor(u *Upstream) []cache.TTLRule {
+	var out []cache.TTLRule
+	for _, r := range append(append([]TTLRule(nil), u.TagTTLRules...), c.Cache.TagTTLRules...) {
+		out = append(out, cache.TTLRule{Match: regexp.MustCompile(r.Match), TTL: r.TTL.D()})
+	}
+	return out
 }
 
 // TagTTLFor is the tag freshness that applies to upstream u.

@@ -91,7 +91,11 @@ func TestLoadEmbeddedDefault(t *testing.T) {
 		TagsMaxCount:           100_000,
 		TagsMaxBytes:           8 << 20,
 	}
-	if cfg.Cache != wantCache {
+	wantCache.TagTTLRules = []TTLRule{
+		{Match: `^v?\d+\.\d+\.\d+$`, TTL: Duration(time.Hour)},
+		{Match: `^sha256-[0-9a-f]{64}(\.[a-z]+)?$`, TTL: Duration(time.Hour)},
+	}
+	if !reflect.DeepEqual(cfg.Cache, wantCache) {
 		t.Errorf("Cache = %+v, want %+v", cfg.Cache, wantCache)
 	}
 
@@ -279,7 +283,7 @@ upstreams:
 		TagsMaxCount:           5000,
 		TagsMaxBytes:           2 << 20,
 	}
-	if cfg.Cache != wantCache {
+	if !reflect.DeepEqual(cfg.Cache, wantCache) {
 		t.Errorf("Cache = %+v, want %+v", cfg.Cache, wantCache)
 	}
 	if cfg.PublicURL != "https://regcache.example.com" || !cfg.TrustForwardedHeaders {
@@ -387,8 +391,8 @@ func TestParseFillsDefaults(t *testing.T) {
 				if c.Listen != ":5000" || c.DefaultUpstream != "docker.io" {
 					t.Errorf("Listen/DefaultUpstream = %q/%q", c.Listen, c.DefaultUpstream)
 				}
-				want := Cache{256 << 20, Duration(time.Minute), Duration(24 * time.Hour), Duration(10 * time.Second), Duration(2 * time.Second), 1 << 20, 20, 100_000, 8 << 20, nil}
-				if c.Cache != want {
+				want := Cache{256 << 20, Duration(time.Minute), nil, Duration(24 * time.Hour), Duration(10 * time.Second), Duration(2 * time.Second), 1 << 20, 20, 100_000, 8 << 20, nil}
+				if !reflect.DeepEqual(c.Cache, want) {
 					t.Errorf("Cache = %+v, want %+v", c.Cache, want)
 				}
 				u := c.Upstreams[0]

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -48,6 +49,9 @@ func (c *Config) validate() error {
 	}
 	if c.Cache.MaxSize <= 0 {
 		return fmt.Errorf("cache.max_size: must be above zero (e.g. %s)", sizeText(cache.DefaultMaxSize))
+	}
+	if err := validRules("cache.tag_ttl_rules", c.Cache.TagTTLRules); err != nil {
+		return err
 	}
 	if c.Cache.MaxBlobSize <= 0 {
 		return fmt.Errorf("cache.max_blob_size: must be above zero (e.g. %s)", sizeText(cache.DefaultMaxBlobSize))
@@ -103,6 +107,9 @@ func (c *Config) validate() error {
 		}
 		if u.TagTTL != nil && *u.TagTTL < 0 {
 			return fmt.Errorf("%s.tag_ttl: must not be negative", key)
+		}
+		if err := validRules(key+".tag_ttl_rules", u.TagTTLRules); err != nil {
+			return err
 		}
 		if u.Timeout <= 0 {
 			return fmt.Errorf("%s.timeout: must be above zero", key)
@@ -284,6 +291,28 @@ func (c *Config) validEventFilter(f *EventFilter) error {
 		}
 		if name, _, _ := strings.Cut(repo, ":"); c.Lookup(reg).IsDockerHub() && !strings.Contains(name, "/") {
 			return fmt.Errorf("images[%d]: %q: events name Docker Hub's official images under library/ (%s/library/%s)", i, img, reg, repo)
+		}
+	}
+	return nil
+}
+
+// maxTTLRules bounds a rule list: a miss tries each in turn.
+const maxTTLRules = 100
+
+// validRules checks a tag_ttl_rules list: patterns that compile, TTLs not negative.
+func validRules(key string, rules []TTLRule) error {
+	if len(rules) > maxTTLRules {
+		return fmt.Errorf("%s: at most %d rules", key, maxTTLRules)
+	}
+	for i, r := range rules {
+		if r.Match == "" {
+			return fmt.Errorf("%s[%d].match: must be set: a regular expression of tags (e.g. %q)", key, i, `^v?\d+\.\d+\.\d+$`)
+		}
+		if _, err := regexp.Compile(r.Match); err != nil {
+			return fmt.Errorf("%s[%d].match: %q is not a regular expression: %v", key, i, r.Match, err)
+		}
+		if r.TTL < 0 {
+			return fmt.Errorf("%s[%d].ttl: must not be negative", key, i)
 		}
 	}
 	return nil

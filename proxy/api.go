@@ -36,7 +36,12 @@ type DigestResult struct {
 	Platform       string `json:"platform,omitempty"`
 	PlatformDigest string `json:"platformDigest,omitempty"`
 	Cache          string `json:"cache"`
-	FetchedAt      string `json:"fetchedAt,omitempty"`
+	// FetchedAt and AgeSeconds: when the tag's answer was fetched or last confirmed
+	// upstream, and how long ago (the Age header's value); TTLSeconds, how long it stays
+	// fresh (its tag's TTL rule, or tag_ttl). None for a digest, which never goes stale.
+	FetchedAt  string `json:"fetchedAt,omitempty"`
+	AgeSeconds *int64 `json:"ageSeconds,omitempty"`
+	TTLSeconds *int64 `json:"ttlSeconds,omitempty"`
 }
 
 // batchError is a batch entry for an image that could not be looked up.
@@ -172,6 +177,8 @@ func (p *Proxy) lookupDigest(ctx context.Context, image, platform string, now ti
 	res.Digest, res.MediaType, res.Cache = string(a.Digest), a.MediaType, a.Status.String()
 	if !a.FetchedAt.IsZero() {
 		res.FetchedAt = a.FetchedAt.UTC().Format(time.RFC3339)
+		age, ttl := ageSeconds(now, a.FetchedAt), int64(up.Origin.TTLFor(res.Tag)/time.Second)
+		res.AgeSeconds, res.TTLSeconds = &age, &ttl
 	}
 	if plat != nil {
 		d, matched, aerr := p.pickPlatform(ctx, up, res.Repository, a, *plat)

@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -173,6 +174,7 @@ var (
 	strDigestHeader = []byte("Docker-Content-Digest")
 	strV2Slash      = []byte("/v2/")
 	strXCache       = []byte("X-Cache")
+	strAge          = []byte("Age")
 	strNS           = []byte("ns")
 	// xCache is the X-Cache value of each status the cache gives, as bytes for the header.
 	xCache = func() (v [cache.None][]byte) {
@@ -331,6 +333,7 @@ func (p *Proxy) serveManifest(ctx *fasthttp.RequestCtx, rt *Route, now time.Time
 	h.SetCanonical(strDigestHeader, s2b(string(a.Digest)))
 	h.SetCanonical(strAPIVersion, strRegistry20)
 	h.SetCanonical(strXCache, xCache[a.Status])
+	setAge(h, now, a.FetchedAt)
 	if head {
 		// fasthttp sends no body for HEAD; the length is the manifest's, as a registry's is.
 		ctx.Response.SkipBody = true
@@ -339,6 +342,22 @@ func (p *Proxy) serveManifest(ctx *fasthttp.RequestCtx, rt *Route, now time.Time
 		ctx.Response.SetBodyRaw(a.Body)
 	}
 	return a.Status
+}
+
+// ageSeconds is an answer's Age (RFC 9111): whole seconds since it was fetched or last
+// confirmed upstream, as of now (the request's clock read, which precedes a miss's fetch).
+func ageSeconds(now, fetched time.Time) int64 {
+	return max(int64(now.Sub(fetched)/time.Second), 0)
+}
+
+// setAge sends Age for an answer fetched at fetched; none for an answer with no fetch time
+// (a manifest by digest: it never goes stale).
+func setAge(h *fasthttp.ResponseHeader, now, fetched time.Time) {
+	if fetched.IsZero() {
+		return
+	}
+	var buf [20]byte
+	h.SetCanonical(strAge, strconv.AppendInt(buf[:0], ageSeconds(now, fetched), 10))
 }
 
 // detached is the context handed down for a request's lookups. It is not the

@@ -65,6 +65,7 @@ func (p *Proxy) serveTags(ctx *fasthttp.RequestCtx, rt *Route, rawPath []byte, n
 	ctx.SetContentType("application/json")
 	setAPIVersion(ctx)
 	ctx.Response.Header.SetBytesKV(strXCache, xCache[st])
+	setAge(&ctx.Response.Header, now, page.FetchedAt)
 	if page.TruncatedBy != "" {
 		// The listing stopped at a bound: this is all regcache will list, not all there is.
 		ctx.Response.Header.Set("X-Regcache-Truncated", page.TruncatedBy)

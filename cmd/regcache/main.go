@@ -272,7 +272,7 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err
 		regs = append(regs, reg)
 		ups = append(ups, &proxy.Upstream{
 			Name: u.Name, Aliases: u.Aliases, StrictAccept: u.StrictAccept, DockerHub: u.IsDockerHub(),
-			Origin: &cache.Origin{Registry: reg, TagTTL: cfg.TagTTLFor(u)},
+			Origin: &cache.Origin{Registry: reg, TagTTL: cfg.TagTTLFor(u), Rules: cfg.TTLRulesFor(u)},
 		})
 	}
 	auth, err := clientAuth(cfg)

@@ -234,7 +234,7 @@ func (w *Watcher) run() {
 				return // no longer watched, or stopping
 			}
 			w.mu.Lock()
-			next.due = due.Add(rand.N(spread(next.origin())))
+			next.due = due.Add(rand.N(spread(next.ttl())))
 			heap.Push(&w.queue, next)
 			w.mu.Unlock()
 			select {
@@ -255,7 +255,7 @@ func (w *Watcher) stopped() bool {
 }
 
 // spread is how much a look may be put off past its due time.
-func spread(o *cache.Origin) time.Duration { return max(min(maxSpread, o.TagTTL/10), 1) }
+func spread(ttl time.Duration) time.Duration { return max(min(maxSpread, ttl/10), 1) }
 
 // held is until when upstream asked not to be asked (a 429's hold, or a rate limit it
 // says is spent), for a tag look or (listing) a tags listing: watches are background work
@@ -313,7 +313,7 @@ func (w *Watcher) lookTag(tw *tagWatch) time.Time {
 			w.log.Warn("watch: look failed; retrying with backoff", zap.String("upstream", tw.Upstream),
 				zap.String("repository", tw.Repository), zap.String("tag", tw.Tag.Tag), zap.Error(err))
 		}
-		return now.Add(backoff(o, tw.fails, err))
+		return now.Add(backoff(o.TTLFor(tw.Tag.Tag), tw.fails, err))
 	}
 	if tw.fails > 0 {
 		w.log.Info("watch: looks succeed again", zap.String("upstream", tw.Upstream),
@@ -321,7 +321,7 @@ func (w *Watcher) lookTag(tw *tagWatch) time.Time {
 		tw.fails = 0
 	}
 	tw.last = digestState{digest: string(a.Digest), mediaType: a.MediaType}
-	return nextLook(o, a.FetchedAt, now)
+	return nextLook(o.TTLFor(tw.Tag.Tag), a.FetchedAt, now)
 }
 
 // look asks the cache where a tag points; a stale answer (upstream failed) is a failure.
@@ -334,14 +334,14 @@ func (w *Watcher) look(o *cache.Origin, repo, tag string) (cache.Answer, error) 
 }
 
 // nextLook is when an answer fetched at fetched goes stale.
-func nextLook(o *cache.Origin, fetched, now time.Time) time.Time {
-	return later(fetched.Add(o.TagTTL), now.Add(minInterval))
+func nextLook(ttl time.Duration, fetched, now time.Time) time.Time {
+	return later(fetched.Add(ttl), now.Add(minInterval))
 }
 
 // backoff is how long the fails-th failed look in a row waits: retryFirst doubling, up to
 // the TTL, or the TTL at once when upstream said the tag is not there or not ours.
-func backoff(o *cache.Origin, fails int, err error) time.Duration {
-	ttl := max(o.TagTTL, minInterval)
+func backoff(ttl time.Duration, fails int, err error) time.Duration {
+	ttl = max(ttl, minInterval)
 	if k := upstream.KindOf(err); k == upstream.KindNotFound || k == upstream.KindDenied {
 		return ttl
 	}
@@ -384,7 +384,7 @@ func (w *Watcher) list(rw *repoWatch) time.Time {
 			w.log.Warn("watch: tags listing failed; retrying with backoff", zap.String("upstream", rw.Upstream),
 				zap.String("repository", rw.Repository), zap.Error(err))
 		}
-		return now.Add(backoff(o, rw.fails, err))
+		return now.Add(backoff(o.TagTTL, rw.fails, err))
 	}
 	rw.fails = 0
 	matching := map[string]bool{}
@@ -434,7 +434,7 @@ func (w *Watcher) list(rw *repoWatch) time.Time {
 		}
 		rw.known[t] = true
 		w.mu.Lock()
-		tw := w.addTag(tag, false, nextLook(o, a.FetchedAt, now))
+		tw := w.addTag(tag, false, nextLook(o.TTLFor(t), a.FetchedAt, now))
 		tw.last = digestState{digest: string(a.Digest), mediaType: a.MediaType}
 		w.mu.Unlock()
 		w.publish(feed.TagCreated, tag, tw.last)
@@ -456,7 +456,7 @@ func (w *Watcher) list(rw *repoWatch) time.Time {
 		w.mu.Unlock()
 		w.publish(feed.TagDeleted, Tag{Upstream: rw.Upstream, Origin: o, Repository: rw.Repository, Tag: t}, last)
 	}
-	return nextLook(o, fetched, now)
+	return nextLook(o.TagTTL, fetched, now)
 }
 
 // listing reads a repository's whole listing, page by page, as a client following Links
@@ -544,11 +544,12 @@ type item struct {
 	repo *repoWatch
 }
 
-func (it *item) origin() *cache.Origin {
+// ttl is how often the item is looked at: its tag's TTL, or a listing's (the upstream's).
+func (it *item) ttl() time.Duration {
 	if it.tag != nil {
-		return it.tag.Origin
+		return it.tag.Origin.TTLFor(it.tag.Tag.Tag)
 	}
-	return it.repo.Origin
+	return it.repo.Origin.TagTTL
 }
 
 // schedule is a min-heap of looks by due time.

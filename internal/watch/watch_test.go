@@ -5,12 +5,11 @@ import (
 	"testing"
 	"time"
 
-	"regcache/cache"
 	"regcache/upstream"
 )
 
 func TestBackoff(t *testing.T) {
-	o := &cache.Origin{TagTTL: time.Minute}
+	const o = time.Minute
 	other := errors.New("connection refused")
 	gone := &upstream.Error{Kind: upstream.KindNotFound}
 	for _, tc := range []struct {
@@ -30,14 +29,14 @@ func TestBackoff(t *testing.T) {
 			t.Errorf("backoff(%d, %v) = %v; want %v", tc.fails, tc.err, got, tc.want)
 		}
 	}
-	short := &cache.Origin{TagTTL: 300 * time.Millisecond}
+	const short = 300 * time.Millisecond
 	if got := backoff(short, 1, other); got != 300*time.Millisecond {
 		t.Errorf("with a 300ms TTL: %v; want the TTL", got)
 	}
 }
 
 func TestNextLook(t *testing.T) {
-	o := &cache.Origin{TagTTL: time.Minute}
+	const o = time.Minute
 	now := time.Now()
 	if got := nextLook(o, now.Add(-10*time.Second), now); !got.Equal(now.Add(50 * time.Second)) {
 		t.Errorf("fetched 10 s ago: next look at %v; want when it goes stale, in 50 s", got.Sub(now))
