@@ -72,6 +72,13 @@ func (c *Config) validateWatch() error {
 		}
 		u := c.Lookup(reference.Domain(named))
 		if u == nil {
+			written := w.Image + w.Repository
+			if first, _, ok := strings.Cut(written, "/"); ok && c.Lookup(first) != nil {
+				// Docker's rule: a first part without "." or ":" (and not localhost) is a
+				// Docker Hub user, not a registry.
+				return fmt.Errorf("%s.%s: %q reads as %s (Docker-style names: a first part without \".\" or \":\" is a "+
+					"Docker Hub user); give upstream %q a host-like name or alias (e.g. %s.local)", key, field, written, named.String(), first, first)
+			}
 			return fmt.Errorf("%s.%s: registry %q is not configured in upstreams", key, field, reference.Domain(named))
 		}
 		if c.TagTTLFor(u) <= 0 {

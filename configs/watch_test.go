@@ -53,3 +53,12 @@ func TestWatchRefusesTagTTLZero(t *testing.T) {
 		t.Fatalf("error %v; want one naming the tag_ttl of 0", err)
 	}
 }
+
+func TestWatchUpstreamNamedLikeAUser(t *testing.T) {
+	_, err := Parse([]byte("default_upstream: local\nupstreams:\n  - name: local\n    url: http://127.0.0.1:5000\n" +
+		"watch:\n  - image: local/team/app:v1\n"))
+	want := `watch[0].image: "local/team/app:v1" reads as docker.io/local/team/app:v1`
+	if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "local.local") {
+		t.Fatalf("error %v; want one saying %q and how to name the upstream", err, want)
+	}
+}
