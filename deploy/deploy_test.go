@@ -249,8 +249,8 @@ func TestKubernetesExample(t *testing.T) {
 		t.Fatal("the NetworkPolicy must admit regcache's pods to Valkey's")
 	}
 	valkeyArgs := strings.Join(strings.Fields(strings.Trim(strings.ReplaceAll(toString(vc.get("args")), ",", " "), "[]")), " ")
-	if !strings.Contains(valkeyArgs, "allkeys-lru") || !strings.Contains(valkeyArgs, "--maxmemory") {
-		t.Fatalf("Valkey runs without a memory cap and LRU eviction: %s", valkeyArgs)
+	if !strings.Contains(valkeyArgs, "volatile-lru") || !strings.Contains(valkeyArgs, "--maxmemory") {
+		t.Fatalf("Valkey runs without a memory cap and LRU eviction of the keys that expire: %s", valkeyArgs)
 	}
 }
 
@@ -314,8 +314,8 @@ func TestComposeExample(t *testing.T) {
 	if !strings.HasSuffix(published, ":"+listenPort) {
 		t.Fatalf("published port %s does not reach regcache's listen port %s", published, listenPort)
 	}
-	if !strings.Contains(toString(valkey.get("command")), "allkeys-lru") {
-		t.Fatal("Valkey runs without LRU eviction")
+	if !strings.Contains(toString(valkey.get("command")), "volatile-lru") {
+		t.Fatal("Valkey runs without LRU eviction of the keys that expire")
 	}
 	if b := rc.str("build"); b != ".." {
 		t.Fatalf("build context %q, want .. (the repository root, where the Dockerfile is)", b)

@@ -80,8 +80,14 @@ func (p *Proxy) serveEvents(ctx *fasthttp.RequestCtx) {
 		// seen is the last event this stream was handed, shown or filtered out; sent, the
 		// last id it wrote. A keep-alive carries seen as a bare id line, which moves the
 		// client's Last-Event-ID past filtered-out events without an event (the SSE rule):
-		// a narrow filter resumes where it was, not from its last match.
+		// a narrow filter resumes where it was, not from its last match. A stream opened
+		// without an id starts with one (where its subscription starts), so that a client
+		// that loses it before its first event resumes rather than starting anew and
+		// missing what was published in between (a rolling restart ends every stream).
 		var seen, sent string
+		if since == "" {
+			seen = sub.Start
+		}
 		send := func(e feed.Event) error {
 			seen = e.ID
 			if !f.Match(e) {
@@ -95,6 +101,10 @@ func (p *Proxy) serveEvents(ctx *fasthttp.RequestCtx) {
 			return w.Flush()
 		}
 		_, _ = w.WriteString(": regcache change feed\n\n")
+		if seen != sent {
+			_, _ = w.WriteString("id: " + seen + "\n\n")
+			sent = seen
+		}
 		for _, e := range first {
 			if send(e) != nil {
 				return

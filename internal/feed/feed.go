@@ -3,6 +3,8 @@
 package feed
 
 import (
+	"crypto/rand"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"sort"
@@ -44,6 +46,10 @@ type Event struct {
 	// Platforms maps "os/arch[/variant]" to the digest of its manifest, for an index or
 	// list whose body regcache holds.
 	Platforms map[string]string `json:"platforms,omitempty"`
+	// at is when the change was seen (Time, to the millisecond): with a fleet, it tells a
+	// late publish of an older change from a newer one (publishScript). Publish sets it
+	// to its call's time when the caller did not.
+	at time.Time
 }
 
 // Log keeps the last events in id order and hands new ones to subscribers. Ids are
@@ -51,7 +57,9 @@ type Event struct {
 // were emitted. Alone, a log numbers its events itself from the process's start, so an id
 // from before a restart is told apart and answered with a reset; with a Fleet attached,
 // an event's id is its Redis stream entry's, the same on every replica and across
-// restarts, and ids need not be contiguous.
+// restarts, and ids need not be contiguous. An event a replica of a fleet keeps alone
+// (Redis failing) takes an id in a range of sequences of its own, which no stream entry
+// reaches (localBase).
 type Log struct {
 	mu    sync.Mutex
 	size  int
@@ -69,6 +77,9 @@ type Log struct {
 	// fleet, when attached, is where Publish sends events (they come back through its
 	// reader, with the fleet's ids).
 	fleet atomic.Pointer[Fleet]
+	// block is this log's part of the local range: the ids of the events it keeps alone
+	// have sequences from localBase+block*localBlock.
+	block uint64
 	// changed, created and deleted count the events of each type this log delivered live;
 	// dropped, subscribers dropped for falling behind; unshared, events kept here alone
 	// because the fleet's Redis failed.
@@ -87,7 +98,10 @@ func NewLog(size int) *Log {
 		size = DefaultLogSize
 	}
 	start := eventID{ms: uint64(time.Now().UnixMilli())}
-	return &Log{size: size, floor: start, newest: start, subs: map[*Subscription]struct{}{}}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return &Log{size: size, floor: start, newest: start, subs: map[*Subscription]struct{}{},
+		block: binary.BigEndian.Uint64(b[:]) % localBlocks}
 }
 
 // RecordMove records a tag that a revalidation or a miss found pointing somewhere new.
@@ -103,6 +117,7 @@ func (l *Log) RecordMove(m cache.TagMove) {
 		PreviousDigest: string(m.From.Digest),
 		MediaType:      m.To.MediaType,
 		Platforms:      platforms(m.To.MediaType, m.Body),
+		at:             m.At,
 	})
 }
 
@@ -151,6 +166,9 @@ func platforms(mediaType string, body []byte) map[string]string {
 // without an id: it arrives, with the fleet's id, through the fleet's reader like every
 // other replica's events (or here alone, if Redis fails).
 func (l *Log) Publish(e Event) Event {
+	if e.at.IsZero() {
+		e.at = time.Now()
+	}
 	if f := l.fleet.Load(); f != nil {
 		if !f.enqueue(e) {
 			f.keepLocal(e) // Redis is too slow to keep up: not a reason to block or lose it
@@ -161,17 +179,42 @@ func (l *Log) Publish(e Event) Event {
 }
 
 // keepLocal gives e the id after the newest this log knows and keeps it; unshared counts
-// it as one that the fleet's Redis did not take.
+// it as one that the fleet's Redis did not take, whose id is taken from this log's local
+// block: a stream id another replica gives a fleet event never equals it, so a client
+// that brings it there is told of a reset rather than resumed past an event it never got.
 func (l *Log) keepLocal(e Event, unshared bool) Event {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	id := l.newest.next()
 	if unshared {
 		l.unshared++
+		id = l.nextLocal()
 	}
-	id := l.newest.next()
 	e.ID = id.String()
 	l.add(id, e, true)
 	return e
+}
+
+// nextLocal is the smallest id after the newest in this log's local block; l.mu held.
+func (l *Log) nextLocal() eventID {
+	first := localBase + l.block*localBlock
+	last := first + localBlock - 1
+	switch n := l.newest; {
+	case n.seq < first:
+		return eventID{n.ms, first}
+	case n.seq < last:
+		return eventID{n.ms, n.seq + 1}
+	default:
+		return eventID{n.ms + 1, first}
+	}
+}
+
+// foreign reports whether p is an id another replica gave an event it kept alone: no log
+// here holds that event, and this replica's reader never reaches p. This log's floor and
+// newest are its own whatever their range (addShared raises them past a local id).
+// l.mu held.
+func (l *Log) foreign(p eventID) bool {
+	return p.seq >= localBase && (p.seq-localBase)/localBlock != l.block && p != l.floor && p != l.newest
 }
 
 // add keeps e, whose id is newer than any kept, and when live hands it on; l.mu held.
@@ -179,7 +222,11 @@ func (l *Log) add(id eventID, e Event, live bool) {
 	if len(l.ring) < l.size {
 		l.ring = append(l.ring, kept{id, e})
 	} else {
-		l.floor = l.ring[l.start].id // evicted: resuming from before it is a reset
+		// Evicted: resuming from before it is a reset. The floor may be past it already
+		// (raiseFloor, addShared) and must stay there.
+		if evicted := l.ring[l.start].id; l.floor.less(evicted) {
+			l.floor = evicted
+		}
 		l.ring[l.start] = kept{id, e}
 		l.start = (l.start + 1) % l.size
 	}
@@ -280,14 +327,15 @@ func (l *Log) Notify(fn func(Event)) {
 func (l *Log) at(i int) kept { return l.ring[(l.start+i)%len(l.ring)] }
 
 // since is the kept events after id (all of them for ""); reset is true when id is not
-// one this log can resume from: malformed, newer than any it knows, or older than its
-// floor (the events right after it are gone, or it is from before a restart). l.mu held.
+// one this log can resume from: malformed, newer than any it knows, older than its floor
+// (the events right after it are gone, or it is from before a restart), or another
+// replica's local id. l.mu held.
 func (l *Log) since(id string) (out []Event, reset bool) {
 	n := len(l.ring)
 	first := 0
 	if id != "" {
 		p, ok := parseID(id)
-		if !ok || p.less(l.floor) || l.newest.less(p) {
+		if !ok || p.less(l.floor) || l.newest.less(p) || l.foreign(p) {
 			return nil, true
 		}
 		first = sort.Search(n, func(i int) bool { return p.less(l.at(i).id) })
@@ -305,10 +353,16 @@ const catchUpWait = time.Second
 // catchUp waits, with a fleet, until the log knows id or catchUpWait has passed: a
 // client that reconnects to another replica behind a load balancer may bring an id that
 // this replica's reader is a few milliseconds from reaching, which is not a reason to
-// reset it.
+// reset it. Another replica's local id is never reached: it is reset at once.
 func (l *Log) catchUp(id string) {
 	p, ok := parseID(id)
 	if !ok || l.fleet.Load() == nil {
+		return
+	}
+	l.mu.Lock()
+	foreign := l.foreign(p)
+	l.mu.Unlock()
+	if foreign {
 		return
 	}
 	for deadline := time.Now().Add(catchUpWait); ; time.Sleep(5 * time.Millisecond) {
@@ -332,9 +386,13 @@ func (l *Log) Since(id string) ([]Event, bool) {
 // Subscription receives events as they are published. C is closed when the subscriber
 // fell behind by more than its buffer, or on Cancel.
 type Subscription struct {
-	C    chan Event
-	done chan struct{}
-	log  *Log
+	// Start is the id that C's events follow (the newest the log knew when it subscribed;
+	// with no event yet, one that resumes from the log's start): a subscriber that came
+	// without an id resumes from it, and gets what was published while it was away.
+	Start string
+	C     chan Event
+	done  chan struct{}
+	log   *Log
 }
 
 // Done is closed when the subscription ends, as C is: for a writer blocked on a client
@@ -364,7 +422,7 @@ func (l *Log) Subscribe(id string) (first []Event, s *Subscription) {
 			first = []Event{l.resetEvent()}
 		}
 	}
-	s = &Subscription{C: make(chan Event, subscriberBuffer), done: make(chan struct{}), log: l}
+	s = &Subscription{Start: l.newest.String(), C: make(chan Event, subscriberBuffer), done: make(chan struct{}), log: l}
 	if l.closed {
 		s.end()
 		return first, s
@@ -450,6 +508,17 @@ type eventID struct{ ms, seq uint64 }
 // maxSeq is the largest sequence the 12-digit form holds.
 const maxSeq = 999_999_999_999
 
+// The local range: sequences from localBase up, which no Redis stream id reaches (that
+// would take 9×10^11 entries in one millisecond), split into localBlocks blocks of
+// localBlock; each log takes one block at random, so that two replicas that keep events
+// alone at once, from the same newest fleet id, give them different ids (but for one
+// chance in localBlocks).
+const (
+	localBase   = 900_000_000_000
+	localBlock  = 1_000_000
+	localBlocks = (maxSeq - localBase + 1) / localBlock
+)
+
 // parseID reads the fixed-width form, and nothing else.
 func parseID(s string) (eventID, bool) {
 	if len(s) != 26 || s[13] != '-' {
@@ -473,13 +542,15 @@ func (i eventID) next() eventID {
 	return eventID{i.ms, i.seq + 1}
 }
 
-// prev is the largest id before i (the zero id for itself).
+// prev is the largest id before i outside the local range (the zero id for itself): the
+// floor below a stream entry, which a log hands out (a reset's id) and must not take for
+// another replica's.
 func (i eventID) prev() eventID {
 	switch {
 	case i.seq > 0:
 		return eventID{i.ms, i.seq - 1}
 	case i.ms > 0:
-		return eventID{i.ms - 1, maxSeq}
+		return eventID{i.ms - 1, localBase - 1}
 	}
 	return i
 }

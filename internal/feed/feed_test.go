@@ -225,14 +225,14 @@ func TestLoadAndRaiseFloor(t *testing.T) {
 	}
 }
 
-// An event kept here alone (Redis failing) takes the id after the newest; a fleet event
+// An event kept here alone (Redis failing) takes an id after the newest; a fleet event
 // that then arrives with a smaller id is still handed to subscribers, and every resumer
 // from before it gets a reset rather than a silent gap.
 func TestLocalThenOlderFleetEvent(t *testing.T) {
 	l := NewLog(10)
 	l.load([]kept{{eventID{5000, 0}, Event{Type: TagChanged, ID: id(5000, 0)}}}, eventID{4000, 0})
 	local := l.keepLocal(Event{Type: TagChanged}, true)
-	if local.ID != id(5000, 1) || l.Stats().Unshared != 1 {
+	if p, _ := parseID(local.ID); p.ms != 5000 || p.seq < localBase || l.Stats().Unshared != 1 {
 		t.Fatalf("local id %s, stats %+v", local.ID, l.Stats())
 	}
 	_, sub := l.Subscribe("")
@@ -271,5 +271,95 @@ func TestResumeWaitsForTheReader(t *testing.T) {
 	start := time.Now()
 	if _, reset := l.Since(id(9000, 0)); !reset || time.Since(start) < catchUpWait {
 		t.Fatalf("an id never reached: reset %v after %v", reset, time.Since(start))
+	}
+}
+
+// Evicting the oldest kept event never lowers a floor raised past it: entries trimmed
+// from the fleet's stream before this replica read them (raiseFloor), or a fleet event
+// older than one kept here alone, stay a reset for a resumer from before them.
+func TestEvictionNeverLowersFloor(t *testing.T) {
+	l := NewLog(3)
+	l.load(nil, eventID{999, 0})
+	for _, ms := range []uint64{1000, 2000, 3000} {
+		l.addShared(eventID{ms, 0}, Event{Type: TagChanged})
+	}
+	// Entries 4000..5000 were trimmed before this replica read them; 6000 comes next.
+	l.raiseFloor(eventID{5999, maxSeq})
+	l.addShared(eventID{6000, 0}, Event{Type: TagChanged}) // evicts 1000
+	if got, reset := l.Since(id(3000, 0)); !reset {
+		t.Fatalf("resuming from before the trimmed entries gave %v without a reset", ids(got))
+	}
+	// The fallback path: a fleet event that sorts before one kept here alone raises the
+	// floor past everything; the next evictions must keep it there.
+	l.keepLocal(Event{Type: TagChanged}, true)
+	l.addShared(eventID{6000, 1}, Event{Type: TagChanged})
+	floor, _ := l.bounds()
+	for _, ms := range []uint64{7000, 8000} {
+		l.addShared(eventID{ms, 0}, Event{Type: TagChanged})
+	}
+	if got, _ := l.bounds(); got.less(floor) {
+		t.Fatalf("the floor went down from %s to %s", floor, got)
+	}
+	if got, reset := l.Since(id(6000, 0)); !reset {
+		t.Fatalf("resuming from before the fleet event not kept gave %v without a reset", ids(got))
+	}
+}
+
+// Ids of events kept here alone (Redis failing) are in a range of sequences no stream
+// entry reaches, with a part that is this log's own: another replica, whose fleet events
+// may have any stream id, answers one with a reset at once (it could never hand on the
+// event, and its reader will never reach the id), while this log resumes from it.
+func TestLocalIDsAreTheirLogs(t *testing.T) {
+	history := []kept{{eventID{5000, 0}, Event{Type: TagChanged, ID: id(5000, 0)}}}
+	a, b := NewLog(10), NewLog(10)
+	a.load(history, eventID{4000, 0})
+	b.load(history, eventID{4000, 0})
+	b.fleet.Store(&Fleet{}) // attached: a resumer's id may be one its reader has yet to reach
+	local := a.keepLocal(Event{Type: TagChanged, Tag: "local"}, true)
+	p, _ := parseID(local.ID)
+	if p.seq < localBase {
+		t.Fatalf("local id %s is in the range of stream ids", local.ID)
+	}
+	// B's reader gets the fleet's next entry, whatever its id.
+	b.addShared(eventID{5000, 1}, Event{Type: TagChanged, Tag: "fleet"})
+	start := time.Now()
+	if got, reset := b.Since(local.ID); !reset {
+		t.Fatalf("another replica resumed from a local id with %v", ids(got))
+	}
+	if took := time.Since(start); took >= catchUpWait/2 {
+		t.Fatalf("another replica's local id was reset after %v, not at once", took)
+	}
+	if got, reset := a.Since(local.ID); reset || len(got) != 0 {
+		t.Fatalf("the replica that gave a local id: %v %v", got, reset)
+	}
+	if got, reset := a.Since(id(5000, 0)); reset || len(got) != 1 || got[0].Tag != "local" {
+		t.Fatalf("since the fleet event before the local one: %v %v", got, reset)
+	}
+	// A second local event follows the first in the same range.
+	second := a.keepLocal(Event{Type: TagChanged}, true)
+	if q, _ := parseID(second.ID); !p.less(q) || q.seq < localBase {
+		t.Fatalf("second local id %s after %s", second.ID, local.ID)
+	}
+}
+
+// Subscribe tells where its subscription starts: a subscriber with no id that keeps it
+// resumes after the events it was handed, so nothing published while it was away is lost;
+// with an empty log it resumes from the start.
+func TestSubscribeStart(t *testing.T) {
+	l := NewLog(10)
+	_, s := l.Subscribe("")
+	s.Cancel()
+	e := l.Publish(Event{Type: TagChanged, Tag: "a"})
+	if got, reset := l.Since(s.Start); s.Start == "" || reset || len(got) != 1 || got[0].ID != e.ID {
+		t.Fatalf("from an empty log's start %q: %v %v", s.Start, got, reset)
+	}
+	_, s = l.Subscribe("")
+	s.Cancel()
+	if s.Start != e.ID {
+		t.Fatalf("start %q, want the newest %q", s.Start, e.ID)
+	}
+	f := l.Publish(Event{Type: TagChanged, Tag: "b"})
+	if got, reset := l.Since(s.Start); reset || len(got) != 1 || got[0].ID != f.ID {
+		t.Fatalf("from %q: %v %v", s.Start, got, reset)
 	}
 }

@@ -2,7 +2,8 @@ package feed
 
 // The fleet's feed: with the Redis/Valkey tier, the replicas share one change feed, a
 // Redis stream. A replica publishes what it saw with one script that drops a change
-// another replica published already; every replica reads the stream into its Log, so an
+// another replica published already, or one older than the fleet's last word on the
+// image; every replica reads the stream into its Log, so an
 // event has one id (its stream entry's) everywhere and across restarts. Webhooks read the
 // stream through consumer groups (group.go), so each delivery happens once per fleet.
 
@@ -11,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -37,6 +39,9 @@ const (
 	// readBlock is how long one XREAD waits for new entries; readCount the most it takes.
 	readBlock = 2 * time.Second
 	readCount = 1000
+	// loadPage is how many entries one call reads of the history loaded at start: a few
+	// hundred KB, which a slow link carries within one call's timeout.
+	loadPage = 1000
 	// readRetryMin and readRetryMax bound the reader's backoff while Redis fails.
 	readRetryMin = 100 * time.Millisecond
 	readRetryMax = 5 * time.Second
@@ -73,19 +78,56 @@ type Fleet struct {
 	last       string
 	lastSeq    uint64
 	readLogged time.Time
+	// at is last as of the reader's last batch, for other goroutines: where a group made
+	// for the first time starts (Group.Run).
+	at atomic.Pointer[string]
 }
 
-// publishScript adds an event to the stream unless it is the change the fleet published
-// last for that image (another replica saw it too): KEYS state, stream, counter; ARGV the
-// image's new state (digest, "-" for a deletion, "" for no check), the state's TTL in ms,
-// the stream's bound, the event. It answers the entry's id, or nil for a repeat.
+// publishScript adds an event to the stream unless the fleet knows better: KEYS state,
+// stream, counter; ARGV the image's new state (digest, "-" for a deletion, "" for no
+// check), when the change was seen (Unix ms), the state's TTL in ms, the stream's bound,
+// the event (JSON). It answers the entry's id, or nil for an event not published.
+//
+// The state key holds what the fleet published last for the image and when that was seen
+// ("<state> <ms>"; a bare state, as older versions wrote it, counts as seen at 0). The
+// rule, which keeps the feed's last word on the newest digest seen:
+//   - no state (new image, expired, evicted): publish;
+//   - seen no later than the state (a replica that published late, or saw an older
+//     answer): drop it, whatever its previous digest: publishing it would leave the
+//     feed's last word on a digest the fleet saw replaced since (A→B published after
+//     B→C; or A→B after A→B→A);
+//   - seen later, same state: a repeat (another replica saw the change too): drop it, and
+//     keep its time, which is newer knowledge of the same state;
+//   - seen later, another state: a real move, published; when its replica missed a move
+//     (its previous digest is not the fleet's last), its previousDigest becomes the
+//     fleet's last digest, so that each event follows the one before.
+//
+// Times are the replicas' clocks: a move seen within their skew of the previous one may be
+// taken for a stale one, which NTP makes a matter of milliseconds.
 var publishScript = redis.NewScript(`
 if ARGV[1] ~= '' then
-  if redis.call('GET', KEYS[1]) == ARGV[1] then return false end
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  local at = tonumber(ARGV[2])
+  local v = redis.call('GET', KEYS[1])
+  if v then
+    local was, wasAt = string.match(v, '^(.*) (%d+)$')
+    if not was then was, wasAt = v, '0' end
+    if at <= tonumber(wasAt) then return false end
+    if was == ARGV[1] then
+      redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2], 'PX', ARGV[3])
+      return false
+    end
+    if was ~= '-' then
+      local e = cjson.decode(ARGV[5])
+      if e.type == 'tag.changed' and e.previousDigest ~= was then
+        e.previousDigest = was
+        ARGV[5] = cjson.encode(e)
+      end
+    end
+  end
+  redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2], 'PX', ARGV[3])
 end
 local seq = redis.call('INCR', KEYS[3])
-return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'seq', seq, 'event', ARGV[4])
+return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'seq', seq, 'event', ARGV[5])
 `)
 
 // NewFleet links l to the fleet's stream in cfg's Redis and starts its reader: it loads
@@ -106,11 +148,21 @@ func NewFleet(l *Log, cfg cache.RedisConfig, zl *zap.Logger) *Fleet {
 		queue: make(chan Event, publishQueue), ctx: ctx, cancel: cancel,
 	}
 	if err := f.load(); err != nil {
-		// Read what comes from now on; an id from before this start gets a reset.
+		// Read what comes from now on, by Redis's clock when it answers (the next entry's id
+		// is at least its now: this one's clock may be ahead); an id from before this start
+		// gets a reset.
 		floor, _ := l.bounds()
+		ctx, cancel := context.WithTimeout(context.Background(), f.opTime)
+		if now, err := f.rdb.Time(ctx).Result(); err == nil {
+			floor = eventID{ms: uint64(now.UnixMilli())}.prev()
+			l.load(nil, floor)
+		}
+		cancel()
 		f.last = floor.stream()
 		zl.Warn("change feed: a Redis call failed; it starts without the fleet's history (ids from before this start get feed.reset)", zap.Error(err))
 	}
+	start := f.last
+	f.at.Store(&start)
 	l.fleet.Store(f)
 	f.busy.Add(1)
 	go f.publisher()
@@ -119,16 +171,42 @@ func NewFleet(l *Log, cfg cache.RedisConfig, zl *zap.Logger) *Fleet {
 	return f
 }
 
-// load reads the newest entries into the log; the one before them, if any, is its floor.
+// load reads the newest entries into the log, a page at a time; the one before them, if
+// any, is its floor. A page that times out is tried again with twice the time; one that
+// still fails ends the history there (older ids get a reset), or, for the first, fails
+// the load.
 func (f *Fleet) load() error {
-	ctx, cancel := context.WithTimeout(context.Background(), max(time.Second, 4*f.opTime))
-	defer cancel()
-	// Up to size entries of a few hundred bytes each: more than one call's timeout.
-	rdb := f.rdb.WithTimeout(max(time.Second, 4*f.opTime))
-	msgs, err := rdb.XRevRangeN(ctx, f.stream, "+", "-", int64(f.maxLen)+1).Result()
-	if err != nil {
-		return err
+	timeout := max(time.Second, 4*f.opTime)
+	page := func(end string, n int) ([]redis.XMessage, error) {
+		var err error
+		for _, t := range []time.Duration{timeout, 2 * timeout} {
+			ctx, cancel := context.WithTimeout(context.Background(), t)
+			var msgs []redis.XMessage
+			msgs, err = f.rdb.WithTimeout(t).XRevRangeN(ctx, f.stream, end, "-", int64(n)).Result()
+			cancel()
+			var ne net.Error
+			if err == nil || !(errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()) {
+				return msgs, err
+			}
+		}
+		return nil, err
 	}
+	var msgs []redis.XMessage
+	for end, want := "+", f.maxLen+1; len(msgs) < want; {
+		n := min(loadPage, want-len(msgs))
+		got, err := page(end, n)
+		if err != nil && len(msgs) == 0 {
+			return err
+		}
+		msgs = append(msgs, got...)
+		if err != nil || len(got) < n {
+			break
+		}
+		end = "(" + got[len(got)-1].ID
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	rdb := f.rdb.WithTimeout(timeout)
 	var floor eventID
 	switch {
 	case len(msgs) > f.maxLen:
@@ -246,11 +324,14 @@ func (f *Fleet) publish(parent context.Context, e Event) {
 		state = "" // nothing to tell a repeat by
 	}
 	e.ID = "" // the stream entry's id is the event's
+	if e.at.IsZero() {
+		e.at = time.Now()
+	}
 	data, _ := json.Marshal(e)
 	ctx, cancel := context.WithTimeout(parent, f.opTime)
 	defer cancel()
 	err := publishScript.Run(ctx, f.rdb, []string{f.statePrefix + e.Image, f.stream, f.seqKey},
-		state, stateTTL.Milliseconds(), f.maxLen, data).Err()
+		state, e.at.UnixMilli(), stateTTL.Milliseconds(), f.maxLen, data).Err()
 	if err != nil && !errors.Is(err, redis.Nil) { // nil: another replica published it
 		f.failedAt = time.Now()
 		f.keepLocal(e)
@@ -311,6 +392,8 @@ func (f *Fleet) reader() {
 				f.take(m)
 			}
 		}
+		last := f.last
+		f.at.Store(&last)
 		f.wakeGroups()
 	}
 }

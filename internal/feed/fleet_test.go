@@ -4,13 +4,16 @@ package feed
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap/zaptest"
 
 	"regcache/cache"
@@ -252,8 +255,8 @@ func TestFleetGroupDeliversOnce(t *testing.T) {
 		logs = append(logs, l)
 		hooks = append(hooks, h)
 	}
-	// The groups exist before the first event (they start at the stream's end).
-	waitFor(t, "the group", func() bool { n, _ := rs.Do("EXISTS", "regcache:events:group:ci:seq"); return n == ":1" })
+	// The groups exist before the first event (each starts where its reader was).
+	waitGroup(t, rs, "ci")
 	const n = 30
 	for i := range n {
 		logs[i%3].Publish(changed(fmt.Sprint("t", i), "sha256:x"))
@@ -292,7 +295,7 @@ func TestFleetGroupReclaimsDead(t *testing.T) {
 	slow, dead := newHook(2), newHook(2)
 	slow.hold, dead.hold = true, true
 	stopDead := run(t, fa.Group("ci", minIdle), dead)
-	waitFor(t, "the group", func() bool { n, _ := rs.Do("EXISTS", "regcache:events:group:ci:seq"); return n == ":1" })
+	waitGroup(t, rs, "ci")
 	la.Publish(changed("t1", "sha256:x"))
 	la.Publish(changed("t2", "sha256:x"))
 	waitFor(t, "the dead replica's deliveries", func() bool { return len(dead.events()) == 2 })
@@ -329,7 +332,7 @@ func TestFleetGroupCountsTrimmed(t *testing.T) {
 	h := newHook(0) // a webhook with no room: it reads nothing
 	g := f.Group("ci", time.Minute)
 	run(t, g, h)
-	waitFor(t, "the group", func() bool { n, _ := rs.Do("EXISTS", "regcache:events:group:ci:seq"); return n == ":1" })
+	waitGroup(t, rs, "ci")
 	const n = 20
 	for i := range n {
 		l.Publish(changed(fmt.Sprint("t", i), "sha256:x"))
@@ -358,7 +361,7 @@ func TestFleetRedisDown(t *testing.T) {
 	other, _ := replica(t, rs.Addr, 100)
 	h := newHook(10)
 	run(t, f.Group("ci", time.Minute), h)
-	waitFor(t, "the group", func() bool { n, _ := rs.Do("EXISTS", "regcache:events:group:ci:seq"); return n == ":1" })
+	waitGroup(t, rs, "ci")
 	l.Publish(changed("t1", "sha256:x"))
 	shared := waitEvents(t, l, 1, "the first event")[0]
 	waitFor(t, "its delivery", func() bool { return len(h.events()) == 1 })
@@ -377,6 +380,11 @@ func TestFleetRedisDown(t *testing.T) {
 		t.Fatalf("the event was kept after %v, more than the op timeout", took)
 	}
 	waitFor(t, "the webhook's delivery of the local event", func() bool { return len(h.events()) == 2 })
+	// Another replica never has it: a client bringing its id there is reset at once.
+	start = time.Now()
+	if got, reset := other.Since(local.ID); !reset || time.Since(start) >= catchUpWait/2 {
+		t.Fatalf("another replica, since a local id: %v, reset %v after %v", got, reset, time.Since(start))
+	}
 
 	rs.Start()
 	deadline := time.Now().Add(15 * time.Second)
@@ -412,10 +420,61 @@ func TestFleetStartsWithoutRedis(t *testing.T) {
 	}
 }
 
+// groupReplica is a replica whose group "ci" (minIdle a minute) runs for a webhook with
+// room for 10, once the group is made.
+func groupReplica(t *testing.T, rs *redistest.Server) (*Log, *Group, *hook) {
+	t.Helper()
+	l, f := replica(t, rs.Addr, 100)
+	h := newHook(10)
+	g := f.Group("ci", time.Minute)
+	run(t, g, h)
+	waitGroup(t, rs, "ci")
+	return l, g, h
+}
+
+// waitGroup waits until the group is made (its counter is there).
+func waitGroup(t *testing.T, rs *redistest.Server, group string) {
+	t.Helper()
+	waitFor(t, "the group "+group, func() bool { n, _ := rs.Do("EXISTS", "regcache:events:group:"+group+":seq"); return n == ":1" })
+}
+
+// groupEval runs a script on the stream (KEYS[1]) and the group (ARGV[1]).
+func groupEval(rs *redistest.Server, script, group string) string {
+	n, _ := rs.Do("EVAL", script, "1", "regcache:events", group)
+	return n
+}
+
 // pending is how many of the group's entries wait for an acknowledgement.
 func pending(rs *redistest.Server, group string) string {
-	p, _ := rs.Do("EVAL", "return redis.call('XPENDING', KEYS[1], ARGV[1])[1]", "1", "regcache:events", group)
-	return p
+	return groupEval(rs, "return redis.call('XPENDING', KEYS[1], ARGV[1])[1]", group)
+}
+
+// consumers is how many consumers the group has.
+func consumers(rs *redistest.Server, group string) string {
+	return groupEval(rs, "return #redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])", group)
+}
+
+// addEntries adds n entries to the stream as publishes would (numbered from 1), at once,
+// and returns their ids in the fixed-width form.
+func addEntries(t *testing.T, rs *redistest.Server, n int) []string {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr})
+	defer rdb.Close()
+	pipe := rdb.Pipeline()
+	for i := range n {
+		data, _ := json.Marshal(changed(fmt.Sprint("t", i), "sha256:x"))
+		pipe.XAdd(context.Background(), &redis.XAddArgs{Stream: "regcache:events", Values: []any{"seq", i + 1, "event", data}})
+	}
+	cmds, err := pipe.Exec(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := make([]string, n)
+	for i, c := range cmds {
+		p, _ := streamID(c.(*redis.StringCmd).Val())
+		ids[i] = p.String()
+	}
+	return ids
 }
 
 // A delivery that finishes after its group's Run returned (a webhook shutting down) is
@@ -426,7 +485,7 @@ func TestFleetGroupAckAfterRun(t *testing.T) {
 	h := newHook(10)
 	h.hold = true
 	stop := run(t, f.Group("ci", time.Minute), h)
-	waitFor(t, "the group", func() bool { n, _ := rs.Do("EXISTS", "regcache:events:group:ci:seq"); return n == ":1" })
+	waitGroup(t, rs, "ci")
 	l.Publish(changed("t1", "sha256:x"))
 	waitFor(t, "the delivery", func() bool { return len(h.events()) == 1 })
 	stop()
@@ -436,5 +495,219 @@ func TestFleetGroupAckAfterRun(t *testing.T) {
 	h.acks[0](true)
 	if p := pending(rs, "ci"); p != ":0" {
 		t.Fatalf("pending after the ack: %s", p)
+	}
+}
+
+// A late publish never leaves the feed's last word on an older digest: a change seen
+// before the one the fleet published last (by observation time) is dropped, whatever its
+// previous digest; a newer one is published, with the fleet's last digest as its previous
+// when the replica that saw it missed a move. Created and deleted tags follow the same
+// rule.
+func TestFleetLateChangeDropped(t *testing.T) {
+	rs := redistest.Start(t)
+	l, f := replica(t, rs.Addr, 100)
+	base := time.Now().Add(-time.Minute)
+	at := func(e Event, d time.Duration) Event { e.at = base.Add(d); return e }
+	move := func(prev, digest string, d time.Duration) Event {
+		e := changed("v1", digest)
+		e.PreviousDigest = prev
+		return at(e, d)
+	}
+	listed := func(typ, digest string, d time.Duration) Event {
+		e := changed("v2", digest)
+		e.Type = typ
+		return at(e, d)
+	}
+	for _, e := range []Event{
+		move("sha256:a", "sha256:b", 1*time.Second),
+		move("sha256:b", "sha256:c", 3*time.Second),
+		move("sha256:a", "sha256:b", 2*time.Second),         // seen before b→c: stale
+		move("sha256:a", "sha256:c", 4*time.Second),         // a repeat of c
+		move("sha256:c", "sha256:b", 3500*time.Millisecond), // seen before the repeat of c: stale
+		move("sha256:a", "sha256:d", 5*time.Second),         // newer; its replica missed a→b→c
+		move("sha256:d", "sha256:a", 4500*time.Millisecond), // older than d: stale, though it follows d
+		listed(TagCreated, "sha256:x", 1*time.Second),
+		listed(TagDeleted, "sha256:x", 3*time.Second),
+		listed(TagCreated, "sha256:x", 2*time.Second), // seen before the deletion: stale
+		listed(TagCreated, "sha256:y", 4*time.Second),
+		changed("end", "sha256:z"),
+	} {
+		l.Publish(e)
+	}
+	waitFor(t, "the publishes", func() bool { return f.queued.Load() == 0 })
+	var got []string
+	waitFor(t, "the last event", func() bool {
+		events, _ := l.Since("")
+		got = nil
+		for _, e := range events {
+			got = append(got, fmt.Sprintf("%s %s %s>%s", e.Type, e.Tag, e.PreviousDigest, e.Digest))
+		}
+		return len(events) > 0 && events[len(events)-1].Tag == "end"
+	})
+	want := []string{
+		"tag.changed v1 sha256:a>sha256:b", "tag.changed v1 sha256:b>sha256:c", "tag.changed v1 sha256:c>sha256:d",
+		"tag.created v2 >sha256:x", "tag.deleted v2 >sha256:x", "tag.created v2 >sha256:y", "tag.changed end >sha256:z",
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("the feed holds\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// Redis restarted empty (Valkey without persistence): the first publish makes the stream
+// anew without the group; the group, made again, starts at the stream's start, so the
+// event that made the stream is delivered.
+func TestFleetGroupAfterRedisLostTheStream(t *testing.T) {
+	rs := redistest.Start(t)
+	l, g, h := groupReplica(t, rs)
+	l.Publish(changed("t1", "sha256:x"))
+	waitFor(t, "the first delivery", func() bool { return len(h.events()) == 1 && pending(rs, "ci") == ":0" })
+	h.room.Store(0) // the group's loop calls Redis no more: the publish comes first
+	if _, err := rs.Do("FLUSHALL"); err != nil {
+		t.Fatal(err)
+	}
+	l.Publish(changed("t2", "sha256:x"))
+	waitEvents(t, l, 2, "the event after the flush")
+	h.room.Store(10)
+	g.signal()
+	waitFor(t, "the delivery after the flush", func() bool { return len(h.events()) == 2 })
+	if e := h.events()[1]; e.Tag != "t2" || g.Dropped() != 0 {
+		t.Fatalf("delivered %+v, dropped %d", e, g.Dropped())
+	}
+}
+
+// A group made for the first time starts where this replica's reader was when its loop
+// started, not at the stream's end then: an event published while Redis was coming up is
+// delivered. A group added to a fleet with history does not deliver that history.
+func TestFleetGroupStartsWhereTheReaderWas(t *testing.T) {
+	rs := redistest.Start(t)
+	rs.Kill()
+	_, fa := replica(t, rs.Addr, 100) // starts without Redis
+	h := newHook(10)
+	run(t, fa.Group("ci", time.Minute), h)
+	time.Sleep(100 * time.Millisecond) // its first try to make the group failed
+	rs.Start()
+	lb, fb := replica(t, rs.Addr, 100) // another replica, without the webhook
+	lb.Publish(changed("t1", "sha256:x"))
+	waitFor(t, "the delivery of the event published as Redis came back", func() bool { return len(h.events()) == 1 })
+	waitEvents(t, lb, 1, "the first event")
+
+	late := newHook(10)
+	run(t, fb.Group("cd", time.Minute), late)
+	waitGroup(t, rs, "cd")
+	lb.Publish(changed("t2", "sha256:x"))
+	waitFor(t, "the new group's delivery", func() bool { return len(late.events()) == 1 })
+	time.Sleep(100 * time.Millisecond)
+	if got := late.events(); len(got) != 1 || got[0].Tag != "t2" {
+		t.Fatalf("a group added later delivered %+v", got)
+	}
+}
+
+// A group's counter evicted (allkeys-lru) or lost is unknown, not 0: it is taken up again
+// from the next entry read, with no drop counted for the entries before it.
+func TestFleetGroupCounterLost(t *testing.T) {
+	rs := redistest.Start(t)
+	l, g, h := groupReplica(t, rs)
+	for i := range 3 {
+		l.Publish(changed(fmt.Sprint("t", i), "sha256:x"))
+	}
+	waitFor(t, "the deliveries", func() bool { return len(h.events()) == 3 })
+	if _, err := rs.Do("DEL", "regcache:events:group:ci:seq"); err != nil {
+		t.Fatal(err)
+	}
+	l.Publish(changed("t3", "sha256:x"))
+	waitFor(t, "the delivery after the counter was lost", func() bool { return len(h.events()) == 4 })
+	// The stream's own counter lost too: numbers start again at 1.
+	if _, err := rs.Do("DEL", "regcache:events:seq"); err != nil {
+		t.Fatal(err)
+	}
+	l.Publish(changed("t4", "sha256:x"))
+	l.Publish(changed("t5", "sha256:x"))
+	waitFor(t, "the deliveries after the stream's counter was lost", func() bool { return len(h.events()) == 6 })
+	if d := g.Dropped(); d != 0 {
+		t.Fatalf("%d deliveries counted as dropped", d)
+	}
+}
+
+// A replica with more deliveries in flight than one script call can refresh (a webhook
+// with a long queue and a slow receiver) keeps them all: no other replica takes one over.
+func TestFleetGroupHeartbeatManyInFlight(t *testing.T) {
+	rs := redistest.Start(t)
+	const n = 9000
+	const minIdle = 2 * time.Second
+	_, fa := replica(t, rs.Addr, n)
+	_, fb := replica(t, rs.Addr, n)
+	slow := newHook(n)
+	slow.hold = true
+	ga := fa.Group("ci", minIdle)
+	run(t, ga, slow)
+	waitGroup(t, rs, "ci")
+	addEntries(t, rs, n)
+	waitFor(t, "the slow replica's deliveries", func() bool { return len(slow.events()) == n })
+	start := time.Now()
+	if err := ga.heartbeat(); err != nil {
+		t.Fatalf("heartbeat of %d deliveries: %v", n, err)
+	}
+	if took := time.Since(start); took > minIdle/3 {
+		t.Fatalf("heartbeat of %d deliveries took %v", n, took)
+	}
+	other := newHook(n)
+	run(t, fb.Group("ci", minIdle), other)
+	time.Sleep(3 * minIdle)
+	if got := len(other.events()); got != 0 {
+		t.Fatalf("%d deliveries in progress were taken over", got)
+	}
+	if d := ga.Dropped(); d != 0 {
+		t.Fatalf("%d counted as dropped", d)
+	}
+}
+
+// A group's loop that ends with nothing pending removes its consumer, so that restarts do
+// not pile up consumers; one with deliveries pending keeps it (another replica takes them
+// over from it).
+func TestFleetGroupRemovesIdleConsumer(t *testing.T) {
+	rs := redistest.Start(t)
+	l, f := replica(t, rs.Addr, 100)
+	h := newHook(10)
+	stop := run(t, f.Group("ci", time.Minute), h)
+	waitGroup(t, rs, "ci")
+	l.Publish(changed("t1", "sha256:x"))
+	waitFor(t, "the delivery", func() bool { return len(h.events()) == 1 && pending(rs, "ci") == ":0" })
+	if n := consumers(rs, "ci"); n != ":1" {
+		t.Fatalf("%s consumers while running", n)
+	}
+	stop()
+	if n := consumers(rs, "ci"); n != ":0" {
+		t.Fatalf("%s consumers after the loop ended with nothing pending", n)
+	}
+
+	_, f2 := replica(t, rs.Addr, 100)
+	held := newHook(10)
+	held.hold = true
+	stop = run(t, f2.Group("ci", time.Minute), held)
+	l.Publish(changed("t2", "sha256:x"))
+	waitFor(t, "the held delivery", func() bool { return len(held.events()) == 1 })
+	stop()
+	if n := consumers(rs, "ci"); n != ":1" {
+		t.Fatalf("%s consumers after the loop ended with a delivery pending", n)
+	}
+}
+
+// A history longer than one page of the load is read whole, a page at a time, with the
+// entry before it as the floor.
+func TestFleetLoadsHistoryInPages(t *testing.T) {
+	rs := redistest.Start(t)
+	const size, n = 2*loadPage + 500, 2*loadPage + 600
+	entries := addEntries(t, rs, n)
+	entry := func(i int) string { return entries[i] }
+	l, _ := replica(t, rs.Addr, size)
+	got, _ := l.Since("")
+	if len(got) != size || got[0].ID != entry(n-size) || got[size-1].ID != entry(n-1) {
+		t.Fatalf("loaded %d events", len(got))
+	}
+	if got, reset := l.Since(entry(n - size - 1)); reset || len(got) != size {
+		t.Fatalf("since the entry before the history: %d events, reset %v", len(got), reset)
+	}
+	if _, reset := l.Since(entry(n - size - 2)); !reset {
+		t.Fatal("an id older than the history resumed")
 	}
 }

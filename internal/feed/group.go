@@ -13,6 +13,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -29,6 +30,9 @@ const (
 	// groupPoll is how often a group's loop looks for entries without being woken (the
 	// reader wakes it when entries arrive).
 	groupPoll = time.Second
+	// heartbeatChunk is how many entries one heartbeat call refreshes: each call stays
+	// short (Redis runs a script alone), and far below what Lua can unpack.
+	heartbeatChunk = 500
 )
 
 // Group is one webhook's consumer group on the fleet's stream (Fleet.Group).
@@ -49,57 +53,96 @@ type Group struct {
 	// Run's own state.
 	cursor string // where XAUTOCLAIM goes on
 	logged time.Time
+	// from is where the group starts when this loop makes it: the reader's position when
+	// Run started. lost is set once Redis answered NOGROUP: the group is made again at the
+	// stream's start.
+	from string
+	lost bool
 }
 
-// groupCreateScript creates the group at the stream's end, with the entry counter as its
-// bookkeeping's start (nothing before it was the group's to miss); an existing group is
-// left as it is. KEYS stream, group counter, stream counter; ARGV group.
+// groupCreateScript creates the group, with its entry counter; an existing group is left
+// as it is. KEYS stream, group counter, stream counter; ARGV group, the entry to start
+// after, "1" when the group was lost. A group made for the first time starts after the
+// entry given (where this replica's reader was when its loop started: what was published
+// since is the group's, while the history before is not). A stream that is not there, or
+// that lost its group (Redis restarted empty, or evicted it), holds only entries the group
+// has not delivered: the group starts at its start. Either way the counter is the number
+// before the first entry the group gets (nothing before it was the group's to miss).
 var groupCreateScript = redis.NewScript(`
-local r = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '$', 'MKSTREAM')
+local from = ARGV[2]
+if ARGV[3] == '1' or redis.call('EXISTS', KEYS[1]) == 0 then from = '0-0' end
+local r = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], from, 'MKSTREAM')
 if type(r) == 'table' and r.err then
   if string.find(r.err, 'BUSYGROUP', 1, true) then return 0 end
   return r
 end
-redis.call('SET', KEYS[2], redis.call('GET', KEYS[3]) or '0')
+local seq = tonumber(redis.call('GET', KEYS[3]) or '0')
+local first = redis.call('XRANGE', KEYS[1], '(' .. from, '+', 'COUNT', 1)[1]
+if first then
+  for i = 1, #first[2], 2 do
+    if first[2][i] == 'seq' then seq = tonumber(first[2][i + 1]) - 1 end
+  end
+end
+redis.call('SET', KEYS[2], seq)
 return 1
 `)
 
 // groupReadScript reads up to ARGV count new entries for consumer ARGV[2] of group ARGV[1]
 // and, atomically with it (the replicas' reads interleave), counts the entries the group
 // never got: trimmed from the stream (MAXLEN) before any replica read them, told by the
-// gaps in their numbers. KEYS stream, group counter. It answers {dropped, entries}.
+// gaps in their numbers. KEYS stream, group counter. It answers {dropped, entries}. A
+// counter that is not there (evicted) or ahead of an entry's number (the stream's counter
+// started again) is not known: it is taken up from that entry, with no drop counted.
 var groupReadScript = redis.NewScript(`
 local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
 if not r then return {0, {}} end
 local entries = r[1][2]
-local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+local last = tonumber(redis.call('GET', KEYS[2]) or '')
 local dropped = 0
 for _, e in ipairs(entries) do
   local f = e[2]
   for i = 1, #f, 2 do
     if f[i] == 'seq' then
       local seq = tonumber(f[i + 1])
-      if seq > last + 1 then dropped = dropped + seq - last - 1 end
-      if seq > last then last = seq end
+      if last == nil or seq <= last then last = seq - 1 end
+      dropped = dropped + seq - last - 1
+      last = seq
     end
   end
 end
-redis.call('SET', KEYS[2], last)
+if last then redis.call('SET', KEYS[2], last) end
 return {dropped, entries}
 `)
 
-// heartbeatScript resets the idle time of the entries ARGV[3..] that consumer ARGV[2] of
-// group ARGV[1] still holds (one another replica claimed meanwhile is left to it), so that
-// no replica claims a delivery still in progress. KEYS stream.
+// heartbeatScript resets the idle time of the entries ARGV[3..] (in stream order, at most
+// heartbeatChunk) that consumer ARGV[2] of group ARGV[1] still holds (one another replica
+// claimed meanwhile is left to it), so that no replica claims a delivery still in
+// progress. KEYS stream. Which are still this consumer's is read from its own pending
+// entries over their span, a page at a time.
 var heartbeatScript = redis.NewScript(`
+local want = {}
+for i = 3, #ARGV do want[ARGV[i]] = true end
 local claim = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}
-for i = 3, #ARGV do
-  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
-  if p[1] and p[1][2] == ARGV[2] then table.insert(claim, ARGV[i]) end
+local from = ARGV[3]
+while true do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], from, ARGV[#ARGV], 500, ARGV[2])
+  for _, e in ipairs(p) do
+    if want[e[1]] then table.insert(claim, e[1]) end
+  end
+  if #p < 500 then break end
+  from = '(' .. p[#p][1]
 end
 if #claim == 5 then return 0 end
 table.insert(claim, 'JUSTID')
 return #redis.call(unpack(claim))
+`)
+
+// dropConsumerScript removes consumer ARGV[2] from group ARGV[1] when it holds no entry
+// (a replica's loop that ends leaves no consumer behind, whose restarts would pile them
+// up); one that holds some stays for another replica to claim them from. KEYS stream.
+var dropConsumerScript = redis.NewScript(`
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
+return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 `)
 
 // Group is the consumer group name on the fleet's stream, for one webhook: Run hands it
@@ -148,8 +191,9 @@ func (g *Group) Run(ctx context.Context, room func() int, offer func(Event, func
 	f.busy.Add(1)
 	f.mu.Unlock()
 	defer f.busy.Done()
+	g.from = *f.at.Load()
 	g.setRunning(true)
-	defer func() { _ = g.flushAcks() }()
+	defer g.leave()
 	defer g.setRunning(false)
 	beatEvery := min(max(g.minIdle/3, 10*time.Millisecond), 10*time.Second)
 	tick := time.NewTicker(min(beatEvery, groupPoll))
@@ -168,7 +212,7 @@ func (g *Group) Run(ctx context.Context, room func() int, offer func(Event, func
 			g.try(g.heartbeat())
 			ready = g.try(g.claim(room, offer))
 		}
-		if n := room(); ready && n > 0 {
+		if n := min(room(), readCount); ready && n > 0 {
 			got, err := g.read(n, offer)
 			ready = g.try(err)
 			more = got == n
@@ -208,7 +252,11 @@ func (g *Group) try(err error) bool {
 		g.f.zl.Warn("change feed: a Redis call failed; webhook deliveries from the fleet's stream wait for it (logged once per 30s)",
 			zap.String("group", g.name), zap.Error(err))
 	}
-	return !strings.Contains(err.Error(), "NOGROUP")
+	if strings.Contains(err.Error(), "NOGROUP") {
+		g.lost = true
+		return false
+	}
+	return true
 }
 
 func (g *Group) ctx() (context.Context, context.CancelFunc) {
@@ -218,7 +266,28 @@ func (g *Group) ctx() (context.Context, context.CancelFunc) {
 func (g *Group) create() error {
 	ctx, cancel := g.ctx()
 	defer cancel()
-	return groupCreateScript.Run(ctx, g.f.rdb, []string{g.f.stream, g.seqKey, g.f.seqKey}, g.name).Err()
+	lost := "0"
+	if g.lost {
+		lost = "1"
+	}
+	return groupCreateScript.Run(ctx, g.f.rdb, []string{g.f.stream, g.seqKey, g.f.seqKey}, g.name, g.from, lost).Err()
+}
+
+// leave, as Run returns, acknowledges the finished deliveries and, with none left in
+// flight, removes this replica's consumer when it holds no entry.
+func (g *Group) leave() {
+	if g.flushAcks() != nil {
+		return
+	}
+	g.mu.Lock()
+	busy := len(g.inflight) > 0 || len(g.acked) > 0
+	g.mu.Unlock()
+	if busy {
+		return
+	}
+	ctx, cancel := g.ctx()
+	defer cancel()
+	_ = dropConsumerScript.Run(ctx, g.f.rdb, []string{g.f.stream}, g.name, g.f.consumer).Err()
 }
 
 // offerLocal hands on the events kept on this replica alone.
@@ -327,31 +396,51 @@ func (g *Group) flushAcks() error {
 	return err
 }
 
-// heartbeat keeps the entries this replica holds from being claimed by another.
+// heartbeat keeps the entries this replica holds from being claimed by another: in stream
+// order, heartbeatChunk per call. It goes on past a failed call and answers the first error.
 func (g *Group) heartbeat() error {
+	type entry struct {
+		id  eventID
+		raw string
+	}
 	g.mu.Lock()
-	args := make([]any, 0, 2+len(g.inflight)+len(g.acked))
-	args = append(args, g.name, g.f.consumer)
+	held := make([]entry, 0, len(g.inflight)+len(g.acked))
 	for id := range g.inflight {
-		args = append(args, id)
+		if p, ok := streamID(id); ok {
+			held = append(held, entry{p, id})
+		}
 	}
 	for _, id := range g.acked {
-		args = append(args, id)
+		if p, ok := streamID(id); ok {
+			held = append(held, entry{p, id})
+		}
 	}
 	g.mu.Unlock()
-	if len(args) == 2 {
-		return nil
+	sort.Slice(held, func(i, j int) bool { return held[i].id.less(held[j].id) })
+	var first error
+	for len(held) > 0 {
+		chunk := held[:min(heartbeatChunk, len(held))]
+		held = held[len(chunk):]
+		args := make([]any, 0, 2+len(chunk))
+		args = append(args, g.name, g.f.consumer)
+		for _, e := range chunk {
+			args = append(args, e.raw)
+		}
+		ctx, cancel := g.ctx()
+		err := heartbeatScript.Run(ctx, g.f.rdb, []string{g.f.stream}, args...).Err()
+		cancel()
+		if err != nil && first == nil {
+			first = err
+		}
 	}
-	ctx, cancel := g.ctx()
-	defer cancel()
-	return heartbeatScript.Run(ctx, g.f.rdb, []string{g.f.stream}, args...).Err()
+	return first
 }
 
 // claim takes over the entries idle longer than minIdle (their replica died, or refused
 // them), as many as the webhook has room for, and hands them on. Those trimmed from the
 // stream meanwhile are lost deliveries.
 func (g *Group) claim(room func() int, offer func(Event, func(bool)) bool) error {
-	n := room()
+	n := min(room(), readCount)
 	if n <= 0 {
 		return nil
 	}
