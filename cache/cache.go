@@ -43,6 +43,9 @@ type Origin struct {
 	// Rules are tried in order against a tag; the first whose Match matches gives its TTL
 	// (cache.tag_ttl_rules after upstreams[].tag_ttl_rules).
 	Rules []TTLRule
+
+	// backoffServed counts the stale answers a backoff served (backoff.go).
+	backoffServed atomic.Int64
 }
 
 // TTLRule gives the tags that Match matches their own TTL.
@@ -64,8 +67,8 @@ func (o *Origin) TTLFor(tag string) time.Duration {
 
 // Defaults of the cache: keys. DefaultMaxSize and DefaultMaxBlobSize are also what zero
 // Config fields mean. A zero duration is a setting of its own (no freshness, no stale
-// answers, nothing remembered, no wait), so the others are applied by the configuration,
-// for keys a file leaves out.
+// answers, nothing remembered, no wait, no backoff), so the others are applied by the
+// configuration, for keys a file leaves out.
 const (
 	DefaultMaxSize        = 256 << 20
 	DefaultMaxBlobSize    = 1 << 20
@@ -73,6 +76,9 @@ const (
 	DefaultMaxStale       = 24 * time.Hour
 	DefaultNegativeTTL    = 10 * time.Second
 	DefaultRevalidateWait = 2 * time.Second
+	// DefaultErrorBackoff is cache.error_backoff's: the backoff after a stale answer's first
+	// failed revalidation (backoff.go).
+	DefaultErrorBackoff = 5 * time.Second
 )
 
 // Config tunes a Cache.
@@ -82,6 +88,9 @@ type Config struct {
 	MaxStale       time.Duration
 	NegativeTTL    time.Duration
 	RevalidateWait time.Duration
+	// ErrorBackoff is the backoff after a stale answer's first failed revalidation
+	// (backoff.go).
+	ErrorBackoff time.Duration
 	// MaxBlobSize is the largest blob (an image config, typically) kept in memory; larger
 	// blobs stream through. 0 means DefaultMaxBlobSize.
 	MaxBlobSize int64

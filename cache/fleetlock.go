@@ -224,8 +224,8 @@ type sharedFailure struct {
 // errors are shared (their messages never carry credentials).
 func (s *shared) setFailure(key string, err error) {
 	var ue *upstream.Error
-	if !errors.As(err, &ue) || ue.Busy {
-		return // a full concurrency bound is this replica's state: the others may ask
+	if !errors.As(err, &ue) || ue.Busy || ue.BreakerOpen {
+		return // a full concurrency bound or an open breaker is this replica's state: the others may ask
 	}
 	data, _ := json.Marshal(sharedFailure{Kind: ue.Kind, Upstream: ue.Upstream, Status: ue.Status, Code: ue.Code,
 		Message: ue.Message, RetryAfter: ue.RetryAfter.Milliseconds(), Timeout: ue.Timeout, Credentials: ue.Credentials})

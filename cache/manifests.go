@@ -2,7 +2,8 @@ package cache
 
 // Manifests by tag: the hit path, and on a miss the tag's three states (fresh without the
 // body asked for, unknown, stale) over the one road of load.go, with revalidation by HEAD
-// and stale answers while upstream fails.
+// and stale answers while upstream fails (without asking it again for a backoff after
+// each failure: backoff.go).
 
 import (
 	"context"
@@ -124,6 +125,13 @@ func (c *Cache) byTag(ctx context.Context, r Request) (Answer, error) {
 		return c.orPrevious(r, a, err, te.Previous, te.FetchedAt)
 	}
 
+	// Stale, and upstream failed to revalidate it a moment ago: served as it is, without
+	// asking again, until the backoff passes (backoff.go).
+	if b := te.retry.holding(r.Now); b != nil {
+		o.backoffServed.Add(1)
+		return c.stale(ctx, r, te, b.err)
+	}
+
 	// Stale: one HEAD tells whether the tag still points where it did. A client waits for
 	// it at most revalidate_wait; the HEAD itself goes on and refreshes the cache.
 	wctx, cancel := context.WithTimeout(ctx, c.cfg.RevalidateWait)
@@ -143,15 +151,26 @@ func (c *Cache) byTag(ctx context.Context, r Request) (Answer, error) {
 	case ctx.Err() != nil:
 		return Answer{}, ctx.Err() // the client went away
 	case errors.Is(err, context.DeadlineExceeded) || serveStaleOn(err):
-		up := o.Registry.Name()
 		c.log.Warn("serving stale",
-			zap.String("upstream", up), zap.String("repository", r.Repo), zap.String("reference", r.Ref),
+			zap.String("upstream", o.Registry.Name()), zap.String("repository", r.Repo), zap.String("reference", r.Ref),
 			zap.Duration("age", r.Now.Sub(te.FetchedAt)), zap.Error(err))
-		a, err := c.complete(ctx, r, resolved{tag: te, body: c.cachedBody(up, r.Repo, te.Digest)}, Stale)
-		return c.orPrevious(r, a, err, te.Previous, te.FetchedAt)
+		return c.stale(ctx, r, te, nil)
 	default:
 		return Answer{}, err
 	}
+}
+
+// stale answers with te, past its TTL, because upstream failed. held is the failure
+// behind a backoff in force, when one is: a body not held here is then not fetched
+// (upstream is not to be asked), and the answer is the manifest the tag pointed to before
+// or that failure.
+func (c *Cache) stale(ctx context.Context, r Request, te *TagEntry, held error) (Answer, error) {
+	body := c.cachedBody(r.Origin.Registry.Name(), r.Repo, te.Digest)
+	if held != nil && body == nil && r.WantBody {
+		return c.orPrevious(r, Answer{}, held, te.Previous, te.FetchedAt)
+	}
+	a, err := c.complete(ctx, r, resolved{tag: te, body: body}, Stale)
+	return c.orPrevious(r, a, err, te.Previous, te.FetchedAt)
 }
 
 // resolved is where a tag points, as stored: its entry, and its manifest's entry when the
@@ -304,11 +323,18 @@ func (l *tagLookup) store(m upstream.Manifest) resolved {
 }
 
 func (l *tagLookup) failed(err error) {
-	if l.c.remember(l.up, l.r.Repo, l.r.Ref, err) && upstream.KindOf(err) == upstream.KindNotFound {
+	c := l.c
+	if c.remember(l.up, l.r.Repo, l.r.Ref, err) && upstream.KindOf(err) == upstream.KindNotFound {
 		// The tag is gone upstream (this replica's answer or the fleet's): stop serving it.
 		// A denial is not a deletion: the stale tag stays for when access returns.
-		l.c.store.del(l.mkey)
-		l.c.fleet.delTag(l.up, l.r.Repo, l.r.Ref)
+		c.store.del(l.mkey)
+		c.fleet.delTag(l.up, l.r.Repo, l.r.Ref)
+		return
+	}
+	// The entry the failure is about: not one stored since the request read the clock.
+	if te := c.store.tag(l.mkey); te != nil && !te.FetchedAt.After(l.r.Now) && serveStaleOn(err) {
+		b := te.retry.fail(err, time.Now(), c.cfg.ErrorBackoff, backoffTTL(l.r.Origin, l.r.Ref))
+		c.logBackoff(l.up, l.r.Repo, l.r.Ref, b, err)
 	}
 }
 

@@ -667,9 +667,10 @@ func TestSharedTagsWalkAcrossReplicas(t *testing.T) {
 	}
 }
 
-// TestFleetKeepsBusyToItself: a replica whose upstream concurrency bound is full says so
-// to its own clients only. The waiters on its lock are not told "unavailable": their own
-// bounds may have room, so they ask upstream themselves.
+// TestFleetKeepsBusyToItself: a replica whose upstream concurrency bound is full, or whose
+// breaker is open, says so to its own clients only. The waiters on its lock are not told
+// "unavailable": their own bounds may have room and their breakers be closed, so they ask
+// upstream themselves.
 func TestFleetKeepsBusyToItself(t *testing.T) {
 	rs := redistest.Start(t)
 	reg := registrytest.New(t, registrytest.NoAuth)
@@ -679,6 +680,11 @@ func TestFleetKeepsBusyToItself(t *testing.T) {
 	fleet.setFailure("k-busy", busy)
 	if err := fleet.failure("k-busy"); err != nil {
 		t.Fatalf("a full bound was shared with the fleet: %v", err)
+	}
+	open := &upstream.Error{Kind: upstream.KindUnavailable, Upstream: "reg.test", BreakerOpen: true, RetryAfter: time.Second, Message: "open"}
+	fleet.setFailure("k-open", open)
+	if err := fleet.failure("k-open"); err != nil {
+		t.Fatalf("an open breaker was shared with the fleet: %v", err)
 	}
 	down := &upstream.Error{Kind: upstream.KindUnavailable, Upstream: "reg.test", Message: "connection refused"}
 	fleet.setFailure("k-down", down)

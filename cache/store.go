@@ -28,6 +28,8 @@ type TagEntry struct {
 	// claim anything), not what a verified body showed: it is the bodiless manifest entry
 	// for the digest, which learns the verified descriptor once the body is fetched.
 	claim *ManifestEntry
+	// retry is the backoff while upstream fails to revalidate the tag (backoff.go).
+	retry retry
 }
 
 // descriptor is what to answer for the tag: its body's verified type and size once known.

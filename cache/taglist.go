@@ -18,7 +18,7 @@ import (
 // sorted, without duplicates, each inside the tag grammar. There is one per repository
 // and tag TTL, whatever n and last clients ask; every page regcache answers is a slice of
 // it, with a Link of regcache's own (its last= is always one of these tags). A tagList is
-// never changed once stored: a step builds a new one. The spec has upstreams list in
+// never changed once stored, its backoff aside: a step builds a new one. The spec has upstreams list in
 // lexical order; one that does not is still listed whole, but a client walking while its
 // listing is being read may miss a tag that arrives below the client's last.
 type tagList struct {
@@ -40,6 +40,9 @@ type tagList struct {
 	// rendered keeps pages already written from this listing (set by keepTags, before the
 	// listing is shared with other requests).
 	rendered *renderedPages
+	// retry is the backoff while upstream fails to move the listing on (backoff.go; set by
+	// keepTags too): the one thing about a stored listing that changes.
+	retry *retry
 }
 
 // renderedPages holds the last pages answered from one listing, a few slots by n and
@@ -143,7 +146,7 @@ func (c *Cache) extend(o *Origin, repo string, base *tagList, now time.Time) (*t
 	if base != nil {
 		*l = *base
 		l.Tags = slices.Clone(base.Tags)
-		l.rendered = nil // base's pages; keepTags gives the new listing its own
+		l.rendered, l.retry = nil, nil // base's; keepTags gives the new listing its own
 	}
 	sorted := len(l.Tags)
 	dropped := 0

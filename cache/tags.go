@@ -91,6 +91,16 @@ func (c *Cache) Tags(ctx context.Context, o *Origin, repo string, req TagsReques
 		}
 		return l.page(repo, req), Miss, nil
 	}
+	// Upstream failed to move the listing on a moment ago: it is served as it is, without
+	// asking again, until the backoff passes (backoff.go).
+	if local.retry != nil && local.retry.holding(now) != nil {
+		if st, ok := c.tagsServable(o, local, now); ok {
+			if st == Stale {
+				o.backoffServed.Add(1)
+			}
+			return local.page(repo, req), st, nil
+		}
+	}
 	wctx, cancel := context.WithTimeout(ctx, c.cfg.RevalidateWait)
 	defer cancel()
 	l, err := load(wctx, &c.listFlights, c.fleet, c.fleetWait(o), lk)
@@ -100,17 +110,29 @@ func (c *Cache) Tags(ctx context.Context, o *Origin, repo string, req TagsReques
 	case ctx.Err() != nil:
 		return TagsAnswer{}, Miss, ctx.Err()
 	case errors.Is(err, context.DeadlineExceeded) || serveStaleOn(err):
-		if tagsFresh(o, local, now) {
-			return local.page(repo, req), Hit, nil // what there is, with a Link to go on
+		st, ok := c.tagsServable(o, local, now)
+		if !ok {
+			return TagsAnswer{}, Miss, err
 		}
-		if now.Sub(local.FetchedAt) < o.TagTTL+c.cfg.MaxStale {
+		if st == Stale {
 			c.log.Warn("serving stale tags", zap.String("upstream", up), zap.String("repository", repo), zap.Error(err))
-			return local.page(repo, req), Stale, nil
 		}
-		return TagsAnswer{}, Miss, err
+		return local.page(repo, req), st, nil
 	default:
 		return TagsAnswer{}, Miss, err
 	}
+}
+
+// tagsServable says how local answers while upstream fails: a Hit while fresh (what there
+// is, with a Link to go on), Stale within max_stale; not at all past it.
+func (c *Cache) tagsServable(o *Origin, local *tagList, now time.Time) (Status, bool) {
+	switch {
+	case tagsFresh(o, local, now):
+		return Hit, true
+	case now.Sub(local.FetchedAt) < o.TagTTL+c.cfg.MaxStale:
+		return Stale, true
+	}
+	return Miss, false
 }
 
 // listLookup moves a repository's listing forward for req, at most one step
@@ -177,11 +199,17 @@ func (l *listLookup) store(tl *tagList) *tagList {
 }
 
 func (l *listLookup) failed(err error) {
-	if l.c.remember(l.up, "", l.mkey, err) && upstream.KindOf(err) == upstream.KindNotFound {
+	c := l.c
+	if c.remember(l.up, "", l.mkey, err) && upstream.KindOf(err) == upstream.KindNotFound {
 		// The repository is gone upstream: stop serving its tags. A denial is not a
 		// deletion (as for tags in manifests.go): the listing stays for when access returns.
-		l.c.store.del(l.mkey)
-		l.c.fleet.delTagList(l.up, l.repo)
+		c.store.del(l.mkey)
+		c.fleet.delTagList(l.up, l.repo)
+		return
+	}
+	if tl := c.store.tagList(l.mkey); tl != nil && tl.retry != nil && serveStaleOn(err) {
+		b := tl.retry.fail(err, time.Now(), c.cfg.ErrorBackoff, backoffTTL(l.o, ""))
+		c.logBackoff(l.up, l.repo, "tags/list", b, err)
 	}
 }
 
@@ -218,6 +246,9 @@ func (c *Cache) tagsKeep(o *Origin) time.Duration {
 func (c *Cache) keepTags(o *Origin, key string, l *tagList) {
 	if l.rendered == nil {
 		l.rendered = new(renderedPages)
+	}
+	if l.retry == nil {
+		l.retry = new(retry)
 	}
 	c.store.set(key, l, l.cost(), c.tagsKeep(o))
 }

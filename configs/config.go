@@ -121,6 +121,10 @@ type Cache struct {
 	MaxStale       Duration  `yaml:"max_stale"`
 	NegativeTTL    Duration  `yaml:"negative_ttl"`
 	RevalidateWait Duration  `yaml:"revalidate_wait"`
+	// ErrorBackoff is how long a stale tag is served without asking upstream again after a
+	// failed revalidation, doubling per failure in a row up to the tag's TTL; it is also
+	// where each upstream's breaker starts.
+	ErrorBackoff Duration `yaml:"error_backoff"`
 	// MaxBlobSize is the largest blob (an image config, typically) kept in memory.
 	MaxBlobSize Size `yaml:"max_blob_size"`
 	// TagsMaxPagesPerRequest bounds the upstream pages one client's tags request may cost;
@@ -192,6 +196,10 @@ type Upstream struct {
 	// MaxConcurrent bounds the requests open to this upstream at once; misses beyond it
 	// wait briefly, then get 503. 0 is upstream.DefaultMaxConcurrent.
 	MaxConcurrent int `yaml:"max_concurrent"`
+	// FailuresToOpen is how many operations failing in a row open this upstream's breaker:
+	// then requests are answered without asking it, one probe per backoff. Left out or 0, it
+	// is upstream.DefaultFailuresToOpen.
+	FailuresToOpen int `yaml:"failures_to_open"`
 }
 
 // Credentials authenticate regcache to an upstream, either at its token endpoint or as
@@ -280,6 +288,7 @@ func defaults() *Config {
 			MaxStale:       Duration(cache.DefaultMaxStale),
 			NegativeTTL:    Duration(cache.DefaultNegativeTTL),
 			RevalidateWait: Duration(cache.DefaultRevalidateWait),
+			ErrorBackoff:   Duration(cache.DefaultErrorBackoff),
 			MaxBlobSize:    cache.DefaultMaxBlobSize,
 
 			TagsMaxPagesPerRequest: cache.DefaultTagsMaxPages,
@@ -314,6 +323,9 @@ func (c *Config) fillZeros() {
 		}
 		if u.ConnectTimeout == 0 {
 			u.ConnectTimeout = Duration(upstream.DefaultConnectTimeout)
+		}
+		if u.FailuresToOpen == 0 {
+			u.FailuresToOpen = upstream.DefaultFailuresToOpen
 		}
 	}
 	if r := c.Cache.Redis; r != nil {

@@ -85,6 +85,7 @@ func TestLoadEmbeddedDefault(t *testing.T) {
 		MaxStale:       Duration(24 * time.Hour),
 		NegativeTTL:    Duration(10 * time.Second),
 		RevalidateWait: Duration(2 * time.Second),
+		ErrorBackoff:   Duration(5 * time.Second),
 		MaxBlobSize:    1 << 20,
 
 		TagsMaxPagesPerRequest: 20,
@@ -236,6 +237,7 @@ cache:
   max_stale: 1h30m
   negative_ttl: 0s
   revalidate_wait: 500ms
+  error_backoff: 2s
   max_blob_size: 4MiB
   tags_max_pages_per_request: 5
   tags_max_count: 5000
@@ -253,6 +255,7 @@ upstreams:
     connect_timeout: 3s
     allowed_hosts: [auth.docker.io, production.cloudflare.docker.com.]
     max_concurrent: 16
+    failures_to_open: 3
   - name: registry.internal:5443
     url: http://10.0.0.7:5443
     tls:
@@ -277,6 +280,7 @@ upstreams:
 		MaxStale:       Duration(90 * time.Minute),
 		NegativeTTL:    0,
 		RevalidateWait: Duration(500 * time.Millisecond),
+		ErrorBackoff:   Duration(2 * time.Second),
 		MaxBlobSize:    4 << 20,
 
 		TagsMaxPagesPerRequest: 5,
@@ -333,6 +337,9 @@ upstreams:
 	}
 	if hub.MaxConcurrent != 16 {
 		t.Errorf("hub MaxConcurrent = %d, want 16", hub.MaxConcurrent)
+	}
+	if hub.FailuresToOpen != 3 {
+		t.Errorf("hub FailuresToOpen = %d, want 3", hub.FailuresToOpen)
 	}
 
 	internal := &cfg.Upstreams[1]
@@ -391,13 +398,16 @@ func TestParseFillsDefaults(t *testing.T) {
 				if c.Listen != ":5000" || c.DefaultUpstream != "docker.io" {
 					t.Errorf("Listen/DefaultUpstream = %q/%q", c.Listen, c.DefaultUpstream)
 				}
-				want := Cache{256 << 20, Duration(time.Minute), nil, Duration(24 * time.Hour), Duration(10 * time.Second), Duration(2 * time.Second), 1 << 20, 20, 100_000, 8 << 20, nil}
+				want := Cache{256 << 20, Duration(time.Minute), nil, Duration(24 * time.Hour), Duration(10 * time.Second), Duration(2 * time.Second), Duration(5 * time.Second), 1 << 20, 20, 100_000, 8 << 20, nil}
 				if !reflect.DeepEqual(c.Cache, want) {
 					t.Errorf("Cache = %+v, want %+v", c.Cache, want)
 				}
 				u := c.Upstreams[0]
 				if u.Timeout.D() != 30*time.Second || u.ConnectTimeout.D() != 5*time.Second {
 					t.Errorf("timeouts = %v/%v", u.Timeout.D(), u.ConnectTimeout.D())
+				}
+				if u.FailuresToOpen != 5 {
+					t.Errorf("failures_to_open = %d", u.FailuresToOpen)
 				}
 			},
 		},

@@ -62,6 +62,7 @@ func (c *Config) validate() error {
 	for key, d := range map[string]Duration{
 		"cache.tag_ttl": c.Cache.TagTTL, "cache.max_stale": c.Cache.MaxStale,
 		"cache.negative_ttl": c.Cache.NegativeTTL, "cache.revalidate_wait": c.Cache.RevalidateWait,
+		"cache.error_backoff": c.Cache.ErrorBackoff,
 	} {
 		if d < 0 {
 			return fmt.Errorf("%s: must not be negative", key)
@@ -124,6 +125,9 @@ func (c *Config) validate() error {
 			if _, err := os.Stat(u.TLS.CAFile); err != nil {
 				return fmt.Errorf("%s.tls.ca_file: %v", key, err)
 			}
+		}
+		if u.FailuresToOpen < 0 {
+			return fmt.Errorf("%s.failures_to_open: must not be negative (0 is the default, %d)", key, upstream.DefaultFailuresToOpen)
 		}
 		if u.MaxConcurrent < 0 {
 			return fmt.Errorf("%s.max_concurrent: must not be negative (0 is the default, %d)", key, upstream.DefaultMaxConcurrent)

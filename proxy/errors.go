@@ -19,7 +19,7 @@ package proxy
 // before its first byte, blobStreamError, by the same rule): UPSTREAM_FAILED (502: an error
 // answer, a broken connection, a failing token endpoint), UPSTREAM_TIMEOUT (504: no answer
 // in time) and UNAVAILABLE (503: upstream said 503, or regcache's own bound on upstream
-// connections stayed full). An answer upstream gave that cannot be trusted is
+// connections stayed full, or its breaker was open). An answer upstream gave that cannot be trusted is
 // MANIFEST_INVALID for every kind (manifests, tags lists and blobs alike): the spec has no
 // better code.
 
@@ -119,7 +119,7 @@ var (
 		"upstream answered another 5xx, refused or broke the connection, redirected in a loop or to an address it may not, or its token endpoint failed or refused regcache's credentials, and nothing can be served")
 
 	errUnavailable = register("UNAVAILABLE", fasthttp.StatusServiceUnavailable, "service unavailable",
-		"upstream answered 503, or all its `max_concurrent` connections stayed busy (with `Retry-After`), and nothing can be served")
+		"upstream answered 503, all its `max_concurrent` connections stayed busy, or its breaker is open after `failures_to_open` failures in a row (with `Retry-After`), and nothing can be served")
 
 	errUpstreamTimeout = register("UPSTREAM_TIMEOUT", fasthttp.StatusGatewayTimeout, "upstream did not answer in time",
 		"upstream was too slow (the upstream `timeout` passed) and nothing can be served")
@@ -214,7 +214,7 @@ func fromUpstream(err error, notFound *errorCode) *apiError {
 	switch {
 	case ue.Timeout:
 		c = errUpstreamTimeout
-	case ue.Status == fasthttp.StatusServiceUnavailable, ue.Busy:
+	case ue.Status == fasthttp.StatusServiceUnavailable, ue.Busy, ue.BreakerOpen:
 		c = errUnavailable
 	}
 	return c.with(ue.Error()).retryIn(ue.RetryAfter)

@@ -70,6 +70,7 @@ func TestFromUpstream(t *testing.T) {
 		{"credentials refused", ue(upstream.Error{Kind: upstream.KindUnavailable, Status: 401, Credentials: true}), errManifestUnknown, errUpstreamFailed, 0},
 		{"503", ue(upstream.Error{Kind: upstream.KindUnavailable, Status: 503, RetryAfter: 3 * time.Second}), errManifestUnknown, errUnavailable, 3 * time.Second},
 		{"busy", ue(upstream.Error{Kind: upstream.KindUnavailable, Busy: true, RetryAfter: time.Second}), errManifestUnknown, errUnavailable, time.Second},
+		{"breaker open", ue(upstream.Error{Kind: upstream.KindUnavailable, BreakerOpen: true, RetryAfter: 3 * time.Second}), errManifestUnknown, errUnavailable, 3 * time.Second},
 		{"timeout", ue(upstream.Error{Kind: upstream.KindUnavailable, Timeout: true}), errManifestUnknown, errUpstreamTimeout, 0},
 		{"deadline", fmt.Errorf("fetch: %w", context.DeadlineExceeded), errManifestUnknown, errUpstreamTimeout, 0},
 		{"anything else", errors.New("boom"), errManifestUnknown, errUnknown, 0},

@@ -268,11 +268,12 @@ func (c webhookCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// WatchUpstreams exports each upstream's last seen rate-limit headers. Unknown values are
-// NaN, so an alert on "remaining < N" cannot fire before the upstream has said anything.
+// WatchUpstreams exports each upstream's last seen rate-limit headers, its breaker and
+// the stale answers its backoff served. Unknown values are NaN, so an alert on "remaining < N" cannot fire before the upstream has said anything.
 func (m *Metrics) WatchUpstreams(ups []*Upstream) {
 	for _, u := range ups {
-		reg := u.Origin.Registry
+		o := u.Origin
+		reg := o.Registry
 		labels := prometheus.Labels{"upstream": u.Name}
 		m.registry.MustRegister(
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "regcache_upstream_ratelimit_remaining", ConstLabels: labels,
@@ -287,6 +288,20 @@ func (m *Metrics) WatchUpstreams(ups []*Upstream) {
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_upstream_busy_total", ConstLabels: labels,
 				Help: "Requests turned away because all max_concurrent connections to the upstream stayed busy (answered 503, or served stale)."},
 				func() float64 { return float64(reg.TurnedAway()) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "regcache_upstream_breaker_open", ConstLabels: labels,
+				Help: "1 while the upstream's breaker is open: requests are answered without asking it, one probe per backoff."},
+				func() float64 {
+					if reg.Breaker().Open {
+						return 1
+					}
+					return 0
+				}),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "regcache_upstream_backoff_seconds", ConstLabels: labels,
+				Help: "The open breaker's backoff between probes of the upstream; 0 while closed."},
+				func() float64 { return reg.Breaker().Backoff.Seconds() }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_stale_backoff_total", ConstLabels: labels,
+				Help: "Stale answers served without asking the upstream because the tag's or listing's backoff was in force."},
+				func() float64 { return float64(o.StaleBackoff()) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "regcache_upstream_held_back", ConstLabels: labels,
 				Help: "1 while regcache holds requests back after a 429 from the upstream."},
 				func() float64 {

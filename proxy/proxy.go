@@ -264,13 +264,18 @@ func (p *Proxy) serveReady(ctx *fasthttp.RequestCtx) {
 				rs.DownSince.UTC().Format(time.RFC3339), rs.Reason)
 		}
 	}
-	// An upstream refusing regcache's credentials is detail too: the other upstreams, and
-	// this one's stale answers, are still served. Only its name, the refusal's category
-	// and status show: never the credentials, nor the token endpoint's URL or text.
+	// An upstream refusing regcache's credentials, or failing until its breaker opened, is
+	// detail too: the other upstreams, and this one's stale answers, are still served. Only
+	// its name, the refusal's category and status show: never the credentials, nor the token
+	// endpoint's URL or text.
 	for _, u := range p.upstreams {
 		if cs := u.Origin.Registry.Credentials(); !cs.FailingSince.IsZero() {
 			fmt.Fprintf(ctx, "upstream %s: %s since %s (HTTP %d); serving stale answers where cached\n",
 				u.Name, cs.Reason, cs.FailingSince.UTC().Format(time.RFC3339), cs.Status)
+		}
+		if bs := u.Origin.Registry.Breaker(); bs.Open {
+			fmt.Fprintf(ctx, "upstream %s: breaker open since %s after %d failures in a row; next probe at %s\n",
+				u.Name, bs.OpenSince.UTC().Format(time.RFC3339), bs.Failures, bs.NextProbe.UTC().Format(time.RFC3339))
 		}
 	}
 }

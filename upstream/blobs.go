@@ -29,7 +29,12 @@ type Blob struct {
 // upstream timeout bounds the wait for answer headers and then each silence in the body
 // (any period that brings less than minStreamProgress bytes), not the whole transfer; ctx
 // can end it early. Close the body.
-func (r *Registry) OpenBlob(ctx context.Context, method, repo string, d digest.Digest, rangeHeader string) (*Blob, error) {
+func (r *Registry) OpenBlob(ctx context.Context, method, repo string, d digest.Digest, rangeHeader string) (_ *Blob, err error) {
+	probe, err := r.enter()
+	if err != nil {
+		return nil, err
+	}
+	defer func(caller context.Context) { r.leave(caller, probe, err) }(ctx)
 	ctx, cancel := context.WithCancel(ctx)
 	resp, err := r.doWith(ctx, method, repo, "blobs/"+string(d), func(req *http.Request) {
 		if rangeHeader != "" {

@@ -72,6 +72,9 @@ type Error struct {
 	// Busy is set (with KindUnavailable) when the request was never sent because the
 	// upstream's concurrency bound stayed full (see slots.go); RetryAfter says when to retry.
 	Busy bool
+	// BreakerOpen is set (with KindUnavailable) when the request was never sent because the
+	// upstream's breaker is open (see breaker.go); RetryAfter says when the next probe goes.
+	BreakerOpen bool
 }
 
 func (e *Error) Error() string {
@@ -89,6 +92,23 @@ func KindOf(err error) Kind {
 	var e *Error
 	if errors.As(err, &e) {
 		return e.Kind
+	}
+	return 0
+}
+
+// NotSent reports an error for a request that never left: held back by the rate-limit
+// guard, turned away by the concurrency bound, or refused by the open breaker. Its
+// RetryAfter is regcache's own wait, not upstream's word.
+func NotSent(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && (e.HeldBack || e.Busy || e.BreakerOpen)
+}
+
+// RetryAfter is how long err says to wait before asking again, 0 when it says nothing.
+func RetryAfter(err error) time.Duration {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.RetryAfter
 	}
 	return 0
 }

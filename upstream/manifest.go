@@ -44,7 +44,12 @@ type Manifest struct {
 // HeadManifest asks for ref's descriptor with a HEAD (free on Docker Hub). When upstream's
 // answer lacks Docker-Content-Digest, a size or a media type, it asks with GET instead and
 // the result then carries the body too.
-func (r *Registry) HeadManifest(ctx context.Context, repo, ref string) (Manifest, error) {
+func (r *Registry) HeadManifest(ctx context.Context, repo, ref string) (_ Manifest, err error) {
+	probe, err := r.enter()
+	if err != nil {
+		return Manifest{}, err
+	}
+	defer func(caller context.Context) { r.leave(caller, probe, err) }(ctx)
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
 	resp, err := r.do(ctx, http.MethodHead, repo, "manifests/"+ref, AcceptManifests)
@@ -73,7 +78,12 @@ func (r *Registry) HeadManifest(ctx context.Context, repo, ref string) (Manifest
 
 // GetManifest fetches ref's manifest and verifies the body against the digest asked for
 // (ref, when it is one) and the digest upstream claims (Docker-Content-Digest).
-func (r *Registry) GetManifest(ctx context.Context, repo, ref string) (Manifest, error) {
+func (r *Registry) GetManifest(ctx context.Context, repo, ref string) (_ Manifest, err error) {
+	probe, err := r.enter()
+	if err != nil {
+		return Manifest{}, err
+	}
+	defer func(caller context.Context) { r.leave(caller, probe, err) }(ctx)
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
 	return r.getManifest(ctx, repo, ref)

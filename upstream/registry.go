@@ -67,6 +67,12 @@ type Options struct {
 	// MaxConcurrent bounds the exchanges open at once (slots.go); 0 means
 	// DefaultMaxConcurrent.
 	MaxConcurrent int
+	// FailuresToOpen is how many operations failing in a row open the breaker (breaker.go);
+	// 0 leaves it off (the configuration gives DefaultFailuresToOpen). Its backoff starts at
+	// ErrorBackoff and doubles up to BackoffCap (the upstream's tag TTL; MaxErrorBackoff at
+	// most), both taken as they are: 0 is no wait between probes.
+	FailuresToOpen           int
+	ErrorBackoff, BackoffCap time.Duration
 }
 
 // Registry is one upstream registry. It is safe for concurrent use.
@@ -83,6 +89,7 @@ type Registry struct {
 	creds     credentialState
 	rl        rateGuard
 	slots     slots
+	brk       *breaker // nil: off
 	// proxy is Options.Proxy or the environment's; proxies holds the host:port (proxyKey)
 	// of each proxy it has named, which guardDial dials as named: the operator chose them.
 	proxy   func(*http.Request) (*url.URL, error)
@@ -147,6 +154,9 @@ func New(opts Options) (*Registry, error) {
 	}
 	r.rl.hold = opts.RateLimitHold
 	r.slots = newSlots(opts.MaxConcurrent, opts.Timeout)
+	if opts.FailuresToOpen > 0 {
+		r.brk = newBreaker(opts.FailuresToOpen, opts.ErrorBackoff, opts.BackoffCap)
+	}
 	r.proxy = opts.Proxy
 	if r.proxy == nil {
 		r.proxy = http.ProxyFromEnvironment

@@ -38,7 +38,12 @@ type PageRequest struct {
 }
 
 // Tags fetches one page of repo's tags.
-func (r *Registry) Tags(ctx context.Context, repo string, p PageRequest) (TagPage, error) {
+func (r *Registry) Tags(ctx context.Context, repo string, p PageRequest) (_ TagPage, err error) {
+	probe, err := r.enter()
+	if err != nil {
+		return TagPage{}, err
+	}
+	defer func(caller context.Context) { r.leave(caller, probe, err) }(ctx)
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
 	q := url.Values{}

@@ -9,10 +9,13 @@ package main
 //  1. seeds the registry, and for the cached state warms regcache and lets tag_ttl pass;
 //  2. installs the fault and asks: the outcome (status, registry error code, X-Cache,
 //     Retry-After, a stream cut short) must be the expected one, within the configured
-//     upstream timeout plus slack, and every 200 must carry upstream's true content;
-//  3. removes the fault and, once any rate-limit hold or negative_ttl has passed, asks
-//     again: without a restart, every answer is upstream's true content byte for byte,
-//     and no digest the fault made up is served.
+//     upstream timeout plus slack, and every 200 must carry upstream's true content; a
+//     cached tag or tags listing is then asked ten times more, as fast as the cell can, and
+//     upstream must have been asked at most once per 300 ms from the fault's start (the
+//     tag's backoff, capped at tag_ttl, or its freshness once revalidated);
+//  3. removes the fault and, once any rate-limit hold, backoff or negative_ttl has passed,
+//     asks again: without a restart, every answer is upstream's true content byte for
+//     byte, and no digest the fault made up is served.
 //
 // Every upstream dial goes through a dialer that allows 127.0.0.1 only: a redirect to
 // 169.254.169.254 must be refused before any dial.
@@ -499,19 +502,34 @@ func relay(w http.ResponseWriter, status int, h http.Header, body []byte) {
 
 // --- the dialer ----------------------------------------------------------------------------
 
-// cellDialer is every upstream dial of a cell's regcache: 127.0.0.1 only (anything else is
-// recorded, by the loopback.Dialer, and fails the cell), and ECONNREFUSED for the upstream
-// while it is down.
-type cellDialer struct {
+// upstreamDialer is every upstream dial of a test's regcache: 127.0.0.1 only (anything
+// else is recorded, by the loopback.Dialer, and fails the test), and while the upstream is
+// down, ECONNREFUSED for it, or with blackHole no answer at all: the dial waits until its
+// context ends (at most 10 s), as for a host whose packets are dropped. downDials counts
+// the dials the upstream did not take.
+type upstreamDialer struct {
 	loopback.Dialer
-	upstream string
-	down     atomic.Bool
-	mu       sync.Mutex
-	conns    []net.Conn
+	upstream        string
+	down, blackHole atomic.Bool
+	downDials       atomic.Int64
+	mu              sync.Mutex
+	conns           []net.Conn
+	downAt          []time.Time // when each of downDials came
 }
 
-func (d *cellDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+func (d *upstreamDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
 	if addr == d.upstream && d.down.Load() {
+		d.downDials.Add(1)
+		d.mu.Lock()
+		d.downAt = append(d.downAt, time.Now())
+		d.mu.Unlock()
+		if d.blackHole.Load() {
+			select {
+			case <-ctx.Done():
+			case <-time.After(10 * time.Second):
+			}
+			return nil, &net.OpError{Op: "dial", Net: network, Err: os.NewSyscallError("connect", syscall.ETIMEDOUT)}
+		}
 		return nil, &net.OpError{Op: "dial", Net: network, Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
 	}
 	conn, err := d.Dialer.DialContext(ctx, network, addr)
@@ -523,9 +541,9 @@ func (d *cellDialer) DialContext(ctx context.Context, network, addr string) (net
 	return conn, err
 }
 
-// setDown stops (or restarts) the upstream: new dials are refused and open connections
-// are reset, as when its server process dies.
-func (d *cellDialer) setDown(down bool) {
+// setDown stops (or restarts) the upstream: new dials are refused (or swallowed) and open
+// connections are reset, as when its server process dies.
+func (d *upstreamDialer) setDown(down bool) {
 	d.down.Store(down)
 	if !down {
 		return
@@ -568,7 +586,7 @@ type cell struct {
 	reg    *registrytest.Registry
 	rc     *harness.Instance
 	client *http.Client // to regcache
-	dial   *cellDialer
+	dial   *upstreamDialer
 	cdn    *httptest.Server
 	active atomic.Bool
 	stop   chan struct{}
@@ -580,6 +598,7 @@ type cell struct {
 	cdnSeen  int
 	last429  time.Time
 	children map[string]bool
+	askedAt  []time.Time // data requests upstream took during the fault (a redirect loop's first hop only)
 
 	reqs []cellRequest
 }
@@ -653,10 +672,15 @@ func newCell(t *testing.T, f *matrixFault, kind requestKind, cached bool) *cell 
 	t.Cleanup(func() { close(c.stop) })
 	c.reg = registrytest.New(t, registrytest.Bearer)
 	c.reg.SetFault(func(w http.ResponseWriter, r *http.Request) bool {
-		if r.Header.Get(bypassHeader) != "" || !c.active.Load() || f.handle == nil {
+		if r.Header.Get(bypassHeader) != "" || !c.active.Load() {
 			return false
 		}
-		return f.handle(c, w, r)
+		if c.isData(r) && !r.URL.Query().Has("loop") {
+			c.mu.Lock()
+			c.askedAt = append(c.askedAt, time.Now())
+			c.mu.Unlock()
+		}
+		return f.handle != nil && f.handle(c, w, r)
 	})
 	if f.cdn {
 		c.startCDN()
@@ -664,7 +688,7 @@ func newCell(t *testing.T, f *matrixFault, kind requestKind, cached bool) *cell 
 
 	c.seed()
 
-	c.dial = &cellDialer{upstream: c.reg.Host}
+	c.dial = &upstreamDialer{upstream: c.reg.Host}
 	cfg := "listen: 127.0.0.1:0\ndefault_upstream: " + cellUpstream + "\n" +
 		"cache:\n  max_size: 16MiB\n  tag_ttl: 300ms\n  negative_ttl: 300ms\n  revalidate_wait: 10s\n" +
 		"upstreams:\n" + harness.Upstream(cellUpstream, c.reg.URL, "timeout: "+c.timing.String())
@@ -900,10 +924,10 @@ func (c *cell) check(what string, rq cellRequest, a answer) {
 
 // reliabilityRow is one line of docs/reliability.md.
 type reliabilityRow struct {
-	order                       int
-	fault, kind, state          string
-	gets, cachedAfter, recovers string
-	want                        []string // the outcomes the cell requires, one a request
+	order                              int
+	fault, kind, state                 string
+	gets, asked, cachedAfter, recovers string
+	want                               []string // the outcomes the cell requires, one a request
 }
 
 func (c *cell) run(order int) reliabilityRow {
@@ -959,11 +983,21 @@ func (c *cell) run(order int) reliabilityRow {
 		}
 		gets = append(gets, g)
 	}
+	stale := slices.ContainsFunc(want, func(w string) bool { return strings.Contains(w, "STALE") })
+	asked := "—"
+	if c.cached && c.kind != kindBlobs && !c.f.index {
+		asked = c.burst(stale)
+	}
 
 	// 3. The fault goes away; regcache must come back by itself.
 	c.active.Store(false)
 	c.dial.setDown(false)
 	recovers := "yes, at once"
+	if asked != "—" && stale && c.f.hold == 0 {
+		// The last failure's backoff holds the tag back from upstream a little longer.
+		time.Sleep(cellTTL + 100*time.Millisecond)
+		recovers = "yes, once the tag's backoff (300 ms here) has passed"
+	}
 	if c.f.hold > 0 {
 		c.mu.Lock()
 		armed := c.last429
@@ -973,7 +1007,7 @@ func (c *cell) run(order int) reliabilityRow {
 			c.heldBack()
 			if os.Getenv("REGCACHE_WAIT_HOLD") != "1" {
 				return reliabilityRow{order: order, fault: c.f.name, kind: c.kind.String(), state: state, gets: strings.Join(gets, "; "),
-					cachedAfter: notWaited, recovers: notWaited, want: want}
+					asked: asked, cachedAfter: notWaited, recovers: notWaited, want: want}
 			}
 		}
 		time.Sleep(time.Until(armed.Add(c.f.hold + 200*time.Millisecond)))
@@ -1000,7 +1034,57 @@ func (c *cell) run(order int) reliabilityRow {
 		t.Errorf("the redirect to the unconfigured host was never followed")
 	}
 	return reliabilityRow{order: order, fault: c.f.name, kind: c.kind.String(), state: state, gets: strings.Join(gets, "; "),
-		cachedAfter: "no: " + after, recovers: recovers, want: want}
+		asked: asked, cachedAfter: "no: " + after, recovers: recovers, want: want}
+}
+
+// burstRounds is how many more times a cached cell asks its requests during the fault, as
+// fast as it can: a client polling hard.
+const burstRounds = 10
+
+// burst asks a cached tag (or tags listing) burstRounds more times during the fault, checks
+// every answer is upstream's truth, and that from the fault's first request on, upstream
+// was asked at most once per 300 ms: the tag's backoff while upstream fails (error_backoff
+// capped at tag_ttl, 300 ms here) or its freshness once revalidated. It returns the row's
+// "upstream asked while it fails".
+func (c *cell) burst(stale bool) string {
+	t := c.t
+	for range burstRounds {
+		for _, rq := range c.reqs {
+			a := c.ask(rq.method, rq.path)
+			what := rq.label + " in a burst during the fault"
+			if a.noAnswer != nil || a.status != http.StatusOK || a.cut || stale && a.header.Get("X-Cache") != "STALE" {
+				t.Errorf("%s: %s", what, a.outcome(rq.method))
+			}
+			if limit := c.timing + timeoutSlack; a.took > limit {
+				t.Errorf("%s: answered after %v; the upstream timeout is %v", what, a.took.Round(time.Millisecond), c.timing)
+			}
+			c.check(what, rq, a)
+		}
+	}
+	c.mu.Lock()
+	at := slices.Clone(c.askedAt)
+	c.mu.Unlock()
+	c.dial.mu.Lock()
+	at = append(at, c.dial.downAt...)
+	c.dial.mu.Unlock()
+	slices.SortFunc(at, func(a, b time.Time) int { return a.Compare(b) })
+	if stale {
+		// A backoff counts from the failure, after the request that failed came in.
+		for i := 1; i < len(at); i++ {
+			if gap := at[i].Sub(at[i-1]); gap < cellTTL {
+				t.Errorf("upstream asked twice within %v during the fault (requests %d and %d of %d)", gap.Round(time.Millisecond), i, i+1, len(at))
+			}
+		}
+	} else if n := len(at); n > 2 && at[n-1].Sub(at[0]) < time.Duration(n-2)*cellTTL {
+		// A tags listing's freshness counts from when its request began: one request may
+		// come in later than the next, so the count is held to the time, not each gap.
+		t.Errorf("upstream asked %d times within %v during the fault", n, at[n-1].Sub(at[0]).Round(time.Millisecond))
+	}
+	t.Logf("upstream asked %d times for %d client requests during the fault", len(at), (burstRounds+1)*len(c.reqs))
+	if stale {
+		return "at most once per backoff (300 ms here)"
+	}
+	return "at most once per tag_ttl (300 ms here)"
 }
 
 // heldBack checks, during a long rate-limit hold, that nothing reaches upstream and every
@@ -1087,7 +1171,7 @@ func TestFaultMatrix(t *testing.T) {
 					defer func() { <-sem }()
 					t.Run(f.name+"/"+kind.String()+"/"+state, func(t *testing.T) {
 						row := newCell(t, f, kind, cached).run(n)
-						t.Logf("| %s | %s | %s | %s | %s | %s |", row.fault, row.kind, row.state, row.gets, row.cachedAfter, row.recovers)
+						t.Logf("| %s | %s | %s | %s | %s | %s | %s |", row.fault, row.kind, row.state, row.gets, row.asked, row.cachedAfter, row.recovers)
 						mu.Lock()
 						rows = append(rows, row)
 						mu.Unlock()
@@ -1133,8 +1217,8 @@ func checkReliabilityDoc(t *testing.T, rows []reliabilityRow) {
 		for i := range cells {
 			cells[i] = strings.ReplaceAll(cells[i], "\x00", "|")
 		}
-		if len(cells) != 6 {
-			t.Errorf("docs/reliability.md: a matrix row without 6 columns: %s", line)
+		if len(cells) != 7 {
+			t.Errorf("docs/reliability.md: a matrix row without 7 columns: %s", line)
 			continue
 		}
 		doc[cells[0]+"|"+cells[1]+"|"+cells[2]] = cells[3:]
@@ -1147,8 +1231,8 @@ func checkReliabilityDoc(t *testing.T, rows []reliabilityRow) {
 		got, ok := doc[key]
 		delete(doc, key)
 		if !ok || !docRowHolds(got, r) {
-			t.Errorf("docs/reliability.md: the row for %s/%s/%s does not say what the matrix holds; the matrix saw:\n| %s | %s | %s | %s | %s | %s |",
-				r.fault, r.kind, r.state, esc(r.fault), r.kind, cached, esc(r.gets), esc(r.cachedAfter), esc(r.recovers))
+			t.Errorf("docs/reliability.md: the row for %s/%s/%s does not say what the matrix holds; the matrix saw:\n| %s | %s | %s | %s | %s | %s | %s |",
+				r.fault, r.kind, r.state, esc(r.fault), r.kind, cached, esc(r.gets), r.asked, esc(r.cachedAfter), esc(r.recovers))
 		}
 	}
 	for key := range doc {
@@ -1161,8 +1245,8 @@ var (
 	cacheWords = regexp.MustCompile(`\b(HIT|MISS|REVALIDATED|STALE)\b`)
 )
 
-// docRowHolds reports whether a row of the doc (what the client gets, cached afterwards,
-// recovers) says what the cell r holds true.
+// docRowHolds reports whether a row of the doc (what the client gets, upstream asked,
+// cached afterwards, recovers) says what the cell r holds true.
 func docRowHolds(doc []string, r reliabilityRow) bool {
 	gets := strings.Split(doc[0], "; ")
 	seen := strings.Split(r.gets, "; ")
@@ -1176,8 +1260,11 @@ func docRowHolds(doc []string, r reliabilityRow) bool {
 			return false
 		}
 	}
+	if doc[1] != r.asked {
+		return false
+	}
 	if r.recovers == notWaited {
 		return true
 	}
-	return doc[2] == r.recovers && cacheWords.ReplaceAllString(doc[1], "") == cacheWords.ReplaceAllString(r.cachedAfter, "")
+	return doc[3] == r.recovers && cacheWords.ReplaceAllString(doc[2], "") == cacheWords.ReplaceAllString(r.cachedAfter, "")
 }

@@ -234,6 +234,7 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err
 		MaxStale:       cfg.Cache.MaxStale.D(),
 		NegativeTTL:    cfg.Cache.NegativeTTL.D(),
 		RevalidateWait: cfg.Cache.RevalidateWait.D(),
+		ErrorBackoff:   cfg.Cache.ErrorBackoff.D(),
 		MaxBlobSize:    int64(cfg.Cache.MaxBlobSize),
 		TagsMaxPages:   cfg.Cache.TagsMaxPagesPerRequest,
 		TagsMaxCount:   cfg.Cache.TagsMaxCount,
@@ -261,6 +262,9 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err
 			Name: u.Name, URL: u.URL, Timeout: u.Timeout.D(), ConnectTimeout: u.ConnectTimeout.D(),
 			TLS: tlsCfg, UserAgent: "regcache/1", DialContext: bo.Dial, Resolver: bo.Resolver, Observer: metrics,
 			Proxy: bo.Proxy, AllowedHosts: u.AllowedHosts, MaxConcurrent: u.MaxConcurrent,
+			// The breaker's backoff starts where a tag's does and is capped at the upstream's
+			// tag TTL, as a tag's is at its own.
+			FailuresToOpen: u.FailuresToOpen, ErrorBackoff: cfg.Cache.ErrorBackoff.D(), BackoffCap: cfg.TagTTLFor(u),
 		}
 		if u.Credentials != nil {
 			opts.Username, opts.Password = u.Credentials.Username, u.Credentials.Password.Reveal()

@@ -21,7 +21,9 @@ import (
 
 // Stale-if-error: with an expired tag cached, upstream 500, 429 and dropped
 // connections are covered by the stale answer; with nothing cached they are registry
-// errors; without the fault regcache is fresh again by itself.
+// errors; without the fault regcache is fresh again by itself. Each fault is met afresh:
+// the tag's backoff (capped at tag_ttl) is waited out between them, and the breaker is
+// kept out of it (backoff_e2e_test.go is about both).
 func TestStaleIfError(t *testing.T) {
 	t.Parallel()
 	reg := registrytest.New(t, registrytest.Bearer)
@@ -29,7 +31,7 @@ func TestStaleIfError(t *testing.T) {
 	warm := reg.PushIndex(t, repo, "warm", types.OCIImageIndex, "linux/amd64", "linux/arm64/v8")
 	cold := reg.PushImage(t, repo, "cold", types.DockerManifestSchema2)
 	const ttl = 300 * time.Millisecond
-	rc := startRegcache(t, harness.Config("  tag_ttl: 300ms\n", harness.Upstream("reg.test", reg.URL)))
+	rc := startRegcache(t, harness.Config("  tag_ttl: 300ms\n", harness.Upstream("reg.test", reg.URL, "failures_to_open: 100")))
 	up := harness.Record(reg)
 	path := func(ref string) string { return "/v2/reg.test/" + repo + "/manifests/" + ref }
 
@@ -48,6 +50,7 @@ func TestStaleIfError(t *testing.T) {
 		// Last: a 429 holds every request back until its Retry-After (upstream/ratelimit.go).
 		{"429", registrytest.RateLimited(2 * time.Second), []int{429}, "TOOMANYREQUESTS", "2"},
 	} {
+		time.Sleep(ttl) // the last fault's backoff
 		up.Set(registrytest.OnManifests(tc.fault))
 		up.Reset()
 		for _, m := range []string{"GET", "HEAD"} {
