@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"regcache/internal/budget"
 	"regcache/internal/flight"
 	"regcache/upstream"
 )
@@ -38,6 +39,9 @@ type Origin struct {
 	Registry *upstream.Registry
 	// TagTTL is how long a tag -> digest answer from this upstream stays fresh.
 	TagTTL time.Duration
+	// Budget bounds the background requests made of this upstream (refresh-ahead, watches);
+	// nil admits them all. Client requests never take it.
+	Budget *budget.Budget
 }
 
 // Defaults of the cache: keys. DefaultMaxSize and DefaultMaxBlobSize are also what zero
@@ -117,8 +121,10 @@ type Cache struct {
 	// bodiless entry must not replace a body stored meanwhile, nor a body miss the claim
 	// it should tell its descriptor.
 	putLocks [64]sync.Mutex
-	stop     chan struct{}
-	bg       sync.WaitGroup
+	// refreshes is refresh-ahead's schedule (refresh.go).
+	refreshes refresher
+	stop      chan struct{}
+	bg        sync.WaitGroup
 }
 
 // New builds a Cache.
@@ -153,10 +159,12 @@ func New(cfg Config) (*Cache, error) {
 		c.bg.Add(1)
 		go c.watchRedis(r)
 	}
+	c.startRefreshes()
 	return c, nil
 }
 
-// Close stops the cache's background work.
+// Close stops the cache's background work (refresh-ahead included: its refreshes under
+// way are waited for).
 func (c *Cache) Close() {
 	select {
 	case <-c.stop:

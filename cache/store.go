@@ -25,6 +25,9 @@ type TagEntry struct {
 	// claim anything), not what a verified body showed: it is the bodiless manifest entry
 	// for the digest, which learns the verified descriptor once the body is fetched.
 	claim *ManifestEntry
+	// asked is set by the first client hit in the entry's TTL window: refresh-ahead
+	// refreshes only entries in use (refresh.go).
+	asked atomic.Bool
 }
 
 // descriptor is what to answer for the tag: its body's verified type and size once known.
