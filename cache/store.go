@@ -1,7 +1,7 @@
 // Package cache answers manifest lookups from memory when it can and from upstream when it
 // must: tag -> digest entries with a TTL, content-addressed manifest entries kept until
-// evicted, remembered 404s, coalesced upstream requests, cheap revalidation with HEAD, and
-// stale answers while upstream fails.
+// evicted, remembered 404s, coalesced upstream requests, cheap revalidation with HEAD,
+// stale answers while upstream fails, and tags in use refreshed ahead of their expiry.
 package cache
 
 import (

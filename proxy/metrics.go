@@ -229,7 +229,7 @@ func (m *Metrics) WatchWatches(w *watch.Watcher) {
 				Help: "Watch lookups and listings that failed."},
 				of(func(s watch.Stats) float64 { return float64(s.Errors) })),
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_watch_waits_total", ConstLabels: labels,
-				Help: "Watch lookups put off because the upstream's rate limit was spent or held."},
+				Help: "Watch lookups put off because the upstream's rate limit was spent or held, or its budget for background work was spent."},
 				of(func(s watch.Stats) float64 { return float64(s.Waits) })),
 		)
 	}

@@ -163,12 +163,6 @@ func New(cfg Config) *Budget {
 		keyAll: cfg.Prefix + "budget:" + cfg.Upstream, keyPull: cfg.Prefix + "budget:" + cfg.Upstream + ":pulls"}
 }
 
-// Auto reports whether the budget is auto (DefaultRequests per DefaultPer).
-func (b *Budget) Auto() bool { return b.cfg.Requests == DefaultRequests && b.cfg.Per == DefaultPer }
-
-// Window is the budget's window length.
-func (b *Budget) Window() time.Duration { return b.cfg.Per }
-
 // pullLimit is the background GETs' share of what the upstream announced, and its window;
 // n < 0 while it has announced no limit with a window.
 func (b *Budget) pullLimit() (n int, per time.Duration) {

@@ -212,12 +212,9 @@ func TestAutoTakesTheAnnouncedWindow(t *testing.T) {
 	}
 	t.Cleanup(r.Close)
 	b := budget.New(budget.Config{Upstream: "reg.test", Share: 50, RateLimit: r.RateLimit})
-	if !b.Auto() || b.Window() != budget.DefaultPer {
-		t.Fatalf("a zero budget is auto, %d per %v", budget.DefaultRequests, budget.DefaultPer)
-	}
 	// Nothing announced yet: GETs are bounded by the 10 a second alone.
-	if s := b.Stats(); s.PullsLimit != -1 {
-		t.Fatalf("pulls limit %d before upstream announced one", s.PullsLimit)
+	if s := b.Stats(); s.Limit != budget.DefaultRequests || s.Per != budget.DefaultPer || s.PullsLimit != -1 {
+		t.Fatalf("stats %+v; want auto, %d per %v, and no limit on GETs before upstream announced one", s, budget.DefaultRequests, budget.DefaultPer)
 	}
 	reg.SetFault(registrytest.WithHeaders("RateLimit-Limit", "4;w=2", "RateLimit-Remaining", "3;w=2"))
 	if _, err := r.HeadManifest(t.Context(), "team/app", "v1"); err != nil {

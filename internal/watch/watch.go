@@ -549,7 +549,7 @@ type Stats struct {
 	// stale (answered by upstream, by another replica's fresh answer through Redis, or not
 	// at all: a failure); Listings, tag listings read; Errors, looks and listings that
 	// failed (a stale answer served because upstream failed is one); Waits, looks put off
-	// because upstream's rate limit was spent or held.
+	// because upstream's rate limit was spent or held, or its budget was spent.
 	Tags                                   int
 	Revalidations, Listings, Errors, Waits uint64
 }
