@@ -152,6 +152,7 @@ func (l *blobLookup) key() string {
 }
 
 func (l *blobLookup) waits() bool              { return false }
+func (l *blobLookup) background() bool         { return false } // only clients ask for blobs
 func (l *blobLookup) fleet() (blobFetch, bool) { return blobFetch{}, false }
 
 func (l *blobLookup) memory() (blobFetch, bool, error) {

@@ -12,6 +12,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"regcache/internal/budget"
 	"regcache/internal/flight"
 	"regcache/upstream"
 )
@@ -43,6 +44,9 @@ type Origin struct {
 	// Rules are tried in order against a tag; the first whose Match matches gives its TTL
 	// (cache.tag_ttl_rules after upstreams[].tag_ttl_rules).
 	Rules []TTLRule
+	// Budget bounds the background requests made of this upstream (refresh-ahead, watches);
+	// nil admits them all. Client requests never take it.
+	Budget *budget.Budget
 
 	// backoffServed counts the stale answers a backoff served (backoff.go).
 	backoffServed atomic.Int64
@@ -148,8 +152,10 @@ type Cache struct {
 	// bodiless entry must not replace a body stored meanwhile, nor a body miss the claim
 	// it should tell its descriptor.
 	putLocks [64]sync.Mutex
-	stop     chan struct{}
-	bg       sync.WaitGroup
+	// refreshes is refresh-ahead's schedule (refresh.go).
+	refreshes refresher
+	stop      chan struct{}
+	bg        sync.WaitGroup
 }
 
 // New builds a Cache.
@@ -184,10 +190,12 @@ func New(cfg Config) (*Cache, error) {
 		c.bg.Add(1)
 		go c.watchRedis(r)
 	}
+	c.startRefreshes()
 	return c, nil
 }
 
-// Close stops the cache's background work.
+// Close stops the cache's background work (refresh-ahead included: its refreshes under
+// way are waited for).
 func (c *Cache) Close() {
 	select {
 	case <-c.stop:

@@ -9,15 +9,17 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"regcache/internal/budget"
 	"regcache/upstream"
 )
 
 // manifestByDigest is a manifest by digest that memory does not hold (with its body, when
-// wantBody), over the one road of load.go, and kept for good.
-func (c *Cache) manifestByDigest(ctx context.Context, o *Origin, repo string, d digest.Digest, wantBody bool) (*ManifestEntry, error) {
+// wantBody), over the one road of load.go, and kept for good; reason is budget.Client for a
+// client's, or background work's.
+func (c *Cache) manifestByDigest(ctx context.Context, o *Origin, repo string, d digest.Digest, wantBody bool, reason budget.Reason) (*ManifestEntry, error) {
 	up := o.Registry.Name()
 	return load(ctx, &c.digestFlights, c.fleet, c.fleetWait(o),
-		&digestLookup{content{c: c, o: o, up: up, repo: repo, d: d, wantBody: wantBody, mkey: manifestKey(up, repo, string(d))}})
+		&digestLookup{content{c: c, o: o, up: up, repo: repo, d: d, wantBody: wantBody, mkey: manifestKey(up, repo, string(d))}, reason})
 }
 
 // content is what a lookup of content-addressed bytes (a manifest or a blob by digest)
@@ -32,7 +34,10 @@ type content struct {
 }
 
 // digestLookup is a manifest's miss by digest, for load.
-type digestLookup struct{ content }
+type digestLookup struct {
+	content
+	reason budget.Reason
+}
 
 // key is also the fleet lock's name for a GET: <prefix>lock:manifest:<upstream>/<repo>@<digest>.
 // A HEAD is another flight, and takes no lock.
@@ -45,6 +50,8 @@ func (l *digestLookup) key() string {
 
 // waits: only bodies are shared, and a HEAD by digest is one cheap request.
 func (l *digestLookup) waits() bool { return l.wantBody }
+
+func (l *digestLookup) background() bool { return l.reason != budget.Client }
 
 func (l *digestLookup) memory() (*ManifestEntry, bool, error) {
 	if e := l.c.store.manifest(l.mkey); e != nil && (e.Body != nil || !l.wantBody) {
@@ -62,6 +69,11 @@ func (l *digestLookup) fleet() (*ManifestEntry, bool) {
 }
 
 func (l *digestLookup) fetch() (upstream.Manifest, error) {
+	done, err := spend(l.o, l.reason, l.wantBody)
+	if err != nil {
+		return upstream.Manifest{}, err
+	}
+	defer done()
 	if l.wantBody {
 		return l.o.Registry.GetManifest(context.Background(), l.repo, string(l.d))
 	}

@@ -28,6 +28,10 @@ type lookup[E, F any] interface {
 	// waits reports whether the replicas of a fleet wait for one of them to ask upstream
 	// (false for what is one cheap request anyway, or never shared).
 	waits() bool
+	// background reports a lookup no client waits for (refresh-ahead, a watch): its fetch
+	// takes the upstream's budget, and may be refused. It has flights of its own, so that a
+	// client never joins one and shares its refusal; the fleet lock is the same.
+	background() bool
 	// fetch asks upstream.
 	fetch() (F, error)
 	// store keeps what upstream answered, in memory and in the fleet tier, and returns the
@@ -42,7 +46,11 @@ type lookup[E, F any] interface {
 // across replicas, where a replica waits at most wait for another's upstream request. The
 // work goes on when ctx ends; only this caller stops waiting.
 func load[E, F any](ctx context.Context, flights *flight.Group[E], fleet fleetTier, wait time.Duration, l lookup[E, F]) (E, error) {
-	e, err, _ := flights.Do(ctx, l.key(), func() (E, error) {
+	key := l.key()
+	if l.background() {
+		key = "background\x00" + key
+	}
+	e, err, _ := flights.Do(ctx, key, func() (E, error) {
 		if e, ok, no := l.memory(); ok || no != nil {
 			return e, no
 		}

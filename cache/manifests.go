@@ -14,6 +14,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"go.uber.org/zap"
 
+	"regcache/internal/budget"
 	"regcache/upstream"
 )
 
@@ -33,9 +34,17 @@ type Request struct {
 	// old), and to judge another replica's entry against the clock as it is read (a fleet
 	// wait may be long, and a request's old clock read would take fresh entries for skew).
 	Now time.Time
+	// Background is whose lookup this is when no client waits for it (refresh-ahead, a
+	// watch): it takes the upstream's budget where it would ask upstream, and is refused
+	// (budget.ErrSpent, serving nothing, changing nothing) when the budget is spent. Zero
+	// (budget.Client) is a client's, which no budget refuses.
+	Background budget.Reason
 
 	looked bool      // Hit has run
 	held   *TagEntry // the tag's entry Hit found: past its TTL, or without the body wanted
+	// after, for a refresh, is when the entry being refreshed was fetched: only an entry
+	// fetched later answers it from memory or the fleet tier.
+	after time.Time
 }
 
 // Manifest resolves ref in repo on o, for a caller that has not read the clock.
@@ -72,6 +81,9 @@ func (c *Cache) Hit(r *Request) (Answer, bool) {
 	if te == nil || r.Now.Sub(te.FetchedAt) >= te.TTL {
 		return Answer{}, false
 	}
+	if r.Background == budget.Client && !te.asked.Load() {
+		te.asked.Store(true) // asked in its window: refresh it ahead (refresh.go)
+	}
 	if !r.WantBody {
 		// A HEAD named the digest; a body fetched since (by digest, or by a GET of the tag)
 		// says what its type and size really are.
@@ -96,7 +108,7 @@ func (c *Cache) Load(ctx context.Context, r Request) (Answer, error) {
 	r.Repo, r.Ref = strings.Clone(r.Repo), strings.Clone(r.Ref)
 	if strings.IndexByte(r.Ref, ':') >= 0 {
 		if d, err := digest.Parse(r.Ref); err == nil {
-			e, err := c.manifestByDigest(ctx, r.Origin, r.Repo, d, r.WantBody)
+			e, err := c.manifestByDigest(ctx, r.Origin, r.Repo, d, r.WantBody, r.Background)
 			if err != nil {
 				return Answer{}, err
 			}
@@ -196,7 +208,7 @@ func (c *Cache) complete(ctx context.Context, r Request, res resolved, st Status
 
 // bodyByDigest answers a tag with the body of d, which memory does not hold.
 func (c *Cache) bodyByDigest(ctx context.Context, r Request, d digest.Digest, st Status, at time.Time) (Answer, error) {
-	e, err := c.manifestByDigest(ctx, r.Origin, r.Repo, d, true)
+	e, err := c.manifestByDigest(ctx, r.Origin, r.Repo, d, true, r.Background)
 	if err != nil {
 		return Answer{}, err
 	}
@@ -225,6 +237,7 @@ type tagLookup struct {
 	// seen is the fleet's entry last read, fresh or not: where the tag pointed before, for
 	// the entry the fetch writes (its Previous), even on a replica that never saw it.
 	seen *TagEntry
+	took time.Duration // how long upstream took to answer, for the refresh point
 }
 
 // key is also the fleet lock's name: <prefix>lock:tag:<upstream>/<repo>:<tag>.
@@ -232,11 +245,13 @@ func (l *tagLookup) key() string { return "tag:" + l.up + "/" + l.r.Repo + ":" +
 
 func (l *tagLookup) waits() bool { return true }
 
+func (l *tagLookup) background() bool { return l.r.Background != budget.Client }
+
 func (l *tagLookup) memory() (resolved, bool, error) {
 	// A flight for this tag that finished since the caller looked (a burst's straggler, or
 	// a revalidation that just landed) has answered already: upstream must not be asked
 	// twice.
-	if te := l.c.store.tag(l.mkey); te != nil && l.r.Now.Sub(te.FetchedAt) < te.TTL {
+	if te := l.c.store.tag(l.mkey); te != nil && l.r.Now.Sub(te.FetchedAt) < te.TTL && te.FetchedAt.After(l.r.after) {
 		return resolved{tag: te, body: l.c.cachedBody(l.up, l.r.Repo, te.Digest)}, true, nil
 	}
 	return resolved{}, false, l.c.store.negative(negativeKey(l.up, l.r.Repo, l.r.Ref))
@@ -254,8 +269,8 @@ func (l *tagLookup) fleet() (resolved, bool) {
 		// now.
 		te.FetchedAt = now
 	}
-	if now.Sub(te.FetchedAt) >= l.ttl {
-		return resolved{}, false
+	if now.Sub(te.FetchedAt) >= l.ttl || !te.FetchedAt.After(l.r.after) {
+		return resolved{}, false // stale, or (for a refresh) the very entry being refreshed
 	}
 	// The entry names a digest; a verified body for it, here or shared, says what its
 	// type and size are, as for upstream's HEADs.
@@ -266,10 +281,19 @@ func (l *tagLookup) fleet() (resolved, bool) {
 			d, claim = body.Descriptor, nil
 		}
 	}
-	return resolved{tag: c.putTag(l.mkey, d, te.FetchedAt, l.ttl, te.Previous, claim), body: body}, true
+	te = c.putTag(l.mkey, d, te.FetchedAt, l.ttl, te.Previous, claim)
+	c.scheduleRefresh(l.r.Origin, l.mkey, l.r.Repo, l.r.Ref, te, 0)
+	return resolved{tag: te, body: body}, true
 }
 
 func (l *tagLookup) fetch() (upstream.Manifest, error) {
+	done, err := spend(l.r.Origin, l.r.Background, l.r.WantBody)
+	if err != nil {
+		return upstream.Manifest{}, err
+	}
+	defer done()
+	start := time.Now()
+	defer func() { l.took = time.Since(start) }()
 	if l.r.WantBody {
 		return l.r.Origin.Registry.GetManifest(context.Background(), l.r.Repo, l.r.Ref)
 	}
@@ -309,9 +333,13 @@ func (l *tagLookup) store(m upstream.Manifest) resolved {
 	case old != nil:
 		was = old.Descriptor
 	}
+	if e := l.movedBody(was, d); e != nil && body == nil {
+		d, body, claim = e.Descriptor, e, nil
+	}
 	at := time.Now()
 	te := c.putTag(l.mkey, d, at, l.ttl, prev, claim)
 	c.fleet.setTag(l.up, l.r.Repo, l.r.Ref, te, l.ttl+c.cfg.MaxStale)
+	c.scheduleRefresh(l.r.Origin, l.mkey, l.r.Repo, l.r.Ref, te, l.took)
 	if was.Digest != "" && was.Digest != d.Digest && c.cfg.OnTagMove != nil {
 		mv := TagMove{Upstream: l.up, Repository: l.r.Repo, Tag: l.r.Ref, From: was, To: d, At: at}
 		if body != nil {

@@ -1,7 +1,7 @@
 // Package cache answers manifest lookups from memory when it can and from upstream when it
 // must: tag -> digest entries with a TTL, content-addressed manifest entries kept until
-// evicted, remembered 404s, coalesced upstream requests, cheap revalidation with HEAD, and
-// stale answers while upstream fails.
+// evicted, remembered 404s, coalesced upstream requests, cheap revalidation with HEAD,
+// stale answers while upstream fails, and tags in use refreshed ahead of their expiry.
 package cache
 
 import (
@@ -30,6 +30,9 @@ type TagEntry struct {
 	claim *ManifestEntry
 	// retry is the backoff while upstream fails to revalidate the tag (backoff.go).
 	retry retry
+	// asked is set by the first client hit in the entry's TTL window: refresh-ahead
+	// refreshes only entries in use (refresh.go).
+	asked atomic.Bool
 }
 
 // descriptor is what to answer for the tag: its body's verified type and size once known.

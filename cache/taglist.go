@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"regcache/internal/budget"
 	"regcache/upstream"
 )
 
@@ -140,8 +141,10 @@ func tagsBody(repo string, tags []string) []byte {
 
 // extend asks upstream for up to cfg.TagsMaxPages more pages of base (of a new listing
 // when base is nil, fetched as of now) and returns the grown listing. A failure on the first page is the
-// answer; a failure after it keeps what came (the next request goes on from there).
-func (c *Cache) extend(o *Origin, repo string, base *tagList, now time.Time) (*tagList, error) {
+// answer; a failure after it keeps what came (the next request goes on from there). For
+// background work (reason), each page takes the upstream's budget, and a refusal is a
+// failure like any other.
+func (c *Cache) extend(o *Origin, repo string, base *tagList, now time.Time, reason budget.Reason) (*tagList, error) {
 	l := &tagList{FetchedAt: now}
 	if base != nil {
 		*l = *base
@@ -157,7 +160,7 @@ func (c *Cache) extend(o *Origin, repo string, base *tagList, now time.Time) (*t
 			l.truncate(truncatedByBytes)
 			break
 		}
-		p, err := o.Registry.Tags(context.Background(), repo, req)
+		p, err := c.tagsPage(o, repo, req, reason)
 		var ue *upstream.Error
 		if errors.As(err, &ue) && ue.TooLarge {
 			l.truncate(truncatedByBytes)
@@ -166,6 +169,9 @@ func (c *Cache) extend(o *Origin, repo string, base *tagList, now time.Time) (*t
 		if err != nil {
 			if pages == 0 {
 				return nil, err
+			}
+			if errors.Is(err, budget.ErrSpent) {
+				break // the background listing goes on when the budget allows
 			}
 			c.log.Warn("tags listing paused by an upstream failure; the next request goes on",
 				zap.String("upstream", o.Registry.Name()), zap.String("repository", repo), zap.Error(err))
@@ -208,6 +214,16 @@ func (c *Cache) extend(o *Origin, repo string, base *tagList, now time.Time) (*t
 			zap.String("setting", l.TruncatedBy), zap.Int("tags", len(l.Tags)), zap.Int("bytes", l.Bytes))
 	}
 	return l, nil
+}
+
+// tagsPage asks upstream for one page, taking the budget first for background work.
+func (c *Cache) tagsPage(o *Origin, repo string, req upstream.PageRequest, reason budget.Reason) (upstream.TagPage, error) {
+	done, err := spend(o, reason, false)
+	if err != nil {
+		return upstream.TagPage{}, err
+	}
+	defer done()
+	return o.Registry.Tags(context.Background(), repo, req)
 }
 
 // The settings that may cut a listing short, as TruncatedBy names them.

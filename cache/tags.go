@@ -8,6 +8,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"regcache/internal/budget"
 	"regcache/upstream"
 )
 
@@ -48,6 +49,10 @@ type TagsAnswer struct {
 type TagsRequest struct {
 	N    int
 	Last string
+	// Background is whose request this is when no client waits for it (a watch's listing):
+	// each upstream page it costs takes the upstream's budget, and it is refused
+	// (budget.ErrSpent) when the budget is spent, as Request.Background is.
+	Background budget.Reason
 }
 
 func tagsKey(up, repo string) string { return "l\x00" + up + "\x00" + repo }
@@ -156,6 +161,8 @@ func (l *listLookup) key() string { return "tags:" + l.up + "/" + l.repo }
 
 func (l *listLookup) waits() bool { return true }
 
+func (l *listLookup) background() bool { return l.req.Background != budget.Client }
+
 func (l *listLookup) memory() (*tagList, bool, error) {
 	local := l.c.store.tagList(l.mkey)
 	if local == nil {
@@ -189,7 +196,7 @@ func (l *listLookup) fetch() (*tagList, error) {
 	if base != nil && !tagsFresh(l.o, base, l.now) && !base.beyond(l.req) {
 		base = nil // stale: list anew, unless req walks on past its end
 	}
-	return l.c.extend(l.o, l.repo, base, time.Now())
+	return l.c.extend(l.o, l.repo, base, time.Now(), l.req.Background)
 }
 
 func (l *listLookup) store(tl *tagList) *tagList {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"regcache/cache"
+	"regcache/internal/budget"
 	"regcache/internal/feed"
 	"regcache/internal/webhook"
 	"regcache/proxy"
@@ -200,7 +201,32 @@ type Upstream struct {
 	// then requests are answered without asking it, one probe per backoff. Left out or 0, it
 	// is upstream.DefaultFailuresToOpen.
 	FailuresToOpen int `yaml:"failures_to_open"`
+	// Budget bounds the background work regcache does for this upstream (refresh-ahead,
+	// watches and their tag listings) in any window of its length; clients' requests never
+	// take it. BudgetShare is the part of the limit the upstream announces
+	// (RateLimit-Limit with a window) that background manifest GETs may take.
+	Budget      Budget  `yaml:"budget"`
+	BudgetShare Percent `yaml:"budget_share"`
 }
+
+// setDefaults gives an upstream's keys whose 0 is a setting of its own their owners'
+// defaults before the file's are read (budget_share: 0% is no background GET at all).
+func (u *Upstream) setDefaults() {
+	u.BudgetShare = Percent(budget.DefaultShare)
+}
+
+// Budget is upstreams[].budget: auto (the zero value, written "auto": budget.DefaultRequests
+// per budget.DefaultPer), or at most Requests background requests in any window of Per.
+type Budget struct {
+	Requests int      `yaml:"requests"`
+	Per      Duration `yaml:"per"`
+}
+
+// Auto reports budget: auto.
+func (b Budget) Auto() bool { return b == Budget{} }
+
+// Percent is a share of 0 to 100, written 50% (or 50).
+type Percent int
 
 // Credentials authenticate regcache to an upstream, either at its token endpoint or as
 // plain Basic auth.

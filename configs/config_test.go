@@ -571,6 +571,16 @@ func TestParseRefusals(t *testing.T) {
 			[]string{"upstreams[0].credntials: unknown key", "line 4", "credentials"}, nil},
 		{"unknown key in second upstream", up("  - name: ghcr.io\n    url: https://ghcr.io\n    tagttl: 1s\n"),
 			[]string{"upstreams[1].tagttl: unknown key"}, nil},
+		{"budget neither auto nor a mapping", up("    budget: 100\n"),
+			[]string{"upstreams[0].budget", `"100": write auto, or a mapping {requests: N, per: DURATION}`}, nil},
+		{"budget without per", up("    budget: {requests: 100}\n"),
+			[]string{"upstreams[0].budget.per: must be a window above zero"}, nil},
+		{"budget without requests", up("    budget: {per: 1m}\n"),
+			[]string{"upstreams[0].budget.requests: must be 1 to 1000000"}, nil},
+		{"budget window too long", up("    budget: {requests: 5, per: 48h}\n"),
+			[]string{"upstreams[0].budget.per", "at most 24h"}, nil},
+		{"budget share above 100%", up("    budget_share: 150%\n"),
+			[]string{"upstreams[0].budget_share", "from 0% to 100%"}, nil},
 		{"unknown credentials key", up("    credentials:\n      user: a\n"),
 			[]string{"upstreams[0].credentials.user: unknown key", "username, password"}, nil},
 		{"unknown tls key", up("    tls:\n      cafile: /x\n"),
@@ -1558,5 +1568,16 @@ events:
 				t.Fatalf("%s of the events config shows a secret: %s", verb, out)
 			}
 		}
+	}
+}
+
+func TestParseBudget(t *testing.T) {
+	cfg := mustParse(t, minimalUpstream+"    budget: {requests: 100, per: 1m}\n    budget_share: 0%\n"+
+		"  - name: ghcr.io\n    url: https://ghcr.io\n    budget: auto\n    budget_share: 25\n")
+	if b := cfg.Upstreams[0].Budget; b.Auto() || b.Requests != 100 || b.Per.D() != time.Minute || cfg.Upstreams[0].BudgetShare != 0 {
+		t.Fatalf("upstreams[0]: budget %+v, share %d; want 100 per 1m, 0%%", b, cfg.Upstreams[0].BudgetShare)
+	}
+	if u := cfg.Upstreams[1]; !u.Budget.Auto() || u.BudgetShare != 25 {
+		t.Fatalf("upstreams[1]: budget %+v, share %d; want auto, 25%%", u.Budget, u.BudgetShare)
 	}
 }

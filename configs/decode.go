@@ -35,6 +35,8 @@ var (
 	sizeType     = reflect.TypeOf(Size(0))
 	secretType   = reflect.TypeOf(Secret{})
 	redisTLSType = reflect.TypeOf(RedisTLS{})
+	budgetType   = reflect.TypeOf(Budget{})
+	percentType  = reflect.TypeOf(Percent(0))
 )
 
 func decodeNode(n *yaml.Node, v reflect.Value, path string) error {
@@ -74,6 +76,17 @@ func decodeNode(n *yaml.Node, v reflect.Value, path string) error {
 				return where("%q: write true, false, or a mapping with ca_file, server_name, insecure_skip_verify", text)
 			}
 			v.Field(0).Set(reflect.ValueOf(&b))
+			return nil
+		}
+		if v.Type() == budgetType && n.Kind == yaml.ScalarNode {
+			text, err := expandEnv(n.Value)
+			if err != nil {
+				return where("%v", err)
+			}
+			if strings.TrimSpace(text) != "auto" {
+				return where("%q: write auto, or a mapping {requests: N, per: DURATION}", text)
+			}
+			v.Set(reflect.Zero(budgetType))
 			return nil
 		}
 		if n.Kind != yaml.MappingNode {
@@ -171,6 +184,12 @@ func decodeNode(n *yaml.Node, v reflect.Value, path string) error {
 		v.SetInt(int64(sz))
 	case v.Type() == secretType:
 		v.Set(reflect.ValueOf(NewSecret(text)))
+	case v.Type() == percentType:
+		p, err := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(text), "%")))
+		if err != nil || p < 0 || p > 100 {
+			return where("%q is not a percentage from 0%% to 100%% (write e.g. 50%%)", text)
+		}
+		v.SetInt(int64(p))
 	case v.Kind() == reflect.Int:
 		i, err := strconv.Atoi(strings.TrimSpace(text))
 		if err != nil {

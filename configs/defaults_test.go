@@ -14,6 +14,7 @@ import (
 	yaml "go.yaml.in/yaml/v3"
 
 	"regcache/cache"
+	"regcache/internal/budget"
 	"regcache/internal/feed"
 	"regcache/internal/webhook"
 	"regcache/proxy"
@@ -57,6 +58,8 @@ var ownedDefaults = []struct {
 	{"upstreams[0].connect_timeout", Duration(upstream.DefaultConnectTimeout), false, false},
 	{"upstreams[0].max_concurrent", upstream.DefaultMaxConcurrent, true, true},
 	{"upstreams[0].failures_to_open", upstream.DefaultFailuresToOpen, false, true},
+	{"upstreams[0].budget", Budget{}, false, true}, // auto: budget.DefaultRequests per budget.DefaultPer
+	{"upstreams[0].budget_share", Percent(budget.DefaultShare), false, true},
 	{"events.webhooks[0].format", webhook.DefaultFormat, false, false},
 	{"events.webhooks[0].timeout", Duration(webhook.DefaultTimeout), false, false},
 	{"events.webhooks[0].max_retries", webhook.DefaultMaxRetries, false, false},
@@ -144,6 +147,12 @@ func show(v any) string {
 		return durationText(v.D())
 	case Size:
 		return sizeText(int64(v))
+	case Budget:
+		if v.Auto() {
+			return "auto"
+		}
+	case Percent:
+		return fmt.Sprintf("%d%%", v)
 	}
 	return fmt.Sprint(v)
 }

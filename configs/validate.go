@@ -132,6 +132,9 @@ func (c *Config) validate() error {
 		if u.MaxConcurrent < 0 {
 			return fmt.Errorf("%s.max_concurrent: must not be negative (0 is the default, %d)", key, upstream.DefaultMaxConcurrent)
 		}
+		if err := u.Budget.validate(key + ".budget"); err != nil {
+			return err
+		}
 		for j, h := range u.AllowedHosts {
 			if err := validHostName(h); err != nil {
 				return fmt.Errorf("%s.allowed_hosts[%d]: %v", key, j, err)
@@ -529,4 +532,24 @@ func sizeText(n int64) string {
 		}
 	}
 	return strconv.FormatInt(n, 10)
+}
+
+// Bounds of upstreams[].budget: a log holds up to requests entries (bytes each), and a
+// window longer than a day is no budget an upstream announces.
+const (
+	maxBudgetRequests = 1_000_000
+	maxBudgetPer      = 24 * time.Hour
+)
+
+func (b Budget) validate(key string) error {
+	if b.Auto() {
+		return nil
+	}
+	if b.Requests < 1 || b.Requests > maxBudgetRequests {
+		return fmt.Errorf("%s.requests: must be 1 to %d background requests per window (or write budget: auto)", key, maxBudgetRequests)
+	}
+	if b.Per <= 0 || b.Per.D() > maxBudgetPer {
+		return fmt.Errorf("%s.per: must be a window above zero and at most 24h (e.g. 1m)", key)
+	}
+	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/valyala/fasthttp/fasthttpadaptor"
 
 	"regcache/cache"
+	"regcache/internal/budget"
 	"regcache/internal/feed"
 	"regcache/internal/watch"
 	"regcache/internal/webhook"
@@ -228,7 +229,7 @@ func (m *Metrics) WatchWatches(w *watch.Watcher) {
 				Help: "Watch lookups and listings that failed."},
 				of(func(s watch.Stats) float64 { return float64(s.Errors) })),
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_watch_waits_total", ConstLabels: labels,
-				Help: "Watch lookups put off because the upstream's rate limit was spent or held."},
+				Help: "Watch lookups put off because the upstream's rate limit was spent or held, or its budget for background work was spent."},
 				of(func(s watch.Stats) float64 { return float64(s.Waits) })),
 		)
 	}
@@ -265,6 +266,59 @@ func (c webhookCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(webhookQueue, prometheus.GaugeValue, float64(s.Queued), s.Name)
 		ch <- prometheus.MustNewConstMetric(webhookDropped, prometheus.CounterValue, float64(s.Dropped), s.Name)
+	}
+}
+
+// The budget series: per upstream with a budget, read from it at each scrape (with the
+// Redis tier, one call for the fleet's spending).
+var (
+	backgroundRequests = prometheus.NewDesc("regcache_background_requests_total",
+		"Background requests this replica sent upstream (refresh-ahead, watches and their listings), by upstream and reason.",
+		[]string{"upstream", "reason"}, nil)
+	budgetRefused = prometheus.NewDesc("regcache_budget_refused_total",
+		"Background requests the upstream's budget refused (never sent), by upstream and reason.", []string{"upstream", "reason"}, nil)
+	budgetLimit = prometheus.NewDesc("regcache_budget_limit",
+		"Background requests allowed in any window: kind all is upstreams[].budget; kind pulls is budget_share of the limit the upstream announces "+
+			"(manifest GETs; absent until it announces one with a window).", []string{"upstream", "kind"}, nil)
+	budgetWindow = prometheus.NewDesc("regcache_budget_window_seconds",
+		"The length of the budget's window, by kind (all, pulls).", []string{"upstream", "kind"}, nil)
+	budgetSpent = prometheus.NewDesc("regcache_budget_spent",
+		"Background requests in the window ending now, by kind (all, pulls): the fleet's with the Redis tier.", []string{"upstream", "kind"}, nil)
+)
+
+// WatchBudgets exports each upstream's budget for background work.
+func (m *Metrics) WatchBudgets(ups []*Upstream) {
+	m.registry.MustRegister(budgetCollector(ups))
+}
+
+type budgetCollector []*Upstream
+
+func (c budgetCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{backgroundRequests, budgetRefused, budgetLimit, budgetWindow, budgetSpent} {
+		ch <- d
+	}
+}
+
+func (c budgetCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, u := range c {
+		b := u.Origin.Budget
+		if b == nil {
+			continue
+		}
+		s := b.Stats()
+		for _, r := range budget.Background {
+			ch <- prometheus.MustNewConstMetric(backgroundRequests, prometheus.CounterValue, float64(s.Taken[r]), u.Name, r.String())
+			ch <- prometheus.MustNewConstMetric(budgetRefused, prometheus.CounterValue, float64(s.Refused[r]), u.Name, r.String())
+		}
+		gauges := func(kind string, limit int, per time.Duration, spent int) {
+			ch <- prometheus.MustNewConstMetric(budgetLimit, prometheus.GaugeValue, float64(limit), u.Name, kind)
+			ch <- prometheus.MustNewConstMetric(budgetWindow, prometheus.GaugeValue, per.Seconds(), u.Name, kind)
+			ch <- prometheus.MustNewConstMetric(budgetSpent, prometheus.GaugeValue, float64(spent), u.Name, kind)
+		}
+		gauges("all", s.Limit, s.Per, s.Spent)
+		if s.PullsLimit >= 0 {
+			gauges("pulls", s.PullsLimit, s.PullsPer, s.PullsSpent)
+		}
 	}
 }
 

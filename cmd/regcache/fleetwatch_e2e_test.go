@@ -32,8 +32,10 @@ func TestFleetWatches(t *testing.T) {
 	for i := range tags {
 		reg.PushImage(t, "team/app", fmt.Sprintf("w%d", i), types.OCIManifestSchema1)
 	}
+	// 100 tags a TTL want 50 looks a second, more than budget: auto's 10: a budget that
+	// allows them (budgets are TestBudgetBoundsWatches's).
 	cfg := harness.Config(fmt.Sprintf("  tag_ttl: %s\n  redis:\n    addr: %s\n    timeout: 2s\n", ttl, rs.Addr),
-		harness.Upstream("reg.test", reg.URL)) +
+		harness.Upstream("reg.test", reg.URL, "budget: {requests: 200, per: 1s}")) +
 		harness.Block("watch", "- repository: reg.test/team/app", `  tags: '^w\d+$'`)
 	var mu sync.Mutex
 	deliveries := map[string]int{} // by X-Regcache-Delivery

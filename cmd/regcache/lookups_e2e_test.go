@@ -129,6 +129,7 @@ func TestCostTable(t *testing.T) {
 	a := reg.PushImage(t, repo, "a", types.OCIManifestSchema1)
 	b := reg.PushIndex(t, repo, "b", types.OCIImageIndex, "linux/amd64")
 	c := reg.PushImage(t, repo, "c", types.DockerManifestSchema2)
+	d := reg.PushImage(t, repo, "d", types.OCIManifestSchema1)
 	const ttl = 1500 * time.Millisecond
 	rc := startRegcache(t, harness.Config("  tag_ttl: 1500ms\n", harness.Upstream("reg.test", reg.URL)))
 	up := harness.Record(reg)
@@ -140,6 +141,7 @@ func TestCostTable(t *testing.T) {
 		harness.ExpectManifest(t, what, r, xcache, p, method)
 		up.ExpectManifests(t, what, wantUp...)
 	}
+	step("HEAD tag, cold, never asked again", "HEAD", "d", d, "MISS", harness.ManifestRequest("HEAD", repo, "d"))
 	step("HEAD tag, cold", "HEAD", "a", a, "MISS", harness.ManifestRequest("HEAD", repo, "a"))
 	step("HEAD tag, fresh", "HEAD", "a", a, "HIT")
 	step("GET tag, only HEAD before", "GET", "a", a, "MISS", harness.ManifestRequest("GET", repo, a.Digest))
@@ -167,8 +169,12 @@ func TestCostTable(t *testing.T) {
 		step("GET digest after tag_ttl, upstream down", "GET", p.Digest, p, "HIT")
 		step("HEAD digest after tag_ttl, upstream down", "HEAD", p.Digest, p, "HIT")
 	}
-	// While a tag, by contrast, is stale now and costs a revalidation attempt.
-	step("HEAD tag after tag_ttl, upstream down", "HEAD", "a", a, "STALE", harness.ManifestRequest("HEAD", repo, "a"))
+	// A tag asked during its TTL window was refreshed ahead, in the background, before it
+	// expired (while upstream still answered): fresh, at no cost.
+	step("HEAD tag asked in its window, after tag_ttl", "HEAD", "a", a, "HIT")
+	// While a tag nobody asked since it was fetched is stale now and costs a revalidation
+	// attempt.
+	step("HEAD tag after tag_ttl, upstream down", "HEAD", "d", d, "STALE", harness.ManifestRequest("HEAD", repo, "d"))
 }
 
 // 200 clients at once on a cold tag cost exactly one upstream manifest request.

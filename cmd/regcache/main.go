@@ -28,6 +28,7 @@ import (
 
 	"regcache/cache"
 	"regcache/configs"
+	"regcache/internal/budget"
 	"regcache/internal/feed"
 	"regcache/internal/watch"
 	"regcache/internal/webhook"
@@ -140,6 +141,8 @@ type app struct {
 	hooks   *webhook.Dispatcher
 	fleet   *feed.Fleet // the fleet's change feed, with the shared tier; nil without
 	groups  func()      // stops the hooks' consumer groups on the fleet's stream; nil without
+	// budgets closes the budgets' Redis client (nil without the shared tier).
+	budgets func()
 	server  *fasthttp.Server
 	cache   *cache.Cache
 	// upstreams are closed on shutdown: their idle keep-alive connections (and the
@@ -191,7 +194,10 @@ func (a *app) ShutdownWithContext(ctx context.Context) error {
 		// and the deliveries they finished acknowledged.
 		a.fleet.Close()
 	}
-	a.cache.Close()
+	a.cache.Close() // its refreshes end first: they take the budgets
+	if a.budgets != nil {
+		a.budgets()
+	}
 	for _, r := range a.upstreams {
 		r.Close()
 	}
@@ -250,6 +256,12 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err
 			c.Close()
 		}
 	}()
+	newBudget, closeBudgets := budgets(shared, log)
+	defer func() {
+		if err != nil && closeBudgets != nil {
+			closeBudgets()
+		}
+	}()
 	var ups []*proxy.Upstream
 	var regs []*upstream.Registry
 	for i := range cfg.Upstreams {
@@ -276,7 +288,7 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err
 		regs = append(regs, reg)
 		ups = append(ups, &proxy.Upstream{
 			Name: u.Name, Aliases: u.Aliases, StrictAccept: u.StrictAccept, DockerHub: u.IsDockerHub(),
-			Origin: &cache.Origin{Registry: reg, TagTTL: cfg.TagTTLFor(u), Rules: cfg.TTLRulesFor(u)},
+			Origin: &cache.Origin{Registry: reg, TagTTL: cfg.TagTTLFor(u), Rules: cfg.TTLRulesFor(u), Budget: newBudget(u, reg)},
 		})
 	}
 	auth, err := clientAuth(cfg)
@@ -294,6 +306,7 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err
 	}
 	metrics.WatchCache(c)
 	metrics.WatchUpstreams(ups)
+	metrics.WatchBudgets(ups)
 	metrics.WatchEvents(events)
 	wopts, err := watches(cfg, p)
 	if err != nil {
@@ -308,7 +321,8 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err
 			hooks.Close(context.Background())
 		}
 	}()
-	a := &app{proxy: p, server: p.Server(), cache: c, upstreams: regs, log: log, access: access, events: events, hooks: hooks}
+	a := &app{proxy: p, server: p.Server(), cache: c, upstreams: regs, log: log, access: access, events: events, hooks: hooks,
+		budgets: closeBudgets}
 	metrics.WatchWebhooks(hooks)
 	if cfg.MetricsListen != "" {
 		// Opened here, so that a taken port fails the start rather than a goroutine later.
@@ -336,6 +350,25 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err
 		metrics.WatchWatches(a.watches)
 	}
 	return a, nil
+}
+
+// budgets makes each upstream's budget for background work; with the shared tier they
+// keep the fleet's logs in Redis, through one client that closeAll closes (nil without).
+func budgets(shared *cache.RedisConfig, log *zap.Logger) (newBudget func(*configs.Upstream, *upstream.Registry) *budget.Budget, closeAll func()) {
+	base := budget.Config{Logger: log}
+	if shared != nil {
+		rc := shared.WithDefaults()
+		rdb := cache.NewRedisClient(rc)
+		base.Redis, base.Prefix, base.OpTimeout = rdb, rc.KeyPrefix, rc.OpTimeout
+		closeAll = func() { _ = rdb.Close() }
+	}
+	return func(u *configs.Upstream, reg *upstream.Registry) *budget.Budget {
+		bc := base
+		bc.Upstream, bc.Requests, bc.Per, bc.Share = u.Name, u.Budget.Requests, u.Budget.Per.D(), int(u.BudgetShare)
+		// A request may wait for a connection slot, then take its whole timeout.
+		bc.RateLimit, bc.InFlight = reg.RateLimit, 2*reg.Timeout()
+		return budget.New(bc)
+	}, closeAll
 }
 
 // groupMinIdle is how long a delivery handed to a replica may go unacknowledged and

@@ -4,7 +4,9 @@
 // one HEAD for the whole fleet. A move upstream then reaches the change feed (the cache
 // reports it) with no client asking. A watched repository's tag list is read each TTL too:
 // matching tags that appear or go are tag.created and tag.deleted events, and each
-// matching tag is watched.
+// matching tag is watched. Watches are background work: what they ask upstream takes the
+// upstream's budget (internal/budget), and a look the budget refuses waits until it
+// allows.
 package watch
 
 import (
@@ -21,6 +23,7 @@ import (
 	"go.uber.org/zap"
 
 	"regcache/cache"
+	"regcache/internal/budget"
 	"regcache/internal/feed"
 	"regcache/upstream"
 )
@@ -216,6 +219,16 @@ func (w *Watcher) run() {
 			}
 			continue
 		}
+		if until := held(next.origin(), next.repo != nil, time.Now()); !until.IsZero() {
+			// Put off here, not in a worker: with a budget spent, every look due waits, and
+			// they may be many.
+			w.count(next.upstream(), func(c *counters) { c.waits++ })
+			w.mu.Lock()
+			next.due = until.Add(rand.N(spread(next.ttl())))
+			heap.Push(&w.queue, next)
+			w.mu.Unlock()
+			continue
+		}
 		select {
 		case sem <- struct{}{}:
 		case <-w.stop:
@@ -258,11 +271,15 @@ func (w *Watcher) stopped() bool {
 func spread(ttl time.Duration) time.Duration { return max(min(maxSpread, ttl/10), 1) }
 
 // held is until when upstream asked not to be asked (a 429's hold, or a rate limit it
-// says is spent), for a tag look or (listing) a tags listing: watches are background work
-// and never spend what clients may need.
+// says is spent), or the upstream's budget for background work is spent, for a tag look
+// or (listing) a tags listing: watches are background work and never spend what clients
+// may need.
 func held(o *cache.Origin, listing bool, now time.Time) time.Time {
 	rl := o.Registry.RateLimit()
 	until := rl.AllBlockedUntil
+	if o.Budget != nil {
+		until = later(until, o.Budget.HeldUntil(false))
+	}
 	if listing && rl.TagsBlockedUntil.After(until) {
 		until = rl.TagsBlockedUntil
 	}
@@ -297,6 +314,11 @@ func (w *Watcher) lookTag(tw *tagWatch) time.Time {
 		return until
 	}
 	a, err := w.look(o, tw.Repository, tw.Tag.Tag)
+	var spent *budget.Spent
+	if errors.As(err, &spent) {
+		w.count(tw.Upstream, func(c *counters) { c.waits++ })
+		return now.Add(spent.RetryAfter)
+	}
 	w.count(tw.Upstream, func(c *counters) {
 		if a.Status != cache.Hit {
 			c.revalidations++
@@ -324,9 +346,10 @@ func (w *Watcher) lookTag(tw *tagWatch) time.Time {
 	return nextLook(o.TTLFor(tw.Tag.Tag), a.FetchedAt, now)
 }
 
-// look asks the cache where a tag points; a stale answer (upstream failed) is a failure.
+// look asks the cache where a tag points, as background work; a stale answer (upstream
+// failed) is a failure.
 func (w *Watcher) look(o *cache.Origin, repo, tag string) (cache.Answer, error) {
-	a, err := w.opts.Cache.Manifest(w.ctx, o, repo, tag, false)
+	a, err := w.opts.Cache.Load(w.ctx, cache.Request{Origin: o, Repo: repo, Ref: tag, Now: time.Now(), Background: budget.Watch})
 	if err == nil && a.Status == cache.Stale {
 		err = errStale
 	}
@@ -372,6 +395,11 @@ func (w *Watcher) list(rw *repoWatch) time.Time {
 		return until
 	}
 	tags, fetched, truncated, err := w.listing(rw, now)
+	var spent *budget.Spent
+	if errors.As(err, &spent) {
+		w.count(rw.Upstream, func(c *counters) { c.waits++ })
+		return now.Add(spent.RetryAfter)
+	}
 	w.count(rw.Upstream, func(c *counters) {
 		c.listings++
 		if err != nil {
@@ -429,7 +457,13 @@ func (w *Watcher) list(rw *repoWatch) time.Time {
 		}
 		a, err := w.look(o, rw.Repository, t)
 		if err != nil {
-			w.count(rw.Upstream, func(c *counters) { c.errors++ })
+			w.count(rw.Upstream, func(c *counters) {
+				if errors.Is(err, budget.ErrSpent) {
+					c.waits++
+				} else {
+					c.errors++
+				}
+			})
 			continue
 		}
 		rw.known[t] = true
@@ -462,7 +496,7 @@ func (w *Watcher) list(rw *repoWatch) time.Time {
 // listing reads a repository's whole listing, page by page, as a client following Links
 // would; fetched is when the listing was fetched upstream.
 func (w *Watcher) listing(rw *repoWatch, now time.Time) (tags []string, fetched time.Time, truncated bool, err error) {
-	req := cache.TagsRequest{N: cache.MaxTagsPage}
+	req := cache.TagsRequest{N: cache.MaxTagsPage, Background: budget.Watch}
 	for range maxPages {
 		a, st, err := w.opts.Cache.Tags(w.ctx, rw.Origin, rw.Repository, req, now)
 		if err == nil && st == cache.Stale {
@@ -515,7 +549,7 @@ type Stats struct {
 	// stale (answered by upstream, by another replica's fresh answer through Redis, or not
 	// at all: a failure); Listings, tag listings read; Errors, looks and listings that
 	// failed (a stale answer served because upstream failed is one); Waits, looks put off
-	// because upstream's rate limit was spent or held.
+	// because upstream's rate limit was spent or held, or its budget was spent.
 	Tags                                   int
 	Revalidations, Listings, Errors, Waits uint64
 }
@@ -542,6 +576,20 @@ type item struct {
 	due  time.Time
 	tag  *tagWatch
 	repo *repoWatch
+}
+
+func (it *item) upstream() string {
+	if it.tag != nil {
+		return it.tag.Upstream
+	}
+	return it.repo.Upstream
+}
+
+func (it *item) origin() *cache.Origin {
+	if it.tag != nil {
+		return it.tag.Origin
+	}
+	return it.repo.Origin
 }
 
 // ttl is how often the item is looked at: its tag's TTL, or a listing's (the upstream's).
