@@ -68,12 +68,12 @@ func (l *digestLookup) fleet() (*ManifestEntry, bool) {
 	return l.c.putManifest(l.up, l.repo, upstream.Manifest{Descriptor: e.Descriptor, Body: e.Body}), true
 }
 
-func (l *digestLookup) fetch() (upstream.Manifest, error) {
+func (l *digestLookup) fetch() (m upstream.Manifest, err error) {
 	done, err := spend(l.o, l.reason, l.wantBody)
 	if err != nil {
 		return upstream.Manifest{}, err
 	}
-	defer done()
+	defer func() { done(err) }()
 	if l.wantBody {
 		return l.o.Registry.GetManifest(context.Background(), l.repo, string(l.d))
 	}

@@ -286,12 +286,12 @@ func (l *tagLookup) fleet() (resolved, bool) {
 	return resolved{tag: te, body: body}, true
 }
 
-func (l *tagLookup) fetch() (upstream.Manifest, error) {
+func (l *tagLookup) fetch() (m upstream.Manifest, err error) {
 	done, err := spend(l.r.Origin, l.r.Background, l.r.WantBody)
 	if err != nil {
 		return upstream.Manifest{}, err
 	}
-	defer done()
+	defer func() { done(err) }()
 	start := time.Now()
 	defer func() { l.took = time.Since(start) }()
 	if l.r.WantBody {

@@ -229,10 +229,22 @@ func (l *tagLookup) movedBody(was, d upstream.Descriptor) *ManifestEntry {
 // spend takes o's budget for a background request of reason (pull: a manifest GET), for
 // the fetch step of a lookup, which is where a request really goes upstream: an answer
 // found in memory or the fleet tier spends nothing. A client's request (reason Client)
-// takes nothing. done is called when the request has ended.
-func spend(o *Origin, reason budget.Reason, pull bool) (done func(), err error) {
+// takes nothing. done is called when the request has ended, with what it returned: a
+// request the breaker, the rate-limit guard or the concurrency bound refused before it
+// was sent gives its leave back.
+func spend(o *Origin, reason budget.Reason, pull bool) (done func(error), err error) {
 	if reason == budget.Client || o.Budget == nil {
-		return func() {}, nil
+		return func(error) {}, nil
 	}
-	return o.Budget.Take(reason, pull)
+	t, err := o.Budget.Grant(reason, pull)
+	if err != nil {
+		return nil, err
+	}
+	return func(err error) {
+		if err != nil && upstream.NotSent(err) {
+			t.Cancel()
+			return
+		}
+		t.Done()
+	}, nil
 }

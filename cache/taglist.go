@@ -217,12 +217,12 @@ func (c *Cache) extend(o *Origin, repo string, base *tagList, now time.Time, rea
 }
 
 // tagsPage asks upstream for one page, taking the budget first for background work.
-func (c *Cache) tagsPage(o *Origin, repo string, req upstream.PageRequest, reason budget.Reason) (upstream.TagPage, error) {
+func (c *Cache) tagsPage(o *Origin, repo string, req upstream.PageRequest, reason budget.Reason) (p upstream.TagPage, err error) {
 	done, err := spend(o, reason, false)
 	if err != nil {
 		return upstream.TagPage{}, err
 	}
-	defer done()
+	defer func() { done(err) }()
 	return o.Registry.Tags(context.Background(), repo, req)
 }
 

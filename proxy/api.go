@@ -177,7 +177,7 @@ func (p *Proxy) lookupDigest(ctx context.Context, image, platform string, now ti
 	res.Digest, res.MediaType, res.Cache = string(a.Digest), a.MediaType, a.Status.String()
 	if !a.FetchedAt.IsZero() {
 		res.FetchedAt = a.FetchedAt.UTC().Format(time.RFC3339)
-		age, ttl := ageSeconds(now, a.FetchedAt), int64(up.Origin.TTLFor(res.Tag)/time.Second)
+		age, ttl := ageSeconds(now, a.FetchedAt), int64((up.Origin.TTLFor(res.Tag)+time.Second-1)/time.Second) // a sub-second TTL is 1, not "none"
 		res.AgeSeconds, res.TTLSeconds = &age, &ttl
 	}
 	if plat != nil {

@@ -180,6 +180,32 @@ func (b *Budget) pullLimit() (n int, per time.Duration) {
 // leave, done must be called once the request has ended (answered or failed); refused, err
 // is a *Spent. Take never waits but for one Redis call.
 func (b *Budget) Take(reason Reason, pull bool) (done func(), err error) {
+	g, err := b.Grant(reason, pull)
+	if err != nil {
+		return nil, err
+	}
+	return g.Done, nil
+}
+
+// A Ticket is leave for one background request: Done once it has ended, or Cancel when it
+// was never sent (refused on the way by the breaker or the rate-limit guard), which gives
+// the leave back: a request upstream never saw spends nothing.
+type Ticket struct {
+	b      *Budget
+	reason Reason
+	pulls  bool
+	member string
+	once   sync.Once
+}
+
+// Done records the request's end.
+func (t *Ticket) Done() { t.once.Do(func() { t.b.end(t.pulls, t.member) }) }
+
+// Cancel gives the leave back.
+func (t *Ticket) Cancel() { t.once.Do(func() { t.b.cancel(t.reason, t.pulls, t.member) }) }
+
+// Grant is Take with a Ticket, for a caller that may find its request was never sent.
+func (b *Budget) Grant(reason Reason, pull bool) (*Ticket, error) {
 	pn, pper := b.pullLimit()
 	pulls := pull && pn >= 0
 	now := time.Now()
@@ -224,8 +250,30 @@ func (b *Budget) Take(reason Reason, pull bool) (done func(), err error) {
 	b.mu.Lock()
 	b.taken[reason]++
 	b.mu.Unlock()
-	var once sync.Once
-	return func() { once.Do(func() { b.end(pulls, member) }) }, nil
+	return &Ticket{b: b, reason: reason, pulls: pulls, member: member}, nil
+}
+
+// cancel takes back a leave whose request was never sent: it leaves this process's logs
+// and the fleet's, and is not counted as taken.
+func (b *Budget) cancel(reason Reason, pulls bool, member string) {
+	b.mu.Lock()
+	b.all.inFlight--
+	if pulls {
+		b.pulls.inFlight--
+	}
+	b.taken[reason]--
+	b.mu.Unlock()
+	if member != "" && b.shared(time.Now()) {
+		keys := []string{b.keyAll}
+		if pulls {
+			keys = append(keys, b.keyPull)
+		}
+		ctx, cancel := b.ctx()
+		defer cancel()
+		if err := cancelScript.Run(ctx, b.cfg.Redis, keys, member).Err(); err != nil {
+			b.failed(err) // the member stays until its TTL: the budget errs on the safe side
+		}
+	}
 }
 
 // roomLocked is nil when this process's logs (and the last refusals) leave room for one
@@ -407,6 +455,10 @@ if redis.replicate_commands then pcall(redis.replicate_commands) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2]) + 1
 for _, key in ipairs(KEYS) do redis.call('ZADD', key, 'XX', now, ARGV[1]) end
+return 1`)
+	// cancelScript removes a member that never became a request.
+	cancelScript = redis.NewScript(`
+for _, key in ipairs(KEYS) do redis.call('ZREM', key, ARGV[1]) end
 return 1`)
 	// spentScript counts each log's members a window (ARGV, µs) ending now holds.
 	spentScript = redis.NewScript(`

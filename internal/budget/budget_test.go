@@ -257,3 +257,31 @@ func TestAutoTakesTheAnnouncedWindow(t *testing.T) {
 		t.Fatalf("the budget asked upstream itself (%d HEADs)", n)
 	}
 }
+
+// TestCancelGivesLeaveBack: a request refused on the way (never sent) spends nothing.
+func TestCancelGivesLeaveBack(t *testing.T) {
+	t.Parallel()
+	const n = 3
+	b := budget.New(budget.Config{Upstream: "reg.test", Requests: n, Per: time.Hour})
+	for round := range 3 {
+		for i := range n {
+			tk, err := b.Grant(budget.Watch, false)
+			if err != nil {
+				t.Fatalf("round %d, request %d: %v; cancelled leaves must not count", round, i, err)
+			}
+			tk.Cancel()
+			tk.Done() // after Cancel: nothing
+		}
+	}
+	if st := b.Stats(); st.Spent != 0 || st.Taken[budget.Watch] != 0 {
+		t.Fatalf("stats %+v; want nothing spent or taken", st)
+	}
+	tk, err := b.Grant(budget.Watch, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk.Done()
+	if st := b.Stats(); st.Spent != 1 {
+		t.Fatalf("spent %d after one request; want 1", st.Spent)
+	}
+}
