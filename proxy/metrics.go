@@ -200,38 +200,41 @@ func (m *Metrics) WatchEvents(l *feed.Log) {
 	)
 }
 
+// The watch series: per upstream with a watch, read from the watcher once per scrape.
+var (
+	watchTags = prometheus.NewDesc("regcache_watch_tags",
+		"Tags kept revalidated by watch: (named, or matching a watched repository's pattern).", []string{"upstream"}, nil)
+	watchRevalidations = prometheus.NewDesc("regcache_watch_revalidations_total",
+		"Watched tags looked up after going stale (by upstream, or from another replica's answer through Redis).", []string{"upstream"}, nil)
+	watchListings = prometheus.NewDesc("regcache_watch_listings_total",
+		"Tag listings of watched repositories read.", []string{"upstream"}, nil)
+	watchErrors = prometheus.NewDesc("regcache_watch_errors_total",
+		"Watch lookups and listings that failed.", []string{"upstream"}, nil)
+	watchWaits = prometheus.NewDesc("regcache_watch_waits_total",
+		"Watch lookups put off because the upstream's rate limit was spent or held, or its budget for background work was spent.",
+		[]string{"upstream"}, nil)
+)
+
 // WatchWatches publishes the watches' counters, per upstream with a watch.
 func (m *Metrics) WatchWatches(w *watch.Watcher) {
-	for _, st := range w.Stats() {
-		up := st.Upstream
-		of := func(f func(watch.Stats) float64) func() float64 {
-			return func() float64 {
-				for _, s := range w.Stats() {
-					if s.Upstream == up {
-						return f(s)
-					}
-				}
-				return 0
-			}
+	m.registry.MustRegister(watchCollector{w})
+}
+
+type watchCollector struct{ w *watch.Watcher }
+
+func (c watchCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{watchTags, watchRevalidations, watchListings, watchErrors, watchWaits} {
+		ch <- d
+	}
+}
+
+func (c watchCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, s := range c.w.Stats() {
+		ch <- prometheus.MustNewConstMetric(watchTags, prometheus.GaugeValue, float64(s.Tags), s.Upstream)
+		for d, n := range map[*prometheus.Desc]uint64{watchRevalidations: s.Revalidations, watchListings: s.Listings,
+			watchErrors: s.Errors, watchWaits: s.Waits} {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(n), s.Upstream)
 		}
-		labels := prometheus.Labels{"upstream": up}
-		m.registry.MustRegister(
-			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "regcache_watch_tags", ConstLabels: labels,
-				Help: "Tags kept revalidated by watch: (named, or matching a watched repository's pattern)."},
-				of(func(s watch.Stats) float64 { return float64(s.Tags) })),
-			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_watch_revalidations_total", ConstLabels: labels,
-				Help: "Watched tags looked up after going stale (by upstream, or from another replica's answer through Redis)."},
-				of(func(s watch.Stats) float64 { return float64(s.Revalidations) })),
-			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_watch_listings_total", ConstLabels: labels,
-				Help: "Tag listings of watched repositories read."},
-				of(func(s watch.Stats) float64 { return float64(s.Listings) })),
-			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_watch_errors_total", ConstLabels: labels,
-				Help: "Watch lookups and listings that failed."},
-				of(func(s watch.Stats) float64 { return float64(s.Errors) })),
-			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_watch_waits_total", ConstLabels: labels,
-				Help: "Watch lookups put off because the upstream's rate limit was spent or held, or its budget for background work was spent."},
-				of(func(s watch.Stats) float64 { return float64(s.Waits) })),
-		)
 	}
 }
 
