@@ -16,7 +16,6 @@ package cache
 // not asked yet.
 
 import (
-	"container/heap"
 	"context"
 	"math"
 	"math/rand/v2"
@@ -26,6 +25,7 @@ import (
 	"go.uber.org/zap"
 
 	"regcache/internal/budget"
+	"regcache/internal/due"
 	"regcache/upstream"
 )
 
@@ -53,39 +53,22 @@ func refreshPoint(ttl time.Duration, fetched time.Time, took time.Duration) time
 
 // refreshItem is an entry waiting for its refresh point.
 type refreshItem struct {
-	at    time.Time
 	entry *TagEntry
 	o     *Origin
 	// key is the entry's memory key; repo and tag are the cache's own copies.
 	key, repo, tag string
 }
 
-type refreshQueue []*refreshItem
-
-func (q refreshQueue) Len() int           { return len(q) }
-func (q refreshQueue) Less(i, j int) bool { return q[i].at.Before(q[j].at) }
-func (q refreshQueue) Swap(i, j int)      { q[i], q[j] = q[j], q[i] }
-func (q *refreshQueue) Push(x any)        { *q = append(*q, x.(*refreshItem)) }
-func (q *refreshQueue) Pop() any {
-	old := *q
-	it := old[len(old)-1]
-	old[len(old)-1] = nil
-	*q = old[:len(old)-1]
-	return it
-}
-
 // refresher is the schedule: one goroutine, waking at the earliest refresh point.
 type refresher struct {
-	mu    sync.Mutex
-	queue refreshQueue
-	wake  chan struct{}
+	queue *due.Queue[*refreshItem]
 	// ctx ends at Close, for the refreshes under way.
 	ctx    context.Context
 	cancel context.CancelFunc
 }
 
 func (c *Cache) startRefreshes() {
-	c.refreshes.wake = make(chan struct{}, 1)
+	c.refreshes.queue = due.New[*refreshItem]()
 	c.refreshes.ctx, c.refreshes.cancel = context.WithCancel(context.Background())
 	c.bg.Add(1)
 	go c.runRefreshes()
@@ -108,21 +91,8 @@ func (c *Cache) scheduleRefresh(o *Origin, key, repo, tag string, e *TagEntry, t
 		}
 		at = now.Add(expires.Sub(now) / 2)
 	}
-	it := &refreshItem{at: at, entry: e, o: o, key: key, repo: repo, tag: tag}
-	rf := &c.refreshes
-	rf.mu.Lock()
-	if len(rf.queue) >= maxRefreshQueue {
-		rf.mu.Unlock()
-		return
-	}
-	heap.Push(&rf.queue, it)
-	first := rf.queue[0] == it
-	rf.mu.Unlock()
-	if first {
-		select {
-		case rf.wake <- struct{}{}:
-		default:
-		}
+	if q := c.refreshes.queue; q.Len() < maxRefreshQueue {
+		q.Push(at, &refreshItem{entry: e, o: o, key: key, repo: repo, tag: tag})
 	}
 }
 
@@ -134,32 +104,10 @@ func (c *Cache) runRefreshes() {
 	var workers sync.WaitGroup
 	defer func() { rf.cancel(); workers.Wait() }()
 	sem := make(chan struct{}, refreshWorkers)
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
 	for {
-		rf.mu.Lock()
-		var next *refreshItem
-		wait := time.Hour
-		if len(rf.queue) > 0 {
-			if d := time.Until(rf.queue[0].at); d > 0 {
-				wait = d
-			} else {
-				next = heap.Pop(&rf.queue).(*refreshItem)
-			}
-		}
-		rf.mu.Unlock()
-		if next == nil {
-			timer.Reset(wait)
-			select {
-			case <-timer.C:
-			case <-rf.wake:
-				if !timer.Stop() {
-					<-timer.C
-				}
-			case <-c.stop:
-				return
-			}
-			continue
+		next, ok := rf.queue.Next(c.stop)
+		if !ok {
+			return
 		}
 		if !c.refreshDue(next) {
 			continue

@@ -10,7 +10,6 @@
 package watch
 
 import (
-	"container/heap"
 	"context"
 	"encoding/json"
 	"errors"
@@ -24,6 +23,7 @@ import (
 
 	"regcache/cache"
 	"regcache/internal/budget"
+	"regcache/internal/due"
 	"regcache/internal/feed"
 	"regcache/upstream"
 )
@@ -85,10 +85,9 @@ type Watcher struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-	wake   chan struct{}
+	queue  *due.Queue[*item] // the looks, by when each is due
 
 	mu    sync.Mutex
-	queue schedule
 	tags  map[string]*tagWatch // by upstream/repository:tag
 	stats map[string]*counters // by upstream
 }
@@ -126,7 +125,7 @@ func Start(opts Options) *Watcher {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	w := &Watcher{opts: opts, log: log, stop: make(chan struct{}), wake: make(chan struct{}, 1),
+	w := &Watcher{opts: opts, log: log, stop: make(chan struct{}), queue: due.New[*item](),
 		tags: map[string]*tagWatch{}, stats: map[string]*counters{}}
 	w.ctx, w.cancel = context.WithCancel(context.Background())
 	now := time.Now()
@@ -136,7 +135,7 @@ func Start(opts Options) *Watcher {
 	}
 	for _, r := range opts.Repos {
 		w.counters(r.Upstream)
-		heap.Push(&w.queue, &item{due: now, repo: &repoWatch{Repo: r}})
+		w.queue.Push(now, &item{repo: &repoWatch{Repo: r}})
 	}
 	w.wg.Add(1)
 	go w.run()
@@ -184,7 +183,7 @@ func (w *Watcher) addTag(t Tag, byImage bool, at time.Time) *tagWatch {
 		tw.repos = 1
 	}
 	w.tags[key] = tw
-	heap.Push(&w.queue, &item{due: at, tag: tw})
+	w.queue.Push(at, &item{tag: tw})
 	return tw
 }
 
@@ -192,41 +191,16 @@ func (w *Watcher) addTag(t Tag, byImage bool, at time.Time) *tagWatch {
 func (w *Watcher) run() {
 	defer w.wg.Done()
 	sem := make(chan struct{}, w.opts.Concurrency)
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
 	for {
-		w.mu.Lock()
-		var next *item
-		wait := time.Hour
-		if len(w.queue) > 0 {
-			if d := time.Until(w.queue[0].due); d > 0 {
-				wait = d
-			} else {
-				next = heap.Pop(&w.queue).(*item)
-			}
-		}
-		w.mu.Unlock()
-		if next == nil {
-			timer.Reset(wait)
-			select {
-			case <-timer.C:
-			case <-w.wake:
-				if !timer.Stop() {
-					<-timer.C
-				}
-			case <-w.stop:
-				return
-			}
-			continue
+		next, ok := w.queue.Next(w.stop)
+		if !ok {
+			return
 		}
 		if until := held(next.origin(), next.repo != nil, time.Now()); !until.IsZero() {
 			// Put off here, not in a worker: with a budget spent, every look due waits, and
 			// they may be many.
 			w.count(next.upstream(), func(c *counters) { c.waits++ })
-			w.mu.Lock()
-			next.due = until.Add(rand.N(spread(next.ttl())))
-			heap.Push(&w.queue, next)
-			w.mu.Unlock()
+			w.queue.Push(until.Add(rand.N(spread(next.ttl()))), next)
 			continue
 		}
 		select {
@@ -237,23 +211,16 @@ func (w *Watcher) run() {
 		w.wg.Add(1)
 		go func() {
 			defer func() { <-sem; w.wg.Done() }()
-			var due time.Time
+			var at time.Time
 			if next.tag != nil {
-				due = w.lookTag(next.tag)
+				at = w.lookTag(next.tag)
 			} else {
-				due = w.list(next.repo)
+				at = w.list(next.repo)
 			}
-			if due.IsZero() || w.stopped() {
+			if at.IsZero() || w.stopped() {
 				return // no longer watched, or stopping
 			}
-			w.mu.Lock()
-			next.due = due.Add(rand.N(spread(next.ttl())))
-			heap.Push(&w.queue, next)
-			w.mu.Unlock()
-			select {
-			case w.wake <- struct{}{}:
-			default:
-			}
+			w.queue.Push(at.Add(rand.N(spread(next.ttl()))), next)
 		}()
 	}
 }
@@ -573,7 +540,6 @@ func (w *Watcher) Stats() []Stats {
 
 // item is one look in the schedule: a tag's or a repository listing's.
 type item struct {
-	due  time.Time
 	tag  *tagWatch
 	repo *repoWatch
 }
@@ -598,18 +564,4 @@ func (it *item) ttl() time.Duration {
 		return it.tag.Origin.TTLFor(it.tag.Tag.Tag)
 	}
 	return it.repo.Origin.TagTTL
-}
-
-// schedule is a min-heap of looks by due time.
-type schedule []*item
-
-func (s schedule) Len() int           { return len(s) }
-func (s schedule) Less(i, j int) bool { return s[i].due.Before(s[j].due) }
-func (s schedule) Swap(i, j int)      { s[i], s[j] = s[j], s[i] }
-func (s *schedule) Push(x any)        { *s = append(*s, x.(*item)) }
-func (s *schedule) Pop() any {
-	old := *s
-	it := old[len(old)-1]
-	*s = old[:len(old)-1]
-	return it
 }
