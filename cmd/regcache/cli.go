@@ -4,6 +4,8 @@ package main
 // `regcache digest` asks for digests (digest.go), `regcache version` names the build.
 
 import (
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -33,7 +35,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	switch cmd {
 	case "", "serve":
-		if err := serve(rest); err != nil {
+		err := serve(rest)
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK // -h: the flags' usage is printed
+		}
+		if err != nil {
 			fmt.Fprintln(stderr, "regcache:", err)
 			return exitNotFound
 		}

@@ -28,6 +28,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"regcache/configs"
+	"regcache/internal/version"
 )
 
 // batchSize is the most images the batch endpoint takes in one request (proxy's limit):
@@ -279,14 +280,15 @@ func standaloneClient(path string, stderr io.Writer) (*apiClient, func(), error)
 		defer close(served)
 		_ = srv.Serve(ln)
 	}()
+	transport := &http.Transport{DialContext: func(context.Context, string, string) (net.Conn, error) { return ln.Dial() }}
 	stop := func() {
+		transport.CloseIdleConnections() // or the server's shutdown waits for them to time out
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = srv.ShutdownWithContext(ctx)
 		_ = ln.Close()
 		<-served
 	}
-	transport := &http.Transport{DialContext: func(context.Context, string, string) (net.Conn, error) { return ln.Dial() }}
 	return &apiClient{http: &http.Client{Transport: transport}, base: "http://regcache", where: "regcache (standalone)"}, stop, nil
 }
 
@@ -313,6 +315,7 @@ func (c *apiClient) digests(images []string, platform string) ([]json.RawMessage
 		return nil, usageError{err}
 	}
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "regcache-digest/"+version.String())
 	if c.auth != "" {
 		req.Header.Set("Authorization", c.auth)
 	}

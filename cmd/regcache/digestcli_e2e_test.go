@@ -8,7 +8,14 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -164,6 +171,19 @@ func TestDigestCommand(t *testing.T) {
 			t.Fatalf("%s: the regcache answered %d batches", mode.name, asked)
 		}
 	}
+	// More images than one batch takes go in several, one after another, printed in order.
+	many := make([]string, 0, batchSize+1)
+	for i := range batchSize + 1 {
+		many = append(many, []string{"alpine", "docker.io/library/alpine:latest"}[i%2])
+	}
+	before := digestRequests(w.rc)
+	code, out, errs := runCLI(append([]string{"digest", "--server", w.rc.URL}, many...)...)
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if code != exitOK || errs != "" || len(lines) != batchSize+1 || lines[batchSize-1] != "docker.io/library/alpine:latest "+alpine ||
+		lines[batchSize] != "alpine "+alpine || digestRequests(w.rc)-before != 2 {
+		t.Fatalf("%d images: exit %d, %d lines, %d batches, %.300q", len(many), code, len(lines), digestRequests(w.rc)-before, errs)
+	}
+
 	s, _ := json.Marshal(jsonByMode["server"])
 	a, _ := json.Marshal(jsonByMode["standalone"])
 	if string(s) != string(a) {
@@ -319,7 +339,38 @@ func TestDigestCommandBinary(t *testing.T) {
 		t.Fatal("serve did not stop within 20 s of SIGTERM")
 	}
 
+	// HTTPS, with a CA of the user's (SSL_CERT_FILE), behind a proxy that serves regcache
+	// under a path.
+	front := httptest.NewUnstartedServer(http.StripPrefix("/regcache", httputil.NewSingleHostReverseProxy(mustParse(t, w.rc.URL))))
+	front.Config.ErrorLog = log.New(io.Discard, "", 0) // the refused handshake below is expected
+	front.StartTLS()
+	defer front.Close()
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	_ = os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: front.Certificate().Raw}), 0o600)
+	for _, c := range []struct {
+		env  string
+		code int
+		out  string
+	}{{"SSL_CERT_FILE=" + ca, 0, "alpine " + w.alpine.Digest + "\n"}, {"SSL_CERT_FILE=" + filepath.Join(t.TempDir(), "none.pem"), 1, ""}} {
+		cmd := exec.Command(bin, "digest", "--server", front.URL+"/regcache/", "alpine")
+		var stderr bytes.Buffer
+		cmd.Env, cmd.Stderr = append(os.Environ(), c.env), &stderr
+		out, _ := cmd.Output()
+		if cmd.ProcessState.ExitCode() != c.code || string(out) != c.out || c.code == 1 && !strings.Contains(stderr.String(), "certificate") {
+			t.Fatalf("https with %s: exit %d %q %q", c.env, cmd.ProcessState.ExitCode(), out, stderr.String())
+		}
+	}
+
 	runReadmeRecipes(t, bin, w)
+}
+
+func mustParse(t *testing.T, raw string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
 }
 
 // runReadmeRecipes runs each command of README's "From the shell" block with bin as

@@ -50,6 +50,7 @@ func serve(args []string) error {
 	logFormat := fs.String("log-format", "json", "json or console")
 	accessLog := fs.Bool("access-log", true, "log one line per request")
 	pprofAddr := fs.String("pprof", "", "serve Go's pprof on this address (e.g. 127.0.0.1:6060); off by default")
+	fs.Usage = func() { fmt.Fprint(fs.Output(), usageText+"\nserver flags:\n"); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
