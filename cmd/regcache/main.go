@@ -55,7 +55,7 @@ func serve(args []string) error {
 		return err
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q (flags are -config, -listen, -log-level, -log-format, -access-log, -pprof)", fs.Arg(0))
+		return fmt.Errorf("unexpected argument %q (the server takes flags only: regcache -h)", fs.Arg(0))
 	}
 	cfg, err := configs.Load(*configPath)
 	if err != nil {
