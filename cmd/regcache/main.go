@@ -37,13 +37,12 @@ import (
 )
 
 func main() {
-	if err := run(os.Args[1:]); err != nil {
-		fmt.Fprintln(os.Stderr, "regcache:", err)
-		os.Exit(1)
-	}
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) // cli.go: the subcommands
 }
 
-func run(args []string) error {
+// serve runs the server with the flags in args until SIGINT or SIGTERM (`regcache` and
+// `regcache serve`).
+func serve(args []string) error {
 	fs := flag.NewFlagSet("regcache", flag.ContinueOnError)
 	configPath := fs.String("config", "", "config file (default: the embedded configs/regcache.yaml)")
 	listen := fs.String("listen", "", "listen address, overrides the config's listen")
@@ -51,8 +50,12 @@ func run(args []string) error {
 	logFormat := fs.String("log-format", "json", "json or console")
 	accessLog := fs.Bool("access-log", true, "log one line per request")
 	pprofAddr := fs.String("pprof", "", "serve Go's pprof on this address (e.g. 127.0.0.1:6060); off by default")
+	fs.Usage = func() { fmt.Fprint(fs.Output(), usageText+"\nserver flags:\n"); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q (the server takes flags only: regcache -h)", fs.Arg(0))
 	}
 	cfg, err := configs.Load(*configPath)
 	if err != nil {

@@ -44,7 +44,14 @@ func StartProcess(t testing.TB, bin, cfgYAML string, args ...string) *Process {
 	if err := os.WriteFile(cfg, []byte(cfgYAML), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, append([]string{"-config", cfg}, args...)...)
+	return StartCommand(t, bin, append([]string{"-config", cfg}, args...)...)
+}
+
+// StartCommand runs bin with args as they are (`serve -config FILE`), and returns once it
+// logs that it listens, as StartProcess does.
+func StartCommand(t testing.TB, bin string, args ...string) *Process {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
