@@ -308,9 +308,17 @@ var statusPage = template.Must(template.New("status").Funcs(template.FuncMap{
 	"ago": func(t, now time.Time) string {
 		return formatDuration(now.Sub(t).Truncate(time.Second)) + " ago"
 	},
+	// time shows a time, or an event's RFC 3339 one, to the second.
 	"time": func(t any) string {
-		if p, ok := t.(*time.Time); ok {
-			t = *p
+		switch v := t.(type) {
+		case *time.Time:
+			t = *v
+		case string:
+			p, err := time.Parse(time.RFC3339, v)
+			if err != nil {
+				return v
+			}
+			t = p
 		}
 		return t.(time.Time).UTC().Format("2006-01-02 15:04:05Z")
 	},
