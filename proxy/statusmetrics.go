@@ -42,7 +42,7 @@ const (
 // buildSeries are regcache_build_info and regcache_start_time_seconds.
 func buildSeries(start time.Time) []prometheus.Collector {
 	info := prometheus.NewGauge(prometheus.GaugeOpts{Name: "regcache_build_info", ConstLabels: prometheus.Labels{"version": version.String()},
-		Help: "Always 1; the version label is the build's (as `regcache version` prints it)."})
+		Help: "Always 1; the version label is the build's (a release's tag, devel-<commit> for a build from source)."})
 	info.Set(1)
 	started := prometheus.NewGauge(prometheus.GaugeOpts{Name: seriesStart,
 		Help: "When this regcache started, in seconds since the epoch."})

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"regcache/cache/redistest"
 	"regcache/internal/feed"
 	"regcache/internal/harness"
 	"regcache/internal/version"
@@ -347,5 +349,73 @@ func TestStatusBehindAuth(t *testing.T) {
 				t.Errorf("GET %s with credentials: %d", path, r.Status)
 			}
 		}
+	}
+}
+
+// TestStatusRedisTier: with the shared tier, the page shows whether Redis answers, and
+// since when and why not, as /metrics and /readyz do.
+func TestStatusRedisTier(t *testing.T) {
+	t.Parallel()
+	if redistest.Binary() == "" {
+		redistest.Skip(t)
+	}
+	rs := redistest.Start(t)
+	reg := registrytest.New(t, registrytest.NoAuth)
+	reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
+	rc := startRegcache(t, harness.Config("  redis:\n    addr: "+rs.Addr+"\n    timeout: 1s\n", harness.Upstream("reg.test", reg.URL)))
+	read := func() (proxy.Status, string) {
+		t.Helper()
+		var s proxy.Status
+		if err := json.Unmarshal(rc.Do(t, http.MethodGet, "/status?format=json").Body, &s); err != nil {
+			t.Fatal(err)
+		}
+		return s, string(rc.Do(t, http.MethodGet, "/status").Body)
+	}
+	if r := rc.Do(t, http.MethodGet, "/v2/team/app/manifests/v1"); r.Status != http.StatusOK {
+		t.Fatalf("GET: %d", r.Status)
+	}
+	s, page := read()
+	if s.Redis == nil || !s.Redis.Up || s.Redis.DownSince != nil || !strings.Contains(page, `id="redis-state" style="color: var(--good)">up<`) {
+		t.Fatalf("Redis up: %+v\n%s", s.Redis, page)
+	}
+	rs.Kill()
+	deadline := time.Now().Add(10 * time.Second)
+	for s.Redis.Up {
+		if time.Now().After(deadline) {
+			t.Fatal("Redis killed, but the page still shows it up after 10 s")
+		}
+		rc.Do(t, http.MethodGet, "/v2/team/app/manifests/v2") // a miss asks Redis, which fails
+		s, page = read()
+	}
+	m := rc.Metrics(t)
+	if s.Redis.DownSince == nil || s.Redis.Reason == "" || s.Redis.Errors == 0 || float64(s.Redis.Errors) > m["regcache_redis_errors_total"] ||
+		m["regcache_redis_up"] != 0 || !strings.Contains(page, `id="redis-state">down<`) || !strings.Contains(page, s.Redis.Reason) {
+		t.Fatalf("Redis down: %+v (metrics up %v, errors %v)\n%s", s.Redis, m["regcache_redis_up"], m["regcache_redis_errors_total"], page)
+	}
+}
+
+// TestStatusDocsScript: docs/status.md's shell recipe, run as written against a run whose
+// figures are known (its address alone changes).
+func TestStatusDocsScript(t *testing.T) {
+	t.Parallel()
+	for _, tool := range []string{"curl", "jq"} {
+		harness.Tool(t, tool, "apt-get install "+tool)
+	}
+	script := docBlock(t, "status.md", "## From a script", "sh")
+	reg := registrytest.New(t, registrytest.NoAuth)
+	reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
+	rc := startRegcache(t, harness.Config("", harness.Upstream("reg.test", reg.URL), harness.Upstream("other.test", reg.URL)))
+	for range 3 {
+		if r := rc.Do(t, http.MethodHead, "/v2/reg.test/team/app/manifests/v1"); r.Status != http.StatusOK {
+			t.Fatalf("HEAD: %d", r.Status)
+		}
+	}
+	out, err := exec.Command("sh", "-c", strings.ReplaceAll(script, "http://localhost:5000", rc.URL)).CombinedOutput()
+	if err != nil {
+		t.Fatalf("the recipe failed: %v\n%s", err, out)
+	}
+	want := fmt.Sprintf("reg.test: 2 of 3 requests saved, %d made\nother.test: 0 of 0 requests saved, 0 made\n", reg.Total())
+	if string(out) != want {
+		t.Fatalf("the recipe printed\n%s\nwant\n%s", out, want)
 	}
 }
