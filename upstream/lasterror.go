@@ -41,6 +41,9 @@ type failures struct {
 
 var failureKinds = map[Kind]string{KindUnavailable: "unavailable", KindRateLimited: "rate_limited", KindInvalid: "invalid"}
 
+// maxFailureMessage bounds the message kept, in bytes.
+const maxFailureMessage = 300
+
 // note records err if it is a failure of the upstream (see the top of this file).
 func (r *Registry) note(ctx context.Context, err error) {
 	var e *Error
@@ -52,6 +55,10 @@ func (r *Registry) note(ctx context.Context, err error) {
 	if e.Credentials {
 		// The token endpoint's own text stays out, as on /readyz: only the category shows.
 		msg, _, _ = strings.Cut(msg, ":")
+	}
+	if len(msg) > maxFailureMessage {
+		// The registry's own text can be long (a page of HTML from a proxy in front of it).
+		msg = strings.ToValidUTF8(msg[:maxFailureMessage], "") + "…"
 	}
 	f := &r.failed
 	n := f.count.Add(1)
