@@ -6,6 +6,10 @@ type Stats struct {
 	SizeBytes int64
 	// MaxBytes is max_size.
 	MaxBytes int64
+	// Entries is how many entries are held (tags, manifests, remembered 404s, listings,
+	// blobs): ristretto's keys added less those that left (evicted, deleted or expired and
+	// cleaned up).
+	Entries int64
 	// Evictions counts entries pushed out to make room (not expiries).
 	Evictions uint64
 	// Coalesced counts requests that waited on another's upstream request instead of
@@ -24,6 +28,7 @@ func (c *Cache) Stats() Stats {
 	return Stats{
 		SizeBytes: c.store.rc.MaxCost() - c.store.rc.RemainingCost(),
 		MaxBytes:  c.store.rc.MaxCost(),
+		Entries:   max(int64(m.KeysAdded())-int64(m.KeysEvicted()), 0),
 		Evictions: m.KeysEvicted(),
 		Coalesced: c.tagFlights.Joined() + c.digestFlights.Joined() + c.listFlights.Joined() + c.blobFlights.Joined(),
 		InFlight:  c.tagFlights.InFlight() + c.digestFlights.InFlight() + c.listFlights.InFlight() + c.blobFlights.InFlight(),

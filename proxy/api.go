@@ -172,8 +172,10 @@ func (p *Proxy) lookupDigest(ctx context.Context, image, platform string, now ti
 	}
 	a, err := p.cache.Load(ctx, cache.Request{Origin: up.Origin, Repo: res.Repository, Ref: ref, WantBody: plat != nil, Now: now})
 	if err != nil {
+		up.count(cache.None)
 		return nil, fromUpstream(err, errManifestUnknown)
 	}
+	up.count(a.Status)
 	res.Digest, res.MediaType, res.Cache = string(a.Digest), a.MediaType, a.Status.String()
 	if !a.FetchedAt.IsZero() {
 		res.FetchedAt = a.FetchedAt.UTC().Format(time.RFC3339)

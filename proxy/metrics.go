@@ -69,11 +69,13 @@ type Metrics struct {
 	counters  [numKinds][len(methodNames)][cache.None + 1][len(statusLabels)]atomic.Pointer[prometheus.Counter]
 	durations [numKinds]prometheus.Observer
 	handler   fasthttp.RequestHandler
+	// start is when regcache started, for the status page's uptime.
+	start time.Time
 }
 
 // NewMetrics builds the collectors, with Go runtime and process metrics beside them.
 func NewMetrics() *Metrics {
-	m := &Metrics{registry: prometheus.NewRegistry()}
+	m := &Metrics{registry: prometheus.NewRegistry(), start: time.Now()}
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "regcache_requests_total",
 		Help: "Client requests answered, by route kind, method, status and cache result (none when the cache did not answer).",
@@ -94,6 +96,7 @@ func NewMetrics() *Metrics {
 	}, []string{"upstream", "kind"})
 	m.registry.MustRegister(m.requests, m.duration, m.upstreamRequests, m.upstreamDuration,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.registry.MustRegister(buildSeries(m.start)...)
 	for r := range numKinds {
 		m.durations[r] = m.duration.WithLabelValues(kindNames[r])
 	}
@@ -149,6 +152,7 @@ func (m *Metrics) WatchCache(c *cache.Cache) {
 			func() float64 { return float64(c.Stats().TagsDropped) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_tags_truncated_total", Help: "Tags listings cut at cache.tags_max_count or cache.tags_max_bytes."},
 			func() float64 { return float64(c.Stats().TagsTruncated) }),
+		entriesSeries(c),
 	)
 	if c.RedisStats() == nil {
 		return
@@ -328,6 +332,7 @@ func (c budgetCollector) Collect(ch chan<- prometheus.Metric) {
 // WatchUpstreams exports each upstream's last seen rate-limit headers, its breaker and
 // the stale answers its backoff served. Unknown values are NaN, so an alert on "remaining < N" cannot fire before the upstream has said anything.
 func (m *Metrics) WatchUpstreams(ups []*Upstream) {
+	m.registry.MustRegister(upstreamStatusCollector(ups))
 	for _, u := range ups {
 		o := u.Origin
 		reg := o.Registry

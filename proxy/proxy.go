@@ -31,7 +31,14 @@ type Upstream struct {
 	StrictAccept bool
 	// DockerHub adds "library/" to one-segment repository names.
 	DockerHub bool
+
+	// answered counts the client requests for this upstream by cache result (None: no
+	// answer from the cache, an error): the status page's figures and their metrics.
+	answered [cache.None + 1]atomic.Uint64
 }
+
+// count records one client request for u answered with st (an atomic add: no lock).
+func (u *Upstream) count(st cache.Status) { u.answered[cacheIndex(st)].Add(1) }
 
 // Options configure a Proxy.
 type Options struct {
@@ -213,7 +220,13 @@ func (p *Proxy) Handler(ctx *fasthttp.RequestCtx) {
 	case string(path) == "/v2" || bytes.HasPrefix(path, strV2Slash):
 		rt, st = p.serveV2(ctx, path, start)
 		r = rt.Kind
+		if rt.Upstream != nil {
+			rt.Upstream.count(st)
+		}
 		defer rt.release()
+	case (string(path) == "/" || string(path) == "/status") && p.metrics != nil:
+		r = KindStatus
+		p.serveStatus(ctx)
 	case string(path) == "/metrics" && p.metrics != nil:
 		r = KindMetrics
 		p.metrics.handler(ctx)

@@ -27,11 +27,12 @@ const (
 	KindToken
 	KindHealth
 	KindMetrics
+	KindStatus // the status page, / and /status
 	numKinds
 )
 
 // kindNames are the Kinds as the metrics' route label names them.
-var kindNames = [numKinds]string{"other", "base", "manifest", "tags", "blob", "api", "token", "health", "metrics"}
+var kindNames = [numKinds]string{"other", "base", "manifest", "tags", "blob", "api", "token", "health", "metrics", "status"}
 
 // Route is a request parsed once into what the layers below need.
 type Route struct {

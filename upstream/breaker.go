@@ -130,8 +130,9 @@ func (r *Registry) enter() (probe bool, err error) {
 			b.failures, wait.Round(time.Millisecond))}
 }
 
-// leave records an operation's outcome.
+// leave records an operation's outcome, for the breaker and Failures.
 func (r *Registry) leave(ctx context.Context, probe bool, err error) {
+	r.note(ctx, err)
 	b := r.brk
 	if b == nil {
 		return

@@ -87,6 +87,7 @@ type Registry struct {
 	observer  Observer
 	auth      authState
 	creds     credentialState
+	failed    failures
 	rl        rateGuard
 	slots     slots
 	brk       *breaker // nil: off

@@ -502,6 +502,18 @@ func (l *Log) Last() string {
 	return l.newest.String()
 }
 
+// Newest is the last n events kept, newest first: what the status page shows of the feed.
+func (l *Log) Newest(n int) []Event {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n = min(n, len(l.ring))
+	out := make([]Event, 0, n)
+	for i := len(l.ring) - 1; i >= len(l.ring)-n; i-- {
+		out = append(out, l.at(i).e)
+	}
+	return out
+}
+
 // eventID is an id parsed: milliseconds and a sequence within them.
 type eventID struct{ ms, seq uint64 }
 

@@ -363,3 +363,21 @@ func TestSubscribeStart(t *testing.T) {
 		t.Fatalf("from %q: %v %v", s.Start, got, reset)
 	}
 }
+
+// Newest is the last n events, newest first, from a ring that has wrapped too.
+func TestNewest(t *testing.T) {
+	l := NewLog(4)
+	if got := l.Newest(3); len(got) != 0 {
+		t.Fatalf("empty log: %v", got)
+	}
+	for i := range 6 {
+		l.RecordMove(move(i))
+	}
+	got := l.Newest(3)
+	if len(got) != 3 || got[0].Tag != "t5" || got[1].Tag != "t4" || got[2].Tag != "t3" {
+		t.Fatalf("Newest(3) = %v; want t5, t4, t3", got)
+	}
+	if got := l.Newest(10); len(got) != 4 || got[3].Tag != "t2" {
+		t.Fatalf("Newest(10) of 4 kept = %v; want t5 down to t2", got)
+	}
+}
