@@ -266,9 +266,26 @@ const (
 )
 
 // Load reads and validates the config at path; an empty path means the embedded default.
-func Load(path string) (*Config, error) {
+func Load(path string) (*Config, error) { return load(path, nil) }
+
+// lookupIgnores are the sections a one-shot lookup (regcache digest without a server) has
+// no use for: what serves clients (listeners, TLS, client auth, the server's limits),
+// what runs in the background (watches, the change feed's webhooks) and what is shared or
+// kept (the Redis tier, the snapshot). They are dropped before validation, so that a
+// server's config whose secrets live only in the server's environment works on a
+// workstation.
+var lookupIgnores = [][]string{
+	{"listen"}, {"metrics_listen"}, {"public_url"}, {"trust_forwarded_headers"}, {"tls"},
+	{"auth"}, {"server"}, {"watch"}, {"events"}, {"cache", "redis"}, {"cache", "snapshot"},
+}
+
+// LoadForLookup is Load for a one-shot lookup: the upstreams and the cache's rules, with
+// the sections in lookupIgnores left at their defaults whatever the file says.
+func LoadForLookup(path string) (*Config, error) { return load(path, lookupIgnores) }
+
+func load(path string, ignore [][]string) (*Config, error) {
 	if path == "" {
-		return Parse(defaultYAML)
+		return parse(defaultYAML, ignore)
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -277,7 +294,7 @@ func Load(path string) (*Config, error) {
 		}
 		return nil, fmt.Errorf("reading config: %w", err)
 	}
-	cfg, err := Parse(data)
+	cfg, err := parse(data, ignore)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -285,9 +302,12 @@ func Load(path string) (*Config, error) {
 }
 
 // Parse decodes, expands ${VAR} references in, fills defaults of and validates a config.
-func Parse(data []byte) (*Config, error) {
+func Parse(data []byte) (*Config, error) { return parse(data, nil) }
+
+// parse is Parse with the key paths in ignore dropped from the document before it is read.
+func parse(data []byte, ignore [][]string) (*Config, error) {
 	cfg := defaults()
-	if err := decode(data, cfg); err != nil {
+	if err := decode(data, cfg, ignore...); err != nil {
 		return nil, err
 	}
 	cfg.fillZeros()

@@ -15,7 +15,8 @@ import (
 // yaml.Unmarshal so that every error can name the key path (upstreams[1].tag_ttl), unknown
 // keys are refused, and ${VAR} is expanded in scalar values only: expanding the raw text
 // would let a secret containing ": " or "#" rewrite the document.
-func decode(data []byte, out *Config) error {
+// Each key path in drop (["cache", "redis"]) is removed from the document first.
+func decode(data []byte, out *Config, drop ...[]string) error {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		return fmt.Errorf("config is not valid YAML: %v", err)
@@ -23,7 +24,31 @@ func decode(data []byte, out *Config) error {
 	if doc.Kind == 0 || len(doc.Content) == 0 {
 		return nil // empty file: all defaults
 	}
+	for _, keys := range drop {
+		dropKey(doc.Content[0], keys)
+	}
 	return decodeNode(doc.Content[0], reflect.ValueOf(out).Elem(), "")
+}
+
+// dropKey removes the key path keys from the mapping n, if it is there.
+func dropKey(n *yaml.Node, keys []string) {
+	if n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	if n.Kind != yaml.MappingNode {
+		return
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value != keys[0] {
+			continue
+		}
+		if len(keys) == 1 {
+			n.Content = append(n.Content[:i:i], n.Content[i+2:]...)
+		} else {
+			dropKey(n.Content[i+1], keys[1:])
+		}
+		return
+	}
 }
 
 // defaulter is a list item whose keys have defaults of their own, set before the file's

@@ -35,6 +35,9 @@ import (
 // longer lists go in several requests, one after another.
 const batchSize = 1000
 
+// answerTimeout bounds the wait for a server's answer to one batch.
+const answerTimeout = 5 * time.Minute
+
 // digestArgs is what `regcache digest` was asked.
 type digestArgs struct {
 	server, config, platform string
@@ -68,8 +71,14 @@ func digestCommand(args []string, stdout, stderr io.Writer) int {
 	}
 	if err == nil {
 		var results []json.RawMessage
-		if results, err = a.lookup(stderr); err == nil {
+		results, err = a.lookup(stderr)
+		if err == nil {
 			return a.print(results, stdout, stderr)
+		}
+		if len(results) > 0 {
+			// A later batch failed: what the earlier ones found is still printed.
+			a.print(results, stdout, stderr)
+			err = fmt.Errorf("%w (%d of %d images not looked up)", err, len(a.images)-len(results), len(a.images))
 		}
 	}
 	fmt.Fprintln(stderr, "regcache digest:", err)
@@ -152,7 +161,8 @@ func parseDigestArgs(args []string) (digestArgs, error) {
 	return a, nil
 }
 
-// lookup asks the batch endpoint for every image, in order, and returns its results.
+// lookup asks the batch endpoint for every image, in order, and returns its results: on an
+// error, those of the batches before it.
 func (a *digestArgs) lookup(stderr io.Writer) ([]json.RawMessage, error) {
 	var c *apiClient
 	var err error
@@ -170,12 +180,11 @@ func (a *digestArgs) lookup(stderr io.Writer) ([]json.RawMessage, error) {
 	}
 	var results []json.RawMessage
 	for start := 0; start < len(a.images); start += batchSize {
-		chunk := a.images[start:min(start+batchSize, len(a.images))]
-		got, err := c.digests(chunk, a.platform)
-		if err != nil {
-			return nil, err
-		}
+		got, err := c.batch(a.images[start:min(start+batchSize, len(a.images))], a.platform)
 		results = append(results, got...)
+		if err != nil {
+			return results, err
+		}
 	}
 	return results, nil
 }
@@ -234,7 +243,14 @@ func serverClient(raw string) (*apiClient, error) {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
 		return nil, usagef("server URL %q is not http(s)://host[:port][/path]", redactedURL(raw))
 	}
-	c := &apiClient{http: &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}}
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	// A batch of a thousand images that all miss takes a while; a server that accepts and
+	// never answers must not hang a script for ever.
+	transport.ResponseHeaderTimeout = answerTimeout
+	c := &apiClient{http: &http.Client{Transport: transport,
+		// A redirect is not followed: it would carry the credentials and the image list to
+		// wherever it points (Go keeps Authorization when only the port differs).
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
 	if u.User != nil {
 		pass, _ := u.User.Password()
 		c.auth = "Basic " + base64.StdEncoding.EncodeToString([]byte(u.User.Username()+":"+pass))
@@ -247,9 +263,10 @@ func serverClient(raw string) (*apiClient, error) {
 	return c, nil
 }
 
-// redactedURL is raw with any password hidden, for a message about a URL that does not parse.
+// redactedURL is raw with any password hidden, for a message about a URL that was refused
+// (one without a scheme parses with its user:password@ as part of the path).
 func redactedURL(raw string) string {
-	if u, err := url.Parse(raw); err == nil {
+	if u, err := url.Parse(raw); err == nil && u.User != nil {
 		return u.Redacted()
 	}
 	if at := strings.LastIndex(raw, "@"); at >= 0 {
@@ -263,11 +280,10 @@ func redactedURL(raw string) string {
 // and stop, which shuts it down. Its log goes to stderr, warnings and errors only, so that
 // stdout holds only the results.
 func standaloneClient(path string, stderr io.Writer) (*apiClient, func(), error) {
-	cfg, err := configs.Load(path)
+	cfg, err := configs.LoadForLookup(path)
 	if err != nil {
 		return nil, nil, usageError{err}
 	}
-	standalone(cfg)
 	enc := zap.NewDevelopmentEncoderConfig()
 	log := zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(enc), zapcore.Lock(zapcore.AddSync(stderr)), zapcore.WarnLevel))
 	srv, err := build(cfg, log, buildOptions{})
@@ -292,16 +308,24 @@ func standaloneClient(path string, stderr io.Writer) (*apiClient, func(), error)
 	return &apiClient{http: &http.Client{Transport: transport}, base: "http://regcache", where: "regcache (standalone)"}, stop, nil
 }
 
-// standalone turns off in cfg what a one-shot lookup must not start or share: listeners,
-// client auth, watches, webhooks and the Redis tier. Only the upstreams and the cache's
-// rules are used.
-func standalone(cfg *configs.Config) {
-	cfg.Listen, cfg.MetricsListen, cfg.PublicURL = "", "", ""
-	cfg.Auth = configs.Auth{}
-	cfg.Watch = nil
-	cfg.Events.Webhooks = nil
-	cfg.Cache.Redis = nil
-	// MERGE: the server's tls: block and cache.snapshot are cleared here too.
+// errTooLarge is a batch of more than one image refused for its size (413).
+var errTooLarge = errors.New("batch too large")
+
+// batch asks for images, halving a batch the server refuses as too large: its
+// max_request_body may hold far fewer than a thousand names. On an error it returns the
+// results of the halves before it.
+func (c *apiClient) batch(images []string, platform string) ([]json.RawMessage, error) {
+	got, err := c.digests(images, platform)
+	if !errors.Is(err, errTooLarge) {
+		return got, err
+	}
+	half := len(images) / 2
+	first, err := c.batch(images[:half], platform)
+	if err != nil {
+		return first, err
+	}
+	rest, err := c.batch(images[half:], platform)
+	return append(first, rest...), err
 }
 
 // digests posts one batch and returns its results, one per image.
@@ -330,6 +354,9 @@ func (c *apiClient) digests(images []string, platform string) ([]json.RawMessage
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
 		return nil, fmt.Errorf("%s: reading the answer: %w", c.where, err)
+	}
+	if resp.StatusCode == http.StatusRequestEntityTooLarge && len(images) > 1 {
+		return nil, errTooLarge
 	}
 	if resp.StatusCode != http.StatusOK {
 		return nil, c.refused(resp.StatusCode, data)
@@ -362,7 +389,7 @@ func (c *apiClient) refused(status int, body []byte) error {
 			hint = "the credentials given were refused"
 		}
 		return usagef("%w (%s)", err, hint)
-	case status == http.StatusNotFound || status == http.StatusMethodNotAllowed:
+	case status >= 300 && status < 400 || status == http.StatusNotFound || status == http.StatusMethodNotAllowed:
 		return usagef("%w (is it a regcache?)", err)
 	case status >= 400 && status < 500 && status != http.StatusRequestTimeout && status != http.StatusTooManyRequests:
 		return usageError{err}

@@ -428,3 +428,73 @@ func runReadmeRecipes(t *testing.T, bin string, w *cliWorld) {
 		}
 	}
 }
+
+// TestDigestCommandSafety: a server that redirects gets neither the credentials nor the
+// images sent on (exit 2); a URL without a scheme is refused without printing its
+// password; a server whose max_request_body holds fewer names than a batch is asked in
+// smaller batches; standalone ignores the sections a server's config needs its own
+// environment for (auth tokens, webhooks), and a later batch that fails keeps the
+// results of the earlier ones.
+func TestDigestCommandSafety(t *testing.T) {
+	t.Parallel()
+	w := startForCLI(t, harness.Block("server", "max_request_body: 1KiB"))
+
+	var elsewhere int
+	other := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { elsewhere++ }))
+	defer other.Close()
+	front := httptest.NewServer(http.RedirectHandler(other.URL+"/api/v1/digests", http.StatusTemporaryRedirect))
+	defer front.Close()
+	withCreds := strings.Replace(front.URL, "http://", "http://robot:hunter2-secret@", 1)
+	if code, out, errs := runCLI("digest", "--server", withCreds, "alpine"); code != exitUsage || out != "" || !strings.Contains(errs, "307") || elsewhere != 0 || strings.Contains(errs, "hunter2") {
+		t.Fatalf("redirect: exit %d %q %q; the redirect target was asked %d times", code, out, errs, elsewhere)
+	}
+	if code, _, errs := runCLI("digest", "--server", "robot:hunter2@127.0.0.1:5000", "alpine"); code != exitUsage || strings.Contains(errs, "hunter2") || !strings.Contains(errs, "is not http(s)") {
+		t.Fatalf("no scheme: exit %d %q", code, errs)
+	}
+
+	// 200 names are far more than 1 KiB of JSON: both modes answer them all.
+	images := make([]string, 200)
+	var want strings.Builder
+	for i := range images {
+		images[i] = "alpine"
+		want.WriteString("alpine " + w.alpine.Digest + "\n")
+	}
+	for _, mode := range [][]string{{"--server", w.rc.URL}, {"--config", w.cfgFile}} {
+		if code, out, errs := runCLI(append(append([]string{"digest"}, mode...), images...)...); code != exitOK || out != want.String() {
+			t.Fatalf("%v with max_request_body 1KiB: exit %d, %d bytes out, %q", mode[0], code, len(out), errs)
+		}
+	}
+
+	// A server's config whose secrets only the server's environment holds.
+	prod := filepath.Join(t.TempDir(), "prod.yaml")
+	prodYAML := w.cfgYAML + harness.Block("auth", `tokens: ["${REGCACHE_TEST_UNSET_TOKEN}"]`) +
+		"events:\n  webhooks:\n    - url: ${REGCACHE_TEST_UNSET_HOOK}\n"
+	if err := os.WriteFile(prod, []byte(prodYAML), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errs := runCLI("digest", "--config", prod, "alpine"); code != exitOK || out != "alpine "+w.alpine.Digest+"\n" {
+		t.Fatalf("standalone with a server's config: exit %d %q %q", code, out, errs)
+	}
+
+	// The last batch (the 1001st name alone) fails: the earlier batches' lines are still
+	// printed, and the exit is 1.
+	flaky := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if string(body) == `{"images":["alpine"]}` {
+			http.Error(rw, "down", http.StatusServiceUnavailable)
+			return
+		}
+		r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
+		target, _ := url.Parse(w.rc.URL)
+		httputil.NewSingleHostReverseProxy(target).ServeHTTP(rw, r)
+	}))
+	defer flaky.Close()
+	many := make([]string, batchSize+1)
+	for i := range many {
+		many[i] = "alpine"
+	}
+	code, out, errs := runCLI(append([]string{"digest", "--server", flaky.URL}, many...)...)
+	if code != exitNotFound || strings.Count(out, "\n") != batchSize || !strings.Contains(errs, "1 of 1001 images not looked up") {
+		t.Fatalf("a failing second batch: exit %d, %d lines, %q", code, strings.Count(out, "\n"), errs)
+	}
+}
