@@ -130,7 +130,6 @@ func TestTLSListenerSkopeo(t *testing.T) {
 	}
 }
 
-
 func TestTLSListenerRegctl(t *testing.T) {
 	regctl := harness.Tool(t, "regctl", "go install github.com/regclient/regclient/cmd/regctl@v0.11.7")
 	t.Parallel()
