@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -212,4 +213,65 @@ func askV2(t *testing.T, c *http.Client, base string) (serial string, reused boo
 		t.Fatalf("/v2/: %d", resp.StatusCode)
 	}
 	return resp.TLS.PeerCertificates[0].SerialNumber.String(), reused
+}
+
+// TestTLSBinary runs the real binary: a pair missing at start is one line naming the key
+// and a non-zero exit; with a good pair it serves HTTPS, and a bad pair written while it
+// runs is logged while the previous certificate is still served.
+func TestTLSBinary(t *testing.T) {
+	bin := harness.BuildBinary(t)
+	x := harness.NewTLS(t)
+	reg := registrytest.New(t, registrytest.NoAuth)
+	cfg := harness.Config("", harness.Upstream("reg.test", reg.URL))
+
+	missing := filepath.Join(t.TempDir(), "missing.key")
+	bad := filepath.Join(t.TempDir(), "regcache.yaml")
+	if err := os.WriteFile(bad, []byte(cfg+harness.Block("tls", "cert_file: "+x.CertFile, "key_file: "+missing)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bin, "-config", bad).CombinedOutput()
+	if err == nil || !strings.HasPrefix(string(out), "regcache: ") || !strings.Contains(string(out), "tls.key_file: open "+missing) ||
+		strings.Count(strings.TrimSpace(string(out)), "\n") != 0 {
+		t.Fatalf("missing key at start: %v\n%s", err, out)
+	}
+
+	p := harness.StartProcess(t, bin, cfg+x.Block())
+	client := &http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true,
+		TLSClientConfig: &tls.Config{RootCAs: x.CA.Pool()}}}
+	serialOf := func() string {
+		t.Helper()
+		resp, err := client.Get("https://" + p.Addr + "/v2/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized { // auth off: anonymous tokens, as registries
+			t.Fatalf("/v2/ over TLS: %d", resp.StatusCode)
+		}
+		return resp.TLS.PeerCertificates[0].SerialNumber.String()
+	}
+	if s := serialOf(); s != x.Serial {
+		t.Fatalf("served %s, want %s", s, x.Serial)
+	}
+	testca.Write(t, x.CertFile, []byte("-----BEGIN CERTIFICATE-----\ntruncated"))
+	if s := serialOf(); s != x.Serial {
+		t.Fatalf("after a bad cert file was written: served %s, want the previous %s", s, x.Serial)
+	}
+	x.Renew(t, x.CA)
+	if s := serialOf(); s != x.Serial {
+		t.Fatalf("after a good pair: served %s, want %s", s, x.Serial)
+	}
+	if err := p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-p.Exited; err != nil {
+		t.Fatalf("exit: %v", err)
+	}
+	logs := p.Logs.String()
+	for _, want := range []string{`"msg":"tls certificate loaded"`, `"msg":"tls certificate files changed but cannot be used; still serving the previous certificate"`,
+		`"msg":"tls certificate reloaded"`} {
+		if strings.Count(logs, want) != 1 {
+			t.Errorf("log lines %s: %d, want 1\n%s", want, strings.Count(logs, want), logs)
+		}
+	}
 }
