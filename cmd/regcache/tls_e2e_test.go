@@ -10,6 +10,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"io"
+	"math/big"
 	"net/http"
 	"net/http/httptrace"
 	"os"
@@ -135,14 +136,10 @@ func TestTLSListenerRegctl(t *testing.T) {
 	regctl := harness.Tool(t, "regctl", "go install github.com/regclient/regclient/cmd/regctl@v0.11.7")
 	t.Parallel()
 	rc, x, digest := startTLS(t)
-	ca, err := os.ReadFile(x.CAFile)
-	if err != nil {
-		t.Fatal(err)
-	}
 	env := []string{"HOME=" + t.TempDir()} // regctl keeps its registry settings under HOME
 	// The check set makes would be refused (no credentials yet); login's check, with them,
 	// goes over TLS verified against the CA.
-	harness.RunTool(t, env, regctl, "registry", "set", rc.Addr, "--cacert", string(ca), "--skip-check")
+	harness.RunTool(t, env, regctl, "registry", "set", rc.Addr, "--cacert", string(x.CA.PEM), "--skip-check")
 	harness.RunTool(t, env, regctl, "registry", "login", rc.Addr, "-u", "ci", "-p", tlsToken)
 	if d := strings.TrimSpace(harness.RunTool(t, env, regctl, "image", "digest", rc.Addr+"/reg.test/team/app:v1")); d != digest {
 		t.Fatalf("regctl image digest = %s, want %s", d, digest)
@@ -273,5 +270,30 @@ func TestTLSBinary(t *testing.T) {
 		if strings.Count(logs, want) != 1 {
 			t.Errorf("log lines %s: %d, want 1\n%s", want, strings.Count(logs, want), logs)
 		}
+	}
+}
+
+// TestTLSListenerNode: Node (Renovate's runtime) verifies regcache's certificate with the
+// test CA given as NODE_EXTRA_CA_CERTS, the recipe docs/clients.md gives for Renovate, and
+// refuses it without.
+func TestTLSListenerNode(t *testing.T) {
+	node := harness.Tool(t, "node", "apt-get install -y nodejs")
+	t.Parallel()
+	rc, x, digest := startTLS(t)
+	script := `require("https").get(process.argv[1], {headers: {Authorization: process.argv[2],
+	  Accept: "application/vnd.oci.image.manifest.v1+json"}}, (r) => {
+	  console.log(r.statusCode, r.headers["docker-content-digest"], r.socket.getPeerCertificate().serialNumber); r.resume();
+	}).on("error", (e) => { console.log("error", e.code); process.exit(1); });`
+	url := rc.URL + "/v2/reg.test/team/app/manifests/v1"
+	serial, _ := new(big.Int).SetString(x.Serial, 10)
+	serialHex := strings.ToUpper(serial.Text(16)) // as Node shows it
+	out := strings.Fields(harness.RunTool(t, []string{"NODE_EXTRA_CA_CERTS=" + x.CAFile}, node, "-e", script, url, basicHeader("ci", tlsToken)))
+	if len(out) != 3 || out[0] != "200" || out[1] != digest || strings.TrimLeft(out[2], "0") != serialHex {
+		t.Fatalf("node with NODE_EXTRA_CA_CERTS: %q, want 200 %s %s", out, digest, serialHex)
+	}
+	cmd := exec.Command(node, "-e", script, url, basicHeader("ci", tlsToken))
+	cmd.Env = os.Environ()
+	if b, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(b), "UNABLE_TO_VERIFY_LEAF_SIGNATURE") {
+		t.Fatalf("node without the CA: %v %s", err, b)
 	}
 }
