@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/containerd/containerd/v2/core/remotes/docker"
+	"github.com/containerd/containerd/v2/core/remotes/docker/config"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"regcache/internal/harness"
@@ -295,5 +297,39 @@ func TestTLSListenerNode(t *testing.T) {
 	cmd.Env = os.Environ()
 	if b, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(b), "UNABLE_TO_VERIFY_LEAF_SIGNATURE") {
 		t.Fatalf("node without the CA: %v %s", err, b)
+	}
+}
+
+// TestTLSContainerdHostsToml: containerd's resolver, configured by the hosts.toml that
+// docs/clients.md gives (an https host with ca = the CA file), resolves through regcache
+// with the certificate verified, and with no ca it refuses it.
+func TestTLSContainerdHostsToml(t *testing.T) {
+	t.Parallel()
+	rc, x, digest := startTLS(t)
+	resolve := func(caLine string) error {
+		root := t.TempDir()
+		dir := filepath.Join(root, "reg.test")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		hostsToml := "server = \"https://127.0.0.1:9\"\n\n[host.\"" + rc.URL + "\"]\n  capabilities = [\"pull\", \"resolve\"]\n" + caLine
+		if err := os.WriteFile(filepath.Join(dir, "hosts.toml"), []byte(hostsToml), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		resolver := docker.NewResolver(docker.ResolverOptions{Hosts: config.ConfigureHosts(context.Background(), config.HostOptions{
+			HostDir:     config.HostDirFromRoot(root),
+			Credentials: func(string) (string, string, error) { return "ci", tlsToken, nil },
+		})})
+		_, desc, err := resolver.Resolve(context.Background(), "reg.test/team/app:v1")
+		if err == nil && desc.Digest.String() != digest {
+			t.Fatalf("resolved %s, want %s", desc.Digest, digest)
+		}
+		return err
+	}
+	if err := resolve("  ca = \"" + x.CAFile + "\"\n"); err != nil {
+		t.Fatalf("containerd with ca = the test CA: %v\n%s", err, rc.Logs)
+	}
+	if err := resolve(""); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("containerd without the CA: %v", err)
 	}
 }

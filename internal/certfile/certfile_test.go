@@ -22,7 +22,7 @@ import (
 )
 
 // pairFiles writes a pair from ca for 127.0.0.1 into dir and returns the paths.
-func pairFiles(t *testing.T, ca *testca.CA, dir string) (certFile, keyFile string, serial string) {
+func pairFiles(t testing.TB, ca *testca.CA, dir string) (certFile, keyFile string, serial string) {
 	t.Helper()
 	certPEM, keyPEM := ca.Issue(t, "127.0.0.1", "localhost")
 	certFile, keyFile = filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
@@ -32,7 +32,7 @@ func pairFiles(t *testing.T, ca *testca.CA, dir string) (certFile, keyFile strin
 }
 
 // echoServer serves r's pair on 127.0.0.1, echoing each line a connection sends.
-func echoServer(t *testing.T, r *certfile.Reloader) string {
+func echoServer(t testing.TB, r *certfile.Reloader) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -308,4 +308,41 @@ func TestReadPairNamesTheFileAtFault(t *testing.T) {
 	if _, err := certfile.Load(certFile, otherKey, zap.NewNop()); err == nil {
 		t.Error("Load took a mismatched pair")
 	}
+}
+
+// BenchmarkGetCertificate is what each handshake adds for the reload check (two stats of
+// unchanged files), to set against BenchmarkHandshake, the handshake itself.
+func BenchmarkGetCertificate(b *testing.B) {
+	r, _ := benchReloader(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		if c, _ := r.GetCertificate(nil); c == nil {
+			b.Fatal("no certificate")
+		}
+	}
+}
+
+// BenchmarkHandshake is one whole TLS handshake (client and server, ECDSA P-256, over
+// loopback), the reload check in it.
+func BenchmarkHandshake(b *testing.B) {
+	r, ca := benchReloader(b)
+	addr := echoServer(b, r)
+	cfg := &tls.Config{RootCAs: pool(ca), ServerName: "127.0.0.1"}
+	for b.Loop() {
+		c, err := tls.Dial("tcp", addr, cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_ = c.Close()
+	}
+}
+
+func benchReloader(b *testing.B) (*certfile.Reloader, *testca.CA) {
+	ca := testca.New(b, "CA")
+	certFile, keyFile, _ := pairFiles(b, ca, b.TempDir())
+	r, err := certfile.Load(certFile, keyFile, zap.NewNop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	return r, ca
 }
