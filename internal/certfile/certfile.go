@@ -85,7 +85,7 @@ func firstCertificate(certPEM []byte) (*x509.Certificate, error) {
 type stamp struct {
 	dev, ino uint64
 	size     int64
-	mtime    time.Time
+	mtime    int64  // UnixNano: comparable with ==, unlike a time.Time's location
 	err      string // a file that cannot be stat'ed is a state too: its return is a change
 }
 
@@ -94,7 +94,7 @@ func stampOf(path string) stamp {
 	if err != nil {
 		return stamp{err: err.Error()}
 	}
-	s := stamp{size: fi.Size(), mtime: fi.ModTime()}
+	s := stamp{size: fi.Size(), mtime: fi.ModTime().UnixNano()}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		s.dev, s.ino = uint64(st.Dev), st.Ino //nolint:unconvert // Dev's type differs by platform
 	}

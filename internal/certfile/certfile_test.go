@@ -99,6 +99,24 @@ func start(t *testing.T, certFile, keyFile string) (*certfile.Reloader, *observe
 	return r, logs
 }
 
+// fixture is a pair from ca in dir, served by r on addr.
+type fixture struct {
+	ca                                   *testca.CA
+	dir, certFile, keyFile, serial, addr string
+	r                                    *certfile.Reloader
+	logs                                 *observer.ObservedLogs
+}
+
+// serve writes a pair from a new CA and serves it with a Reloader.
+func serve(t *testing.T) *fixture {
+	t.Helper()
+	f := &fixture{ca: testca.New(t, "first CA"), dir: t.TempDir()}
+	f.certFile, f.keyFile, f.serial = pairFiles(t, f.ca, f.dir)
+	f.r, f.logs = start(t, f.certFile, f.keyFile)
+	f.addr = echoServer(t, f.r)
+	return f
+}
+
 func pool(cas ...*testca.CA) *x509.CertPool {
 	p := x509.NewCertPool()
 	for _, ca := range cas {
@@ -108,11 +126,8 @@ func pool(cas ...*testca.CA) *x509.CertPool {
 }
 
 func TestReplacedPairServedToNextConnectionOpenOneKept(t *testing.T) {
-	ca1, ca2 := testca.New(t, "first CA"), testca.New(t, "second CA")
-	dir := t.TempDir()
-	certFile, keyFile, serial1 := pairFiles(t, ca1, dir)
-	r, logs := start(t, certFile, keyFile)
-	addr := echoServer(t, r)
+	f := serve(t)
+	ca1, ca2, dir, serial1, r, logs, addr := f.ca, testca.New(t, "second CA"), f.dir, f.serial, f.r, f.logs, f.addr
 
 	old := dial(t, addr, pool(ca1))
 	if old.serial != serial1 {
@@ -143,11 +158,8 @@ func TestReplacedPairServedToNextConnectionOpenOneKept(t *testing.T) {
 }
 
 func TestBadPairAtReloadKeepsOld(t *testing.T) {
-	ca := testca.New(t, "CA")
-	dir := t.TempDir()
-	certFile, keyFile, serial1 := pairFiles(t, ca, dir)
-	r, logs := start(t, certFile, keyFile)
-	addr := echoServer(t, r)
+	f := serve(t)
+	ca, dir, certFile, keyFile, serial1, r, logs, addr := f.ca, f.dir, f.certFile, f.keyFile, f.serial, f.r, f.logs, f.addr
 	open := dial(t, addr, pool(ca))
 
 	testca.Write(t, certFile, []byte("not a certificate\n"))
@@ -182,11 +194,8 @@ func TestBadPairAtReloadKeepsOld(t *testing.T) {
 }
 
 func TestHalfWrittenPairNotServed(t *testing.T) {
-	ca := testca.New(t, "CA")
-	dir := t.TempDir()
-	certFile, keyFile, serial1 := pairFiles(t, ca, dir)
-	r, logs := start(t, certFile, keyFile)
-	addr := echoServer(t, r)
+	f := serve(t)
+	ca, certFile, keyFile, serial1, r, logs, addr := f.ca, f.certFile, f.keyFile, f.serial, f.r, f.logs, f.addr
 
 	certPEM, keyPEM := ca.Issue(t, "127.0.0.1")
 	testca.Write(t, certFile, certPEM) // the renewal wrote the cert; the key is still the old one
@@ -249,10 +258,8 @@ func link(t *testing.T, target, name string) {
 }
 
 func TestOnlyTLS12AndUp(t *testing.T) {
-	ca := testca.New(t, "CA")
-	certFile, keyFile, _ := pairFiles(t, ca, t.TempDir())
-	r, _ := start(t, certFile, keyFile)
-	addr := echoServer(t, r)
+	f := serve(t)
+	ca, addr := f.ca, f.addr
 	c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool(ca), ServerName: "127.0.0.1", MaxVersion: tls.VersionTLS11})
 	if err == nil {
 		_ = c.Close()
