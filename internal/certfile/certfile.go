@@ -13,6 +13,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"sync"
@@ -37,15 +38,41 @@ func (e *FileError) Unwrap() error { return e.Err }
 // keyFile, and checks that they belong together. Errors are *FileError and never quote
 // the key.
 func ReadPair(certFile, keyFile string) (*tls.Certificate, error) {
-	certPEM, err := os.ReadFile(certFile)
+	certPEM, err := readPEM(certFile)
 	if err != nil {
 		return nil, &FileError{"cert", err}
 	}
-	keyPEM, err := os.ReadFile(keyFile)
+	keyPEM, err := readPEM(keyFile)
 	if err != nil {
 		return nil, &FileError{"key", err}
 	}
 	return parsePair(certFile, keyFile, certPEM, keyPEM)
+}
+
+// maxPEM bounds a file read: a chain of a few certificates is a few KiB, and a path
+// mistyped to a log or a device must not be read whole.
+const maxPEM = 1 << 20
+
+// readPEM reads a regular file of at most maxPEM bytes (stat'ed first: opening a FIFO
+// would block).
+func readPEM(path string) ([]byte, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file", path)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = f.Close() }()
+	b, err := io.ReadAll(io.LimitReader(f, maxPEM+1))
+	if err == nil && len(b) > maxPEM {
+		err = fmt.Errorf("%s: larger than %d bytes: not a PEM certificate or key", path, maxPEM)
+	}
+	return b, err
 }
 
 func parsePair(certFile, keyFile string, certPEM, keyPEM []byte) (*tls.Certificate, error) {

@@ -295,6 +295,8 @@ func TestReadPairNamesTheFileAtFault(t *testing.T) {
 	}{
 		{"missing cert", missing, keyFile, "cert", "no such file"},
 		{"missing key", certFile, missing, "key", "no such file"},
+		{"cert a directory", dir, keyFile, "cert", "not a regular file"},
+		{"key a device", certFile, os.DevNull, "key", "not a regular file"},
 		{"cert not PEM", garbage, keyFile, "cert", "no PEM CERTIFICATE block"},
 		{"cert is the key", keyFile, keyFile, "cert", "no PEM CERTIFICATE block"},
 		{"key not PEM", certFile, garbage, "key", "key"},
