@@ -229,7 +229,7 @@ func TestTLSBinary(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, err := exec.Command(bin, "-config", bad).CombinedOutput()
-	if err == nil || !strings.HasPrefix(string(out), "regcache: ") || !strings.Contains(string(out), "tls.key_file: open "+missing) ||
+	if err == nil || !strings.HasPrefix(string(out), "regcache: ") || !strings.Contains(string(out), "tls.key_file: ") || !strings.Contains(string(out), missing+": no such file") ||
 		strings.Count(strings.TrimSpace(string(out)), "\n") != 0 {
 		t.Fatalf("missing key at start: %v\n%s", err, out)
 	}
