@@ -49,6 +49,8 @@ type Config struct {
 	// Watch names tags kept revalidated when no client asks, so that their moves reach
 	// the change feed.
 	Watch []Watch `yaml:"watch"`
+	// TLS, when set, serves listen over HTTPS; nil is plain HTTP.
+	TLS *ListenTLS `yaml:"tls"`
 }
 
 // Events configures the change feed.
@@ -423,7 +425,7 @@ func (c *Config) Warnings() []string {
 		w = append(w, "auth.secret is set but auth is off: this process signs anonymous tokens with it for any client; "+
 			"set it only where htpasswd or tokens are set too")
 	}
-	return w
+	return append(w, c.tlsWarnings()...)
 }
 
 // IsDockerHub reports whether u is Docker Hub (named or aliased docker.io), whose

@@ -160,6 +160,11 @@ func (c *Config) validate() error {
 	if err := c.Server.validate(); err != nil {
 		return err
 	}
+	if c.TLS != nil {
+		if err := c.TLS.validate(); err != nil {
+			return err
+		}
+	}
 	if err := c.validateWatch(); err != nil {
 		return err
 	}

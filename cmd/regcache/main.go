@@ -154,7 +154,9 @@ type app struct {
 	// metrics serves /metrics on metrics_listen (open since build); nil without one.
 	metrics   *fasthttp.Server
 	metricsLn net.Listener
-	log       *zap.Logger
+	// tls, when set, makes Serve speak HTTPS on its listener (tls:).
+	tls *tls.Config
+	log *zap.Logger
 }
 
 // Serve marks the proxy ready and serves ln (and metrics_listen) until shut down.
@@ -165,6 +167,9 @@ func (a *app) Serve(ln net.Listener) error {
 				a.log.Error("metrics server stopped", zap.Error(err))
 			}
 		}()
+	}
+	if a.tls != nil {
+		ln = tls.NewListener(ln, a.tls) // each connection's handshake runs on its own goroutine, on its first read
 	}
 	a.proxy.SetReady(true)
 	err := a.server.Serve(ln)
@@ -221,6 +226,10 @@ func (a *app) FlushLogs() {
 func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err error) {
 	for _, w := range cfg.Warnings() {
 		log.Warn(w)
+	}
+	serverTLS, err := listenTLS(cfg, log)
+	if err != nil {
+		return nil, err
 	}
 	metrics := proxy.NewMetrics()
 	shared, err := redisConfig(cfg.Cache.Redis)
@@ -325,7 +334,7 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err
 		}
 	}()
 	a := &app{proxy: p, server: p.Server(), cache: c, upstreams: regs, log: log, access: access, events: events, hooks: hooks,
-		budgets: closeBudgets}
+		budgets: closeBudgets, tls: serverTLS}
 	metrics.WatchWebhooks(hooks)
 	if cfg.MetricsListen != "" {
 		// Opened here, so that a taken port fails the start rather than a goroutine later.

@@ -5,11 +5,13 @@ package harness
 
 import (
 	"context"
+	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -49,11 +51,14 @@ type Options struct {
 	// AccessLogTo is where the wiring writes the access log: Start sets it to Logs unless
 	// NoAccessLog or Quiet.
 	AccessLogTo io.Writer
+	// TLS serves HTTPS with its pair (NewTLS): Start adds its tls: block to the config
+	// unless the config has one, and Instance.Client trusts its CA.
+	TLS *TLS
 }
 
 // Instance is a regcache serving on 127.0.0.1 for one test.
 type Instance struct {
-	// URL is http://127.0.0.1:port, Addr 127.0.0.1:port.
+	// URL is http://127.0.0.1:port (https:// with a tls: block), Addr 127.0.0.1:port.
 	URL, Addr string
 	// Logs holds regcache's log lines, JSON at debug level (nothing with Options.Quiet).
 	Logs *Logs
@@ -71,6 +76,9 @@ const shutdownWait = 10 * time.Second
 // loopback port until Stop, which the end of the test calls too.
 func Start(t testing.TB, cfgYAML string, wire Wiring, o Options) *Instance {
 	t.Helper()
+	if o.TLS != nil && !strings.Contains("\n"+cfgYAML, "\ntls:") {
+		cfgYAML += o.TLS.Block()
+	}
 	cfg, err := configs.Parse([]byte(cfgYAML))
 	if err != nil {
 		t.Fatalf("config: %v", err)
@@ -96,9 +104,16 @@ func Start(t testing.TB, cfgYAML string, wire Wiring, o Options) *Instance {
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
+	transport, scheme := &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 256}, "http://"
+	if cfg.TLS != nil {
+		scheme = "https://"
+		if o.TLS != nil {
+			transport.TLSClientConfig = &tls.Config{RootCAs: o.TLS.CA.Pool(), MinVersion: tls.VersionTLS12}
+		}
+	}
 	in := &Instance{
-		URL: "http://" + ln.Addr().String(), Addr: ln.Addr().String(), Logs: logs, Server: srv,
-		Client: &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 256}},
+		URL: scheme + ln.Addr().String(), Addr: ln.Addr().String(), Logs: logs, Server: srv,
+		Client: &http.Client{Timeout: 15 * time.Second, Transport: transport},
 	}
 	var once sync.Once
 	in.stop = func(t testing.TB) {
