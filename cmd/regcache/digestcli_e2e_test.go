@@ -468,7 +468,8 @@ func TestDigestCommandSafety(t *testing.T) {
 	// A server's config whose secrets only the server's environment holds.
 	prod := filepath.Join(t.TempDir(), "prod.yaml")
 	prodYAML := w.cfgYAML + harness.Block("auth", `tokens: ["${REGCACHE_TEST_UNSET_TOKEN}"]`) +
-		"events:\n  webhooks:\n    - url: ${REGCACHE_TEST_UNSET_HOOK}\n"
+		"events:\n  webhooks:\n    - url: ${REGCACHE_TEST_UNSET_HOOK}\n" +
+		"tls:\n  cert_file: /nonexistent/tls.crt\n  key_file: /nonexistent/tls.key\n"
 	if err := os.WriteFile(prod, []byte(prodYAML), 0o600); err != nil {
 		t.Fatal(err)
 	}
