@@ -170,14 +170,6 @@ func TestRenovateThroughRegcache(t *testing.T) {
 	// A single-platform release: a platform-pinned digest moves to the image itself.
 	push("ghcr.io/owner/app", "v1.2.0", ghcr.PushImage(t, "owner/app", "v1.2.0", types.OCIManifestSchema1))
 
-	rc := startRegcache(t, harness.Config("",
-		harness.Upstream("docker.io", hub.URL, "aliases: [hub]"),
-		harness.Upstream("lscr.io", lscr.URL),
-		harness.Upstream("ghcr.io", ghcr.URL),
-	))
-	config := strings.ReplaceAll(docBlock(t, "clients.md", "**Renovate** (`renovate.json`, or the same keys in the bot's own config):", "json"),
-		"regcache:5000", rc.Addr)
-
 	// Each FROM line: an unpinned tag, one pinned to the index, and one pinned to a
 	// platform's manifest (Renovate then follows that platform).
 	type from struct{ name, tag, pin string }
@@ -208,65 +200,96 @@ func TestRenovateThroughRegcache(t *testing.T) {
 		dockerfile.WriteString(line + "\n")
 	}
 
-	deps := runRenovate(t, dir, config, dockerfile.String())
-	if len(deps) != len(froms) {
-		t.Fatalf("Renovate extracted %d dependencies from %d FROM lines: %+v", len(deps), len(froms), deps)
-	}
-	for i, dep := range deps {
-		f, img := froms[i], images[froms[i].name]
-		if dep.DepName != strings.TrimPrefix(f.name, "docker.io/library/") && dep.DepName != f.name {
-			t.Errorf("line %d: depName %q for %s", i, dep.DepName, f.name)
-		}
-		want := slices.Sorted(func(yield func(string) bool) {
-			for tag := range img.tags {
-				if !yield(tag) {
-					return
+	// The docs' set-up as written, for regcache at its test address; with client auth on,
+	// the docs' host rule also carries the credentials.
+	doc := docBlock(t, "clients.md", "**Renovate** (`renovate.json`, or the same keys in the bot's own config):", "json")
+	const user, pass = "renovate", "s3cret-for-renovate"
+	for _, mode := range []struct{ name, auth string }{
+		{"anonymous", ""},
+		{"client auth", "auth:\n  htpasswd: " + writeHtpasswd(t, user, pass) + "\n"},
+	} {
+		t.Run(mode.name, func(t *testing.T) {
+			rc := startRegcache(t, harness.Config("",
+				harness.Upstream("docker.io", hub.URL, "aliases: [hub]"),
+				harness.Upstream("lscr.io", lscr.URL),
+				harness.Upstream("ghcr.io", ghcr.URL),
+			)+mode.auth)
+			config := strings.ReplaceAll(strings.ReplaceAll(doc, "regcache:5000", rc.Addr), `"regcache"`, `"127.0.0.1"`)
+			if mode.auth != "" {
+				var c map[string]any
+				if err := json.Unmarshal([]byte(config), &c); err != nil {
+					t.Fatal(err)
+				}
+				rule := c["hostRules"].([]any)[0].(map[string]any)
+				rule["username"], rule["password"] = user, pass
+				b, _ := json.Marshal(c)
+				config = string(b)
+			}
+			deps := runRenovate(t, dir, config, dockerfile.String())
+			if len(deps) != len(froms) {
+				t.Fatalf("Renovate extracted %d dependencies from %d FROM lines: %+v", len(deps), len(froms), deps)
+			}
+			for i, dep := range deps {
+				f, img := froms[i], images[froms[i].name]
+				if dep.DepName != strings.TrimPrefix(f.name, "docker.io/library/") && dep.DepName != f.name {
+					t.Errorf("line %d: depName %q for %s", i, dep.DepName, f.name)
+				}
+				want := slices.Sorted(func(yield func(string) bool) {
+					for tag := range img.tags {
+						if !yield(tag) {
+							return
+						}
+					}
+				})
+				got := slices.Clone(dep.Releases)
+				sort.Strings(got)
+				if !slices.Equal(got, want) {
+					t.Errorf("%s: releases %v, want %v (registry url %s)", f.name, dep.Releases, want, dep.RegistryURL)
+					continue
+				}
+				for tag, p := range img.tags {
+					wantDigest := p.Digest
+					// Pinned to a platform's manifest, the new tag's manifest for that platform (a
+					// single-platform image is its own).
+					if pin := pinOf[dep.CurrentDigest]; pin != "" && pin != "index" && p.MediaType != string(types.OCIManifestSchema1) {
+						wantDigest = platformDigests(t, p)[pin]
+					}
+					if d := dep.Digests[tag]; d == nil || *d != wantDigest {
+						t.Errorf("%s@%s (pinned to %q): digest of %s is %v, want %s", f.name, dep.CurrentDigest, pinOf[dep.CurrentDigest], tag, d, wantDigest)
+					}
 				}
 			}
+
+			if mode.auth == "" {
+				// The guard is live: without the aliases, Renovate takes an lscr.io name to lscr.io
+				// (registryUrls do not apply to names with a registry), and the guard refuses it.
+				noAliases := `{"registryUrls": ["http://` + rc.Addr + `/lscr.io"]}`
+				if deps, refused := runRenovateGuarded(t, dir, noAliases, "FROM lscr.io/linuxserver/nginx:1.25.0\n"); !strings.Contains(refused, "lscr.io") || len(deps) != 1 || deps[0].Releases != nil {
+					t.Errorf("without registryAliases: guard refused %q, Renovate found %+v", refused, deps)
+				}
+			}
+
+			// What Renovate asked, as regcache logged it: every request answered, nothing refused.
+			var paths []string
+			sc := bufio.NewScanner(strings.NewReader(rc.Logs.String()))
+			sc.Buffer(make([]byte, 1<<20), 1<<20)
+			for sc.Scan() {
+				var m map[string]any
+				if json.Unmarshal(sc.Bytes(), &m) != nil || m["msg"] != "request" {
+					continue
+				}
+				p := fmt.Sprintf("%v %v %v", m["method"], m["path"], m["status"])
+				// 401 is the challenge: to a ping, and with auth on to any first request.
+				challenge := strings.HasSuffix(fmt.Sprint(m["path"]), "/v2/") || mode.auth != "" && m["path"] != "/token"
+				if st, _ := m["status"].(float64); st != http.StatusOK && !(st == http.StatusUnauthorized && challenge) {
+					t.Errorf("regcache answered %s", p)
+				}
+				paths = append(paths, p)
+			}
+			t.Logf("Renovate's requests to regcache:\n%s", strings.Join(paths, "\n"))
+			if !slices.ContainsFunc(paths, func(p string) bool { return strings.Contains(p, " /hub/v2/alpine/manifests/") }) {
+				t.Errorf("Renovate never used the /hub/v2/ form for Docker Hub names: the test no longer covers it")
+			}
 		})
-		got := slices.Clone(dep.Releases)
-		sort.Strings(got)
-		if !slices.Equal(got, want) {
-			t.Errorf("%s: releases %v, want %v (registry url %s)", f.name, dep.Releases, want, dep.RegistryURL)
-			continue
-		}
-		for tag, p := range img.tags {
-			wantDigest := p.Digest
-			// Pinned to a platform's manifest, the new tag's manifest for that platform (a
-			// single-platform image is its own).
-			if pin := pinOf[dep.CurrentDigest]; pin != "" && pin != "index" && p.MediaType != string(types.OCIManifestSchema1) {
-				wantDigest = platformDigests(t, p)[pin]
-			}
-			if d := dep.Digests[tag]; d == nil || *d != wantDigest {
-				t.Errorf("%s@%s (pinned to %q): digest of %s is %v, want %s", f.name, dep.CurrentDigest, pinOf[dep.CurrentDigest], tag, d, wantDigest)
-			}
-		}
-	}
-
-	// The guard is live: without the aliases, Renovate takes an lscr.io name to lscr.io
-	// (registryUrls do not apply to names with a registry), and the guard refuses it.
-	noAliases := `{"registryUrls": ["http://` + rc.Addr + `/lscr.io"]}`
-	if deps, refused := runRenovateGuarded(t, dir, noAliases, "FROM lscr.io/linuxserver/nginx:1.25.0\n"); !strings.Contains(refused, "lscr.io") || len(deps) != 1 || deps[0].Releases != nil {
-		t.Errorf("without registryAliases: guard refused %q, Renovate found %+v", refused, deps)
-	}
-
-	// What Renovate asked, as regcache logged it: every request answered, nothing refused.
-	var paths []string
-	sc := bufio.NewScanner(strings.NewReader(rc.Logs.String()))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		var m map[string]any
-		if json.Unmarshal(sc.Bytes(), &m) != nil || m["msg"] != "request" {
-			continue
-		}
-		p := fmt.Sprintf("%v %v %v", m["method"], m["path"], m["status"])
-		if st, _ := m["status"].(float64); st != http.StatusOK && !(st == http.StatusUnauthorized && strings.HasSuffix(fmt.Sprint(m["path"]), "/v2/")) {
-			t.Errorf("regcache answered %s", p)
-		}
-		paths = append(paths, p)
-	}
-	t.Logf("Renovate's requests to regcache:\n%s", strings.Join(paths, "\n"))
-	if !slices.ContainsFunc(paths, func(p string) bool { return strings.Contains(p, " /hub/v2/alpine/manifests/") }) {
-		t.Errorf("Renovate never used the /hub/v2/ form for Docker Hub names: the test no longer covers it")
 	}
 }
