@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -109,6 +110,38 @@ func runRenovateGuarded(t *testing.T, dir, config, dockerfile string, env ...str
 		t.Logf("Renovate's log:\n%s", out)
 	}
 	return deps, string(refused)
+}
+
+// renovateConfig is the docs' Renovate set-up (doc, for http://regcache:5000) for regcache at
+// base (scheme://host:port), with user and password on its host rule when given. Over https
+// it is as the docs say for TLS: https:// in registryUrls and no insecureRegistry (the test
+// then passes NODE_EXTRA_CA_CERTS to runRenovate).
+func renovateConfig(t *testing.T, doc, base string, userPass ...string) string {
+	t.Helper()
+	u, err := url.Parse(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := strings.ReplaceAll(doc, "http://regcache:5000", base)
+	s = strings.ReplaceAll(s, "regcache:5000", u.Host)
+	s = strings.ReplaceAll(s, `"regcache"`, `"`+u.Hostname()+`"`)
+	var c map[string]any
+	if err := json.Unmarshal([]byte(s), &c); err != nil {
+		t.Fatalf("the Renovate config in docs/clients.md is not JSON: %v\n%s", err, doc)
+	}
+	rules, _ := c["hostRules"].([]any)
+	if len(rules) != 1 {
+		t.Fatalf("docs/clients.md's Renovate set-up has %d host rules, the test expects one", len(rules))
+	}
+	rule := rules[0].(map[string]any)
+	if u.Scheme == "https" {
+		delete(rule, "insecureRegistry")
+	}
+	if len(userPass) == 2 {
+		rule["username"], rule["password"] = userPass[0], userPass[1]
+	}
+	b, _ := json.Marshal(c)
+	return string(b)
 }
 
 // platformDigests maps each architecture of an index to its manifest's digest.
@@ -214,17 +247,11 @@ func TestRenovateThroughRegcache(t *testing.T) {
 				harness.Upstream("lscr.io", lscr.URL),
 				harness.Upstream("ghcr.io", ghcr.URL),
 			)+mode.auth)
-			config := strings.ReplaceAll(strings.ReplaceAll(doc, "regcache:5000", rc.Addr), `"regcache"`, `"127.0.0.1"`)
+			var creds []string
 			if mode.auth != "" {
-				var c map[string]any
-				if err := json.Unmarshal([]byte(config), &c); err != nil {
-					t.Fatal(err)
-				}
-				rule := c["hostRules"].([]any)[0].(map[string]any)
-				rule["username"], rule["password"] = user, pass
-				b, _ := json.Marshal(c)
-				config = string(b)
+				creds = []string{user, pass}
 			}
+			config := renovateConfig(t, doc, rc.URL, creds...)
 			deps := runRenovate(t, dir, config, dockerfile.String())
 			if len(deps) != len(froms) {
 				t.Fatalf("Renovate extracted %d dependencies from %d FROM lines: %+v", len(deps), len(froms), deps)
@@ -287,7 +314,9 @@ func TestRenovateThroughRegcache(t *testing.T) {
 				paths = append(paths, p)
 			}
 			t.Logf("Renovate's requests to regcache:\n%s", strings.Join(paths, "\n"))
-			if !slices.ContainsFunc(paths, func(p string) bool { return strings.Contains(p, " /hub/v2/alpine/manifests/") }) {
+			// Over http Renovate keeps registryUrls' path in front of /v2 (over https it moves it
+			// behind: /v2/hub/...).
+			if strings.HasPrefix(rc.URL, "http:") && !slices.ContainsFunc(paths, func(p string) bool { return strings.Contains(p, " /hub/v2/alpine/manifests/") }) {
 				t.Errorf("Renovate never used the /hub/v2/ form for Docker Hub names: the test no longer covers it")
 			}
 		})
