@@ -6,6 +6,8 @@ package main
 
 import (
 	"bytes"
+	"encoding/base64"
+	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
@@ -71,6 +73,10 @@ func TestRoutingUpstreamFirstForm(t *testing.T) {
 			same(m, p[0], p[1])
 		}
 	}
+	// The doubled slash reached regcache as sent (the client did not clean the path).
+	if !strings.Contains(rc.Logs.String(), `"path":"//v2/hub/alpine/manifests/3.19"`) {
+		t.Fatal("no request logged with the path //v2/...: the test no longer sends it")
+	}
 	// The ping with a token, and a write, as on /v2/.
 	if r := same(http.MethodGet, "/v2/", "/hub/v2/", "Authorization", "Bearer x"); r.Status != http.StatusOK {
 		t.Fatalf("authorized ping: %d", r.Status)
@@ -110,5 +116,34 @@ func TestRoutingUpstreamFirstForm(t *testing.T) {
 		if want := `{"name":"library/alpine","tags":["3.18","3.19"]}|{"name":"library/alpine","tags":["3.20","3.21"]}|{"name":"library/alpine","tags":["latest"]}`; strings.Join(pages, "|") != want {
 			t.Fatalf("%s: pages %s", form.first, strings.Join(pages, "|"))
 		}
+	}
+}
+
+// With client auth on, /<upstream>/v2/ challenges and admits exactly as /v2/ does.
+func TestRoutingUpstreamFirstFormClientAuth(t *testing.T) {
+	t.Parallel()
+	hub := registrytest.New(t, registrytest.Bearer)
+	d := hub.PushImage(t, "library/alpine", "3.19", types.OCIManifestSchema1).Digest
+	const user, pass = "renovate", "s3cret-for-renovate"
+	rc := startRegcache(t, harness.Config("", harness.Upstream("docker.io", hub.URL, "aliases: [hub]"))+
+		"auth:\n  htpasswd: "+writeHtpasswd(t, user, pass)+"\n")
+	basic := "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))
+	for _, p := range [][2]string{{"/v2/", "/hub/v2/"}, {"/v2/hub/alpine/manifests/3.19", "/hub/v2/alpine/manifests/3.19"}} {
+		a, b := rc.Do(t, http.MethodGet, p[0]), rc.Do(t, http.MethodGet, p[1])
+		if a.Status != http.StatusUnauthorized || b.Status != a.Status || b.Header.Get("WWW-Authenticate") != a.Header.Get("WWW-Authenticate") || !bytes.Equal(a.Body, b.Body) {
+			t.Fatalf("without credentials: %s %d %q, %s %d %q", p[1], b.Status, b.Header.Get("WWW-Authenticate"), p[0], a.Status, a.Header.Get("WWW-Authenticate"))
+		}
+		if r := rc.Do(t, http.MethodGet, p[1], "Authorization", basic); r.Status != http.StatusOK {
+			t.Fatalf("%s with credentials: %d %s", p[1], r.Status, r.Body)
+		}
+	}
+	// A token from the realm the challenge names, for the scope Renovate asks, admits too.
+	tok := rc.Do(t, http.MethodGet, "/token?service=regcache&scope=repository:alpine:pull", "Authorization", basic)
+	var body struct{ Token string }
+	if err := json.Unmarshal(tok.Body, &body); err != nil || body.Token == "" {
+		t.Fatalf("token: %d %s", tok.Status, tok.Body)
+	}
+	if r := rc.Do(t, http.MethodHead, "/hub/v2/alpine/manifests/3.19", "Authorization", "Bearer "+body.Token); r.Status != http.StatusOK || r.Header.Get("Docker-Content-Digest") != d {
+		t.Fatalf("with the token: %d %s", r.Status, r.Header.Get("Docker-Content-Digest"))
 	}
 }
