@@ -92,6 +92,11 @@ func BenchmarkHitGetByTag(b *testing.B) {
 	benchHit(b, "GET", "/v2/lscr.io/linuxserver/nginx/manifests/latest")
 }
 
+// Renovate's form (/<upstream>/v2/...): rewritten into a pooled buffer, still no allocation.
+func BenchmarkHitHeadByTagUpstreamFirst(b *testing.B) {
+	benchHit(b, "HEAD", "/lscr.io/v2/linuxserver/nginx/manifests/latest")
+}
+
 // The hit path with the access log on, as regcache runs by default: the line is encoded
 // into the log's buffer (written out here to io.Discard, in the production JSON layout).
 func BenchmarkHitHeadByTagAccessLog(b *testing.B) {

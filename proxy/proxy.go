@@ -202,7 +202,11 @@ func (p *Proxy) Handler(ctx *fasthttp.RequestCtx) {
 	var rt Route
 	var st = cache.None
 	r := KindOther
-	path := ctx.URI().PathOriginal()
+	v2, link, ps, aerr := p.v2Path(ctx.URI().PathOriginal())
+	if ps != nil {
+		defer scratchPool.Put(ps)
+	}
+	path := v2
 	switch {
 	case string(path) == "/healthz":
 		r = KindHealth
@@ -217,8 +221,10 @@ func (p *Proxy) Handler(ctx *fasthttp.RequestCtx) {
 		p.auth.serveToken(ctx)
 	case !p.auth.authorize(ctx, path):
 		// answered 401 with the challenge
+	case aerr != nil:
+		writeError(ctx, aerr)
 	case string(path) == "/v2" || bytes.HasPrefix(path, strV2Slash):
-		rt, st = p.serveV2(ctx, path, start)
+		rt, st = p.serveV2(ctx, path, link, start)
 		r = rt.Kind
 		if rt.Upstream != nil {
 			rt.Upstream.count(st)
@@ -293,7 +299,8 @@ func (p *Proxy) serveReady(ctx *fasthttp.RequestCtx) {
 	}
 }
 
-func (p *Proxy) serveV2(ctx *fasthttp.RequestCtx, path []byte, now time.Time) (Route, cache.Status) {
+// serveV2 answers path, a /v2/ path; link is the same path in the client's own form.
+func (p *Proxy) serveV2(ctx *fasthttp.RequestCtx, path, link []byte, now time.Time) (Route, cache.Status) {
 	if !ctx.IsGet() && !ctx.IsHead() {
 		writeError(ctx, errUnsupported.with("regcache is read-only: only GET and HEAD are supported"))
 		// RFC 9110 §15.5.6: a 405 must list what the resource does allow.
@@ -320,7 +327,7 @@ func (p *Proxy) serveV2(ctx *fasthttp.RequestCtx, path []byte, now time.Time) (R
 		return rt, cache.None
 	}
 	if rt.Kind == KindTags {
-		return rt, p.serveTags(ctx, &rt, path, now)
+		return rt, p.serveTags(ctx, &rt, link, now)
 	}
 	return rt, p.serveBlob(ctx, &rt)
 }

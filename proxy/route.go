@@ -136,7 +136,7 @@ func checkNames(r *Route) *apiError {
 	return nil
 }
 
-// pickUpstream applies the three routing forms: ns= (containerd), then a first segment naming a
+// pickUpstream applies the /v2/ routing forms: ns= (containerd), then a first segment naming a
 // registry or alias (path-prefix mirrors), then default_upstream. A first segment that
 // looks like a host but is not configured is refused: regcache is no open proxy.
 func (p *Proxy) pickUpstream(name, ns []byte) (*Upstream, []byte, *apiError) {

@@ -14,7 +14,7 @@ import (
 var strLink = []byte("Link")
 
 // serveTags answers /v2/<name>/tags/list?n=&last=. The next-page Link is relative and in
-// the client's own path form (prefix, ns= kept), and absent on the last page: What's Up
+// the client's own path form (prefix before or after /v2, ns= kept), and absent on the last page: What's Up
 // Docker loops for as long as a Link is present. Its last= is always a tag of regcache's
 // own listing, never an upstream's page token (ECR's are opaque); a next_page a client
 // sends is no longer regcache's and is ignored.

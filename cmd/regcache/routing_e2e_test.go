@@ -1,7 +1,7 @@
 package main
 
-// Routing: the three ways a client names an upstream (a path prefix, containerd's ?ns=, or
-// the default upstream), Docker Hub's library/ in each, and the names and references
+// Routing: the /v2/ ways a client names an upstream (a path prefix, containerd's ?ns=, or
+// the default upstream; the fourth, /<upstream>/v2/, is upstreamfirst_e2e_test.go's), Docker Hub's library/ in each, and the names and references
 // refused before any registry is asked.
 
 import (
