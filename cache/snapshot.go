@@ -24,12 +24,14 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -238,6 +240,7 @@ func (c *Cache) LoadSnapshot(path string, origin func(upstream string) *Origin, 
 	if err := r.read(); err != nil {
 		return SnapshotStats{}, err
 	}
+	r.verify()
 	r.commit()
 	return r.stats, nil
 }
@@ -251,8 +254,42 @@ type snapshotReader struct {
 	stats     SnapshotStats
 	// What was checked, stored only once the whole file has been read.
 	manifests map[string]*ManifestEntry // by key
+	pending   []pendingManifest         // manifests read, not yet verified
 	blobs     []*blobEntry
 	tags      []loadedTag
+}
+
+type pendingManifest struct {
+	key  string
+	d    digest.Digest
+	data []byte
+}
+
+// verify checks the manifests read against their digests, as the shared tier's are
+// (checkManifest), spread over the cores: the digests and the JSON check are most of a
+// load's time. One that fails is skipped.
+func (r *snapshotReader) verify() {
+	out := make([]*ManifestEntry, len(r.pending))
+	var wg sync.WaitGroup
+	workers := runtime.GOMAXPROCS(0)
+	for w := range workers {
+		wg.Go(func() {
+			for i := w; i < len(r.pending); i += workers {
+				out[i], _ = checkManifest(r.pending[i].data, r.pending[i].d)
+			}
+		})
+	}
+	wg.Wait()
+	for i, e := range out {
+		if e == nil {
+			r.stats.Skipped++
+			continue
+		}
+		e.key = r.pending[i].key
+		r.manifests[e.key] = e
+		r.stats.Manifests++
+	}
+	r.pending = nil
 }
 
 type loadedTag struct {
@@ -335,20 +372,12 @@ func (r *snapshotReader) record(p []byte) bool {
 	}
 	switch kind {
 	case 'm':
-		d, err := digest.Parse(parts[3])
-		if err != nil {
-			return false
-		}
-		e, _ := decodeManifest(rest, d) // verified against d, as the shared tier's are
-		if e == nil {
-			return false
-		}
-		e.key = r.keep(key)
-		r.manifests[e.key] = e
-		r.stats.Manifests++
+		// Verified once the file is read whole, on every core (verify): a body that
+		// hashes to the key's digest proves the digest well-formed too.
+		r.pending = append(r.pending, pendingManifest{key: r.keep(key), d: digest.Digest(parts[3]), data: bytes.Clone(rest)})
 	case 'b':
-		d, err := digest.Parse(parts[3])
-		if err != nil || !d.Algorithm().Available() || int64(len(rest)) > r.c.cfg.MaxBlobSize || d.Algorithm().FromBytes(rest) != d {
+		d := digest.Digest(parts[3])
+		if !d.Algorithm().Available() || int64(len(rest)) > r.c.cfg.MaxBlobSize || d.Algorithm().FromBytes(rest) != d {
 			return false
 		}
 		data := bytes.Clone(rest)
@@ -483,14 +512,15 @@ func readDescriptor(p []byte) (upstream.Descriptor, []byte, bool) {
 	if len(p) < 1 {
 		return d, nil, false
 	}
-	switch p[0] {
+	digestKind := p[0]
+	switch digestKind {
 	case 0:
 		p = p[1:]
 	case 1:
 		if len(p) < 33 {
 			return d, nil, false
 		}
-		d.Digest = digest.NewDigestFromBytes(digest.SHA256, p[1:33])
+		d.Digest = digest.Digest("sha256:" + hex.EncodeToString(p[1:33])) // well-formed as made
 		p = p[33:]
 	case 2:
 		s, rest, ok := readString(p[1:])
@@ -509,7 +539,7 @@ func readDescriptor(p []byte) (upstream.Descriptor, []byte, bool) {
 	if d.Digest == "" {
 		return upstream.Descriptor{}, p, d.MediaType == "" && d.Size == 0
 	}
-	return d, p, d.Digest.Validate() == nil && upstream.ValidMediaType(d.MediaType)
+	return d, p, (digestKind == 1 || d.Digest.Validate() == nil) && upstream.ValidMediaType(d.MediaType)
 }
 
 // validSnapshotRepo is the repository grammar's alphabet and length: a file that is not
