@@ -374,10 +374,14 @@ func (r *snapshotReader) record(p []byte) bool {
 	case 'm':
 		// Verified once the file is read whole, on every core (verify): a body that
 		// hashes to the key's digest proves the digest well-formed too.
-		r.pending = append(r.pending, pendingManifest{key: r.keep(key), d: digest.Digest(parts[3]), data: bytes.Clone(rest)})
+		d, ok := keyDigest(parts[3])
+		if !ok {
+			return false
+		}
+		r.pending = append(r.pending, pendingManifest{key: r.keep(key), d: d, data: bytes.Clone(rest)})
 	case 'b':
-		d := digest.Digest(parts[3])
-		if !d.Algorithm().Available() || int64(len(rest)) > r.c.cfg.MaxBlobSize || d.Algorithm().FromBytes(rest) != d {
+		d, ok := keyDigest(parts[3])
+		if !ok || int64(len(rest)) > r.c.cfg.MaxBlobSize || d.Algorithm().FromBytes(rest) != d {
 			return false
 		}
 		data := bytes.Clone(rest)
@@ -418,6 +422,14 @@ func (r *snapshotReader) record(p []byte) bool {
 		return false
 	}
 	return true
+}
+
+// keyDigest is a key's digest when its algorithm is one go-digest computes; whether the
+// rest is well-formed is left to the bytes, which must hash to it (cheaper than Parse's
+// regular expression, on every record of a load).
+func keyDigest(s string) (digest.Digest, bool) {
+	i := strings.IndexByte(s, ':')
+	return digest.Digest(s), i > 0 && digest.Algorithm(s[:i]).Available()
 }
 
 // keep copies a key out of the read buffer.
