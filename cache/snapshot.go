@@ -237,10 +237,11 @@ func (c *Cache) LoadSnapshot(path string, origin func(upstream string) *Origin, 
 	r := &snapshotReader{r: bufio.NewReaderSize(f, 256<<10), c: c, origin: origin, now: now,
 		maxRecord: int(max(upstream.MaxManifestSize, c.cfg.MaxBlobSize)) + 1<<16,
 		manifests: map[string]*ManifestEntry{}}
-	if err := r.read(); err != nil {
+	err = r.read()
+	r.verify()
+	if err != nil {
 		return SnapshotStats{}, err
 	}
-	r.verify()
 	r.commit()
 	return r.stats, nil
 }
@@ -254,7 +255,12 @@ type snapshotReader struct {
 	stats     SnapshotStats
 	// What was checked, stored only once the whole file has been read.
 	manifests map[string]*ManifestEntry // by key
-	pending   []pendingManifest         // manifests read, not yet verified
+	pending   []pendingManifest         // manifests read, not yet handed to a checker
+	checkers  chan struct{}
+	checking  sync.WaitGroup
+	mu        sync.Mutex // guards checked and skipped, the checkers' results
+	checked   []*ManifestEntry
+	skipped   int
 	blobs     []*blobEntry
 	tags      []loadedTag
 }
@@ -265,31 +271,49 @@ type pendingManifest struct {
 	data []byte
 }
 
-// verify checks the manifests read against their digests, as the shared tier's are
-// (checkManifest), spread over the cores: the digests and the JSON check are most of a
-// load's time. One that fails is skipped.
-func (r *snapshotReader) verify() {
-	out := make([]*ManifestEntry, len(r.pending))
-	var wg sync.WaitGroup
-	workers := runtime.GOMAXPROCS(0)
-	for w := range workers {
-		wg.Go(func() {
-			for i := w; i < len(r.pending); i += workers {
-				out[i], _ = checkManifest(r.pending[i].data, r.pending[i].d)
-			}
-		})
+// pendingChunk is how many manifests are handed to a checker at once.
+const pendingChunk = 512
+
+// check hands the manifests read so far to a checker goroutine, at most GOMAXPROCS at once
+// (the reader waits for a free one): the digests and the JSON check are most of a load's
+// time, and run beside the reading.
+func (r *snapshotReader) check() {
+	if len(r.pending) == 0 {
+		return
 	}
-	wg.Wait()
-	for i, e := range out {
-		if e == nil {
-			r.stats.Skipped++
-			continue
-		}
-		e.key = r.pending[i].key
-		r.manifests[e.key] = e
-		r.stats.Manifests++
+	if r.checkers == nil {
+		r.checkers = make(chan struct{}, runtime.GOMAXPROCS(0))
 	}
+	chunk := r.pending
 	r.pending = nil
+	r.checkers <- struct{}{}
+	r.checking.Go(func() {
+		defer func() { <-r.checkers }()
+		out := make([]*ManifestEntry, 0, len(chunk))
+		for _, m := range chunk {
+			if e, _ := checkManifest(m.data, m.d); e != nil { // as the shared tier's are
+				e.key = m.key
+				out = append(out, e)
+			}
+		}
+		r.mu.Lock()
+		r.checked = append(r.checked, out...)
+		r.skipped += len(chunk) - len(out)
+		r.mu.Unlock()
+	})
+}
+
+// verify waits for the checkers and keeps what they passed; a manifest that failed is
+// skipped.
+func (r *snapshotReader) verify() {
+	r.check()
+	r.checking.Wait()
+	for _, e := range r.checked {
+		r.manifests[e.key] = e
+	}
+	r.stats.Manifests += len(r.checked)
+	r.stats.Skipped += r.skipped
+	r.checked = nil
 }
 
 type loadedTag struct {
@@ -372,13 +396,16 @@ func (r *snapshotReader) record(p []byte) bool {
 	}
 	switch kind {
 	case 'm':
-		// Verified once the file is read whole, on every core (verify): a body that
+		// Verified beside the reading, on every core (check): a body that
 		// hashes to the key's digest proves the digest well-formed too.
 		d, ok := keyDigest(parts[3])
 		if !ok {
 			return false
 		}
 		r.pending = append(r.pending, pendingManifest{key: r.keep(key), d: d, data: bytes.Clone(rest)})
+		if len(r.pending) == pendingChunk {
+			r.check()
+		}
 	case 'b':
 		d, ok := keyDigest(parts[3])
 		if !ok || int64(len(rest)) > r.c.cfg.MaxBlobSize || d.Algorithm().FromBytes(rest) != d {
