@@ -331,12 +331,12 @@ func (r *snapshotReader) read() error {
 	case err != nil || string(h[:len(snapshotMagic)]) != snapshotMagic:
 		return errors.New("not a regcache snapshot")
 	}
-	v := binary.BigEndian.Uint16(h[len(snapshotMagic):])
+	// The version before the checksum: a later format's header may be laid out otherwise.
+	if v := binary.BigEndian.Uint16(h[len(snapshotMagic):]); v != snapshotVersion {
+		return fmt.Errorf("format version %d; this regcache reads version %d", v, snapshotVersion)
+	}
 	if crc32.Checksum(h[:headerLen-4], castagnoli) != binary.BigEndian.Uint32(h[headerLen-4:]) {
 		return errors.New("corrupt header")
-	}
-	if v != snapshotVersion {
-		return fmt.Errorf("format version %d; this regcache reads version %d", v, snapshotVersion)
 	}
 	r.stats.Bytes = int64(headerLen)
 	var buf []byte
