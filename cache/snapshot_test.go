@@ -363,3 +363,36 @@ func cpuTime() time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// TestSnapshotsSaveOnIntervalAndStop: the interval's saves and the last one at Stop.
+func TestSnapshotsSaveOnIntervalAndStop(t *testing.T) {
+	reg := registrytest.New(t, registrytest.NoAuth)
+	reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
+	reg.PushImage(t, "team/app", "v2", types.OCIManifestSchema1)
+	c, o := newLocal(t, reg, snapCfg, time.Hour)
+	if _, err := c.Manifest(context.Background(), o, "team/app", "v1", true); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "snapshot")
+	s := c.StartSnapshots(path, 20*time.Millisecond)
+	loaded := func() SnapshotStats {
+		c2, _ := newLocal(t, reg, snapCfg, time.Hour)
+		st, _ := c2.LoadSnapshot(path, func(string) *Origin { return o }, time.Now())
+		return st
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for loaded().Tags != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("no save on the interval")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := c.Manifest(context.Background(), o, "team/app", "v2", true); err != nil {
+		t.Fatal(err)
+	}
+	s.Stop()
+	if st := loaded(); st.Tags != 2 || st.Manifests != 2 {
+		t.Errorf("after Stop the file holds %+v, want both tags and bodies", st)
+	}
+	(*Snapshots)(nil).Stop() // without cache.snapshot
+}
