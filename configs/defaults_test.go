@@ -48,7 +48,7 @@ var ownedDefaults = []struct {
 	{"cache.tags_max_bytes", Size(cache.DefaultTagsMaxBytes), false, true},
 	{"cache.redis.key_prefix", cache.DefaultRedisKeyPrefix, false, false},
 	{"cache.redis.timeout", Duration(cache.DefaultRedisTimeout), false, false},
-	{"cache.snapshot.interval", Duration(cache.DefaultSnapshotInterval), false, false},
+	{"cache.snapshot.interval", Duration(cache.DefaultSnapshotInterval), false, true},
 	{"auth.token_ttl", Duration(proxy.DefaultTokenTTL), false, true},
 	{"server.read_timeout", Duration(proxy.DefaultReadTimeout), false, true},
 	{"server.write_timeout", Duration(proxy.DefaultWriteTimeout), false, true},
