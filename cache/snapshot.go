@@ -79,6 +79,13 @@ func (c *Cache) SaveSnapshot(path string, now time.Time) (SnapshotStats, error) 
 	var tags []*TagEntry
 	var manifests []*ManifestEntry
 	var blobs []*blobEntry
+	// A closed cache holds nothing: saved, it would replace a good snapshot with an empty one.
+	c.store.closeMu.RLock()
+	closed := c.store.closed
+	c.store.closeMu.RUnlock()
+	if closed {
+		return SnapshotStats{}, errors.New("the cache is closed")
+	}
 	// Pointers only under ristretto's shard locks; the encoding is done after.
 	c.store.rc.IterValues(func(v any) bool {
 		switch e := v.(type) {

@@ -277,6 +277,14 @@ func TestSnapshotWriteFailureKeepsOld(t *testing.T) {
 	if got, _ := os.ReadFile(f.path); !bytes.Equal(got, f.file) {
 		t.Error("the last good snapshot changed")
 	}
+	_ = os.Remove(f.path + ".tmp")
+	c.Close()
+	if _, err := c.SaveSnapshot(f.path, time.Now()); err == nil {
+		t.Error("a closed cache saved")
+	}
+	if got, _ := os.ReadFile(f.path); !bytes.Equal(got, f.file) {
+		t.Error("a closed cache replaced the last good snapshot")
+	}
 }
 
 // BenchmarkSnapshotLoad loads 100,000 tag entries, each pointing at a manifest of its own
