@@ -81,9 +81,8 @@ func (c *Cache) SaveSnapshot(path string, now time.Time) (SnapshotStats, error) 
 	var blobs []*blobEntry
 	// A closed cache holds nothing: saved, it would replace a good snapshot with an empty one.
 	c.store.closeMu.RLock()
-	closed := c.store.closed
-	c.store.closeMu.RUnlock()
-	if closed {
+	if c.store.closed {
+		c.store.closeMu.RUnlock()
 		return SnapshotStats{}, errors.New("the cache is closed")
 	}
 	// Pointers only under ristretto's shard locks; the encoding is done after.
@@ -104,6 +103,7 @@ func (c *Cache) SaveSnapshot(path string, now time.Time) (SnapshotStats, error) 
 		}
 		return false
 	})
+	c.store.closeMu.RUnlock()
 	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
