@@ -216,7 +216,7 @@ func FuzzSnapshotRecord(f *testing.F) {
 		if len(p) == 0 {
 			return
 		}
-		c := &Cache{cfg: Config{MaxStale: time.Hour, MaxBlobSize: 1 << 20}}
+		c := &Cache{cfg: Config{MaxSize: 1 << 30, MaxStale: time.Hour, MaxBlobSize: 1 << 20}}
 		o := &Origin{TagTTL: time.Hour}
 		r := &snapshotReader{c: c, now: now, manifests: map[string]*ManifestEntry{},
 			origin: func(up string) *Origin {

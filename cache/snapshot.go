@@ -11,10 +11,10 @@ package cache
 //
 //	header:  snapshotMagic | version u16 | written at, unix ns i64 | crc32c of those u32
 //	record:  payload length u32 | crc32c(payload) u32 | crc32c of those 8 bytes u32 | payload
-//	payload: a kind byte, then
+//	payload: a kind byte, then (in this order in the file)
+//	  't' tag:      key | descriptor | fetched at, unix ns i64 | previous descriptor
 //	  'm' manifest: key | the rest as the shared tier stores a manifest (encodeManifest)
 //	  'b' blob:     key | the rest is the blob's bytes
-//	  't' tag:      key | descriptor | fetched at, unix ns i64 | previous descriptor
 //	  'e' end:      uvarint count of the records before it (the last record)
 //	key:        uvarint length | the memory key (kind, upstream, repository, reference)
 //	descriptor: media type (an index into snapshotTypes, or 0, uvarint length, bytes) |
@@ -111,14 +111,7 @@ func (c *Cache) SaveSnapshot(path string, now time.Time) (SnapshotStats, error) 
 	}
 	w := &snapshotWriter{w: bufio.NewWriterSize(f, 256<<10)}
 	w.header(now)
-	for _, e := range manifests {
-		w.record('m', e.key, func(p []byte) []byte {
-			return encodeManifestTo(p, upstream.Manifest{Descriptor: e.Descriptor, Body: e.Body})
-		})
-	}
-	for _, e := range blobs {
-		w.record('b', e.key, func(p []byte) []byte { return append(p, e.Data...) })
-	}
+	// Tags first: a load into a smaller max_size keeps the tags and leaves bodies out.
 	for _, e := range tags {
 		d := e.descriptor()
 		w.record('t', e.key, func(p []byte) []byte {
@@ -126,6 +119,14 @@ func (c *Cache) SaveSnapshot(path string, now time.Time) (SnapshotStats, error) 
 			p = binary.BigEndian.AppendUint64(p, uint64(e.FetchedAt.UnixNano()))
 			return appendDescriptor(p, e.Previous)
 		})
+	}
+	for _, e := range manifests {
+		w.record('m', e.key, func(p []byte) []byte {
+			return encodeManifestTo(p, upstream.Manifest{Descriptor: e.Descriptor, Body: e.Body})
+		})
+	}
+	for _, e := range blobs {
+		w.record('b', e.key, func(p []byte) []byte { return append(p, e.Data...) })
 	}
 	w.record('e', "", func(p []byte) []byte { return binary.AppendUvarint(p, uint64(w.records)) })
 	err = errors.Join(w.err, w.w.Flush(), f.Sync(), f.Close())
@@ -260,6 +261,7 @@ type snapshotReader struct {
 	now       time.Time
 	maxRecord int
 	stats     SnapshotStats
+	staged    int64 // bytes of the records read, with each entry's overhead
 	// What was checked, stored only once the whole file has been read.
 	manifests map[string]*ManifestEntry // by key
 	pending   []pendingManifest         // manifests read, not yet handed to a checker
@@ -388,6 +390,11 @@ func (r *snapshotReader) read() error {
 
 // record checks one record and keeps it for commit; false when it does not check.
 func (r *snapshotReader) record(p []byte) bool {
+	// What is staged is bounded by max_size (a file saved with a larger one): the bodies,
+	// written last, are what is left out.
+	if r.staged += int64(len(p)) + entryOverhead; r.staged > r.c.cfg.MaxSize && p[0] != 't' {
+		return false
+	}
 	kind := p[0]
 	key, rest, ok := readString(p[1:])
 	if !ok {

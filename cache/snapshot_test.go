@@ -264,6 +264,19 @@ func TestSnapshotSkipsWhatNoLongerServes(t *testing.T) {
 	}
 }
 
+// TestSnapshotIntoASmallerCache: a file saved with a larger max_size stages no more than
+// the new one holds; the tags, written first, are kept and the bodies left out.
+func TestSnapshotIntoASmallerCache(t *testing.T) {
+	f := newSnapshotFixture(t)
+	cfg := snapCfg
+	cfg.MaxSize = 1000
+	c, o := newLocal(t, f.reg, cfg, time.Hour)
+	st, err := c.LoadSnapshot(f.path, func(string) *Origin { return o }, time.Now())
+	if err != nil || st.Tags != 2 || st.Manifests != 0 || st.Blobs != 0 || st.Skipped != 2 {
+		t.Errorf("loaded %+v, %v; want the 2 tags, the body and the blob skipped", st, err)
+	}
+}
+
 // TestSnapshotWriteFailureKeepsOld: a save that cannot write leaves the last good file.
 func TestSnapshotWriteFailureKeepsOld(t *testing.T) {
 	f := newSnapshotFixture(t)
