@@ -12,9 +12,9 @@ package cache
 //	header:  snapshotMagic | version u16 | written at, unix ns i64 | crc32c of those u32
 //	record:  payload length u32 | crc32c(payload) u32 | crc32c of those 8 bytes u32 | payload
 //	payload: a kind byte, then (in this order in the file)
-//	  't' tag:      key | descriptor | fetched at, unix ns i64 | previous descriptor
 //	  'm' manifest: key | the rest as the shared tier stores a manifest (encodeManifest)
 //	  'b' blob:     key | the rest is the blob's bytes
+//	  't' tag:      key | descriptor | fetched at, unix ns i64 | previous descriptor
 //	  'e' end:      uvarint count of the records before it (the last record)
 //	key:        uvarint length | the memory key (kind, upstream, repository, reference)
 //	descriptor: media type (an index into snapshotTypes, or 0, uvarint length, bytes) |
@@ -111,15 +111,7 @@ func (c *Cache) SaveSnapshot(path string, now time.Time) (SnapshotStats, error) 
 	}
 	w := &snapshotWriter{w: bufio.NewWriterSize(f, 256<<10)}
 	w.header(now)
-	// Tags first: a load into a smaller max_size keeps the tags and leaves bodies out.
-	for _, e := range tags {
-		d := e.descriptor()
-		w.record('t', e.key, func(p []byte) []byte {
-			p = appendDescriptor(p, d)
-			p = binary.BigEndian.AppendUint64(p, uint64(e.FetchedAt.UnixNano()))
-			return appendDescriptor(p, e.Previous)
-		})
-	}
+	// Bodies first: their checks run beside the reading of what follows (LoadSnapshot).
 	for _, e := range manifests {
 		w.record('m', e.key, func(p []byte) []byte {
 			return encodeManifestTo(p, upstream.Manifest{Descriptor: e.Descriptor, Body: e.Body})
@@ -127,6 +119,14 @@ func (c *Cache) SaveSnapshot(path string, now time.Time) (SnapshotStats, error) 
 	}
 	for _, e := range blobs {
 		w.record('b', e.key, func(p []byte) []byte { return append(p, e.Data...) })
+	}
+	for _, e := range tags {
+		d := e.descriptor()
+		w.record('t', e.key, func(p []byte) []byte {
+			p = appendDescriptor(p, d)
+			p = binary.BigEndian.AppendUint64(p, uint64(e.FetchedAt.UnixNano()))
+			return appendDescriptor(p, e.Previous)
+		})
 	}
 	w.record('e', "", func(p []byte) []byte { return binary.AppendUvarint(p, uint64(w.records)) })
 	err = errors.Join(w.err, w.w.Flush(), f.Sync(), f.Close())
@@ -390,8 +390,8 @@ func (r *snapshotReader) read() error {
 
 // record checks one record and keeps it for commit; false when it does not check.
 func (r *snapshotReader) record(p []byte) bool {
-	// What is staged is bounded by max_size (a file saved with a larger one): the bodies,
-	// written last, are what is left out.
+	// What is staged is bounded by max_size (a file saved with a larger one): bodies past
+	// it are left out, never tags (they cost little, and are what a restart needs most).
 	if r.staged += int64(len(p)) + entryOverhead; r.staged > r.c.cfg.MaxSize && p[0] != 't' {
 		return false
 	}
