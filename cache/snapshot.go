@@ -416,7 +416,7 @@ func (r *snapshotReader) record(p []byte) bool {
 		if !ok {
 			return false
 		}
-		r.pending = append(r.pending, pendingManifest{key: r.keep(key), d: d, data: bytes.Clone(rest)})
+		r.pending = append(r.pending, pendingManifest{key: key, d: d, data: bytes.Clone(rest)})
 		if len(r.pending) == pendingChunk {
 			r.check()
 		}
@@ -426,7 +426,7 @@ func (r *snapshotReader) record(p []byte) bool {
 			return false
 		}
 		data := bytes.Clone(rest)
-		r.blobs = append(r.blobs, &blobEntry{BlobInfo: BlobInfo{Size: int64(len(data)), Data: data}, key: r.keep(key)})
+		r.blobs = append(r.blobs, &blobEntry{BlobInfo: BlobInfo{Size: int64(len(data)), Data: data}, key: key})
 		r.stats.Blobs++
 	case 't':
 		if !upstream.ValidTag(parts[3]) {
@@ -451,12 +451,10 @@ func (r *snapshotReader) record(p []byte) bool {
 		if r.now.Sub(fetched) > ttl+r.c.cfg.MaxStale || ttl+r.c.cfg.MaxStale <= 0 {
 			return false // past serving even stale
 		}
-		key = r.keep(key)
 		e := &TagEntry{Descriptor: d, FetchedAt: fetched, TTL: ttl, Previous: prev}
 		if r.c.cfg.Snapshots {
 			e.key = key
 		}
-		parts = strings.Split(key, "\x00")
 		r.tags = append(r.tags, loadedTag{e: e, o: o, key: key, repo: parts[2], tg: parts[3]})
 		r.stats.Tags++
 	default:
@@ -472,9 +470,6 @@ func keyDigest(s string) (digest.Digest, bool) {
 	i := strings.IndexByte(s, ':')
 	return digest.Digest(s), i > 0 && digest.Algorithm(s[:i]).Available()
 }
-
-// keep copies a key out of the read buffer.
-func (r *snapshotReader) keep(key string) string { return strings.Clone(key) }
 
 // commit stores what read checked: manifests and blobs first, so that each tag entry
 // finds its body's verified descriptor; a tag whose body was not saved gets the bodiless
@@ -532,6 +527,7 @@ func (s *store) setLoaded(key string, v any, cost int64) {
 	}
 }
 
+// readString reads a uvarint-prefixed string, a copy of its own (never the read buffer's).
 func readString(p []byte) (string, []byte, bool) {
 	n, k := binary.Uvarint(p)
 	if k <= 0 || n > uint64(len(p)-k) {
