@@ -18,6 +18,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 
+	"regcache/cache/redistest"
 	"regcache/upstream"
 	"regcache/upstream/registrytest"
 )
@@ -416,4 +417,35 @@ func TestSnapshotsSaveOnIntervalAndStop(t *testing.T) {
 		t.Errorf("after Stop the file holds %+v, want both tags and bodies", st)
 	}
 	(*Snapshots)(nil).Stop() // without cache.snapshot
+}
+
+// TestSnapshotWithRedis: with the shared tier on, a snapshot still holds this replica's
+// memory; a restart with Redis gone answers from it, costing upstream nothing.
+func TestSnapshotWithRedis(t *testing.T) {
+	rs := redistest.Start(t)
+	reg := registrytest.New(t, registrytest.NoAuth)
+	img := reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
+	withRedis := func() (*Cache, *Origin) {
+		cfg := snapCfg
+		cfg.Redis = &RedisConfig{Addr: rs.Addr, KeyPrefix: "rc-test:", OpTimeout: 100 * time.Millisecond}
+		return newLocal(t, reg, cfg, time.Hour)
+	}
+	c, o := withRedis()
+	if _, err := c.Manifest(context.Background(), o, "team/app", "v1", true); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "snapshot")
+	if st, err := c.SaveSnapshot(path, time.Now()); err != nil || st.Tags != 1 || st.Manifests != 1 {
+		t.Fatalf("saved %+v, %v", st, err)
+	}
+	rs.Kill()
+	c, o = withRedis()
+	if _, err := c.LoadSnapshot(path, func(string) *Origin { return o }, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	reg.ResetCounts()
+	a, err := c.Manifest(context.Background(), o, "team/app", "v1", true)
+	if err != nil || a.Status != Hit || !bytes.Equal(a.Body, img.Body) || reg.Total() != 0 {
+		t.Errorf("after a restart with Redis gone: %v (%v), %d upstream requests; want a HIT, none", a.Status, err, reg.Total())
+	}
 }
