@@ -111,8 +111,8 @@ func (c *Cache) streamBlob(o *Origin, repo string, d digest.Digest, rangeHeader 
 
 func (c *Cache) blobInfo(key string) (BlobInfo, bool) {
 	if v, ok := c.store.rc.Get(key); ok {
-		if info, ok := v.(*BlobInfo); ok {
-			return *info, true
+		if e, ok := v.(*blobEntry); ok {
+			return e.BlobInfo, true
 		}
 	}
 	return BlobInfo{}, false
@@ -187,9 +187,19 @@ func (l *blobLookup) fetch() (blobFetch, error) {
 // remembered as too large to keep (size -1: a HEAD finds its size), so later GETs stream
 // straight away.
 func (l *blobLookup) store(f blobFetch) blobFetch {
-	info := f.info
-	l.c.store.set(l.mkey, &info, int64(len(info.Data)), 0)
+	e := &blobEntry{BlobInfo: f.info}
+	if l.c.cfg.Snapshots {
+		e.key = l.mkey
+	}
+	l.c.store.set(l.mkey, e, int64(len(e.Data)), 0)
 	return f
+}
+
+// blobEntry is a blob as memory holds it; key is its memory key, kept only with
+// Config.Snapshots (as TagEntry's).
+type blobEntry struct {
+	BlobInfo
+	key string
 }
 
 func (l *blobLookup) failed(err error) {

@@ -109,6 +109,9 @@ type Config struct {
 	OnTagMove func(TagMove)
 	// Redis, when set, is the second tier the replicas of a fleet share.
 	Redis *RedisConfig
+	// Snapshots makes entries keep their keys, so that SaveSnapshot can write them
+	// (snapshot.go); without it a snapshot holds nothing.
+	Snapshots bool
 }
 
 // TagMove is a tag found pointing somewhere new.

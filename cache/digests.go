@@ -107,6 +107,9 @@ func (c *Cache) putManifest(up, repo string, m upstream.Manifest) *ManifestEntry
 		old.verified.Store(&d)
 	}
 	e := &ManifestEntry{Descriptor: m.Descriptor, Body: m.Body}
+	if c.cfg.Snapshots {
+		e.key = key
+	}
 	c.store.set(key, e, int64(len(m.Body)), 0)
 	return e
 }

@@ -2,8 +2,10 @@ package cache
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -182,4 +184,74 @@ func abs(n int) int {
 		return -(n + 1)
 	}
 	return n
+}
+
+// FuzzSnapshotRecord feeds snapshot records (a file damaged, or not regcache's): reading
+// never panics; a tag entry accepted is well-formed, under a name a request could make and
+// not fetched after the load; a manifest or blob accepted hashes to its key's digest; and
+// a descriptor survives its own encoding.
+func FuzzSnapshotRecord(f *testing.F) {
+	now := time.Unix(1_800_000_000, 0)
+	d := upstream.Descriptor{MediaType: upstream.MediaTypeOCIIndex, Digest: digest.FromString("m"), Size: 512}
+	body := []byte(`{"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}`)
+	record := func(kind byte, key string, rest []byte) []byte {
+		p := appendString([]byte{kind}, key)
+		return append(p, rest...)
+	}
+	tag := appendDescriptor(nil, d)
+	tag = binary.BigEndian.AppendUint64(tag, uint64(now.Add(-time.Minute).UnixNano()))
+	tag = appendDescriptor(tag, upstream.Descriptor{MediaType: "application/x.custom+json", Digest: "sha512:" + digest.Digest(strings.Repeat("ab", 64)), Size: 3})
+	md := digest.FromBytes(body)
+	for _, seed := range [][]byte{
+		record('t', tagKey("reg.test", "team/app", "v1"), tag),
+		record('t', tagKey("reg.test", "team/app", "v1"), appendDescriptor(nil, upstream.Descriptor{})),
+		record('m', manifestKey("reg.test", "team/app", string(md)), encodeManifestTo(nil, upstream.Manifest{Descriptor: upstream.Descriptor{MediaType: upstream.MediaTypeOCIIndex, Digest: md}, Body: body})),
+		record('b', blobKey("reg.test", "team/app", digest.FromString("cfg")), []byte("cfg")),
+		record('t', "t\x00reg.test\x00../x\x00v1", tag),
+		{'t'}, {'x', 0},
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, p []byte) {
+		if len(p) == 0 {
+			return
+		}
+		c := &Cache{cfg: Config{MaxSize: 1 << 30, MaxStale: time.Hour, MaxBlobSize: 1 << 20}}
+		o := &Origin{TagTTL: time.Hour}
+		r := &snapshotReader{c: c, now: now, manifests: map[string]*ManifestEntry{},
+			origin: func(up string) *Origin {
+				if up == "reg.test" {
+					return o
+				}
+				return nil
+			}}
+		r.record(p)
+		r.verify()
+		for _, lt := range r.tags {
+			e := lt.e
+			if e.Digest.Validate() != nil || !upstream.ValidMediaType(e.MediaType) || e.Size < 0 || e.Size > upstream.MaxManifestSize {
+				t.Fatalf("accepted a bad descriptor %+v", e.Descriptor)
+			}
+			if e.Previous != (upstream.Descriptor{}) && (e.Previous.Digest.Validate() != nil || !upstream.ValidMediaType(e.Previous.MediaType)) {
+				t.Fatalf("accepted a bad previous descriptor %+v", e.Previous)
+			}
+			if e.FetchedAt.After(now) || !upstream.ValidTag(lt.tg) || !validSnapshotRepo(lt.repo) || lt.key != tagKey("reg.test", lt.repo, lt.tg) {
+				t.Fatalf("accepted %q fetched at %v", lt.key, e.FetchedAt)
+			}
+			again, rest, ok := readDescriptor(appendDescriptor(nil, e.Descriptor))
+			if !ok || len(rest) != 0 || again != e.Descriptor {
+				t.Fatalf("descriptor round trip: %+v -> %+v", e.Descriptor, again)
+			}
+		}
+		for key, m := range r.manifests {
+			if key != manifestKey("reg.test", strings.Split(key, "\x00")[2], string(m.Digest)) || digest.FromBytes(m.Body) != m.Digest {
+				t.Fatalf("accepted manifest %q whose body does not hash to its digest", key)
+			}
+		}
+		for _, b := range r.blobs {
+			if parts := strings.Split(b.key, "\x00"); len(parts) != 4 || digest.Digest(parts[3]).Algorithm().FromBytes(b.Data) != digest.Digest(parts[3]) {
+				t.Fatalf("accepted blob %q whose bytes do not hash to its digest", b.key)
+			}
+		}
+	})
 }

@@ -115,6 +115,14 @@ func (s *shared) getManifest(up, repo string, d digest.Digest) *ManifestEntry {
 // decodeManifest reads a manifest entry as Redis holds it and verifies it against d, the
 // digest in its key; why says what was wrong when it is nil.
 func decodeManifest(data []byte, d digest.Digest) (e *ManifestEntry, why string) {
+	if e, why = checkManifest(data, d); e != nil {
+		e.Body = bytes.Clone(e.Body)
+	}
+	return e, why
+}
+
+// checkManifest is decodeManifest for data of its own: the entry's body aliases it.
+func checkManifest(data []byte, d digest.Digest) (e *ManifestEntry, why string) {
 	rest, ok := bytes.CutPrefix(data, []byte(manifestMagic))
 	mt, body, ok2 := bytes.Cut(rest, []byte("\n"))
 	if !ok || !ok2 || !upstream.ValidMediaType(string(mt)) || len(body) > upstream.MaxManifestSize {
@@ -128,8 +136,7 @@ func decodeManifest(data []byte, d digest.Digest) (e *ManifestEntry, why string)
 	if got, why := upstream.ManifestType(body, string(mt)); why != "" || got != string(mt) {
 		return nil, "manifest body is not a JSON object or contradicts its media type"
 	}
-	b := bytes.Clone(body)
-	return &ManifestEntry{Descriptor: upstream.Descriptor{MediaType: string(mt), Digest: d, Size: int64(len(b))}, Body: b}, ""
+	return &ManifestEntry{Descriptor: upstream.Descriptor{MediaType: string(mt), Digest: d, Size: int64(len(body))}, Body: body}, ""
 }
 
 func encodeManifest(m upstream.Manifest) []byte {

@@ -33,6 +33,9 @@ type TagEntry struct {
 	// asked is set by the first client hit in the entry's TTL window: refresh-ahead
 	// refreshes only entries in use (refresh.go).
 	asked atomic.Bool
+	// key is the entry's memory key, kept only with Config.Snapshots: ristretto keeps
+	// hashes, and a snapshot must name what it saves (snapshot.go).
+	key string
 }
 
 // descriptor is what to answer for the tag: its body's verified type and size once known.
@@ -53,6 +56,8 @@ type ManifestEntry struct {
 	// verified is set, on an entry without a body, when the body has been fetched and
 	// verified since: the tag entries whose claim this is answer with it from then on.
 	verified atomic.Pointer[upstream.Descriptor]
+	// key is the entry's memory key, kept only with Config.Snapshots (as TagEntry's).
+	key string
 }
 
 // negativeEntry is an upstream "no" worth remembering (404, denied).

@@ -141,7 +141,20 @@ type Cache struct {
 	TagsMaxBytes Size `yaml:"tags_max_bytes"`
 	// Redis is the optional second tier that replicas share; nil without one.
 	Redis *Redis `yaml:"redis"`
+	// Snapshot keeps what memory holds across restarts; nil without one.
+	Snapshot *Snapshot `yaml:"snapshot"`
 }
+
+// Snapshot is cache.snapshot: the tag entries, manifests and small blobs in memory are
+// written to Path every Interval and at shutdown, and loaded (verified) at start.
+type Snapshot struct {
+	Path     string   `yaml:"path"`
+	Interval Duration `yaml:"interval"`
+}
+
+// setDefaults gives the snapshot its interval's default before the file's keys are read,
+// so that interval: 0 is refused rather than taken for the default.
+func (s *Snapshot) setDefaults() { s.Interval = Duration(cache.DefaultSnapshotInterval) }
 
 // Redis is a Redis or Valkey server shared by a fleet of replicas: tag entries and
 // manifests that one replica fetched are there for the others.

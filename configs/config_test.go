@@ -398,7 +398,7 @@ func TestParseFillsDefaults(t *testing.T) {
 				if c.Listen != ":5000" || c.DefaultUpstream != "docker.io" {
 					t.Errorf("Listen/DefaultUpstream = %q/%q", c.Listen, c.DefaultUpstream)
 				}
-				want := Cache{256 << 20, Duration(time.Minute), nil, Duration(24 * time.Hour), Duration(10 * time.Second), Duration(2 * time.Second), Duration(5 * time.Second), 1 << 20, 20, 100_000, 8 << 20, nil}
+				want := Cache{256 << 20, Duration(time.Minute), nil, Duration(24 * time.Hour), Duration(10 * time.Second), Duration(2 * time.Second), Duration(5 * time.Second), 1 << 20, 20, 100_000, 8 << 20, nil, nil}
 				if !reflect.DeepEqual(c.Cache, want) {
 					t.Errorf("Cache = %+v, want %+v", c.Cache, want)
 				}
@@ -567,6 +567,14 @@ func TestParseRefusals(t *testing.T) {
 			[]string{"listn: unknown key", "line 1", "known keys here: listen, default_upstream, cache, upstreams"}, nil},
 		{"unknown cache key", "cache:\n  maxsize: 1GiB\n" + minimalUpstream,
 			[]string{"cache.maxsize: unknown key", "max_size"}, nil},
+		{"unknown snapshot key", "cache:\n  snapshot:\n    path: /data/s\n    every: 1m\n" + minimalUpstream,
+			[]string{"cache.snapshot.every: unknown key", "path, interval"}, nil},
+		{"snapshot without a path", "cache:\n  snapshot:\n    interval: 1m\n" + minimalUpstream,
+			[]string{"cache.snapshot.path: must be set"}, nil},
+		{"snapshot interval 0", "cache:\n  snapshot:\n    path: /data/s\n    interval: 0s\n" + minimalUpstream,
+			[]string{"cache.snapshot.interval: must be more than 0", "5m"}, nil},
+		{"snapshot interval negative", "cache:\n  snapshot:\n    path: /data/s\n    interval: -1m\n" + minimalUpstream,
+			[]string{"cache.snapshot.interval"}, nil},
 		{"unknown upstream key", up("    credntials:\n      username: a\n"),
 			[]string{"upstreams[0].credntials: unknown key", "line 4", "credentials"}, nil},
 		{"unknown key in second upstream", up("  - name: ghcr.io\n    url: https://ghcr.io\n    tagttl: 1s\n"),

@@ -81,6 +81,9 @@ func decodeNode(n *yaml.Node, v reflect.Value, path string) error {
 	switch v.Kind() {
 	case reflect.Pointer:
 		elem := reflect.New(v.Type().Elem())
+		if d, ok := elem.Interface().(defaulter); ok {
+			d.setDefaults()
+		}
 		if err := decodeNode(n, elem.Elem(), path); err != nil {
 			return err
 		}

@@ -48,6 +48,7 @@ var ownedDefaults = []struct {
 	{"cache.tags_max_bytes", Size(cache.DefaultTagsMaxBytes), false, true},
 	{"cache.redis.key_prefix", cache.DefaultRedisKeyPrefix, false, false},
 	{"cache.redis.timeout", Duration(cache.DefaultRedisTimeout), false, false},
+	{"cache.snapshot.interval", Duration(cache.DefaultSnapshotInterval), false, true},
 	{"auth.token_ttl", Duration(proxy.DefaultTokenTTL), false, true},
 	{"server.read_timeout", Duration(proxy.DefaultReadTimeout), false, true},
 	{"server.write_timeout", Duration(proxy.DefaultWriteTimeout), false, true},
@@ -67,7 +68,7 @@ var ownedDefaults = []struct {
 }
 
 func TestParseGivesOwnersDefaults(t *testing.T) {
-	cfg := mustParse(t, minimalUpstream+"cache:\n  redis:\n    addr: valkey:6379\nevents:\n  webhooks:\n    - url: http://hooks.example/x\n")
+	cfg := mustParse(t, minimalUpstream+"cache:\n  snapshot:\n    path: /data/snapshot\n  redis:\n    addr: valkey:6379\nevents:\n  webhooks:\n    - url: http://hooks.example/x\n")
 	for _, d := range ownedDefaults {
 		got := configAt(t, reflect.ValueOf(cfg).Elem(), d.key).Interface()
 		want := d.want

@@ -73,6 +73,11 @@ func (c *Config) validate() error {
 			return err
 		}
 	}
+	if s := c.Cache.Snapshot; s != nil {
+		if err := s.validate(); err != nil {
+			return err
+		}
+	}
 	if len(c.Upstreams) == 0 {
 		return fmt.Errorf("upstreams: at least one upstream is needed")
 	}
@@ -555,6 +560,16 @@ func (b Budget) validate(key string) error {
 	}
 	if b.Per <= 0 || b.Per.D() > maxBudgetPer {
 		return fmt.Errorf("%s.per: must be a window above zero and at most 24h (e.g. 1m)", key)
+	}
+	return nil
+}
+
+func (s *Snapshot) validate() error {
+	if s.Path == "" {
+		return fmt.Errorf("cache.snapshot.path: must be set (e.g. /data/regcache.snapshot); remove cache.snapshot to start cold")
+	}
+	if s.Interval <= 0 {
+		return fmt.Errorf("cache.snapshot.interval: must be more than 0 (e.g. %s)", durationText(cache.DefaultSnapshotInterval))
 	}
 	return nil
 }

@@ -343,3 +343,52 @@ func TestKubernetesConfigMatchesCompose(t *testing.T) {
 		t.Fatalf("the Kubernetes ConfigMap and deploy/regcache.yaml differ beyond cache.redis.addr:\n%s\n---\n%s", a, b)
 	}
 }
+
+// TestSnapshotOnAVolume: in both examples, cache.snapshot's file lies in a writable volume
+// (on the read-only root filesystem, or the container's own layer, every save would fail
+// or be lost with the container).
+func TestSnapshotOnAVolume(t *testing.T) {
+	compose, err := configs.Load("regcache.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if compose.Cache.Snapshot == nil {
+		t.Fatal("the compose config sets no cache.snapshot")
+	}
+	dir := path.Dir(compose.Cache.Snapshot.Path)
+	docs := readDocs(t, "docker-compose.yml")
+	var named string
+	for _, v := range docs[0].sub("services", "regcache").get("volumes").([]any) {
+		parts := strings.Split(v.(string), ":")
+		if len(parts) == 2 && parts[1] == dir {
+			named = parts[0]
+		}
+	}
+	if _, ok := docs[0].sub("volumes")[named]; named == "" || !ok {
+		t.Fatalf("no named, writable volume is mounted at %s (the snapshot's directory)", dir)
+	}
+
+	cm := find(t, readDocs(t, "kubernetes/regcache.yaml"), "ConfigMap", "regcache-config")
+	k8s, err := configs.Parse([]byte(cm.str("data", "regcache.yaml")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k8s.Cache.Snapshot == nil || k8s.Cache.Snapshot.Path != compose.Cache.Snapshot.Path {
+		t.Fatal("the ConfigMap's cache.snapshot differs from the compose config's")
+	}
+	dep := find(t, readDocs(t, "kubernetes/regcache.yaml"), "Deployment", "regcache")
+	var mounted bool
+	for _, m := range dep.list("spec", "template", "spec", "containers")[0].list("volumeMounts") {
+		if m.str("mountPath") != dir || m.get("readOnly") == true {
+			continue
+		}
+		for _, v := range dep.list("spec", "template", "spec", "volumes") {
+			if v.str("name") == m.str("name") && (v.get("emptyDir") != nil || v.get("persistentVolumeClaim") != nil) {
+				mounted = true
+			}
+		}
+	}
+	if !mounted {
+		t.Fatalf("no writable volume (emptyDir or claim) is mounted at %s in the Deployment", dir)
+	}
+}

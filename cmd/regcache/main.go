@@ -148,6 +148,8 @@ type app struct {
 	budgets func()
 	server  *fasthttp.Server
 	cache   *cache.Cache
+	// snapshots saves the cache to cache.snapshot's file; nil without one.
+	snapshots *cache.Snapshots
 	// upstreams are closed on shutdown: their idle keep-alive connections (and the
 	// transport goroutines that read them) would otherwise outlive the server.
 	upstreams []*upstream.Registry
@@ -202,7 +204,8 @@ func (a *app) ShutdownWithContext(ctx context.Context) error {
 		// and the deliveries they finished acknowledged.
 		a.fleet.Close()
 	}
-	a.cache.Close() // its refreshes end first: they take the budgets
+	a.snapshots.Stop() // the last save: after the server, the watches and the hooks wrote to it
+	a.cache.Close()    // its refreshes end first: they take the budgets
 	if a.budgets != nil {
 		a.budgets()
 	}
@@ -259,6 +262,7 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err
 		TagsMaxBytes:   int(cfg.Cache.TagsMaxBytes),
 		Logger:         log,
 		Redis:          shared,
+		Snapshots:      cfg.Cache.Snapshot != nil,
 	})
 	if err != nil {
 		return nil, err
@@ -347,6 +351,7 @@ func build(cfg *configs.Config, log *zap.Logger, bo buildOptions) (_ server, err
 	// Started last: nothing after them may fail, or they would run on against a closed
 	// cache and fleet.
 	a.fleet = fleet
+	a.snapshots = warmStart(cfg, c, ups, log) // before Serve: the first request finds what it loaded
 	switch {
 	case len(hooks.Hooks()) == 0:
 	case fleet != nil:
