@@ -10,7 +10,8 @@ type Stats struct {
 	// blobs): ristretto's keys added less those that left (evicted, deleted or expired and
 	// cleaned up).
 	Entries int64
-	// Evictions counts entries pushed out to make room (not expiries).
+	// Evictions counts entries removed: pushed out to make room, expired or deleted
+	// (ristretto counts them as one).
 	Evictions uint64
 	// Coalesced counts requests that waited on another's upstream request instead of
 	// making their own.

@@ -175,7 +175,6 @@ func (p *Proxy) lookupDigest(ctx context.Context, image, platform string, now ti
 		up.count(cache.None)
 		return nil, fromUpstream(err, errManifestUnknown)
 	}
-	up.count(a.Status)
 	res.Digest, res.MediaType, res.Cache = string(a.Digest), a.MediaType, a.Status.String()
 	if !a.FetchedAt.IsZero() {
 		res.FetchedAt = a.FetchedAt.UTC().Format(time.RFC3339)
@@ -185,10 +184,12 @@ func (p *Proxy) lookupDigest(ctx context.Context, image, platform string, now ti
 	if plat != nil {
 		d, matched, aerr := p.pickPlatform(ctx, up, res.Repository, a, *plat)
 		if aerr != nil {
+			up.count(cache.None) // an error answer: not a hit
 			return nil, aerr
 		}
 		res.Platform, res.PlatformDigest = platforms.Format(matched), string(d)
 	}
+	up.count(a.Status)
 	return res, nil
 }
 

@@ -142,7 +142,7 @@ func (m *Metrics) WatchCache(c *cache.Cache) {
 			func() float64 { return float64(c.Stats().SizeBytes) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "regcache_cache_max_bytes", Help: "cache.max_size."},
 			func() float64 { return float64(c.Stats().MaxBytes) }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_cache_evictions_total", Help: "Entries evicted to make room."},
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_cache_evictions_total", Help: "Entries removed from memory: evicted to make room, expired or deleted."},
 			func() float64 { return float64(c.Stats().Evictions) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_coalesced_waiters_total", Help: "Requests that waited on another request's upstream fetch instead of making their own."},
 			func() float64 { return float64(c.Stats().Coalesced) }),

@@ -350,7 +350,7 @@ func (p *Proxy) serveManifest(ctx *fasthttp.RequestCtx, rt *Route, now time.Time
 	}
 	if rt.Upstream.StrictAccept && !accepts(ctx.Request.Header.PeekAll("Accept"), a.MediaType) {
 		writeError(ctx, errManifestUnknown.with(notAcceptedMessage(a.MediaType)))
-		return a.Status
+		return cache.None // an error answer, whatever the cache held: not a hit, nothing saved
 	}
 	h := &ctx.Response.Header
 	h.SetContentType(a.MediaType)

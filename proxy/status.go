@@ -215,9 +215,11 @@ func (p *Proxy) status(now time.Time) *Status {
 	s.Cache = CacheStatus{Entries: int64(g.count(seriesEntries)), SizeBytes: int64(g.count(seriesSize)),
 		MaxBytes: int64(g.count(seriesMax)), Evictions: g.count(seriesEvictions)}
 	if rs := p.cache.RedisStats(); rs != nil {
-		r := &RedisStatus{Up: g.count(seriesRedisUp) == 1, Errors: g.count(seriesRedisErrors),
+		// Up comes from the one read that also gives DownSince and Reason: the gauge, read a
+		// moment earlier, may already be out of date.
+		r := &RedisStatus{Up: rs.Up, Errors: g.count(seriesRedisErrors),
 			Hits: g.count(seriesRedisHits), Misses: g.count(seriesRedisMisses)}
-		if !r.Up && !rs.Up {
+		if !rs.Up {
 			since := rs.DownSince.UTC()
 			r.DownSince, r.Reason = &since, rs.Reason
 		}

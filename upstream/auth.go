@@ -328,7 +328,9 @@ func (r *Registry) fetchToken(ctx context.Context, c Challenge, scope string) (s
 	defer drainClose(resp)
 	if err := r.checkResponse(resp); err != nil {
 		if e, ok := err.(*Error); ok {
-			e.Message = "token endpoint: " + e.Message
+			// Only the status: the endpoint's own text may echo what was sent to it (a
+			// username, a password), and this message reaches clients, logs and the status page.
+			e.Message = fmt.Sprintf("token endpoint answered HTTP %d", e.Status)
 			switch e.Kind {
 			case KindNotFound, KindInvalid:
 				// A broken token endpoint is an upstream failure, not a missing image.

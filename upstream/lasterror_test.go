@@ -71,4 +71,15 @@ func TestFailuresCountsUpstreamFailuresOnly(t *testing.T) {
 	if f := r.Failures(); f.Count != 3 || f.Kind != "unavailable" || f.Message != "credentials rejected by the token endpoint" || strings.Contains(f.Message, "injected") {
 		t.Fatalf("after refused credentials: %+v; want the category alone", f)
 	}
+
+	// A token endpoint that fails otherwise (here a 500 whose body would echo what it was
+	// sent) gives its status, never its text: to the caller, in the last failure.
+	reg.SetFault(registrytest.OnToken(registrytest.Status(http.StatusInternalServerError)))
+	_, err = r.HeadManifest(ctx, "team/app", "v1")
+	if KindOf(err) != KindUnavailable || strings.Contains(err.Error(), "injected") || !strings.Contains(err.Error(), "token endpoint answered HTTP 500") {
+		t.Fatalf("token endpoint 500: %v", err)
+	}
+	if f := r.Failures(); f.Count != 4 || f.Message != "token endpoint answered HTTP 500" {
+		t.Fatalf("after a token endpoint's 500: %+v", f)
+	}
 }
