@@ -64,6 +64,12 @@ var (
 	percentType  = reflect.TypeOf(Percent(0))
 )
 
+// noEmpty are the keys whose "key:" with no value (its lines commented out, say) would
+// quietly mean the opposite of what the file seems to ask.
+var noEmpty = map[string]string{
+	"tls": "has no value: give cert_file and key_file, or remove tls: to serve plain HTTP",
+}
+
 func decodeNode(n *yaml.Node, v reflect.Value, path string) error {
 	if n.Kind == yaml.AliasNode {
 		n = n.Alias
@@ -76,6 +82,9 @@ func decodeNode(n *yaml.Node, v reflect.Value, path string) error {
 		return fmt.Errorf("%s: %s (line %d)", p, fmt.Sprintf(format, a...), n.Line)
 	}
 	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+		if why := noEmpty[path]; why != "" {
+			return where("%s", why)
+		}
 		return nil // "key:" with no value keeps the default
 	}
 	switch v.Kind() {

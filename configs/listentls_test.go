@@ -57,6 +57,8 @@ func TestParseListenTLS(t *testing.T) {
 		{"mismatched pair", block("  cert_file: " + cert + "\n  key_file: " + otherKey + "\n"),
 			[]string{"tls.key_file:", otherKey, "does not match the certificate in " + cert}},
 		{"a scalar", "tls: true\n" + minimalUpstream, []string{"tls: expected a mapping of keys"}},
+		// Its keys commented out: refused, not plain HTTP in silence.
+		{"no value", "tls:\n  # cert_file: /etc/regcache/tls.crt\n" + minimalUpstream, []string{"tls: has no value", "remove tls: to serve plain HTTP"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse([]byte(tc.text))

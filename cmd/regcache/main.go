@@ -18,6 +18,7 @@ import (
 	"os/signal"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -29,6 +30,7 @@ import (
 	"regcache/cache"
 	"regcache/configs"
 	"regcache/internal/budget"
+	"regcache/internal/certfile"
 	"regcache/internal/feed"
 	"regcache/internal/watch"
 	"regcache/internal/webhook"
@@ -94,7 +96,7 @@ func serve(args []string) error {
 		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}
 	log.Info("regcache listening", zap.String("listen", ln.Addr().String()), zap.Int("upstreams", len(cfg.Upstreams)),
-		zap.String("default_upstream", cfg.DefaultUpstream), zap.Bool("client_auth", cfg.Auth.Enabled()))
+		zap.String("default_upstream", cfg.DefaultUpstream), zap.Bool("client_auth", cfg.Auth.Enabled()), zap.Bool("tls", cfg.TLS != nil))
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -156,9 +158,10 @@ type app struct {
 	// metrics serves /metrics on metrics_listen (open since build); nil without one.
 	metrics   *fasthttp.Server
 	metricsLn net.Listener
-	// tls, when set, makes Serve speak HTTPS on its listener (tls:).
-	tls *tls.Config
-	log *zap.Logger
+	// tls, when set, makes Serve speak HTTPS on its listener (tls:), through tlsLn.
+	tls   *tls.Config
+	tlsLn atomic.Pointer[certfile.Listener]
+	log   *zap.Logger
 }
 
 // Serve marks the proxy ready and serves ln (and metrics_listen) until shut down.
@@ -171,7 +174,9 @@ func (a *app) Serve(ln net.Listener) error {
 		}()
 	}
 	if a.tls != nil {
-		ln = tls.NewListener(ln, a.tls) // each connection's handshake runs on its own goroutine, on its first read
+		tl := certfile.NewListener(ln, a.tls) // each connection's handshake runs on its own goroutine, on its first read
+		a.tlsLn.Store(tl)
+		ln = tl
 	}
 	a.proxy.SetReady(true)
 	err := a.server.Serve(ln)
@@ -187,7 +192,9 @@ func (a *app) Serve(ln net.Listener) error {
 func (a *app) ShutdownWithContext(ctx context.Context) error {
 	a.proxy.SetReady(false)
 	a.events.Close() // the change feed's streams end, or the server would wait for them
+	stopSilent := a.closeSilent()
 	err := a.server.ShutdownWithContext(ctx)
+	stopSilent()
 	if a.metrics != nil {
 		_ = a.metrics.ShutdownWithContext(ctx)
 		_ = a.metricsLn.Close() // in case Serve never ran
@@ -216,6 +223,31 @@ func (a *app) ShutdownWithContext(ctx context.Context) error {
 		_ = a.access.Close() // after the server: every answered request's line is in
 	}
 	return err
+}
+
+// closeSilent closes, until the returned stop is called, the TLS connections that have not
+// sent their ClientHello: the server's shutdown cannot see them (it counts a connection
+// from its handshake on) and would wait for their read_timeout.
+func (a *app) closeSilent() (stop func()) {
+	tl := a.tlsLn.Load()
+	if tl == nil {
+		return func() {}
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			tl.CloseSilent()
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+		}
+	})
+	return func() { close(done); wg.Wait() }
 }
 
 // FlushLogs writes out the access log's buffered lines (for tests that read the log).

@@ -108,11 +108,14 @@ func firstCertificate(certPEM []byte) (*x509.Certificate, error) {
 }
 
 // stamp tells whether a file changed: the file a path leads to now (symlinks followed, as
-// cert-manager swaps a ..data link), its size and its modification time.
+// cert-manager swaps a ..data link), its size, its modification time and its change time
+// (a chmod or chown after the write, say by a deploy hook, makes an unreadable key
+// readable without touching its contents).
 type stamp struct {
 	dev, ino uint64
 	size     int64
 	mtime    int64  // UnixNano: comparable with ==, unlike a time.Time's location
+	ctime    int64  // UnixNano of the inode's last change
 	err      string // a file that cannot be stat'ed is a state too: its return is a change
 }
 
@@ -123,7 +126,7 @@ func stampOf(path string) stamp {
 	}
 	s := stamp{size: fi.Size(), mtime: fi.ModTime().UnixNano()}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		s.dev, s.ino = uint64(st.Dev), st.Ino //nolint:unconvert // Dev's type differs by platform
+		s.dev, s.ino, s.ctime = uint64(st.Dev), st.Ino, changeTime(st) //nolint:unconvert // Dev's type differs by platform
 	}
 	return s
 }
@@ -183,7 +186,9 @@ func (r *Reloader) Check() {
 	if err != nil {
 		r.failures.Add(1)
 		old := r.current.Load()
-		r.log.Error("tls certificate files changed but cannot be used; still serving the previous certificate",
+		// A warning: a renewal written in place passes through such states (the new
+		// certificate beside the old key) on its way to a good pair.
+		r.log.Warn("tls certificate files changed but cannot be used; still serving the previous certificate",
 			zap.Error(err), zap.String("serving_subject", old.Leaf.Subject.String()), zap.Time("serving_not_after", old.Leaf.NotAfter))
 		return
 	}

@@ -355,3 +355,62 @@ func benchReloader(b *testing.B) (*certfile.Reloader, *testca.CA) {
 	}
 	return r, ca
 }
+
+// A connection that never sends its ClientHello is closed by CloseSilent; one that has
+// finished its handshake is not.
+func TestListenerClosesSilentConnections(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := testca.New(t, "silent CA")
+	certFile, keyFile, _ := pairFiles(t, ca, t.TempDir())
+	r, err := certfile.Load(certFile, keyFile, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := certfile.NewListener(inner, r.Config())
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { // echo, as a server would answer
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+
+	silent, err := net.Dial("tcp", inner.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	spoken, err := tls.Dial("tcp", inner.Addr().String(), &tls.Config{RootCAs: ca.Pool()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer spoken.Close()
+	if _, err := spoken.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1)
+	if _, err := io.ReadFull(spoken, buf); err != nil {
+		t.Fatal(err)
+	}
+	// The handshake is over (the echo came back): the server saw its ClientHello.
+	ln.CloseSilent()
+	_ = silent.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := silent.Read(buf); err != io.EOF {
+		t.Fatalf("the silent connection: read %d, %v; want EOF (closed)", n, err)
+	}
+	if _, err := spoken.Write([]byte("y")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(spoken, buf); err != nil || buf[0] != 'y' {
+		t.Fatalf("the connection that spoke: %q %v", buf, err)
+	}
+}

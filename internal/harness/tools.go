@@ -28,14 +28,17 @@ func Tool(t testing.TB, name, install string) string {
 }
 
 // RunTool runs tool with args and env added to the test's environment, and returns its
-// output; a failure fails the test.
+// standard output (its standard error, where tools log retries and progress, is shown only
+// when it fails); a failure fails the test.
 func RunTool(t testing.TB, env []string, tool string, args ...string) string {
 	t.Helper()
 	cmd := exec.Command(tool, args...)
 	cmd.Env = append(os.Environ(), env...)
-	out, err := cmd.CombinedOutput()
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", filepath.Base(tool), strings.Join(args, " "), err, out)
+		t.Fatalf("%s %s: %v\n%s%s", filepath.Base(tool), strings.Join(args, " "), err, out, stderr.String())
 	}
 	return string(out)
 }
