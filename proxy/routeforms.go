@@ -1,6 +1,9 @@
 package proxy
 
-import "bytes"
+import (
+	"bytes"
+	"net/url"
+)
 
 // The request path as clients write it, mapped onto the /v2/ form the router reads. Two
 // client forms are not /v2/...:
@@ -34,16 +37,26 @@ func (p *Proxy) v2Path(path []byte) (v2, link []byte, s *routeScratch, aerr *api
 		return path, path, nil, nil
 	}
 	after = after[2:] // "", "/" or "/<repository>/..."
-	configured := p.lookup(seg) != nil
-	if !configured && !looksLikeHost(seg) {
+	// The name as the /v2/<upstream>/ form reads it, decoded; the rewritten path keeps it
+	// as sent, since the router decodes that path once.
+	name := seg
+	if bytes.IndexByte(seg, '%') >= 0 {
+		d, err := url.PathUnescape(string(seg))
+		if err != nil {
+			return path, path, nil, nil // not a name: an unknown endpoint
+		}
+		name = []byte(d)
+	}
+	configured := p.lookup(name) != nil
+	if !configured && !looksLikeHost(name) {
 		return path, path, nil, nil // not an upstream: an unknown endpoint, as before
 	}
 	if len(after) <= 1 {
 		if !configured {
-			if !validHost(seg) {
-				return nil, path, nil, errNameInvalid.with("invalid registry name " + quote(seg))
+			if !validHost(name) {
+				return nil, path, nil, errNameInvalid.with("invalid registry name " + quote(name))
 			}
-			return nil, path, nil, errNameUnknown.with("registry " + quote(seg) + " is not configured in regcache")
+			return nil, path, nil, errNameUnknown.with("registry " + quote(name) + " is not configured in regcache")
 		}
 		return path[len(seg)+1:], path, nil, nil // the base endpoint: "/v2" or "/v2/"
 	}

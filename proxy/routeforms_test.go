@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"net/url"
 	"strings"
 	"testing"
 )
@@ -67,7 +68,8 @@ func TestV2Path(t *testing.T) {
 // TestParseRoute-like paths routes the same as /<upstream>/v2/<rest>, errors included.
 func TestUpstreamFirstRoutesAsPrefix(t *testing.T) {
 	p := routeProxy(t)
-	for _, seg := range []string{"hub", "docker.io", "GHCR.IO", "gh", "ghcr.io", "registry.local:5000", "evil.example.com", "localhost:1234"} {
+	for _, seg := range []string{"hub", "docker.io", "GHCR.IO", "gh", "ghcr.io", "registry.local:5000", "evil.example.com", "localhost:1234",
+		"hu%62", "ghcr%2Eio"} { // escaped, as the /v2/<upstream>/ form reads them decoded
 		for _, rest := range []string{
 			"nginx/manifests/latest", "library/nginx/manifests/latest", "owner/app/tags/list",
 			"nginx/blobs/sha256:" + strings.Repeat("a", 64), "manifests/latest", "Nginx/manifests/latest",
@@ -123,8 +125,16 @@ func FuzzV2Path(f *testing.F) {
 			}
 		default:
 			seg, after, _ := strings.Cut(strings.TrimPrefix(path, "/"), "/")
+			name := seg // as the /v2/<upstream>/ form reads it
+			if strings.Contains(seg, "%") {
+				d, err := url.PathUnescape(seg)
+				if err != nil {
+					d = "\x00" // no name
+				}
+				name = d
+			}
 			upstreamFirst := strings.HasPrefix(path, "/") && (after == "v2" || strings.HasPrefix(after, "v2/")) &&
-				(p.lookup([]byte(seg)) != nil || looksLikeHost([]byte(seg)))
+				(p.lookup([]byte(name)) != nil || looksLikeHost([]byte(name)))
 			if !upstreamFirst {
 				if aerr != nil || string(v2) != path || string(link) != path {
 					t.Fatalf("%q changed to %q %q %v", path, v2, link, aerr)
@@ -135,7 +145,7 @@ func FuzzV2Path(f *testing.F) {
 				t.Fatalf("link %q for %q", link, path)
 			}
 			if aerr != nil {
-				if p.lookup([]byte(seg)) != nil || len(after) > 3 {
+				if p.lookup([]byte(name)) != nil || len(after) > 3 {
 					t.Fatalf("%q refused: %v", path, aerr)
 				}
 				return

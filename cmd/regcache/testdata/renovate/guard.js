@@ -19,13 +19,23 @@ function refuse(what) {
 
 const connect = net.Socket.prototype.connect;
 net.Socket.prototype.connect = function (...args) {
-  const [opts] = net._normalizeArgs(args);
+  // http agents, got and undici call connect with the arguments already normalized.
+  const [opts] = Array.isArray(args[0]) ? args[0] : net._normalizeArgs(args);
   if (!opts.path && !loopback.has(opts.host ?? 'localhost')) {
     const err = refuse(`connect ${opts.host}:${opts.port}`);
     process.nextTick(() => this.destroy(err));
     return this;
   }
   return connect.apply(this, args);
+};
+
+const dconnect = dgram.Socket.prototype.connect;
+dgram.Socket.prototype.connect = function (port, host, cb) {
+  if (!loopback.has(typeof host === 'string' ? host : 'localhost')) {
+    const err = refuse(`udp connect ${host}:${port}`);
+    throw err;
+  }
+  return dconnect.apply(this, arguments);
 };
 
 const send = dgram.Socket.prototype.send;
@@ -72,11 +82,19 @@ for (const proto of [dns.Resolver.prototype, dns.promises.Resolver.prototype]) {
   }
 }
 for (const name of Object.keys(dns)) {
-  if (/^(resolve|reverse)/.test(name) && typeof dns[name] === 'function') {
+  if (/^(resolve|reverse|lookupService)/.test(name) && typeof dns[name] === 'function') {
     dns[name] = (host, ...rest) => {
       const err = refuse(`dns ${name} ${host}`);
       const cb = rest[rest.length - 1];
       if (typeof cb === 'function') process.nextTick(() => cb(err));
+    };
+  }
+}
+// dns.promises' own functions were bound to the default resolver when Node loaded.
+for (const name of Object.keys(dns.promises)) {
+  if (/^(resolve|reverse|lookupService)/.test(name) && typeof dns.promises[name] === 'function') {
+    dns.promises[name] = async (host) => {
+      throw refuse(`dns ${name} ${host}`);
     };
   }
 }
