@@ -235,7 +235,7 @@ func FuzzSnapshotRecord(f *testing.F) {
 			if e.Previous != (upstream.Descriptor{}) && (e.Previous.Digest.Validate() != nil || !upstream.ValidMediaType(e.Previous.MediaType)) {
 				t.Fatalf("accepted a bad previous descriptor %+v", e.Previous)
 			}
-			if e.FetchedAt.After(now) || !upstream.ValidTag(lt.tg) || !validSnapshotRepo(lt.repo) || lt.key != tagKey("reg.test", lt.repo, lt.tg) {
+			if e.FetchedAt.After(now) || !upstream.ValidTag(lt.tg) || !upstream.ValidRepository(lt.repo) || lt.key != tagKey("reg.test", lt.repo, lt.tg) {
 				t.Fatalf("accepted %q fetched at %v", lt.key, e.FetchedAt)
 			}
 			again, rest, ok := readDescriptor(appendDescriptor(nil, e.Descriptor))

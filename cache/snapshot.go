@@ -104,11 +104,14 @@ func (c *Cache) SaveSnapshot(path string, now time.Time) (SnapshotStats, error) 
 		return false
 	})
 	c.store.closeMu.RUnlock()
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	// A name of its own (0600, created new): two processes saving to one path (replicas
+	// sharing a volume) each rename a whole file of their own, and a link planted at a
+	// fixed name is never followed.
+	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return SnapshotStats{}, err
 	}
+	tmp := f.Name()
 	w := &snapshotWriter{w: bufio.NewWriterSize(f, 256<<10)}
 	w.header(now)
 	// Bodies first: their checks run beside the reading of what follows (LoadSnapshot).
@@ -242,7 +245,11 @@ func (c *Cache) LoadSnapshot(path string, origin func(upstream string) *Origin, 
 		return SnapshotStats{}, err
 	}
 	defer f.Close()
-	r := &snapshotReader{r: bufio.NewReaderSize(f, 256<<10), c: c, origin: origin, now: now,
+	fi, err := f.Stat()
+	if err != nil {
+		return SnapshotStats{}, err
+	}
+	r := &snapshotReader{r: bufio.NewReaderSize(f, 256<<10), c: c, origin: origin, now: now, fileSize: fi.Size(),
 		maxRecord: int(max(upstream.MaxManifestSize, c.cfg.MaxBlobSize)) + 1<<16,
 		manifests: map[string]*ManifestEntry{}}
 	err = r.read()
@@ -256,6 +263,7 @@ func (c *Cache) LoadSnapshot(path string, origin func(upstream string) *Origin, 
 
 type snapshotReader struct {
 	r         *bufio.Reader
+	fileSize  int64 // no record reaches past it: a length read is never an allocation beyond the file
 	c         *Cache
 	origin    func(string) *Origin
 	now       time.Time
@@ -358,8 +366,21 @@ func (r *snapshotReader) read() error {
 			return fmt.Errorf("corrupt at byte %d (record %d's header)", r.stats.Bytes, records)
 		}
 		size := int(binary.BigEndian.Uint32(rh[0:]))
-		if size == 0 || size > r.maxRecord {
-			return fmt.Errorf("corrupt at byte %d (a record of %d bytes)", r.stats.Bytes, size)
+		if size == 0 {
+			return fmt.Errorf("corrupt at byte %d (an empty record)", r.stats.Bytes)
+		}
+		if int64(size) > r.fileSize-r.stats.Bytes-recordHeaderLen {
+			return fmt.Errorf("truncated in record %d", records)
+		}
+		if size > r.maxRecord {
+			// Its header's checksum vouches for the length: a body larger than this config
+			// keeps (max_blob_size lowered since the save) is passed over, not the file.
+			if _, err := io.CopyN(io.Discard, r.r, int64(size)); err != nil {
+				return fmt.Errorf("truncated in record %d", records)
+			}
+			r.stats.Bytes += int64(recordHeaderLen + size)
+			r.stats.Skipped++
+			continue
 		}
 		if cap(buf) < size {
 			buf = make([]byte, size)
@@ -591,21 +612,9 @@ func readDescriptor(p []byte) (upstream.Descriptor, []byte, bool) {
 	return d, p, (digestKind == 1 || d.Digest.Validate() == nil) && upstream.ValidMediaType(d.MediaType)
 }
 
-// validSnapshotRepo is the repository grammar's alphabet and length: a file that is not
-// ours must not store entries under names no request could have made (Hit runs before a
-// request's names are checked, trusting that only checked names are stored).
-func validSnapshotRepo(s string) bool {
-	if s == "" || len(s) > 255 || s[0] == '/' || s[len(s)-1] == '/' {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		b := s[i]
-		if !(b >= 'a' && b <= 'z' || b >= '0' && b <= '9' || b == '.' || b == '_' || b == '-' || b == '/') {
-			return false
-		}
-	}
-	return true
-}
+// validSnapshotRepo: a repository name a client could have asked for. The proxy looks up
+// a hit before it checks the names, relying on nothing invalid being stored.
+func validSnapshotRepo(s string) bool { return len(s) <= 255 && upstream.ValidRepository(s) }
 
 // Snapshots saves a cache to its file every interval and once more at Stop.
 type Snapshots struct {
@@ -617,6 +626,7 @@ type Snapshots struct {
 	failing  bool       // the last save failed: logged once until one succeeds
 	stop     chan struct{}
 	done     chan struct{}
+	stopped  sync.Once
 }
 
 // StartSnapshots saves c to path every interval, until Stop. A directory it cannot write
@@ -630,6 +640,13 @@ func (c *Cache) StartSnapshots(path string, interval time.Duration) *Snapshots {
 	} else {
 		_ = f.Close()
 		_ = os.Remove(f.Name())
+	}
+	// Temp files a crash left behind; an hour old, none is a save still running.
+	stale, _ := filepath.Glob(path + ".tmp-*")
+	for _, name := range stale {
+		if fi, err := os.Stat(name); err == nil && time.Since(fi.ModTime()) > time.Hour {
+			_ = os.Remove(name)
+		}
 	}
 	go s.run()
 	return s
@@ -677,7 +694,9 @@ func (s *Snapshots) Stop() {
 	if s == nil {
 		return
 	}
-	close(s.stop)
-	<-s.done
-	s.Save()
+	s.stopped.Do(func() {
+		close(s.stop)
+		<-s.done
+		s.Save()
+	})
 }

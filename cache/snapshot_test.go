@@ -62,8 +62,8 @@ func newSnapshotFixture(t *testing.T) *snapshotFixture {
 	if st.Tags != 2 || st.Manifests != 1 || st.Blobs != 1 {
 		t.Fatalf("saved %+v, want 2 tags, 1 manifest (v1's body), 1 blob", st)
 	}
-	if _, err := os.Stat(f.path + ".tmp"); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("the temporary file is left: %v", err)
+	if left, _ := filepath.Glob(f.path + ".tmp*"); len(left) > 0 {
+		t.Errorf("the temporary file is left: %v", left)
 	}
 	if f.file, err = os.ReadFile(f.path); err != nil {
 		t.Fatal(err)
@@ -282,16 +282,17 @@ func TestSnapshotIntoASmallerCache(t *testing.T) {
 func TestSnapshotWriteFailureKeepsOld(t *testing.T) {
 	f := newSnapshotFixture(t)
 	c, _ := newLocal(t, f.reg, snapCfg, time.Hour)
-	if err := os.Mkdir(f.path+".tmp", 0o700); err != nil { // the temporary file cannot be created
+	// A name so long that its temporary file's name (name.tmp-NNN) cannot be created.
+	long := filepath.Join(filepath.Dir(f.path), strings.Repeat("s", 250))
+	if err := os.WriteFile(long, f.file, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.SaveSnapshot(f.path, time.Now()); err == nil {
-		t.Error("save over a directory succeeded")
+	if _, err := c.SaveSnapshot(long, time.Now()); err == nil {
+		t.Error("a save whose temporary file cannot be created succeeded")
 	}
-	if got, _ := os.ReadFile(f.path); !bytes.Equal(got, f.file) {
+	if got, _ := os.ReadFile(long); !bytes.Equal(got, f.file) {
 		t.Error("the last good snapshot changed")
 	}
-	_ = os.Remove(f.path + ".tmp")
 	c.Close()
 	if _, err := c.SaveSnapshot(f.path, time.Now()); err == nil {
 		t.Error("a closed cache saved")
@@ -448,4 +449,68 @@ func TestSnapshotWithRedis(t *testing.T) {
 	if err != nil || a.Status != Hit || !bytes.Equal(a.Body, img.Body) || reg.Total() != 0 {
 		t.Errorf("after a restart with Redis gone: %v (%v), %d upstream requests; want a HIT, none", a.Status, err, reg.Total())
 	}
+}
+
+// TestSnapshotPassesOverRecordsTooLargeNow: a blob saved under a larger max_blob_size than
+// the loading config keeps is passed over, and the rest of the file loads.
+func TestSnapshotPassesOverRecordsTooLargeNow(t *testing.T) {
+	f := newSnapshotFixture(t)
+	big := bytes.Repeat([]byte("regcache"), (upstream.MaxManifestSize+128<<10)/8)
+	d := digest.Digest(f.reg.PushBlob(t, "team/app", big))
+	wide := snapCfg
+	wide.MaxBlobSize, wide.MaxSize = int64(len(big))+1, 64<<20
+	c, o := newLocal(t, f.reg, wide, time.Hour)
+	ctx := context.Background()
+	if _, err := c.Manifest(ctx, o, "team/app", "v1", true); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.Blob(ctx, o, "team/app", d, BlobRequest{Body: true}); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "snapshot")
+	if st, err := c.SaveSnapshot(path, time.Now()); err != nil || st.Blobs != 1 {
+		t.Fatalf("saved %+v, %v", st, err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, st, err := f.load(t, data) // the default max_blob_size: the big blob is too large now
+	if err != nil || st.Tags != 1 || st.Manifests != 1 || st.Blobs != 0 || st.Skipped != 1 {
+		t.Fatalf("loaded %+v, %v; want the tag and its manifest, the big blob passed over", st, err)
+	}
+}
+
+// TestSnapshotRefusesNamesNoClientCouldAsk: a record under a repository name outside the
+// distribution grammar (a file regcache did not write, its checksums right) is not loaded:
+// the proxy looks a request up before it checks its names.
+func TestSnapshotRefusesNamesNoClientCouldAsk(t *testing.T) {
+	f := newSnapshotFixture(t)
+	// Each as long as team/app, so that only the name changes, not the records' framing.
+	for _, bad := range []string{"-eam/app", "t__.m/ap", "../a/app", "team//ap", "Team/app"} {
+		data := rewriteRecords(t, f.file, func(p []byte) []byte { return bytes.ReplaceAll(p, []byte("team/app"), []byte(bad)) })
+		_, _, st, err := f.load(t, data)
+		if err != nil || st.Tags+st.Manifests+st.Blobs != 0 {
+			t.Errorf("%q: loaded %+v, %v; want nothing under that name", bad, st, err)
+		}
+	}
+}
+
+// rewriteRecords is file with each record's content passed through edit and its
+// checksums made right again, as a file someone else wrote could be.
+func rewriteRecords(t *testing.T, file []byte, edit func([]byte) []byte) []byte {
+	t.Helper()
+	out := bytes.Clone(file[:headerLen])
+	for _, r := range records(t, file) {
+		p := file[r[0]:r[1]]
+		if p[0] != 'e' {
+			p = edit(bytes.Clone(p))
+		}
+		var h [recordHeaderLen]byte
+		binary.BigEndian.PutUint32(h[0:], uint32(len(p)))
+		binary.BigEndian.PutUint32(h[4:], crc32.Checksum(p, castagnoli))
+		binary.BigEndian.PutUint32(h[8:], crc32.Checksum(h[:8], castagnoli))
+		out = append(append(out, h[:]...), p...)
+	}
+	return out
 }

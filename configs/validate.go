@@ -566,7 +566,7 @@ func (b Budget) validate(key string) error {
 
 func (s *Snapshot) validate() error {
 	if s.Path == "" {
-		return fmt.Errorf("cache.snapshot.path: must be set (e.g. /data/regcache.snapshot); remove cache.snapshot to start cold")
+		return fmt.Errorf("cache.snapshot.path: must be set (e.g. /var/lib/regcache/regcache.snapshot); remove cache.snapshot to start cold")
 	}
 	if s.Interval <= 0 {
 		return fmt.Errorf("cache.snapshot.interval: must be more than 0 (e.g. %s)", durationText(cache.DefaultSnapshotInterval))

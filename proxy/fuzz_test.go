@@ -155,10 +155,10 @@ func FuzzParseRoute(f *testing.F) {
 			return
 		}
 		// What may now go upstream.
-		if !validRepo(r.rawRepo) || len(r.rawRepo) > maxNameLength || !fuzzNameGrammar.Match(r.rawRepo) {
+		if !upstream.ValidRepository(r.rawRepo) || len(r.rawRepo) > maxNameLength || !fuzzNameGrammar.Match(r.rawRepo) {
 			t.Fatalf("checkNames passed repository %q", r.rawRepo)
 		}
-		if !validRepo([]byte(r.Repo)) {
+		if !upstream.ValidRepository([]byte(r.Repo)) {
 			t.Fatalf("upstream repository %q is invalid", r.Repo)
 		}
 		want := string(r.rawRepo)
@@ -253,8 +253,8 @@ func FuzzValidNames(f *testing.F) {
 	domain := regexp.MustCompile(`^(?:` + reference.DomainRegexp.String() + `)$`)
 	f.Fuzz(func(t *testing.T, s string) {
 		b := []byte(s)
-		if got, want := validRepo(b), fuzzNameGrammar.MatchString(s); got != want {
-			t.Fatalf("validRepo(%q) = %v, grammar says %v", s, got, want)
+		if got, want := upstream.ValidRepository(b), fuzzNameGrammar.MatchString(s); got != want {
+			t.Fatalf("upstream.ValidRepository(%q) = %v, grammar says %v", s, got, want)
 		}
 		if got, want := upstream.ValidTag(b), fuzzTagGrammar.MatchString(s); got != want {
 			t.Fatalf("upstream.ValidTag(%q) = %v, grammar says %v", s, got, want)
@@ -423,7 +423,7 @@ func FuzzDigestReference(f *testing.F) {
 		if up.DockerHub && !strings.Contains(repo, "/") {
 			repo = "library/" + repo
 		}
-		if !validRepo([]byte(path)) || !validRepo([]byte(repo)) || len(path) > maxNameLength {
+		if !upstream.ValidRepository([]byte(path)) || !upstream.ValidRepository([]byte(repo)) || len(path) > maxNameLength {
 			t.Fatalf("image %q gives repository %q, which /v2/ would refuse", image, repo)
 		}
 		if tagged, ok := named.(reference.Tagged); ok && !upstream.ValidTag([]byte(tagged.Tag())) {

@@ -116,7 +116,7 @@ func checkNames(r *Route) *apiError {
 	if len(repo) > maxNameLength {
 		return errNameInvalid.with("repository name longer than 255 characters")
 	}
-	if !validRepo(repo) {
+	if !upstream.ValidRepository(repo) {
 		return errNameInvalid.with("invalid repository name " + quote(repo))
 	}
 	switch r.Kind {
@@ -221,61 +221,6 @@ func decodePath(raw []byte) ([]byte, *apiError) {
 		return nil, errNameInvalid.with("malformed escape in the path")
 	}
 	return []byte(s), nil
-}
-
-// validRepo checks the distribution spec's name grammar:
-// [a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(\/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*
-func validRepo(s []byte) bool {
-	if len(s) == 0 {
-		return false
-	}
-	for len(s) > 0 {
-		comp, rest, _ := bytes.Cut(s, []byte("/"))
-		if !validComponent(comp) {
-			return false
-		}
-		if len(rest) == 0 && len(comp) < len(s) {
-			return false // a trailing slash
-		}
-		s = rest
-	}
-	return true
-}
-
-func validComponent(c []byte) bool {
-	if len(c) == 0 || !alnum(c[0]) || !alnum(c[len(c)-1]) {
-		return false
-	}
-	for i := 1; i < len(c); i++ {
-		b := c[i]
-		if alnum(b) {
-			continue
-		}
-		switch b {
-		case '.':
-			if !alnum(c[i-1]) || !alnum(c[i+1]) {
-				return false
-			}
-		case '_':
-			// "_" or "__", between alphanumerics.
-			if c[i-1] == '_' {
-				if i < 2 || !alnum(c[i-2]) || !alnum(c[i+1]) {
-					return false
-				}
-			} else if !alnum(c[i-1]) || (c[i+1] != '_' && !alnum(c[i+1])) {
-				return false
-			}
-		case '-':
-			// Runs of dashes are fine; the run must sit between alphanumerics, which the
-			// first/last checks and the other separators' checks ensure.
-			if c[i-1] != '-' && !alnum(c[i-1]) {
-				return false
-			}
-		default:
-			return false
-		}
-	}
-	return true
 }
 
 func alnum(b byte) bool { return b >= 'a' && b <= 'z' || b >= '0' && b <= '9' }

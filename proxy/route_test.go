@@ -62,8 +62,8 @@ func TestValidRepo(t *testing.T) {
 		{"foo/bar\\baz", false},    // backslash
 		{"registry:5000/x", false}, // a host is never part of the repository
 	} {
-		if got := validRepo([]byte(tc.name)); got != tc.want {
-			t.Errorf("validRepo(%q) = %v, want %v", tc.name, got, tc.want)
+		if got := upstream.ValidRepository([]byte(tc.name)); got != tc.want {
+			t.Errorf("upstream.ValidRepository(%q) = %v, want %v", tc.name, got, tc.want)
 		}
 		if g := nameGrammar.MatchString(tc.name); g != tc.want {
 			t.Errorf("test table disagrees with the spec grammar on %q", tc.name)
@@ -80,8 +80,8 @@ func TestValidRepoMatchesGrammar(t *testing.T) {
 	walk = func(prefix []byte) {
 		if len(prefix) > 0 {
 			n++
-			if got, want := validRepo(prefix), nameGrammar.Match(prefix); got != want {
-				t.Errorf("validRepo(%q) = %v, grammar says %v", prefix, got, want)
+			if got, want := upstream.ValidRepository(prefix), nameGrammar.Match(prefix); got != want {
+				t.Errorf("upstream.ValidRepository(%q) = %v, grammar says %v", prefix, got, want)
 			}
 		}
 		if len(prefix) == 6 {

@@ -229,3 +229,58 @@ func ValidTag[T ~string | ~[]byte](s T) bool {
 	}
 	return true
 }
+
+// ValidRepository reports whether s is a repository name in the distribution spec's
+// grammar, [a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(\/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*
+// (its length is the caller's to bound). Like ValidTag it takes request bytes and stored
+// strings alike: the proxy checks what clients ask, the cache what a snapshot holds.
+func ValidRepository[T ~string | ~[]byte](s T) bool {
+	start := 0
+	for i := 0; i <= len(s); i++ {
+		if i == len(s) || s[i] == '/' {
+			if !validComponent(s[start:i]) {
+				return false // an empty one included: a leading, trailing or doubled slash
+			}
+			start = i + 1
+		}
+	}
+	return true
+}
+
+func validComponent[T ~string | ~[]byte](c T) bool {
+	if len(c) == 0 || !alnum(c[0]) || !alnum(c[len(c)-1]) {
+		return false
+	}
+	for i := 1; i < len(c); i++ {
+		b := c[i]
+		if alnum(b) {
+			continue
+		}
+		switch b {
+		case '.':
+			if !alnum(c[i-1]) || !alnum(c[i+1]) {
+				return false
+			}
+		case '_':
+			// "_" or "__", between alphanumerics.
+			if c[i-1] == '_' {
+				if i < 2 || !alnum(c[i-2]) || !alnum(c[i+1]) {
+					return false
+				}
+			} else if !alnum(c[i-1]) || (c[i+1] != '_' && !alnum(c[i+1])) {
+				return false
+			}
+		case '-':
+			// Runs of dashes are fine; the run must sit between alphanumerics, which the
+			// first/last checks and the other separators' checks ensure.
+			if c[i-1] != '-' && !alnum(c[i-1]) {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func alnum(b byte) bool { return b >= 'a' && b <= 'z' || b >= '0' && b <= '9' }
