@@ -569,6 +569,9 @@ func TestParseRefusals(t *testing.T) {
 			[]string{"cache.maxsize: unknown key", "max_size"}, nil},
 		{"unknown snapshot key", "cache:\n  snapshot:\n    path: /data/s\n    every: 1m\n" + minimalUpstream,
 			[]string{"cache.snapshot.every: unknown key", "path, interval"}, nil},
+		// Its keys commented out: refused, not a cold start in silence.
+		{"snapshot with no value", "cache:\n  snapshot:\n  #  path: /data/s\n" + minimalUpstream,
+			[]string{"cache.snapshot: has no value", "remove snapshot: to start cold"}, nil},
 		{"snapshot without a path", "cache:\n  snapshot:\n    interval: 1m\n" + minimalUpstream,
 			[]string{"cache.snapshot.path: must be set"}, nil},
 		{"snapshot interval 0", "cache:\n  snapshot:\n    path: /data/s\n    interval: 0s\n" + minimalUpstream,

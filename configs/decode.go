@@ -67,7 +67,8 @@ var (
 // noEmpty are the keys whose "key:" with no value (its lines commented out, say) would
 // quietly mean the opposite of what the file seems to ask.
 var noEmpty = map[string]string{
-	"tls": "has no value: give cert_file and key_file, or remove tls: to serve plain HTTP",
+	"tls":            "has no value: give cert_file and key_file, or remove tls: to serve plain HTTP",
+	"cache.snapshot": "has no value: give path (and interval), or remove snapshot: to start cold",
 }
 
 func decodeNode(n *yaml.Node, v reflect.Value, path string) error {

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -41,6 +42,10 @@ func renovateDir(t *testing.T) string {
 	}
 	if _, err := exec.LookPath("node"); err != nil {
 		skip("node not installed (apt-get install nodejs npm; bash .ci/test installs it)")
+	}
+	out, _ := exec.Command("node", "-p", `process.versions.node.split(".")[0]`).Output()
+	if major, err := strconv.Atoi(strings.TrimSpace(string(out))); err != nil || major < 20 {
+		skip("Renovate 39 needs Node 20 or later; this node's major version is %q (install Node 20 from nodejs.org or NodeSource)", strings.TrimSpace(string(out)))
 	}
 	if _, err := os.Stat(filepath.Join(dir, "node_modules", "renovate", "package.json")); err != nil {
 		skip("Renovate not installed in %s (npm install --prefix %s renovate@39, or set REGCACHE_RENOVATE_DIR; bash .ci/test installs it)", dir, dir)
