@@ -139,6 +139,14 @@ func checkNames(r *Route) *apiError {
 // pickUpstream applies the /v2/ routing forms: ns= (containerd), then a first segment naming a
 // registry or alias (path-prefix mirrors), then default_upstream. A first segment that
 // looks like a host but is not configured is refused: regcache is no open proxy.
+// unknownRegistry is the answer for a host-like name that names no upstream.
+func unknownRegistry(name []byte) *apiError {
+	if !validHost(name) {
+		return errNameInvalid.with("invalid registry or repository name " + quote(name))
+	}
+	return errNameUnknown.with("registry " + quote(name) + " is not configured in regcache")
+}
+
 func (p *Proxy) pickUpstream(name, ns []byte) (*Upstream, []byte, *apiError) {
 	if len(ns) > 0 {
 		up := p.lookup(ns)
@@ -151,10 +159,7 @@ func (p *Proxy) pickUpstream(name, ns []byte) (*Upstream, []byte, *apiError) {
 	if looksLikeHost(first) {
 		up := p.lookup(first)
 		if up == nil {
-			if !validHost(first) {
-				return nil, nil, errNameInvalid.with("invalid registry or repository name " + quote(first))
-			}
-			return nil, nil, errNameUnknown.with("registry " + quote(first) + " is not configured in regcache")
+			return nil, nil, unknownRegistry(first)
 		}
 		if !hasRest {
 			return nil, nil, errNameInvalid.with("no repository after registry " + quote(first))

@@ -53,10 +53,7 @@ func (p *Proxy) v2Path(path []byte) (v2, link []byte, s *routeScratch, aerr *api
 	}
 	if len(after) <= 1 {
 		if !configured {
-			if !validHost(name) {
-				return nil, path, nil, errNameInvalid.with("invalid registry name " + quote(name))
-			}
-			return nil, path, nil, errNameUnknown.with("registry " + quote(name) + " is not configured in regcache")
+			return nil, path, nil, unknownRegistry(name)
 		}
 		return path[len(seg)+1:], path, nil, nil // the base endpoint: "/v2" or "/v2/"
 	}

@@ -182,9 +182,6 @@ func (p *Proxy) status(now time.Time) *Status {
 		g[f.GetName()] = f.Metric
 	}
 	s := &Status{Version: version.String(), Time: now.UTC(), Started: p.metrics.start.UTC()}
-	if v, ok := g.sum(seriesStart); ok {
-		s.Started = time.Unix(0, int64(v*1e9)).UTC()
-	}
 	s.UptimeSeconds = max(int64(now.Sub(s.Started)/time.Second), 0)
 	s.Totals.ByCache = map[string]uint64{}
 	for _, u := range p.upstreams {

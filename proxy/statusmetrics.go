@@ -32,7 +32,6 @@ const (
 	seriesSize             = "regcache_cache_size_bytes"
 	seriesMax              = "regcache_cache_max_bytes"
 	seriesEvictions        = "regcache_cache_evictions_total"
-	seriesRedisUp          = "regcache_redis_up"
 	seriesRedisErrors      = "regcache_redis_errors_total"
 	seriesRedisHits        = "regcache_redis_hits_total"
 	seriesRedisMisses      = "regcache_redis_misses_total"

@@ -346,7 +346,7 @@ func (r *Registry) fetchToken(ctx context.Context, c Challenge, scope string) (s
 				// the whole upstream, served around with stale answers, never an answer about
 				// the image. Only a denial of the manifest itself, with a token, is one.
 				e.Kind, e.Credentials = KindUnavailable, true
-				e.Message = "credentials rejected by the token endpoint: " + strings.TrimPrefix(e.Message, "token endpoint: ")
+				e.Message = "credentials rejected by the token endpoint: " + e.Message
 				r.creds.rejected(e.Status)
 			}
 		}

@@ -53,7 +53,7 @@ func (r *Registry) note(ctx context.Context, err error) {
 	}
 	msg := e.Message
 	if e.Credentials {
-		// The token endpoint's own text stays out, as on /readyz: only the category shows.
+		// Only the category shows, as on /readyz (the status is Status's).
 		msg, _, _ = strings.Cut(msg, ":")
 	}
 	if len(msg) > maxFailureMessage {

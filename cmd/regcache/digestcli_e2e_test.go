@@ -19,7 +19,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -195,6 +197,13 @@ func TestDigestCommand(t *testing.T) {
 // wrong, with exit 2.
 func TestDigestCommandUsage(t *testing.T) {
 	t.Parallel()
+	// Every case names a server or a config whose one upstream is a closed loopback port: were
+	// a refusal to break, the lookup it let through would still reach nothing beyond this host
+	// (the embedded config names docker.io).
+	closed := filepath.Join(t.TempDir(), "closed.yaml")
+	if err := os.WriteFile(closed, []byte(harness.Config("", harness.Upstream("docker.io", "http://127.0.0.1:1"))), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		args []string
 		want string
@@ -213,7 +222,11 @@ func TestDigestCommandUsage(t *testing.T) {
 		{[]string{"Nginx"}, `invalid image reference "Nginx"`},
 		{[]string{"--", "--json"}, `invalid image reference "--json"`},
 	} {
-		code, out, errs := runCLI(append([]string{"digest"}, c.args...)...)
+		args := c.args
+		if !slices.Contains(args, "--server") && !slices.Contains(args, "--config") {
+			args = append([]string{"--config", closed}, args...)
+		}
+		code, out, errs := runCLI(append([]string{"digest"}, args...)...)
 		if code != exitUsage || out != "" || !strings.HasPrefix(errs, "regcache digest: ") || !strings.Contains(errs, c.want) {
 			t.Errorf("%v: exit %d, stdout %q, stderr %q; want exit 2 naming %q", c.args, code, out, errs, c.want)
 		}
@@ -223,7 +236,9 @@ func TestDigestCommandUsage(t *testing.T) {
 	}
 	// A config that does not validate is a usage error too, named by its key.
 	bad := filepath.Join(t.TempDir(), "bad.yaml")
-	_ = os.WriteFile(bad, []byte("upstreams:\n  - name: x.io\n    url: http://127.0.0.1:1\n    tiemout: 1s\n"), 0o600)
+	if err := os.WriteFile(bad, []byte("upstreams:\n  - name: x.io\n    url: http://127.0.0.1:1\n    tiemout: 1s\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if code, _, errs := runCLI("digest", "--config", bad, "x.io/a/b"); code != exitUsage || !strings.Contains(errs, "tiemout") {
 		t.Errorf("bad config: exit %d %q", code, errs)
 	}
@@ -346,7 +361,9 @@ func TestDigestCommandBinary(t *testing.T) {
 	front.StartTLS()
 	defer front.Close()
 	ca := filepath.Join(t.TempDir(), "ca.pem")
-	_ = os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: front.Certificate().Raw}), 0o600)
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: front.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		env  string
 		code int
@@ -355,7 +372,10 @@ func TestDigestCommandBinary(t *testing.T) {
 		cmd := exec.Command(bin, "digest", "--server", front.URL+"/regcache/", "alpine")
 		var stderr bytes.Buffer
 		cmd.Env, cmd.Stderr = append(os.Environ(), c.env), &stderr
-		out, _ := cmd.Output()
+		out, err := cmd.Output()
+		if ee := (*exec.ExitError)(nil); err != nil && !errors.As(err, &ee) {
+			t.Fatal(err) // it did not run
+		}
 		if cmd.ProcessState.ExitCode() != c.code || string(out) != c.out || c.code == 1 && !strings.Contains(stderr.String(), "certificate") {
 			t.Fatalf("https with %s: exit %d %q %q", c.env, cmd.ProcessState.ExitCode(), out, stderr.String())
 		}
@@ -439,14 +459,14 @@ func TestDigestCommandSafety(t *testing.T) {
 	t.Parallel()
 	w := startForCLI(t, harness.Block("server", "max_request_body: 1KiB"))
 
-	var elsewhere int
-	other := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { elsewhere++ }))
+	var elsewhere atomic.Int32
+	other := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { elsewhere.Add(1) }))
 	defer other.Close()
 	front := httptest.NewServer(http.RedirectHandler(other.URL+"/api/v1/digests", http.StatusTemporaryRedirect))
 	defer front.Close()
 	withCreds := strings.Replace(front.URL, "http://", "http://robot:hunter2-secret@", 1)
-	if code, out, errs := runCLI("digest", "--server", withCreds, "alpine"); code != exitUsage || out != "" || !strings.Contains(errs, "307") || elsewhere != 0 || strings.Contains(errs, "hunter2") {
-		t.Fatalf("redirect: exit %d %q %q; the redirect target was asked %d times", code, out, errs, elsewhere)
+	if code, out, errs := runCLI("digest", "--server", withCreds, "alpine"); code != exitUsage || out != "" || !strings.Contains(errs, "307") || elsewhere.Load() != 0 || strings.Contains(errs, "hunter2") {
+		t.Fatalf("redirect: exit %d %q %q; the redirect target was asked %d times", code, out, errs, elsewhere.Load())
 	}
 	if code, _, errs := runCLI("digest", "--server", "robot:hunter2@127.0.0.1:5000", "alpine"); code != exitUsage || strings.Contains(errs, "hunter2") || !strings.Contains(errs, "is not http(s)") {
 		t.Fatalf("no scheme: exit %d %q", code, errs)

@@ -8,13 +8,13 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -26,7 +26,7 @@ import (
 	"regcache/upstream/registrytest"
 )
 
-// renovateDir is where `npm install --prefix DIR renovate@39` put Renovate: $REGCACHE_RENOVATE_DIR,
+// renovateDir is where `npm install --prefix DIR renovate@39.264.1` put Renovate: $REGCACHE_RENOVATE_DIR,
 // or where .ci/test installs it. It skips the test, naming the install, when Renovate is absent
 // (fails under REGCACHE_REQUIRE_RENOVATE, which .ci/test sets after installing it).
 func renovateDir(t *testing.T) string {
@@ -48,7 +48,7 @@ func renovateDir(t *testing.T) string {
 		skip("Renovate 39 needs Node 20 or later; this node's major version is %q (install Node 20 from nodejs.org or NodeSource)", strings.TrimSpace(string(out)))
 	}
 	if _, err := os.Stat(filepath.Join(dir, "node_modules", "renovate", "package.json")); err != nil {
-		skip("Renovate not installed in %s (npm install --prefix %s renovate@39, or set REGCACHE_RENOVATE_DIR; bash .ci/test installs it)", dir, dir)
+		skip("Renovate not installed in %s (npm install --prefix %s renovate@39.264.1, or set REGCACHE_RENOVATE_DIR; bash .ci/test installs it)", dir, dir)
 	}
 	return dir
 }
@@ -221,19 +221,19 @@ func TestRenovateThroughRegcache(t *testing.T) {
 		{"ghcr.io/owner/app", "v1.0.0", "arm64"},
 	}
 	var dockerfile strings.Builder
-	pinOf := map[string]string{} // current digest -> what it pins
-	for _, f := range froms {
+	pinned := make([]string, len(froms)) // the digest each FROM line is pinned to
+	for i, f := range froms {
 		line := "FROM " + f.name + ":" + f.tag
 		cur := images[f.name].tags[f.tag]
 		switch f.pin {
 		case "index":
-			pinOf[cur.Digest] = "index"
-			line += "@" + cur.Digest
+			pinned[i] = cur.Digest
 		case "":
 		default:
-			d := platformDigests(t, cur)[f.pin]
-			pinOf[d] = f.pin
-			line += "@" + d
+			pinned[i] = platformDigests(t, cur)[f.pin]
+		}
+		if pinned[i] != "" {
+			line += "@" + pinned[i]
 		}
 		dockerfile.WriteString(line + "\n")
 	}
@@ -278,15 +278,11 @@ func TestRenovateThroughRegcache(t *testing.T) {
 				if dep.DepName != strings.TrimPrefix(f.name, "docker.io/library/") && dep.DepName != f.name {
 					t.Errorf("line %d: depName %q for %s", i, dep.DepName, f.name)
 				}
-				want := slices.Sorted(func(yield func(string) bool) {
-					for tag := range img.tags {
-						if !yield(tag) {
-							return
-						}
-					}
-				})
-				got := slices.Clone(dep.Releases)
-				sort.Strings(got)
+				if dep.CurrentDigest != pinned[i] {
+					t.Errorf("line %d: Renovate read the pin %q, the line has %q", i, dep.CurrentDigest, pinned[i])
+				}
+				want := slices.Sorted(maps.Keys(img.tags))
+				got := slices.Sorted(slices.Values(dep.Releases))
 				if !slices.Equal(got, want) {
 					t.Errorf("%s: releases %v, want %v (registry url %s)", f.name, dep.Releases, want, dep.RegistryURL)
 					continue
@@ -295,11 +291,11 @@ func TestRenovateThroughRegcache(t *testing.T) {
 					wantDigest := p.Digest
 					// Pinned to a platform's manifest, the new tag's manifest for that platform (a
 					// single-platform image is its own).
-					if pin := pinOf[dep.CurrentDigest]; pin != "" && pin != "index" && p.MediaType != string(types.OCIManifestSchema1) {
-						wantDigest = platformDigests(t, p)[pin]
+					if f.pin != "" && f.pin != "index" && p.MediaType != string(types.OCIManifestSchema1) {
+						wantDigest = platformDigests(t, p)[f.pin]
 					}
 					if d := dep.Digests[tag]; d == nil || *d != wantDigest {
-						t.Errorf("%s@%s (pinned to %q): digest of %s is %v, want %s", f.name, dep.CurrentDigest, pinOf[dep.CurrentDigest], tag, d, wantDigest)
+						t.Errorf("%s@%s (pinned to %q): digest of %s is %v, want %s", f.name, pinned[i], f.pin, tag, d, wantDigest)
 					}
 				}
 			}
