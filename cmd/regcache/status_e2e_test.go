@@ -7,6 +7,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/http"
 	"os"
 	"os/exec"
@@ -23,6 +24,7 @@ import (
 	"regcache/internal/harness"
 	"regcache/internal/version"
 	"regcache/proxy"
+	"regcache/upstream"
 	"regcache/upstream/registrytest"
 )
 
@@ -153,11 +155,14 @@ func TestStatusPageInBrowser(t *testing.T) {
 	if got := figure(t, dom, quay, "hit_ratio"); got != "–" {
 		t.Errorf("quay.test's hit ratio with no answer from the cache: %q, want –", got)
 	}
-	totalUp := m[`regcache_upstream_requests_total`]
+	totalUp := 0.0
 	for k, v := range m {
 		if strings.HasPrefix(k, "regcache_upstream_requests_total{") {
 			totalUp += v
 		}
+	}
+	if totalUp == 0 || m["regcache_cache_entries"] == 0 {
+		t.Errorf("/metrics: %v upstream requests, %v cache entries; want both counted", totalUp, m["regcache_cache_entries"])
 	}
 	for id, want := range map[string]string{
 		"total-client-requests": "20", "total-requests-saved": "13",
@@ -262,7 +267,7 @@ func TestStatusJSONMatchesMetrics(t *testing.T) {
 		t.Errorf("ghcr.test rate limit %+v, hub.test errors %d %+v: want none", ghcr.RateLimit, hub.Errors, hub.LastError)
 	}
 	if e := quay.LastError; quay.Errors == 0 || e == nil || e.Status != 503 || e.Kind != "unavailable" || !strings.Contains(e.Message, "injected failure") ||
-		float64(e.Time.UnixNano())/1e9-m[`regcache_upstream_last_error_timestamp_seconds{upstream="quay.test"}`] > 0.001 {
+		math.Abs(float64(e.Time.UnixNano())/1e9-m[`regcache_upstream_last_error_timestamp_seconds{upstream="quay.test"}`]) > 0.001 {
 		t.Errorf("quay.test: %d errors, last %+v; want the 503 at the time /metrics gives", quay.Errors, e)
 	}
 	if quay.HitRatio != nil || quay.ByCache["none"] != 1 {
@@ -417,5 +422,38 @@ func TestStatusDocsScript(t *testing.T) {
 	want := fmt.Sprintf("reg.test: 2 of 3 requests saved, %d made\nother.test: 0 of 0 requests saved, 0 made\n", reg.Total())
 	if string(out) != want {
 		t.Fatalf("the recipe printed\n%s\nwant\n%s", out, want)
+	}
+}
+
+// TestStatusCountsErrorAnswersAsNone: an answer that is an error counts as none, never as a
+// hit or a request saved, though the cache held what was asked: a strict_accept refusal of
+// a cached manifest, and a digest API lookup whose platform the cached index lacks.
+func TestStatusCountsErrorAnswersAsNone(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t, registrytest.NoAuth)
+	reg.PushIndex(t, "team/app", "v1", types.OCIImageIndex, "linux/amd64", "linux/arm64")
+	rc := startRegcache(t, harness.Config("", harness.Upstream("reg.test", reg.URL, "strict_accept: true")))
+	count := func(cache string) float64 {
+		return rc.Metrics(t)[`regcache_upstream_client_requests_total{cache="`+cache+`",upstream="reg.test"}`]
+	}
+	if r := rc.Do(t, http.MethodGet, "/v2/team/app/manifests/v1", "Accept", upstream.MediaTypeOCIIndex); r.Status != http.StatusOK {
+		t.Fatalf("first GET: %d", r.Status)
+	}
+	harness.ExpectErrorCode(t, "a cached index refused by strict_accept", rc.Do(t, http.MethodGet, "/v2/team/app/manifests/v1",
+		"Accept", upstream.MediaTypeDockerManifest), http.MethodGet, http.StatusNotFound, "MANIFEST_UNKNOWN")
+	if hit, none := count("HIT"), count("none"); hit != 0 || none != 1 {
+		t.Fatalf("after a refusal: %v HIT, %v none; want 0 and 1", hit, none)
+	}
+	if r := rc.Do(t, http.MethodGet, "/api/v1/digest?image=reg.test/team/app:v1&platform=linux/arm64"); r.Status != http.StatusOK {
+		t.Fatalf("digest API, a platform the index has: %d %s", r.Status, r.Body)
+	}
+	if hit := count("HIT"); hit != 1 {
+		t.Fatalf("digest API hit: %v HIT, want 1", hit)
+	}
+	if r := rc.Do(t, http.MethodGet, "/api/v1/digest?image=reg.test/team/app:v1&platform=linux/s390x"); r.Status == http.StatusOK {
+		t.Fatalf("digest API, a platform the index lacks: %d %s", r.Status, r.Body)
+	}
+	if hit, none, saved := count("HIT"), count("none"), rc.Metrics(t)[`regcache_upstream_requests_saved_total{upstream="reg.test"}`]; hit != 1 || none != 2 || saved != 1 {
+		t.Fatalf("after a platform not found: %v HIT, %v none, %v saved; want 1, 2, 1", hit, none, saved)
 	}
 }
