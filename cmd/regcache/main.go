@@ -18,7 +18,6 @@ import (
 	"os/signal"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -158,10 +157,9 @@ type app struct {
 	// metrics serves /metrics on metrics_listen (open since build); nil without one.
 	metrics   *fasthttp.Server
 	metricsLn net.Listener
-	// tls, when set, makes Serve speak HTTPS on its listener (tls:), through tlsLn.
-	tls   *tls.Config
-	tlsLn atomic.Pointer[certfile.Listener]
-	log   *zap.Logger
+	// tls, when set, makes Serve speak HTTPS on its listener (tls:).
+	tls *tls.Config
+	log *zap.Logger
 }
 
 // Serve marks the proxy ready and serves ln (and metrics_listen) until shut down.
@@ -174,9 +172,9 @@ func (a *app) Serve(ln net.Listener) error {
 		}()
 	}
 	if a.tls != nil {
-		tl := certfile.NewListener(ln, a.tls) // each connection's handshake runs on its own goroutine, on its first read
-		a.tlsLn.Store(tl)
-		ln = tl
+		// Each connection's handshake runs on its own goroutine, on its first read; closing
+		// the listener (the server's shutdown does) closes those that never began one.
+		ln = certfile.NewListener(ln, a.tls)
 	}
 	a.proxy.SetReady(true)
 	err := a.server.Serve(ln)
@@ -192,9 +190,7 @@ func (a *app) Serve(ln net.Listener) error {
 func (a *app) ShutdownWithContext(ctx context.Context) error {
 	a.proxy.SetReady(false)
 	a.events.Close() // the change feed's streams end, or the server would wait for them
-	stopSilent := a.closeSilent()
 	err := a.server.ShutdownWithContext(ctx)
-	stopSilent()
 	if a.metrics != nil {
 		_ = a.metrics.ShutdownWithContext(ctx)
 		_ = a.metricsLn.Close() // in case Serve never ran
@@ -223,31 +219,6 @@ func (a *app) ShutdownWithContext(ctx context.Context) error {
 		_ = a.access.Close() // after the server: every answered request's line is in
 	}
 	return err
-}
-
-// closeSilent closes, until the returned stop is called, the TLS connections that have not
-// sent their ClientHello: the server's shutdown cannot see them (it counts a connection
-// from its handshake on) and would wait for their read_timeout.
-func (a *app) closeSilent() (stop func()) {
-	tl := a.tlsLn.Load()
-	if tl == nil {
-		return func() {}
-	}
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		tick := time.NewTicker(100 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			tl.CloseSilent()
-			select {
-			case <-done:
-				return
-			case <-tick.C:
-			}
-		}
-	})
-	return func() { close(done); wg.Wait() }
 }
 
 // FlushLogs writes out the access log's buffered lines (for tests that read the log).

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"io"
 	"math/big"
+	"net"
 	"net/http"
 	"net/http/httptrace"
 	"os"
@@ -332,4 +333,17 @@ func TestTLSContainerdHostsToml(t *testing.T) {
 	if err := resolve(""); err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Fatalf("containerd without the CA: %v", err)
 	}
+}
+
+// TestTLSShutdownWithSilentClient: a connection that never begins its handshake does not
+// hold the shutdown until read_timeout (30 s; Stop fails after 10).
+func TestTLSShutdownWithSilentClient(t *testing.T) {
+	t.Parallel()
+	rc, _, _ := startTLS(t)
+	c, err := net.Dial("tcp", rc.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	rc.Stop(t)
 }

@@ -356,8 +356,8 @@ func benchReloader(b *testing.B) (*certfile.Reloader, *testca.CA) {
 	return r, ca
 }
 
-// A connection that never sends its ClientHello is closed by CloseSilent; one that has
-// finished its handshake is not.
+// Closing the listener closes a connection that never sent its ClientHello; one that has
+// finished its handshake goes on.
 func TestListenerClosesSilentConnections(t *testing.T) {
 	inner, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -402,7 +402,7 @@ func TestListenerClosesSilentConnections(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The handshake is over (the echo came back): the server saw its ClientHello.
-	ln.CloseSilent()
+	_ = ln.Close()
 	_ = silent.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if n, err := silent.Read(buf); err != io.EOF {
 		t.Fatalf("the silent connection: read %d, %v; want EOF (closed)", n, err)
@@ -412,5 +412,19 @@ func TestListenerClosesSilentConnections(t *testing.T) {
 	}
 	if _, err := io.ReadFull(spoken, buf); err != nil || buf[0] != 'y' {
 		t.Fatalf("the connection that spoke: %q %v", buf, err)
+	}
+}
+
+// A change of mode alone (a deploy hook's chmod making the key readable after the write)
+// is a change: the pair is read again.
+func TestModeChangeRereadsPair(t *testing.T) {
+	f := serve(t)
+	dial(t, f.addr, f.ca.Pool())
+	if err := os.Chmod(f.keyFile, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	dial(t, f.addr, f.ca.Pool())
+	if f.r.Reloads() != 1 {
+		t.Fatalf("reloads %d after a chmod, want 1", f.r.Reloads())
 	}
 }

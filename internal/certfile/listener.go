@@ -6,15 +6,17 @@ import (
 	"sync"
 )
 
-// Listener is a TLS listener that can close, at shutdown, the connections that have not
-// sent their ClientHello. fasthttp runs a connection's handshake before it counts the
-// connection as open, so its Shutdown cannot see one that never says a word: that one
-// would hold the shutdown until read_timeout, longer than the budget a stop has.
+// Listener is a TLS listener whose Close also closes the connections that have not sent
+// their ClientHello. fasthttp runs a connection's handshake before the connection joins
+// the idle ones its Shutdown closes, so one that never says a word would hold the shutdown
+// until read_timeout, longer than the budget a stop has; Shutdown closes the listener
+// first.
 type Listener struct {
 	net.Listener
 	config *tls.Config
 	mu     sync.Mutex
 	silent map[net.Conn]struct{}
+	closed bool
 }
 
 // NewListener serves config's TLS on inner's connections.
@@ -42,14 +44,23 @@ func (l *Listener) Accept() (net.Conn, error) {
 	}
 	tc := &trackedConn{Conn: c, l: l}
 	l.mu.Lock()
-	l.silent[tc] = struct{}{}
+	closed := l.closed
+	if !closed {
+		l.silent[tc] = struct{}{}
+	}
 	l.mu.Unlock()
+	if closed {
+		_ = c.Close()
+		return nil, net.ErrClosed
+	}
 	return tls.Server(tc, l.config), nil
 }
 
-// CloseSilent closes the connections that have sent no ClientHello yet.
-func (l *Listener) CloseSilent() {
+// Close stops accepting and closes the connections that have sent no ClientHello yet.
+func (l *Listener) Close() error {
+	err := l.Listener.Close()
 	l.mu.Lock()
+	l.closed = true
 	conns := make([]net.Conn, 0, len(l.silent))
 	for c := range l.silent {
 		conns = append(conns, c)
@@ -58,6 +69,7 @@ func (l *Listener) CloseSilent() {
 	for _, c := range conns {
 		_ = c.Close()
 	}
+	return err
 }
 
 func (l *Listener) spoke(c net.Conn) {
