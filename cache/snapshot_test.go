@@ -30,6 +30,7 @@ type snapshotFixture struct {
 	reg      *registrytest.Registry
 	img, idx registrytest.Pushed
 	config   digest.Digest
+	fetched  time.Time // when v1 was fetched, as the saved cache holds it
 	path     string
 	file     []byte
 }
@@ -54,6 +55,7 @@ func newSnapshotFixture(t *testing.T) *snapshotFixture {
 	if _, _, err := c.Blob(ctx, o, "team/app", f.config, BlobRequest{Body: true}); err != nil {
 		t.Fatal(err)
 	}
+	f.fetched = c.store.tag(tagKey(o.Registry.Name(), "team/app", "v1")).FetchedAt
 	f.path = filepath.Join(t.TempDir(), "snapshot")
 	st, err := c.SaveSnapshot(f.path, time.Now())
 	if err != nil {
@@ -131,7 +133,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	}
 	// The fetch times were kept: v1 is as old as it was, not as old as the load.
 	te := c.store.tag(tagKey(o.Registry.Name(), "team/app", "v1"))
-	if te == nil || time.Since(te.FetchedAt) < 0 || te.TTL != time.Hour {
+	if te == nil || !te.FetchedAt.Equal(f.fetched) || te.TTL != time.Hour {
 		t.Errorf("v1's entry: %+v", te)
 	}
 }
