@@ -187,10 +187,7 @@ func (l *blobLookup) fetch() (blobFetch, error) {
 // remembered as too large to keep (size -1: a HEAD finds its size), so later GETs stream
 // straight away.
 func (l *blobLookup) store(f blobFetch) blobFetch {
-	e := &blobEntry{BlobInfo: f.info}
-	if l.c.cfg.Snapshots {
-		e.key = l.mkey
-	}
+	e := &blobEntry{BlobInfo: f.info, key: l.c.entryKey(l.mkey)}
 	l.c.store.set(l.mkey, e, int64(len(e.Data)), 0)
 	return f
 }

@@ -106,10 +106,7 @@ func (c *Cache) putManifest(up, repo string, m upstream.Manifest) *ManifestEntry
 		d := m.Descriptor
 		old.verified.Store(&d)
 	}
-	e := &ManifestEntry{Descriptor: m.Descriptor, Body: m.Body}
-	if c.cfg.Snapshots {
-		e.key = key
-	}
+	e := &ManifestEntry{Descriptor: m.Descriptor, Body: m.Body, key: c.entryKey(key)}
 	c.store.set(key, e, int64(len(m.Body)), 0)
 	return e
 }

@@ -375,9 +375,7 @@ func (c *Cache) putTag(key string, d upstream.Descriptor, at time.Time, ttl time
 	if ttl+c.cfg.MaxStale <= 0 {
 		return e
 	}
-	if c.cfg.Snapshots {
-		e.key = key
-	}
+	e.key = c.entryKey(key)
 	if old := c.store.tag(key); old != nil {
 		if old.Digest != d.Digest {
 			e.Previous = old.Descriptor

@@ -140,8 +140,7 @@ func checkManifest(data []byte, d digest.Digest) (e *ManifestEntry, why string) 
 }
 
 func encodeManifest(m upstream.Manifest) []byte {
-	buf := make([]byte, 0, len(manifestMagic)+len(m.MediaType)+1+len(m.Body))
-	return append(append(append(append(buf, manifestMagic...), m.MediaType...), '\n'), m.Body...)
+	return encodeManifestTo(make([]byte, 0, len(manifestMagic)+len(m.MediaType)+1+len(m.Body)), m)
 }
 
 // setManifest shares a verified manifest; only whole ones, since a descriptor alone is

@@ -198,16 +198,11 @@ func appendDescriptor(p []byte, d upstream.Descriptor) []byte {
 	if i == 0 {
 		p = appendString(p, d.MediaType)
 	}
-	switch hex := strings.TrimPrefix(string(d.Digest), "sha256:"); {
+	switch {
 	case d.Digest == "":
 		p = append(p, 0)
-	case len(hex) == 64 && d.Digest.Algorithm() == digest.SHA256 && d.Digest.Validate() == nil:
-		p = append(p, 1)
-		var raw [32]byte
-		for k := range raw {
-			raw[k] = unhex(hex[2*k])<<4 | unhex(hex[2*k+1])
-		}
-		p = append(p, raw[:]...)
+	case d.Digest.Validate() == nil && d.Digest.Algorithm() == digest.SHA256: // Validate first: Algorithm panics without a ':'
+		p, _ = hex.AppendDecode(append(p, 1), []byte(d.Digest.Encoded()))
 	default:
 		p = appendString(append(p, 2), string(d.Digest))
 	}
@@ -216,13 +211,6 @@ func appendDescriptor(p []byte, d upstream.Descriptor) []byte {
 
 func appendString(p []byte, s string) []byte {
 	return append(binary.AppendUvarint(p, uint64(len(s))), s...)
-}
-
-func unhex(b byte) byte {
-	if b >= 'a' {
-		return b - 'a' + 10
-	}
-	return b - '0'
 }
 
 // encodeManifestTo is encodeManifest appending to p.
@@ -472,16 +460,22 @@ func (r *snapshotReader) record(p []byte) bool {
 		if r.now.Sub(fetched) > ttl+r.c.cfg.MaxStale || ttl+r.c.cfg.MaxStale <= 0 {
 			return false // past serving even stale
 		}
-		e := &TagEntry{Descriptor: d, FetchedAt: fetched, TTL: ttl, Previous: prev}
-		if r.c.cfg.Snapshots {
-			e.key = key
-		}
+		e := &TagEntry{Descriptor: d, FetchedAt: fetched, TTL: ttl, Previous: prev, key: r.c.entryKey(key)}
 		r.tags = append(r.tags, loadedTag{e: e, o: o, key: key, repo: parts[2], tg: parts[3]})
 		r.stats.Tags++
 	default:
 		return false
 	}
 	return true
+}
+
+// entryKey is what an entry keeps of its memory key: the key with Config.Snapshots (a save
+// names what it writes by it), nothing without.
+func (c *Cache) entryKey(key string) string {
+	if c.cfg.Snapshots {
+		return key
+	}
+	return ""
 }
 
 // keyDigest is a key's digest when its algorithm is one go-digest computes; whether the
@@ -498,16 +492,12 @@ func keyDigest(s string) (digest.Digest, bool) {
 func (r *snapshotReader) commit() {
 	s := r.c.store
 	for key, e := range r.manifests {
-		if !r.c.cfg.Snapshots {
-			e.key = ""
-		}
+		e.key = r.c.entryKey(key)
 		s.setLoaded(key, e, int64(len(e.Body)))
 	}
 	for _, e := range r.blobs {
 		key := e.key
-		if !r.c.cfg.Snapshots {
-			e.key = ""
-		}
+		e.key = r.c.entryKey(key)
 		s.setLoaded(key, e, int64(len(e.Data)))
 	}
 	for _, t := range r.tags {
@@ -515,10 +505,7 @@ func (r *snapshotReader) commit() {
 		mkey := manifestKey(up, t.repo, string(t.e.Digest))
 		m := r.manifests[mkey]
 		if m == nil {
-			m = &ManifestEntry{Descriptor: t.e.Descriptor}
-			if r.c.cfg.Snapshots {
-				m.key = mkey
-			}
+			m = &ManifestEntry{Descriptor: t.e.Descriptor, key: r.c.entryKey(mkey)}
 			r.manifests[mkey] = m
 			s.setLoaded(mkey, m, 0)
 		}

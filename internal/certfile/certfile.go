@@ -202,9 +202,6 @@ func (r *Reloader) Check() {
 func (r *Reloader) Reloads() int64  { return r.reloads.Load() }
 func (r *Reloader) Failures() int64 { return r.failures.Load() }
 
-// Current is the pair served now.
-func (r *Reloader) Current() *tls.Certificate { return r.current.Load() }
-
 // Config is the listener's TLS configuration: TLS 1.2 and up, HTTP/1.1 only (fasthttp
 // speaks nothing else, so ALPN must not offer h2), the certificate from r.
 func (r *Reloader) Config() *tls.Config {

@@ -117,26 +117,18 @@ func serve(t *testing.T) *fixture {
 	return f
 }
 
-func pool(cas ...*testca.CA) *x509.CertPool {
-	p := x509.NewCertPool()
-	for _, ca := range cas {
-		p.AddCert(ca.Cert)
-	}
-	return p
-}
-
 func TestReplacedPairServedToNextConnectionOpenOneKept(t *testing.T) {
 	f := serve(t)
 	ca1, ca2, dir, serial1, r, logs, addr := f.ca, testca.New(t, "second CA"), f.dir, f.serial, f.r, f.logs, f.addr
 
-	old := dial(t, addr, pool(ca1))
+	old := dial(t, addr, ca1.Pool())
 	if old.serial != serial1 {
 		t.Fatalf("served serial %s, want %s", old.serial, serial1)
 	}
 	old.echo(t, "before")
 
 	_, _, serial2 := pairFiles(t, ca2, dir) // a renewal from another CA: new key, new serial
-	next := dial(t, addr, pool(ca2))
+	next := dial(t, addr, ca2.Pool())
 	if next.serial != serial2 {
 		t.Fatalf("next connection after the replacement got serial %s, want the new %s", next.serial, serial2)
 	}
@@ -151,7 +143,7 @@ func TestReplacedPairServedToNextConnectionOpenOneKept(t *testing.T) {
 		t.Errorf("%d reload lines, want 1", n)
 	}
 	// The old CA no longer verifies new connections.
-	if c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool(ca1), ServerName: "127.0.0.1"}); err == nil {
+	if c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: ca1.Pool(), ServerName: "127.0.0.1"}); err == nil {
 		_ = c.Close()
 		t.Error("a client trusting only the first CA still verified a new connection")
 	}
@@ -160,11 +152,11 @@ func TestReplacedPairServedToNextConnectionOpenOneKept(t *testing.T) {
 func TestBadPairAtReloadKeepsOld(t *testing.T) {
 	f := serve(t)
 	ca, dir, certFile, keyFile, serial1, r, logs, addr := f.ca, f.dir, f.certFile, f.keyFile, f.serial, f.r, f.logs, f.addr
-	open := dial(t, addr, pool(ca))
+	open := dial(t, addr, ca.Pool())
 
 	testca.Write(t, certFile, []byte("not a certificate\n"))
 	for range 3 { // logged once for the change, not per handshake
-		if c := dial(t, addr, pool(ca)); c.serial != serial1 {
+		if c := dial(t, addr, ca.Pool()); c.serial != serial1 {
 			t.Fatalf("a bad cert file on disk: served serial %s, want the old %s", c.serial, serial1)
 		}
 	}
@@ -181,11 +173,11 @@ func TestBadPairAtReloadKeepsOld(t *testing.T) {
 	if err := os.Remove(keyFile); err != nil {
 		t.Fatal(err)
 	}
-	if c := dial(t, addr, pool(ca)); c.serial != serial1 {
+	if c := dial(t, addr, ca.Pool()); c.serial != serial1 {
 		t.Fatalf("a missing key file: served serial %s, want the old %s", c.serial, serial1)
 	}
 	_, _, serial2 := pairFiles(t, ca, dir)
-	if c := dial(t, addr, pool(ca)); c.serial != serial2 {
+	if c := dial(t, addr, ca.Pool()); c.serial != serial2 {
 		t.Fatalf("after a good pair returned: served serial %s, want %s", c.serial, serial2)
 	}
 	if r.Failures() != 2 || r.Reloads() != 1 {
@@ -199,7 +191,7 @@ func TestHalfWrittenPairNotServed(t *testing.T) {
 
 	certPEM, keyPEM := ca.Issue(t, "127.0.0.1")
 	testca.Write(t, certFile, certPEM) // the renewal wrote the cert; the key is still the old one
-	c := dial(t, addr, pool(ca))
+	c := dial(t, addr, ca.Pool())
 	if c.serial != serial1 {
 		t.Fatalf("new cert with the old key: served serial %s, want the old %s", c.serial, serial1)
 	}
@@ -208,7 +200,7 @@ func TestHalfWrittenPairNotServed(t *testing.T) {
 		t.Fatalf("log lines for the half-written pair: %+v", bad)
 	}
 	testca.Write(t, keyFile, keyPEM) // now the key
-	if c := dial(t, addr, pool(ca)); c.serial != testca.Leaf(t, certPEM).SerialNumber.String() {
+	if c := dial(t, addr, ca.Pool()); c.serial != testca.Leaf(t, certPEM).SerialNumber.String() {
 		t.Fatalf("whole new pair: served serial %s, want the new one", c.serial)
 	}
 	if r.Reloads() != 1 {
@@ -227,7 +219,7 @@ func TestSymlinkSwapLikeSecretVolume(t *testing.T) {
 	link(t, "..data/tls.key", filepath.Join(vol, "tls.key"))
 	r, _ := start(t, filepath.Join(vol, "tls.crt"), filepath.Join(vol, "tls.key"))
 	addr := echoServer(t, r)
-	if c := dial(t, addr, pool(ca)); c.serial != serial1 {
+	if c := dial(t, addr, ca.Pool()); c.serial != serial1 {
 		t.Fatalf("served %s, want %s", c.serial, serial1)
 	}
 
@@ -236,7 +228,7 @@ func TestSymlinkSwapLikeSecretVolume(t *testing.T) {
 	if err := os.Rename(filepath.Join(vol, "..data_tmp"), filepath.Join(vol, "..data")); err != nil {
 		t.Fatal(err)
 	}
-	if c := dial(t, addr, pool(ca)); c.serial != serial2 {
+	if c := dial(t, addr, ca.Pool()); c.serial != serial2 {
 		t.Fatalf("after the ..data swap: served %s, want %s", c.serial, serial2)
 	}
 }
@@ -260,12 +252,12 @@ func link(t *testing.T, target, name string) {
 func TestOnlyTLS12AndUp(t *testing.T) {
 	f := serve(t)
 	ca, addr := f.ca, f.addr
-	c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool(ca), ServerName: "127.0.0.1", MaxVersion: tls.VersionTLS11})
+	c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: ca.Pool(), ServerName: "127.0.0.1", MaxVersion: tls.VersionTLS11})
 	if err == nil {
 		_ = c.Close()
 		t.Fatal("a TLS 1.1 client completed a handshake")
 	}
-	c2, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool(ca), ServerName: "127.0.0.1", MaxVersion: tls.VersionTLS12,
+	c2, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: ca.Pool(), ServerName: "127.0.0.1", MaxVersion: tls.VersionTLS12,
 		NextProtos: []string{"h2", "http/1.1"}})
 	if err != nil {
 		t.Fatalf("TLS 1.2: %v", err)
@@ -336,7 +328,7 @@ func BenchmarkGetCertificate(b *testing.B) {
 func BenchmarkHandshake(b *testing.B) {
 	r, ca := benchReloader(b)
 	addr := echoServer(b, r)
-	cfg := &tls.Config{RootCAs: pool(ca), ServerName: "127.0.0.1"}
+	cfg := &tls.Config{RootCAs: ca.Pool(), ServerName: "127.0.0.1"}
 	for b.Loop() {
 		c, err := tls.Dial("tcp", addr, cfg)
 		if err != nil {
