@@ -86,7 +86,7 @@ func NewMetrics() *Metrics {
 		Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 	}, []string{"route"})
 	m.upstreamRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "regcache_upstream_requests_total",
+		Name: seriesUpstreamRequests,
 		Help: "HTTP exchanges with upstreams (redirect hops, tokens and pings included), by upstream, method, kind and status (error when none came).",
 	}, []string{"upstream", "method", "kind", "status"})
 	m.upstreamDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -138,11 +138,11 @@ func (m *Metrics) ObserveUpstream(name, method, kind string, status int, took ti
 // WatchCache exports the cache's size, evictions, coalesced waiters and work in flight.
 func (m *Metrics) WatchCache(c *cache.Cache) {
 	m.registry.MustRegister(
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "regcache_cache_size_bytes", Help: "Bytes held in the cache (bodies plus per-entry overhead)."},
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: seriesSize, Help: "Bytes held in the cache (bodies plus per-entry overhead)."},
 			func() float64 { return float64(c.Stats().SizeBytes) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "regcache_cache_max_bytes", Help: "cache.max_size."},
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: seriesMax, Help: "cache.max_size."},
 			func() float64 { return float64(c.Stats().MaxBytes) }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_cache_evictions_total", Help: "Entries removed from memory: evicted to make room, expired or deleted."},
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: seriesEvictions, Help: "Entries removed from memory: evicted to make room, expired or deleted."},
 			func() float64 { return float64(c.Stats().Evictions) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_coalesced_waiters_total", Help: "Requests that waited on another request's upstream fetch instead of making their own."},
 			func() float64 { return float64(c.Stats().Coalesced) }),
@@ -168,13 +168,13 @@ func (m *Metrics) WatchCache(c *cache.Cache) {
 				}
 				return 0
 			})),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_redis_errors_total", Help: "Redis calls that failed (down, slow, refused)."},
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: seriesRedisErrors, Help: "Redis calls that failed (down, slow, refused)."},
 			redis(func(s *cache.RedisStats) float64 { return float64(s.Errors) })),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_redis_garbage_total", Help: "Redis entries refused on read (undecodable, or a body not matching its digest) and deleted."},
 			redis(func(s *cache.RedisStats) float64 { return float64(s.Garbage) })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_redis_hits_total", Help: "Shared-tier reads that found a valid entry (a tag entry may still be stale)."},
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: seriesRedisHits, Help: "Shared-tier reads that found a valid entry (a tag entry may still be stale)."},
 			redis(func(s *cache.RedisStats) float64 { return float64(s.Hits) })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_redis_misses_total", Help: "Shared-tier reads that found nothing usable (a replica waiting on another's lock counts each poll)."},
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: seriesRedisMisses, Help: "Shared-tier reads that found nothing usable (a replica waiting on another's lock counts each poll)."},
 			redis(func(s *cache.RedisStats) float64 { return float64(s.Misses) })),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_fleet_lock_waits_total", Help: "Fetches that waited for another replica's upstream request instead of making their own."},
 			redis(func(s *cache.RedisStats) float64 { return float64(s.LockWaits) })),
@@ -188,7 +188,7 @@ func (m *Metrics) WatchEvents(l *feed.Log) {
 		feed.TagCreated: func(s feed.Stats) uint64 { return s.Created },
 		feed.TagDeleted: func(s feed.Stats) uint64 { return s.Deleted },
 	} {
-		m.registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_events_total", ConstLabels: prometheus.Labels{"type": typ},
+		m.registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: seriesEvents, ConstLabels: prometheus.Labels{"type": typ},
 			Help: "Change-feed events recorded, by type."},
 			func() float64 { return float64(count(l.Stats())) }))
 	}
@@ -338,10 +338,10 @@ func (m *Metrics) WatchUpstreams(ups []*Upstream) {
 		reg := o.Registry
 		labels := prometheus.Labels{"upstream": u.Name}
 		m.registry.MustRegister(
-			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "regcache_upstream_ratelimit_remaining", ConstLabels: labels,
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: seriesRemaining, ConstLabels: labels,
 				Help: "RateLimit-Remaining last sent by the upstream (Docker Hub: pulls left in the window); NaN until seen."},
 				func() float64 { return rateValue(reg.RateLimit(), false) }),
-			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "regcache_upstream_ratelimit_limit", ConstLabels: labels,
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: seriesLimit, ConstLabels: labels,
 				Help: "RateLimit-Limit last sent by the upstream; NaN until seen."},
 				func() float64 { return rateValue(reg.RateLimit(), true) }),
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_upstream_auth_failures_total", ConstLabels: labels,
@@ -350,7 +350,7 @@ func (m *Metrics) WatchUpstreams(ups []*Upstream) {
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_upstream_busy_total", ConstLabels: labels,
 				Help: "Requests turned away because all max_concurrent connections to the upstream stayed busy (answered 503, or served stale)."},
 				func() float64 { return float64(reg.TurnedAway()) }),
-			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "regcache_upstream_breaker_open", ConstLabels: labels,
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: seriesBreakerOpen, ConstLabels: labels,
 				Help: "1 while the upstream's breaker is open: requests are answered without asking it, one probe per backoff."},
 				func() float64 {
 					if reg.Breaker().Open {
@@ -364,7 +364,7 @@ func (m *Metrics) WatchUpstreams(ups []*Upstream) {
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regcache_stale_backoff_total", ConstLabels: labels,
 				Help: "Stale answers served without asking the upstream because the tag's or listing's backoff was in force."},
 				func() float64 { return float64(o.StaleBackoff()) }),
-			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "regcache_upstream_held_back", ConstLabels: labels,
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: seriesHeldBack, ConstLabels: labels,
 				Help: "1 while regcache holds requests back after a 429 from the upstream."},
 				func() float64 {
 					s := reg.RateLimit()

@@ -15,7 +15,8 @@ import (
 	"regcache/internal/version"
 )
 
-// Series names the status page reads back from the registry.
+// Series names the status page reads back from the registry, and the metrics define
+// themselves by: a rename cannot leave the page reading a series that is gone.
 const (
 	seriesStart            = "regcache_start_time_seconds"
 	seriesClientRequests   = "regcache_upstream_client_requests_total"
