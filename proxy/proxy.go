@@ -299,12 +299,17 @@ func (p *Proxy) serveReady(ctx *fasthttp.RequestCtx) {
 	}
 }
 
+// getOrHeadOnly answers a method other than GET and HEAD: 405, saying why.
+func getOrHeadOnly(ctx *fasthttp.RequestCtx, why string) {
+	writeError(ctx, errUnsupported.with(why))
+	// RFC 9110 §15.5.6: a 405 must list what the resource does allow.
+	ctx.Response.Header.Set("Allow", "GET, HEAD")
+}
+
 // serveV2 answers path, a /v2/ path; link is the same path in the client's own form.
 func (p *Proxy) serveV2(ctx *fasthttp.RequestCtx, path, link []byte, now time.Time) (Route, cache.Status) {
 	if !ctx.IsGet() && !ctx.IsHead() {
-		writeError(ctx, errUnsupported.with("regcache is read-only: only GET and HEAD are supported"))
-		// RFC 9110 §15.5.6: a 405 must list what the resource does allow.
-		ctx.Response.Header.Set("Allow", "GET, HEAD")
+		getOrHeadOnly(ctx, "regcache is read-only: only GET and HEAD are supported")
 		return Route{}, cache.None
 	}
 	rt, aerr := p.parseRoute(path, ctx.QueryArgs().PeekBytes(strNS))

@@ -304,9 +304,7 @@ var statusPage = template.Must(template.New("status").Funcs(template.FuncMap{
 	"bytes":    formatBytes,
 	"share":    func(a, b int64) string { return strconv.FormatFloat(float64(a)*100/float64(max(b, 1)), 'f', 1, 64) },
 	"duration": func(s int64) string { return formatDuration(time.Duration(s) * time.Second) },
-	"ago": func(t, now time.Time) string {
-		return formatDuration(now.Sub(t).Truncate(time.Second)) + " ago"
-	},
+	"ago":      ago,
 	// time shows a time, or an event's RFC 3339 one, to the second.
 	"time": func(t any) string {
 		switch v := t.(type) {
@@ -327,10 +325,13 @@ var statusPage = template.Must(template.New("status").Funcs(template.FuncMap{
 		if err != nil {
 			return ""
 		}
-		return formatDuration(now.Sub(t).Truncate(time.Second)) + " ago"
+		return ago(t, now)
 	},
 	"short": shortDigest,
 }).Parse(statusHTML))
+
+// ago is how long before now t was, to the second.
+func ago(t, now time.Time) string { return formatDuration(now.Sub(t).Truncate(time.Second)) + " ago" }
 
 // formatCount writes a count with thousands separated by commas; "?" for a figure not known
 // (a nil *int64).
@@ -400,8 +401,7 @@ func shortDigest(d string) string {
 
 func (p *Proxy) serveStatus(ctx *fasthttp.RequestCtx) {
 	if !ctx.IsGet() && !ctx.IsHead() {
-		writeError(ctx, errUnsupported.with("the status page answers GET and HEAD"))
-		ctx.Response.Header.Set("Allow", "GET, HEAD")
+		getOrHeadOnly(ctx, "the status page answers GET and HEAD")
 		return
 	}
 	s := p.status(time.Now())

@@ -45,19 +45,7 @@ func TestDigestAPI(t *testing.T) {
 		t.Fatal("platform fields without a platform asked")
 	}
 
-	var idxBody struct {
-		Manifests []struct {
-			Digest   string
-			Platform struct{ Architecture string }
-		}
-	}
-	_ = json.Unmarshal(idx.Body, &idxBody)
-	var armDigest string
-	for _, c := range idxBody.Manifests {
-		if c.Platform.Architecture == "arm64" {
-			armDigest = c.Digest
-		}
-	}
+	armDigest := harness.PlatformDigests(t, idx)["arm64"]
 	st, m = get("image=" + url.QueryEscape("lscr.io/linuxserver/nginx:latest"))
 	if st != 200 || m["digest"] != idx.Digest || m["mediaType"] != string(types.OCIImageIndex) {
 		t.Fatalf("index: %d %v", st, m)

@@ -399,15 +399,7 @@ func mustParse(t *testing.T, raw string) *url.URL {
 // the comment lines after it ("sha256:..." stands for any digest).
 func runReadmeRecipes(t *testing.T, bin string, w *cliWorld) {
 	harness.Tool(t, "jq", "apt-get install jq")
-	data, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, block, ok := strings.Cut(string(data), "\n## From the shell\n")
-	if _, block, ok = strings.Cut(block, "```sh\n"); !ok {
-		t.Fatal(`README has no "## From the shell" section with a sh block`)
-	}
-	block, _, _ = strings.Cut(block, "```")
+	block := docBlock(t, "README.md", "## From the shell", "sh")
 	path := filepath.Dir(bin) + string(os.PathListSeparator) + os.Getenv("PATH")
 	var cmds []string
 	var want [][]string

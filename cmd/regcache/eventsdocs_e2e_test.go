@@ -25,20 +25,21 @@ import (
 	"regcache/upstream/registrytest"
 )
 
-// docBlock is the first fenced block of lang after the line heading in docs/file.
+// docBlock is the first fenced block of lang after the line heading in file (a path from
+// the repository root: README.md, docs/events.md).
 func docBlock(t *testing.T, file, heading, lang string) string {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join("..", "..", "docs", file))
+	data, err := os.ReadFile(filepath.Join("..", "..", file))
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, rest, ok := strings.Cut(string(data), "\n"+heading+"\n")
 	if !ok {
-		t.Fatalf("docs/%s has no %q", file, heading)
+		t.Fatalf("%s has no %q", file, heading)
 	}
 	_, rest, ok = strings.Cut(rest, "```"+lang+"\n")
 	if !ok {
-		t.Fatalf("docs/%s: no ```%s block after %q", file, lang, heading)
+		t.Fatalf("%s: no ```%s block after %q", file, lang, heading)
 	}
 	block, _, _ := strings.Cut(rest, "```")
 	return block
@@ -76,7 +77,7 @@ func TestEventsDocsShellSubscriber(t *testing.T) {
 	for _, tool := range []string{"curl", "sed"} {
 		harness.Tool(t, tool, "apt-get install "+tool)
 	}
-	line := strings.TrimSpace(docBlock(t, "events.md", "A shell subscriber, one JSON line per change:", "sh"))
+	line := strings.TrimSpace(docBlock(t, "docs/events.md", "A shell subscriber, one JSON line per change:", "sh"))
 	rc, move := movingTag(t, "")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -114,7 +115,7 @@ func TestEventsDocsCronJob(t *testing.T) {
 	for _, tool := range []string{"curl", "jq"} {
 		harness.Tool(t, tool, "apt-get install "+tool)
 	}
-	script := docBlock(t, "events.md", "A cron job that asks what changed since its last run, keeping its place in a file:", "sh")
+	script := docBlock(t, "docs/events.md", "A cron job that asks what changed since its last run, keeping its place in a file:", "sh")
 	dir := t.TempDir()
 	rc, move := movingTag(t, "")
 	script = strings.NewReplacer("http://localhost:5000", rc.URL, "/var/lib/regcache-cron", dir,
@@ -193,7 +194,7 @@ func TestEventsDocsDockerHubReceiver(t *testing.T) {
 		got <- hook
 	}))
 	defer receiver.Close()
-	recipe := docBlock(t, "events.md", "### Recipe: a receiver built for Docker Hub (Keel)", "yaml")
+	recipe := docBlock(t, "docs/events.md", "### Recipe: a receiver built for Docker Hub (Keel)", "yaml")
 	recipe = strings.ReplaceAll(recipe, "http://keel.keel.svc:9300", receiver.URL)
 	_, move := movingTagOn(t, "docker.io", "library/nginx", "latest", recipe)
 	moved := time.Now()
@@ -234,7 +235,7 @@ func TestEventsDocsWatchtower(t *testing.T) {
 		updated <- "no container matched image=" + r.URL.Query().Get("image")
 	}))
 	defer watchtower.Close()
-	recipe := docBlock(t, "events.md", "### Recipe: Watchtower's HTTP API", "yaml")
+	recipe := docBlock(t, "docs/events.md", "### Recipe: Watchtower's HTTP API", "yaml")
 	recipe = strings.ReplaceAll(recipe, "http://watchtower:8080", watchtower.URL)
 	_, move := movingTagOn(t, "lscr.io", "linuxserver/nginx", "latest", recipe)
 	move()

@@ -149,27 +149,6 @@ func renovateConfig(t *testing.T, doc, base string, userPass ...string) string {
 	return string(b)
 }
 
-// platformDigests maps each architecture of an index to its manifest's digest.
-func platformDigests(t *testing.T, p registrytest.Pushed) map[string]string {
-	t.Helper()
-	var idx struct {
-		Manifests []struct {
-			Digest   string `json:"digest"`
-			Platform struct {
-				Architecture string `json:"architecture"`
-			} `json:"platform"`
-		} `json:"manifests"`
-	}
-	if err := json.Unmarshal(p.Body, &idx); err != nil || len(idx.Manifests) == 0 {
-		t.Fatalf("not an index: %v %s", err, p.Body)
-	}
-	m := map[string]string{}
-	for _, c := range idx.Manifests {
-		m[c.Platform.Architecture] = c.Digest
-	}
-	return m
-}
-
 func TestRenovateThroughRegcache(t *testing.T) {
 	t.Parallel()
 	dir := renovateDir(t)
@@ -230,7 +209,7 @@ func TestRenovateThroughRegcache(t *testing.T) {
 			pinned[i] = cur.Digest
 		case "":
 		default:
-			pinned[i] = platformDigests(t, cur)[f.pin]
+			pinned[i] = harness.PlatformDigests(t, cur)[f.pin]
 		}
 		if pinned[i] != "" {
 			line += "@" + pinned[i]
@@ -240,7 +219,7 @@ func TestRenovateThroughRegcache(t *testing.T) {
 
 	// The docs' set-up as written, for regcache at its test address; with client auth on,
 	// the docs' host rule also carries the credentials.
-	doc := docBlock(t, "clients.md", "**Renovate** (`renovate.json`, or the same keys in the bot's own config):", "json")
+	doc := docBlock(t, "docs/clients.md", "**Renovate** (`renovate.json`, or the same keys in the bot's own config):", "json")
 	const user, pass = "renovate", "s3cret-for-renovate"
 	for _, mode := range []struct {
 		name, auth string
@@ -292,7 +271,7 @@ func TestRenovateThroughRegcache(t *testing.T) {
 					// Pinned to a platform's manifest, the new tag's manifest for that platform (a
 					// single-platform image is its own).
 					if f.pin != "" && f.pin != "index" && p.MediaType != string(types.OCIManifestSchema1) {
-						wantDigest = platformDigests(t, p)[f.pin]
+						wantDigest = harness.PlatformDigests(t, p)[f.pin]
 					}
 					if d := dep.Digests[tag]; d == nil || *d != wantDigest {
 						t.Errorf("%s@%s (pinned to %q): digest of %s is %v, want %s", f.name, pinned[i], f.pin, tag, d, wantDigest)

@@ -406,7 +406,7 @@ func TestStatusDocsScript(t *testing.T) {
 	for _, tool := range []string{"curl", "jq"} {
 		harness.Tool(t, tool, "apt-get install "+tool)
 	}
-	script := docBlock(t, "status.md", "## From a script", "sh")
+	script := docBlock(t, "docs/status.md", "## From a script", "sh")
 	reg := registrytest.New(t, registrytest.NoAuth)
 	reg.PushImage(t, "team/app", "v1", types.OCIManifestSchema1)
 	rc := startRegcache(t, harness.Config("", harness.Upstream("reg.test", reg.URL), harness.Upstream("other.test", reg.URL)))

@@ -4,6 +4,7 @@ package harness
 // upstream's manifest byte for byte.
 
 import (
+	"encoding/json"
 	"net/http"
 	"strconv"
 	"strings"
@@ -50,4 +51,25 @@ func ExpectManifest(t testing.TB, what string, r Response, xcache string, p regi
 	if method == http.MethodHead && len(r.Body) != 0 {
 		t.Fatalf("%s: HEAD answered a body", what)
 	}
+}
+
+// PlatformDigests maps each architecture of the pushed index p to its manifest's digest.
+func PlatformDigests(t testing.TB, p registrytest.Pushed) map[string]string {
+	t.Helper()
+	var idx struct {
+		Manifests []struct {
+			Digest   string `json:"digest"`
+			Platform struct {
+				Architecture string `json:"architecture"`
+			} `json:"platform"`
+		} `json:"manifests"`
+	}
+	if err := json.Unmarshal(p.Body, &idx); err != nil || len(idx.Manifests) == 0 {
+		t.Fatalf("not an index: %v %s", err, p.Body)
+	}
+	m := map[string]string{}
+	for _, c := range idx.Manifests {
+		m[c.Platform.Architecture] = c.Digest
+	}
+	return m
 }
