@@ -15,7 +15,6 @@ import (
 	"errors"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -32,11 +31,11 @@ type FailureState struct {
 	Message string
 }
 
-// failures is the per-Registry record behind Failures.
+// failures is the per-Registry record behind Failures: the last failure, its Count the
+// number so far (failures are rare: a lock is cheap here, and the two are read together).
 type failures struct {
-	count atomic.Int64
-	mu    sync.Mutex
-	last  FailureState
+	mu   sync.Mutex
+	last FailureState
 }
 
 var failureKinds = map[Kind]string{KindUnavailable: "unavailable", KindRateLimited: "rate_limited", KindInvalid: "invalid"}
@@ -61,9 +60,8 @@ func (r *Registry) note(ctx context.Context, err error) {
 		msg = strings.ToValidUTF8(msg[:maxFailureMessage], "") + "…"
 	}
 	f := &r.failed
-	n := f.count.Add(1)
 	f.mu.Lock()
-	f.last = FailureState{Count: n, Time: time.Now(), Kind: failureKinds[e.Kind], Status: e.Status, Message: msg}
+	f.last = FailureState{Count: f.last.Count + 1, Time: time.Now(), Kind: failureKinds[e.Kind], Status: e.Status, Message: msg}
 	f.mu.Unlock()
 }
 
@@ -72,7 +70,5 @@ func (r *Registry) Failures() FailureState {
 	f := &r.failed
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	s := f.last
-	s.Count = f.count.Load()
-	return s
+	return f.last
 }
